@@ -1,1 +1,127 @@
+//! # Millrace client
+//!
+//! The Rust client for Millrace's native gRPC API, and the logic behind the `millrace` CLI's
+//! client subcommands. It depends only on the wire contract (`millrace-proto`), never on server
+//! code.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), millrace_client::ClientError> {
+//! use millrace_client::{Client, PutRecord, StartPosition};
+//!
+//! let client = Client::connect(["http://127.0.0.1:7101", "http://127.0.0.1:7102"])?;
+//! client.create_stream("orders", 4).await?;
+//! client.wait_for_active("orders", std::time::Duration::from_secs(30)).await?;
+//! let results = client
+//!     .put_records("orders", vec![PutRecord::new("customer-17", b"hello".to_vec())])
+//!     .await?;
+//! let shard_id = results[0].as_ref().unwrap().shard_id.clone();
+//! let mut iterator = client
+//!     .get_shard_iterator("orders", &shard_id, StartPosition::TrimHorizon)
+//!     .await?;
+//! let page = client.get_records(&iterator, 100).await?;
+//! assert_eq!(page.records[0].data, b"hello");
+//! iterator = page.next_shard_iterator;
+//! # let _ = iterator;
+//! # Ok(()) }
+//! ```
+//!
+//! Every call has a deadline. Calls that cannot have taken effect (a refused connection, a
+//! `NOT_LEADER` answer) are retried on the next endpoint with exponential backoff and jitter;
+//! a call whose outcome is unknown returns [`ClientError::Unknown`] and is never retried
+//! blindly.
 
+pub mod cli;
+mod connection;
+mod error;
+
+pub use connection::{Client, ClientConfig};
+pub use error::ClientError;
+pub use millrace_proto::v1 as proto;
+
+/// One record to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutRecord {
+    pub partition_key: String,
+    pub data: Vec<u8>,
+    pub explicit_hash_key: Option<String>,
+}
+
+impl PutRecord {
+    pub fn new(partition_key: impl Into<String>, data: Vec<u8>) -> PutRecord {
+        PutRecord {
+            partition_key: partition_key.into(),
+            data,
+            explicit_hash_key: None,
+        }
+    }
+}
+
+/// Where a written record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard_id: String,
+    pub sequence_number: String,
+}
+
+/// A per-record failure inside a PutRecords call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPosition {
+    TrimHorizon,
+    Latest,
+    AtSequenceNumber(String),
+    AfterSequenceNumber(String),
+    AtTimestampMs(i64),
+}
+
+impl std::str::FromStr for StartPosition {
+    type Err = String;
+
+    /// `trim-horizon`, `latest`, `at:SEQ`, `after:SEQ`, `at-timestamp:MS`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "trim-horizon" => Ok(StartPosition::TrimHorizon),
+            "latest" => Ok(StartPosition::Latest),
+            _ => {
+                if let Some(seq) = s.strip_prefix("at:") {
+                    Ok(StartPosition::AtSequenceNumber(seq.into()))
+                } else if let Some(seq) = s.strip_prefix("after:") {
+                    Ok(StartPosition::AfterSequenceNumber(seq.into()))
+                } else if let Some(ms) = s.strip_prefix("at-timestamp:") {
+                    ms.parse()
+                        .map(StartPosition::AtTimestampMs)
+                        .map_err(|_| format!("bad timestamp in {s:?}"))
+                } else {
+                    Err(format!(
+                        "unknown position {s:?}: use trim-horizon, latest, at:SEQ, after:SEQ or at-timestamp:MS"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A record read from a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub sequence_number: String,
+    pub partition_key: String,
+    pub data: Vec<u8>,
+    pub approximate_arrival_timestamp_ms: i64,
+}
+
+/// One GetRecords answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsPage {
+    pub records: Vec<Record>,
+    /// Empty once a closed shard is read to its end.
+    pub next_shard_iterator: String,
+    pub millis_behind_latest: i64,
+    pub child_shard_ids: Vec<String>,
+}

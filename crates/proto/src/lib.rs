@@ -1,1 +1,19 @@
+//! Millrace's wire contract, generated from the `.proto` files in `proto/`.
+//!
+//! * [`v1`]: the public gRPC API (`millrace.v1.Millrace`).
+//! * [`internal`]: node-to-node RPCs (Raft transport, forwarding to leaders).
 
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("millrace.v1");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod internal {
+    tonic::include_proto!("millrace.internal.v1");
+}
+
+/// gRPC metadata key carrying the stable error symbol of a failed call.
+pub const ERROR_METADATA_KEY: &str = "millrace-error";
+/// gRPC metadata key carrying the node id of the leader a client should retry at.
+pub const LEADER_HINT_METADATA_KEY: &str = "millrace-leader";

@@ -1,0 +1,306 @@
+//! The `millrace` CLI's client subcommands. The binary parses flags; this module does the work
+//! and writes its output to the given writer (one JSON object per line where the contract says
+//! so).
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use base64::Engine;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::{Client, ClientError, PutRecord, StartPosition};
+
+/// Environment variable naming the default endpoint(s).
+pub const ENDPOINT_ENV: &str = "MILLRACE_ENDPOINT";
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7101";
+/// Records per PutRecords call when writing stdin (the Kinesis limit).
+const PUT_BATCH_RECORDS_MAX: usize = 500;
+
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Create a stream and wait until it is ACTIVE.
+    Create {
+        name: String,
+        #[arg(long)]
+        shards: u32,
+    },
+    /// List stream names, one per line.
+    List,
+    /// Describe a stream as JSON.
+    Describe { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Manage streams.
+    #[command(subcommand)]
+    Stream(StreamCommand),
+    /// Write records: `--data TEXT` writes one; without it, one record per line of stdin.
+    Put {
+        stream: String,
+        #[arg(long)]
+        partition_key: String,
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Read records as JSON lines until caught up (or `--limit` records).
+    Read {
+        stream: String,
+        #[arg(long)]
+        shard: Option<String>,
+        /// trim-horizon | latest | at:SEQ | after:SEQ
+        #[arg(long, default_value = "trim-horizon")]
+        from: String,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+/// Splits `--endpoint` / `MILLRACE_ENDPOINT` values into a list.
+pub fn endpoints(flag: Option<&str>) -> Vec<String> {
+    let raw = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var(ENDPOINT_ENV).ok())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs one client subcommand.
+pub async fn run(
+    client: &Client,
+    command: ClientCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match command {
+        ClientCommand::Stream(StreamCommand::Create { name, shards }) => {
+            client.create_stream(&name, shards).await?;
+            let d = client.wait_for_active(&name, Duration::from_secs(60)).await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"stream_name": d.stream_name, "status": "ACTIVE", "shards": d.shards.len()})
+            )?;
+        }
+        ClientCommand::Stream(StreamCommand::List) => {
+            for name in client.list_streams().await? {
+                writeln!(out, "{name}")?;
+            }
+        }
+        ClientCommand::Stream(StreamCommand::Describe { name }) => {
+            let d = client.describe_stream(&name).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&describe_json(&d))?)?;
+        }
+        ClientCommand::Put {
+            stream,
+            partition_key,
+            data,
+        } => put(client, &stream, &partition_key, data, out).await?,
+        ClientCommand::Read {
+            stream,
+            shard,
+            from,
+            limit,
+        } => {
+            let from: StartPosition = from.parse().map_err(CliError::Usage)?;
+            read(client, &stream, shard, from, limit, out).await?
+        }
+    }
+    Ok(())
+}
+
+async fn put(
+    client: &Client,
+    stream: &str,
+    partition_key: &str,
+    data: Option<String>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut pending = Vec::new();
+    if let Some(d) = data {
+        pending.push(PutRecord::new(partition_key, d.into_bytes()));
+        return flush_puts(client, stream, &mut pending, out).await;
+    }
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        pending.push(PutRecord::new(partition_key, line?.into_bytes()));
+        if pending.len() == PUT_BATCH_RECORDS_MAX {
+            flush_puts(client, stream, &mut pending, out).await?;
+        }
+    }
+    flush_puts(client, stream, &mut pending, out).await
+}
+
+async fn flush_puts(
+    client: &Client,
+    stream: &str,
+    pending: &mut Vec<PutRecord>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let results = client.put_records(stream, std::mem::take(pending)).await?;
+    let mut failed = 0;
+    for r in results {
+        match r {
+            Ok(ok) => writeln!(
+                out,
+                "{}",
+                json!({"shard_id": ok.shard_id, "sequence_number": ok.sequence_number})
+            )?,
+            Err(e) => {
+                failed += 1;
+                writeln!(out, "{}", json!({"error_code": e.code, "error_message": e.message}))?
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::Usage(format!("{failed} record(s) failed")));
+    }
+    Ok(())
+}
+
+async fn read(
+    client: &Client,
+    stream: &str,
+    shard: Option<String>,
+    from: StartPosition,
+    limit: Option<u64>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let shards = match shard {
+        Some(s) => vec![s],
+        None => client
+            .list_shards(stream)
+            .await?
+            .into_iter()
+            .map(|s| s.shard_id)
+            .collect(),
+    };
+    let mut remaining = limit.unwrap_or(u64::MAX);
+    for shard_id in shards {
+        let mut iterator = client
+            .get_shard_iterator(stream, &shard_id, from.clone())
+            .await?;
+        while remaining > 0 && !iterator.is_empty() {
+            let page = client
+                .get_records(&iterator, remaining.min(10_000) as u32)
+                .await?;
+            for r in &page.records {
+                writeln!(out, "{}", record_json(&shard_id, r))?;
+            }
+            remaining -= (page.records.len() as u64).min(remaining);
+            let caught_up = page.records.is_empty() && page.millis_behind_latest == 0;
+            iterator = page.next_shard_iterator;
+            if caught_up {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The JSON line for one record: data as UTF-8 text when valid, otherwise base64.
+pub fn record_json(shard_id: &str, r: &crate::Record) -> serde_json::Value {
+    match std::str::from_utf8(&r.data) {
+        Ok(text) => json!({
+            "shard_id": shard_id,
+            "sequence_number": r.sequence_number,
+            "partition_key": r.partition_key,
+            "data": text,
+        }),
+        Err(_) => json!({
+            "shard_id": shard_id,
+            "sequence_number": r.sequence_number,
+            "partition_key": r.partition_key,
+            "data": base64::engine::general_purpose::STANDARD.encode(&r.data),
+            "data_encoding": "base64",
+        }),
+    }
+}
+
+fn describe_json(d: &crate::proto::StreamDescription) -> serde_json::Value {
+    let status = crate::proto::StreamStatus::try_from(d.status)
+        .map(|s| s.as_str_name().trim_start_matches("STREAM_STATUS_").to_string())
+        .unwrap_or_else(|_| "UNKNOWN".into());
+    json!({
+        "stream_name": d.stream_name,
+        "stream_arn": d.stream_arn,
+        "status": status,
+        "retention_period_hours": d.retention_period_hours,
+        "creation_timestamp_ms": d.creation_timestamp_ms,
+        "replication_factor": d.replication_factor,
+        "shards": d.shards.iter().map(|s| {
+            let range = s.hash_key_range.clone().unwrap_or_default();
+            let seq = s.sequence_number_range.clone().unwrap_or_default();
+            json!({
+                "shard_id": s.shard_id,
+                "starting_hash_key": range.starting_hash_key,
+                "ending_hash_key": range.ending_hash_key,
+                "starting_sequence_number": seq.starting_sequence_number,
+                "ending_sequence_number": (!seq.ending_sequence_number.is_empty()).then_some(seq.ending_sequence_number),
+                "replica_node_ids": s.replica_node_ids,
+                "leader_node_id": (s.leader_node_id != 0).then_some(s.leader_node_id),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// A CLI failure: printed as one line, with a non-zero exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_json_uses_base64_for_binary() {
+        let r = crate::Record {
+            sequence_number: "1".into(),
+            partition_key: "k".into(),
+            data: vec![0xff, 0xfe],
+            approximate_arrival_timestamp_ms: 0,
+        };
+        let v = record_json("shardId-000000000000", &r);
+        assert_eq!(v["data_encoding"], "base64");
+        assert_eq!(v["data"], "//4=");
+        let r = crate::Record {
+            data: b"hi".to_vec(),
+            ..r
+        };
+        assert_eq!(record_json("s", &r)["data"], "hi");
+    }
+
+    #[test]
+    fn positions_parse() {
+        assert_eq!("latest".parse(), Ok(StartPosition::Latest));
+        assert_eq!(
+            "after:42".parse(),
+            Ok(StartPosition::AfterSequenceNumber("42".into()))
+        );
+        assert!("sideways".parse::<StartPosition>().is_err());
+    }
+
+    #[test]
+    fn endpoint_lists_split_on_commas() {
+        assert_eq!(
+            endpoints(Some("http://a:1, http://b:2,")),
+            vec!["http://a:1".to_string(), "http://b:2".to_string()]
+        );
+    }
+}

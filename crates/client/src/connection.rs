@@ -1,0 +1,345 @@
+//! Connections to the cluster: seed endpoints, fail-over, deadlines and retries.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use millrace_proto::v1 as pb;
+use millrace_proto::v1::millrace_client::MillraceClient;
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{ClientError, PutRecord, PutResult, Record, RecordError, RecordsPage, StartPosition};
+
+/// Timeouts and retry policy.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Deadline of one attempt.
+    pub request_timeout: Duration,
+    /// Deadline of a whole call, retries included.
+    pub call_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A handle to a Millrace cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    urls: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Connects (lazily) to the given seed endpoints, e.g. `http://127.0.0.1:7101`.
+    pub fn connect<I, S>(endpoints: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Client::with_config(endpoints, ClientConfig::default())
+    }
+
+    pub fn with_config<I, S>(endpoints: I, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut urls = Vec::new();
+        let mut channels = Vec::new();
+        for e in endpoints {
+            let url = e.as_ref().trim().to_string();
+            if url.is_empty() {
+                continue;
+            }
+            let url = if url.contains("://") {
+                url
+            } else {
+                format!("http://{url}")
+            };
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| ClientError::InvalidArgument(format!("endpoint {url:?}: {e}")))?
+                .connect_timeout(config.connect_timeout)
+                .tcp_nodelay(true);
+            channels.push(endpoint.connect_lazy());
+            urls.push(url);
+        }
+        if channels.is_empty() {
+            return Err(ClientError::InvalidArgument("no endpoint given".into()));
+        }
+        let start = rand::rng().random_range(0..channels.len());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                urls,
+                channels,
+                current: AtomicUsize::new(start),
+                config,
+            }),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.urls
+    }
+
+    /// Runs `f` against the current endpoint, moving to the next one and backing off (with
+    /// jitter) on failures that cannot have had an effect, until `call_timeout`.
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(MillraceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let cfg = &self.inner.config;
+        let deadline = Instant::now() + cfg.call_timeout;
+        let mut backoff = cfg.backoff_initial;
+        let n = self.inner.channels.len();
+        let mut attempts = 0usize;
+        loop {
+            let idx = self.inner.current.load(Ordering::Relaxed) % n;
+            let client = MillraceClient::new(self.inner.channels[idx].clone())
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024);
+            let result = tokio::time::timeout(cfg.request_timeout, f(client)).await;
+            let err = match result {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => ClientError::from_status(status),
+                Err(_) => ClientError::Unknown(format!(
+                    "no answer from {} within {:?}",
+                    self.inner.urls[idx], cfg.request_timeout
+                )),
+            };
+            attempts += 1;
+            if !err.retryable() {
+                return Err(err);
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(match err {
+                    ClientError::Unreachable { last_error, .. } => ClientError::Unreachable {
+                        deadline: cfg.call_timeout,
+                        last_error,
+                    },
+                    other => other,
+                });
+            }
+            // Move on to the next endpoint; back off once every endpoint was tried.
+            let _ = self.inner.current.compare_exchange(
+                idx,
+                (idx + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if attempts % n == 0 || !matches!(err, ClientError::Unreachable { .. }) {
+                let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                backoff = (backoff * 2).min(cfg.backoff_max);
+            }
+        }
+    }
+
+    pub async fn create_stream(&self, name: &str, shard_count: u32) -> Result<(), ClientError> {
+        let req = pb::CreateStreamRequest {
+            stream_name: name.into(),
+            shard_count,
+            replication_factor: 0,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.create_stream(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn describe_stream(&self, name: &str) -> Result<pb::StreamDescription, ClientError> {
+        let req = pb::DescribeStreamRequest {
+            stream_name: name.into(),
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.describe_stream(req).await }
+            })
+            .await?;
+        resp.stream
+            .ok_or_else(|| ClientError::Unknown("DescribeStream answered without a stream".into()))
+    }
+
+    /// Polls DescribeStream until the stream is ACTIVE or `timeout` passes.
+    pub async fn wait_for_active(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<pb::StreamDescription, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.describe_stream(name).await?;
+            if d.status == pb::StreamStatus::Active as i32 {
+                return Ok(d);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unknown(format!(
+                    "stream {name} not ACTIVE after {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every stream name (follows pagination).
+    pub async fn list_streams(&self) -> Result<Vec<String>, ClientError> {
+        let mut names = Vec::new();
+        loop {
+            let req = pb::ListStreamsRequest {
+                limit: 1000,
+                exclusive_start_stream_name: names.last().cloned().unwrap_or_default(),
+            };
+            let resp = self
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.list_streams(req).await }
+                })
+                .await?;
+            let more = resp.has_more_streams && !resp.stream_names.is_empty();
+            names.extend(resp.stream_names);
+            if !more {
+                return Ok(names);
+            }
+        }
+    }
+
+    pub async fn list_shards(&self, stream: &str) -> Result<Vec<pb::Shard>, ClientError> {
+        let req = pb::ListShardsRequest {
+            stream_name: stream.into(),
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_shards(req).await }
+            })
+            .await?;
+        Ok(resp.shards)
+    }
+
+    /// Writes records; the result for each record says where it landed or why it failed.
+    pub async fn put_records(
+        &self,
+        stream: &str,
+        records: Vec<PutRecord>,
+    ) -> Result<Vec<Result<PutResult, RecordError>>, ClientError> {
+        let req = pb::PutRecordsRequest {
+            stream_name: stream.into(),
+            records: records
+                .into_iter()
+                .map(|r| pb::PutRecordsRequestEntry {
+                    partition_key: r.partition_key,
+                    data: r.data,
+                    explicit_hash_key: r.explicit_hash_key.unwrap_or_default(),
+                })
+                .collect(),
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.put_records(req).await }
+            })
+            .await?;
+        Ok(resp
+            .records
+            .into_iter()
+            .map(|r| {
+                if r.error_code.is_empty() {
+                    Ok(PutResult {
+                        shard_id: r.shard_id,
+                        sequence_number: r.sequence_number,
+                    })
+                } else {
+                    Err(RecordError {
+                        code: r.error_code,
+                        message: r.error_message,
+                    })
+                }
+            })
+            .collect())
+    }
+
+    pub async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: StartPosition,
+    ) -> Result<String, ClientError> {
+        use pb::ShardIteratorType as T;
+        let (kind, seq, ts) = match position {
+            StartPosition::TrimHorizon => (T::TrimHorizon, String::new(), 0),
+            StartPosition::Latest => (T::Latest, String::new(), 0),
+            StartPosition::AtSequenceNumber(s) => (T::AtSequenceNumber, s, 0),
+            StartPosition::AfterSequenceNumber(s) => (T::AfterSequenceNumber, s, 0),
+            StartPosition::AtTimestampMs(ms) => (T::AtTimestamp, String::new(), ms),
+        };
+        let req = pb::GetShardIteratorRequest {
+            stream_name: stream.into(),
+            shard_id: shard_id.into(),
+            shard_iterator_type: kind as i32,
+            starting_sequence_number: seq,
+            timestamp_ms: ts,
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.get_shard_iterator(req).await }
+            })
+            .await?;
+        Ok(resp.shard_iterator)
+    }
+
+    pub async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ClientError> {
+        let req = pb::GetRecordsRequest {
+            shard_iterator: iterator.into(),
+            limit,
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.get_records(req).await }
+            })
+            .await?;
+        Ok(RecordsPage {
+            records: resp
+                .records
+                .into_iter()
+                .map(|r| Record {
+                    sequence_number: r.sequence_number,
+                    partition_key: r.partition_key,
+                    data: r.data,
+                    approximate_arrival_timestamp_ms: r.approximate_arrival_timestamp_ms,
+                })
+                .collect(),
+            next_shard_iterator: resp.next_shard_iterator,
+            millis_behind_latest: resp.millis_behind_latest,
+            child_shard_ids: resp.child_shards.into_iter().map(|c| c.shard_id).collect(),
+        })
+    }
+
+    pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {
+        self.call(|mut c| async move { c.describe_cluster(pb::DescribeClusterRequest {}).await })
+            .await
+    }
+}

@@ -1,0 +1,267 @@
+//! The metadata state machine: members, streams, shards and their placement. Pure: applying a
+//! command is a function of the state and the command, so every replica computes the same state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::placement::NodeId;
+use crate::shard::hashing::even_ranges;
+
+/// Raft group id of the metadata group; shard groups get ids from 1 up.
+pub const METADATA_GROUP_ID: u64 = 0;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: NodeId,
+    pub zone: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamStatus {
+    Creating,
+    Active,
+    Updating,
+    Deleting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    /// `shardId-000000000000`, Kinesis style.
+    pub shard_id: String,
+    pub group_id: u64,
+    #[serde(with = "u128_decimal")]
+    pub starting_hash_key: u128,
+    #[serde(with = "u128_decimal")]
+    pub ending_hash_key: u128,
+    /// Replica nodes; the first was the preferred leader at creation.
+    pub replicas: Vec<NodeId>,
+    pub parent_shard_id: Option<String>,
+    pub adjacent_parent_shard_id: Option<String>,
+}
+
+impl ShardMeta {
+    pub fn contains(&self, hash_key: u128) -> bool {
+        hash_key >= self.starting_hash_key && hash_key <= self.ending_hash_key
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    pub name: String,
+    pub status: StreamStatus,
+    pub creation_timestamp_ms: i64,
+    pub retention_period_hours: u32,
+    pub replication_factor: u32,
+    pub shards: Vec<ShardMeta>,
+}
+
+impl StreamMeta {
+    pub fn shard(&self, shard_id: &str) -> Option<&ShardMeta> {
+        self.shards.iter().find(|s| s.shard_id == shard_id)
+    }
+
+    /// The open shard owning `hash_key`.
+    pub fn shard_for_hash(&self, hash_key: u128) -> Option<&ShardMeta> {
+        self.shards.iter().find(|s| s.contains(hash_key))
+    }
+}
+
+/// Replicated metadata commands. Everything non-deterministic (time, placement) is decided by
+/// the proposer and carried in the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    RegisterNode(Member),
+    CreateStream {
+        name: String,
+        creation_timestamp_ms: i64,
+        retention_period_hours: u32,
+        replication_factor: u32,
+        /// One replica list per shard, in shard order.
+        placements: Vec<Vec<NodeId>>,
+    },
+    SetStreamStatus {
+        name: String,
+        status: StreamStatus,
+    },
+}
+
+/// The outcome of applying a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Ok,
+    ResourceInUse(String),
+    ResourceNotFound(String),
+    InvalidArgument(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub members: BTreeMap<NodeId, Member>,
+    pub streams: BTreeMap<String, StreamMeta>,
+    /// Next shard Raft group id to hand out.
+    pub next_group_id: u64,
+}
+
+impl MetaState {
+    pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
+        match command {
+            MetaCommand::RegisterNode(member) => {
+                self.members.insert(member.node_id, member.clone());
+                MetaResponse::Ok
+            }
+            MetaCommand::CreateStream {
+                name,
+                creation_timestamp_ms,
+                retention_period_hours,
+                replication_factor,
+                placements,
+            } => {
+                if self.streams.contains_key(name) {
+                    return MetaResponse::ResourceInUse(format!("Stream {name} already exists"));
+                }
+                if placements.is_empty() {
+                    return MetaResponse::InvalidArgument("a stream needs at least one shard".into());
+                }
+                if let Some(bad) = placements
+                    .iter()
+                    .flatten()
+                    .find(|n| !self.members.contains_key(n))
+                {
+                    return MetaResponse::InvalidArgument(format!(
+                        "placement names node {bad}, which is not a member"
+                    ));
+                }
+                let first_group = self.next_group_id.max(METADATA_GROUP_ID + 1);
+                let ranges = even_ranges(placements.len() as u32);
+                let shards = ranges
+                    .into_iter()
+                    .zip(placements)
+                    .enumerate()
+                    .map(|(i, ((start, end), replicas))| ShardMeta {
+                        shard_id: shard_id(i as u64),
+                        group_id: first_group + i as u64,
+                        starting_hash_key: start,
+                        ending_hash_key: end,
+                        replicas: replicas.clone(),
+                        parent_shard_id: None,
+                        adjacent_parent_shard_id: None,
+                    })
+                    .collect();
+                self.next_group_id = first_group + placements.len() as u64;
+                self.streams.insert(
+                    name.clone(),
+                    StreamMeta {
+                        name: name.clone(),
+                        status: StreamStatus::Creating,
+                        creation_timestamp_ms: *creation_timestamp_ms,
+                        retention_period_hours: *retention_period_hours,
+                        replication_factor: *replication_factor,
+                        shards,
+                    },
+                );
+                MetaResponse::Ok
+            }
+            MetaCommand::SetStreamStatus { name, status } => match self.streams.get_mut(name) {
+                Some(s) => {
+                    s.status = *status;
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
+            },
+        }
+    }
+
+    /// Every shard replica placed on `node_id`: (stream, shard).
+    pub fn shards_on(&self, node_id: NodeId) -> impl Iterator<Item = (&StreamMeta, &ShardMeta)> {
+        self.streams.values().flat_map(move |s| {
+            s.shards
+                .iter()
+                .filter(move |sh| sh.replicas.contains(&node_id))
+                .map(move |sh| (s, sh))
+        })
+    }
+
+    pub fn group(&self, group_id: u64) -> Option<(&StreamMeta, &ShardMeta)> {
+        self.streams
+            .values()
+            .flat_map(|s| s.shards.iter().map(move |sh| (s, sh)))
+            .find(|(_, sh)| sh.group_id == group_id)
+    }
+}
+
+/// Kinesis-style shard id.
+pub fn shard_id(n: u64) -> String {
+    format!("shardId-{n:012}")
+}
+
+/// Serialises u128 as a decimal string (JSON and MessagePack have no 128-bit integers).
+mod u128_decimal {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, zone: &str) -> MetaCommand {
+        MetaCommand::RegisterNode(Member {
+            node_id: id,
+            zone: zone.into(),
+            grpc_addr: format!("127.0.0.1:{}", 7100 + id),
+            http_addr: format!("127.0.0.1:{}", 4566 + id),
+        })
+    }
+
+    #[test]
+    fn create_stream_assigns_groups_and_ranges() {
+        let mut st = MetaState::default();
+        for (id, z) in [(1, "a"), (2, "b"), (3, "c")] {
+            assert_eq!(st.apply(&member(id, z)), MetaResponse::Ok);
+        }
+        let create = |name: &str| MetaCommand::CreateStream {
+            name: name.into(),
+            creation_timestamp_ms: 1,
+            retention_period_hours: 24,
+            replication_factor: 3,
+            placements: vec![vec![1, 2, 3]; 4],
+        };
+        assert_eq!(st.apply(&create("s")), MetaResponse::Ok);
+        assert!(matches!(st.apply(&create("s")), MetaResponse::ResourceInUse(_)));
+        assert_eq!(st.apply(&create("t")), MetaResponse::Ok);
+        let s = &st.streams["s"];
+        assert_eq!(s.shards.len(), 4);
+        assert_eq!(s.shards[0].group_id, 1);
+        assert_eq!(st.streams["t"].shards[0].group_id, 5);
+        assert_eq!(s.shards[3].ending_hash_key, u128::MAX);
+        assert_eq!(s.shards[0].shard_id, "shardId-000000000000");
+        assert_eq!(st.shards_on(2).count(), 8);
+        let json = serde_json::to_string(&st).unwrap();
+        assert_eq!(serde_json::from_str::<MetaState>(&json).unwrap(), st);
+    }
+
+    #[test]
+    fn unknown_placement_nodes_are_rejected() {
+        let mut st = MetaState::default();
+        let r = st.apply(&MetaCommand::CreateStream {
+            name: "s".into(),
+            creation_timestamp_ms: 1,
+            retention_period_hours: 24,
+            replication_factor: 1,
+            placements: vec![vec![9]],
+        });
+        assert!(matches!(r, MetaResponse::InvalidArgument(_)));
+        assert!(st.streams.is_empty());
+    }
+}
