@@ -270,21 +270,21 @@ impl SegmentLog {
 
     /// Removes every entry above `index` and syncs, so the removed frames cannot come back.
     pub fn truncate_after(&mut self, index: u64) -> StorageResult<()> {
+        self.truncate_from(index + 1)
+    }
+
+    /// Removes every entry at or above `index` and syncs before returning.
+    pub fn truncate_from(&mut self, index: u64) -> StorageResult<()> {
         let mut removed_files = false;
-        while let Some(seg) = self.segments.last() {
-            if seg.base > index {
-                let seg = self.segments.pop().expect("checked");
-                drop(seg.file);
-                fs::remove_file(&seg.path)
-                    .map_err(|e| StorageError::io("remove", seg.path.display(), e))?;
-                removed_files = true;
-                continue;
-            }
-            break;
+        while self.segments.last().is_some_and(|seg| seg.base >= index) {
+            let seg = self.segments.pop().expect("checked");
+            fs::remove_file(&seg.path)
+                .map_err(|e| StorageError::io("remove", seg.path.display(), e))?;
+            removed_files = true;
         }
         if let Some(seg) = self.segments.last_mut() {
-            if seg.contains(index + 1) {
-                let keep = (index + 1 - seg.base) as usize;
+            if seg.contains(index) {
+                let keep = (index - seg.base) as usize;
                 let new_end = seg.offsets[keep];
                 seg.offsets.truncate(keep);
                 seg.end = new_end;

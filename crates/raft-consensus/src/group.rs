@@ -1,0 +1,229 @@
+//! Group lifecycle: creating, looking up and removing the Raft group replicas of this node.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use millrace_storage::{FlushCoordinator, NodeMeta, SegmentLogConfig};
+
+use crate::log_store::GroupLogStore;
+use crate::network::{GroupNetworkFactory, GroupRegistry, Transport};
+use crate::state_machine::{GroupSm, GroupStateMachine};
+use crate::types::{NodeId, Raft};
+
+/// Timing and sizing shared by every group on a node.
+#[derive(Debug, Clone)]
+pub struct GroupSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub segment_bytes_max: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        GroupSettings {
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            segment_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl GroupSettings {
+    fn raft_config(&self) -> Result<openraft::Config, GroupError> {
+        openraft::Config {
+            cluster_name: "millrace".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            // Retention drives snapshots (DESIGN decision 4); never snapshot on a log count.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            enable_pre_vote: Some(true),
+            max_payload_entries: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| GroupError::Config(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("raft config: {0}")]
+    Config(String),
+    #[error("group {group_id}: storage: {source}")]
+    Storage {
+        group_id: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("group {group_id}: node metadata: {source}")]
+    Meta {
+        group_id: u64,
+        #[source]
+        source: millrace_storage::StorageError,
+    },
+    #[error("group {group_id}: raft: {message}")]
+    Raft { group_id: u64, message: String },
+}
+
+/// A group replica hosted on this node.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub group_id: u64,
+    pub raft: Raft,
+    pub log: GroupLogStore,
+}
+
+/// Owns every group replica of this node.
+pub struct GroupManager {
+    node_id: NodeId,
+    data_dir: PathBuf,
+    meta: NodeMeta,
+    flusher: FlushCoordinator,
+    transport: Arc<Transport>,
+    registry: Arc<GroupRegistry>,
+    raft_config: Arc<openraft::Config>,
+    settings: GroupSettings,
+    groups: Mutex<HashMap<u64, GroupHandle>>,
+}
+
+impl GroupManager {
+    pub fn new(
+        node_id: NodeId,
+        data_dir: PathBuf,
+        meta: NodeMeta,
+        flusher: FlushCoordinator,
+        transport: Arc<Transport>,
+        settings: GroupSettings,
+    ) -> Result<GroupManager, GroupError> {
+        Ok(GroupManager {
+            node_id,
+            data_dir,
+            meta,
+            flusher,
+            transport,
+            registry: Arc::new(GroupRegistry::default()),
+            raft_config: Arc::new(settings.raft_config()?),
+            settings,
+            groups: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn registry(&self) -> &Arc<GroupRegistry> {
+        &self.registry
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    pub fn flusher(&self) -> &FlushCoordinator {
+        &self.flusher
+    }
+
+    fn group_dir(&self, group_id: u64) -> PathBuf {
+        self.data_dir.join("groups").join(format!("{group_id:020}"))
+    }
+
+    pub fn get(&self, group_id: u64) -> Option<GroupHandle> {
+        self.groups.lock().expect("groups lock").get(&group_id).cloned()
+    }
+
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.groups.lock().expect("groups lock").keys().copied().collect()
+    }
+
+    /// Opens the local replica of `group_id` (recovering its log), or returns it if open.
+    pub async fn open_group(
+        &self,
+        group_id: u64,
+        machine: Box<dyn GroupStateMachine>,
+    ) -> Result<GroupHandle, GroupError> {
+        if let Some(h) = self.get(group_id) {
+            return Ok(h);
+        }
+        let meta = self
+            .meta
+            .group(group_id)
+            .map_err(|source| GroupError::Meta { group_id, source })?;
+        let dir = self.group_dir(group_id);
+        let segment_config = SegmentLogConfig {
+            segment_bytes_max: self.settings.segment_bytes_max,
+        };
+        let flusher = self.flusher.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            GroupLogStore::open(&dir, segment_config, meta, flusher)
+        })
+        .await
+        .map_err(|e| GroupError::Raft {
+            group_id,
+            message: e.to_string(),
+        })?
+        .map_err(|source| GroupError::Storage { group_id, source })?;
+        let network = GroupNetworkFactory {
+            transport: self.transport.clone(),
+            group_id,
+            self_id: self.node_id,
+        };
+        let raft = Raft::new(
+            self.node_id,
+            self.raft_config.clone(),
+            network,
+            log.clone(),
+            GroupSm::new(machine),
+        )
+        .await
+        .map_err(|e| GroupError::Raft {
+            group_id,
+            message: e.to_string(),
+        })?;
+        let handle = GroupHandle {
+            group_id,
+            raft: raft.clone(),
+            log,
+        };
+        let mut groups = self.groups.lock().expect("groups lock");
+        if let Some(existing) = groups.get(&group_id) {
+            // Lost a race with another opener; keep the first.
+            let existing = existing.clone();
+            drop(groups);
+            let _ = raft.shutdown().await;
+            return Ok(existing);
+        }
+        groups.insert(group_id, handle.clone());
+        self.registry.insert(group_id, raft);
+        Ok(handle)
+    }
+
+    /// Stops the local replica of `group_id` and deletes its log and metadata.
+    pub async fn remove_group(&self, group_id: u64) -> Result<(), GroupError> {
+        let handle = self.groups.lock().expect("groups lock").remove(&group_id);
+        self.registry.remove(group_id);
+        if let Some(h) = handle {
+            let _ = h.raft.shutdown().await;
+        }
+        let dir = self.group_dir(group_id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|source| GroupError::Storage { group_id, source })?;
+        }
+        self.meta
+            .drop_group(group_id)
+            .await
+            .map_err(|source| GroupError::Meta { group_id, source })
+    }
+
+    /// Stops every group (for shutdown).
+    pub async fn shutdown_all(&self) {
+        let handles: Vec<GroupHandle> = self.groups.lock().expect("groups lock").values().cloned().collect();
+        for h in handles {
+            let _ = h.raft.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `RaftLogStorage` over a segment log: the Raft log *is* the shard log.
+//!
+//! Durability (see `docs/ARCHITECTURE.md`, "where data is fsynced"):
+//! * `append` writes frames with `pwrite` (readable at once) and hands the files to the node's
+//!   flush coordinator; openraft's `IOFlushed` callback fires only after that `fdatasync`.
+//! * `save_vote` first syncs the active segment (so the vote is ordered after every earlier
+//!   append), then writes the vote to sled and flushes sled before returning.
+//! * `truncate_after` syncs before returning; `purge` flushes the purge point to sled before
+//!   deleting any segment.
+//! * `save_committed` is a hint (not flushed); `read_committed` never reports past the durable
+//!   tail, so start-up never "cleans a hole" in the log.
+
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use millrace_storage::{FlushCoordinator, GroupMeta, SegmentLog, SegmentLogConfig};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+
+use crate::codec::{decode_entry, decode_log_id, encode_entry};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "purged";
+
+/// The log store of one group replica. Clones share the same log (reader handles).
+#[derive(Clone)]
+pub struct GroupLogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    log: Mutex<LogState2>,
+    meta: GroupMeta,
+    flusher: FlushCoordinator,
+}
+
+struct LogState2 {
+    segments: SegmentLog,
+    last_log_id: Option<LogId>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl GroupLogStore {
+    /// Opens (recovering) the log in `dir` with its metadata in `meta`.
+    pub fn open(
+        dir: &Path,
+        config: SegmentLogConfig,
+        meta: GroupMeta,
+        flusher: FlushCoordinator,
+    ) -> io::Result<GroupLogStore> {
+        let last_purged: Option<LogId> = meta.get(KEY_PURGED).map_err(io_err)?;
+        let vote: Option<Vote> = meta.get(KEY_VOTE).map_err(io_err)?;
+        let (mut segments, report) =
+            SegmentLog::open(dir, config, last_purged.map(|l| l.index)).map_err(io_err)?;
+        if report.torn_bytes_truncated > 0 {
+            tracing::warn!(dir = %dir.display(), ?report, "segment log recovered after a crash");
+        }
+        if let Some(p) = last_purged {
+            segments.drop_prefix(p.index).map_err(io_err)?;
+        }
+        // Whatever survived is now made durable, so "the log" means "the durable log".
+        segments.sync_all().map_err(io_err)?;
+        let last_log_id = match segments.last_index() {
+            Some(i) => {
+                let raw = segments.read(i, i + 1, usize::MAX).map_err(io_err)?;
+                Some(decode_log_id(i, &raw[0].1).map_err(io_err)?)
+            }
+            None => None,
+        };
+        let last_log_id = std::cmp::max(last_log_id, last_purged);
+        Ok(GroupLogStore {
+            inner: Arc::new(Inner {
+                log: Mutex::new(LogState2 {
+                    segments,
+                    last_log_id,
+                    last_purged,
+                    vote,
+                }),
+                meta,
+                flusher,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState2> {
+        // A poisoned lock means a panic mid-write: refuse to go on rather than guess.
+        self.inner.log.lock().expect("log store lock poisoned")
+    }
+
+    /// Reads raw frames (log index, encoded entry) in `[start, end)` up to `bytes_max`; used by
+    /// the shard read path, which decodes only what it needs.
+    pub fn read_raw(&self, start: u64, end: u64, bytes_max: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let log = self.lock();
+        let (Some(first), Some(last)) = (log.segments.first_index(), log.segments.last_index()) else {
+            return Ok(Vec::new());
+        };
+        // Missing entries are fine at the start (purged) and at the end (not yet appended).
+        let start = start.max(first);
+        if start >= end || start > last {
+            return Ok(Vec::new());
+        }
+        log.segments.read(start, end, bytes_max).map_err(io_err)
+    }
+
+    /// (first readable index, last index) of the local log.
+    pub fn bounds(&self) -> (Option<u64>, Option<u64>) {
+        let log = self.lock();
+        (log.segments.first_index(), log.segments.last_index())
+    }
+
+    /// Bytes of segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.lock().segments.disk_bytes()
+    }
+
+    fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.read_raw(start, end, usize::MAX)?
+            .into_iter()
+            .map(|(i, raw)| decode_entry(i, &raw).map_err(io_err))
+            .collect()
+    }
+}
+
+fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for GroupLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = range_to_bounds(&range);
+        self.read_entries(start, end)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for GroupLogStore {
+    type LogReader = GroupLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let log = self.lock();
+        Ok(LogState {
+            last_purged_log_id: log.last_purged,
+            last_log_id: log.last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        // Order the vote after every earlier append: sync the log first.
+        let active = self.lock().segments.active_file();
+        if let Some(file) = active {
+            tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .map_err(io_err)??;
+        }
+        self.inner.meta.put(KEY_VOTE, vote).map_err(io_err)?;
+        self.inner.meta.flush().await.map_err(io_err)?;
+        self.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // A hint: losing it only means re-learning the commit point from the leader.
+        self.inner.meta.put(KEY_COMMITTED, &committed).map_err(io_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        let saved: Option<Option<LogId>> = self.inner.meta.get(KEY_COMMITTED).map_err(io_err)?;
+        let saved = saved.flatten();
+        let last = self.lock().last_log_id;
+        // Never report a commit point past the durable tail of this replica's log.
+        Ok(match (saved, last) {
+            (Some(c), Some(l)) if c.index > l.index => Some(l),
+            (Some(_), None) => None,
+            (c, _) => c,
+        })
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        let mut last = None;
+        for e in entries {
+            encoded.push((e.log_id.index, encode_entry(&e)));
+            last = Some(e.log_id);
+        }
+        let files = {
+            let mut log = self.lock();
+            let files = log
+                .segments
+                .append(encoded.iter().map(|(i, p)| (*i, p.as_slice())))
+                .map_err(io_err)?;
+            if last.is_some() {
+                log.last_log_id = last;
+            }
+            files
+        };
+        if files.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        self.inner
+            .flusher
+            .submit(
+                files,
+                Box::new(move |r| callback.io_completed(r.map_err(|e| io::Error::new(e.kind(), e.to_string())))),
+            )
+            .await
+            .map_err(io_err)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let mut log = self.lock();
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        log.segments.truncate_from(from).map_err(io_err)?;
+        log.last_log_id = match last_log_id {
+            Some(l) if log.segments.last_index() == Some(l.index) => Some(l),
+            _ => match log.segments.last_index() {
+                Some(i) => {
+                    let raw = log.segments.read(i, i + 1, usize::MAX).map_err(io_err)?;
+                    Some(decode_log_id(i, &raw[0].1).map_err(io_err)?)
+                }
+                None => None,
+            },
+        };
+        log.last_log_id = std::cmp::max(log.last_log_id, log.last_purged);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The purge point is durable before any segment is deleted.
+        self.inner.meta.put(KEY_PURGED, &log_id).map_err(io_err)?;
+        self.inner.meta.flush().await.map_err(io_err)?;
+        let mut log = self.lock();
+        log.segments.drop_prefix(log_id.index).map_err(io_err)?;
+        log.last_purged = Some(log_id);
+        if log.last_log_id < Some(log_id) {
+            log.last_log_id = Some(log_id);
+        }
+        Ok(())
+    }
+}

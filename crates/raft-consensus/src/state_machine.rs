@@ -1,0 +1,141 @@
+//! `RaftStateMachine` adapter: openraft bookkeeping (applied log id, membership, snapshots)
+//! around a [`GroupStateMachine`] that gives the entries their meaning.
+//!
+//! The applied state is not persisted: after a restart the state machine starts empty (or from
+//! its stored snapshot) and openraft re-applies the committed log. So `applied_state()` never
+//! runs ahead of the durable log, which openraft would otherwise "repair" by purging the log.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::EntryPayload;
+
+use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The meaning of a group's entries. Implemented by the node for the metadata group and for
+/// shard groups. Calls are serialised by the adapter.
+pub trait GroupStateMachine: Send + 'static {
+    /// Applies a committed normal entry and returns the answer for the proposer.
+    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8>;
+    /// A committed blank or membership entry (no data) was applied.
+    fn apply_empty(&mut self, _log_id: &LogId) {}
+    /// Serialises the whole state, for a snapshot.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state with a snapshot taken at `last_log_id`.
+    fn restore(&mut self, last_log_id: Option<&LogId>, data: &[u8]) -> Result<(), String>;
+}
+
+pub type SnapshotData = Vec<u8>;
+type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+struct Inner {
+    machine: Box<dyn GroupStateMachine>,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    current_snapshot: Option<(SnapshotMeta, SnapshotData)>,
+}
+
+/// The state machine handed to openraft. Clones share state (it is also its snapshot builder).
+#[derive(Clone)]
+pub struct GroupSm {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl GroupSm {
+    pub fn new(machine: Box<dyn GroupStateMachine>) -> GroupSm {
+        GroupSm {
+            inner: Arc::new(Mutex::new(Inner {
+                machine,
+                last_applied: None,
+                last_membership: StoredMembership::default(),
+                current_snapshot: None,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("state machine lock poisoned")
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupSm {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let mut inner = self.lock();
+        let meta = SnapshotMeta {
+            last_log_id: inner.last_applied,
+            last_membership: inner.last_membership.clone(),
+        };
+        let data = inner.machine.snapshot();
+        inner.current_snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for GroupSm {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = GroupSm;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let inner = self.lock();
+        Ok((inner.last_applied, inner.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut inner = self.lock();
+                inner.last_applied = Some(entry.log_id);
+                match &entry.payload {
+                    EntryPayload::Blank => {
+                        inner.machine.apply_empty(&entry.log_id);
+                        Vec::new()
+                    }
+                    EntryPayload::Normal(req) => inner.machine.apply(&entry.log_id, &req.0),
+                    EntryPayload::Membership(m) => {
+                        inner.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        inner.machine.apply_empty(&entry.log_id);
+                        Vec::new()
+                    }
+                }
+            };
+            if let Some(r) = responder {
+                r.send(Response(response));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        inner
+            .machine
+            .restore(meta.last_log_id.as_ref(), &snapshot)
+            .map_err(io::Error::other)?;
+        inner.last_applied = meta.last_log_id;
+        inner.last_membership = meta.last_membership.clone();
+        inner.current_snapshot = Some((meta.clone(), snapshot));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let inner = self.lock();
+        Ok(inner.current_snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: data.clone(),
+        }))
+    }
+}
