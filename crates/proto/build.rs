@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("millrace/v1/millrace.proto"),
         root.join("millrace/v1/internal.proto"),
+        root.join("millrace/v1/storage.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -1,1 +1,116 @@
-fn main(){}
+//! `millrace`: the server (`serve`), a local cluster (`dev`) and the client CLI.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use millrace_client::cli::{self, ClientCommand};
+use millrace_node::server::config::parse_peers;
+use millrace_node::server::{serve, ServeConfig};
+
+#[derive(Parser)]
+#[command(name = "millrace", version, about = "Millrace: a replicated, Kinesis-compatible data-streaming service")]
+struct Cli {
+    /// Cluster endpoint(s) for client commands, comma separated (default: $MILLRACE_ENDPOINT,
+    /// else http://127.0.0.1:7101).
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node.
+    Serve(ServeArgs),
+    /// Run a local cluster of N nodes as child processes.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value = "./millrace-data")]
+        data_dir: PathBuf,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "MILLRACE_NODE_ID")]
+    node_id: u64,
+    #[arg(long, env = "MILLRACE_DATA_DIR")]
+    data_dir: PathBuf,
+    #[arg(long, env = "MILLRACE_GRPC_ADDR", default_value = "127.0.0.1:7101")]
+    grpc_addr: std::net::SocketAddr,
+    #[arg(long, env = "MILLRACE_HTTP_ADDR", default_value = "127.0.0.1:4567")]
+    http_addr: std::net::SocketAddr,
+    #[arg(long, env = "MILLRACE_ZONE", default_value = "default")]
+    zone: String,
+    /// Initial metadata voters: ID=HOST:PORT,… (the same list on every initial node).
+    #[arg(long, env = "MILLRACE_PEERS", default_value = "")]
+    peers: String,
+    #[arg(long, env = "MILLRACE_HEARTBEAT_INTERVAL_MS", default_value_t = 200)]
+    heartbeat_interval_ms: u64,
+    #[arg(long, env = "MILLRACE_ELECTION_TIMEOUT_MIN_MS", default_value_t = 1000)]
+    election_timeout_min_ms: u64,
+    #[arg(long, env = "MILLRACE_ELECTION_TIMEOUT_MAX_MS", default_value_t = 2000)]
+    election_timeout_max_ms: u64,
+    #[arg(long, env = "MILLRACE_SHARDS_PER_STREAM_MAX", default_value_t = 1000)]
+    shards_per_stream_max: u32,
+    #[arg(long, env = "MILLRACE_REPLICATION_FACTOR", default_value_t = 3)]
+    replication_factor: u32,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => {
+                let peers = parse_peers(&a.peers).map_err(anyhow::Error::msg)?;
+                serve(ServeConfig {
+                    node_id: a.node_id,
+                    data_dir: a.data_dir,
+                    grpc_addr: a.grpc_addr,
+                    http_addr: a.http_addr,
+                    zone: a.zone,
+                    peers,
+                    heartbeat_interval_ms: a.heartbeat_interval_ms,
+                    election_timeout_min_ms: a.election_timeout_min_ms,
+                    election_timeout_max_ms: a.election_timeout_max_ms,
+                    shards_per_stream_max: a.shards_per_stream_max,
+                    default_replication_factor: a.replication_factor,
+                })
+                .await
+            }
+            Command::Dev { nodes, data_dir } => millrace_node::dev::run(nodes, &data_dir).await,
+            Command::Client(command) => {
+                let client = millrace_client::Client::connect(cli::endpoints(cli.endpoint.as_deref()))?;
+                let mut out = std::io::stdout().lock();
+                cli::run(&client, command, &mut out).await.map_err(anyhow::Error::from)
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

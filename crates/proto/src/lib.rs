@@ -2,16 +2,29 @@
 //!
 //! * [`v1`]: the public gRPC API (`millrace.v1.Millrace`).
 //! * [`internal`]: node-to-node RPCs (Raft transport, forwarding to leaders).
+//! * [`storage`]: the on-disk record batch format (payload of shard Raft entries).
 
+/// Generated modules, nested as the protobuf packages are (so cross-package references work).
 #[allow(clippy::all, missing_docs)]
-pub mod v1 {
-    tonic::include_proto!("millrace.v1");
+pub mod millrace {
+    pub mod v1 {
+        tonic::include_proto!("millrace.v1");
+    }
+    pub mod internal {
+        pub mod v1 {
+            tonic::include_proto!("millrace.internal.v1");
+        }
+    }
+    pub mod storage {
+        pub mod v1 {
+            tonic::include_proto!("millrace.storage.v1");
+        }
+    }
 }
 
-#[allow(clippy::all, missing_docs)]
-pub mod internal {
-    tonic::include_proto!("millrace.internal.v1");
-}
+pub use millrace::internal::v1 as internal;
+pub use millrace::storage::v1 as storage;
+pub use millrace::v1;
 
 /// gRPC metadata key carrying the stable error symbol of a failed call.
 pub const ERROR_METADATA_KEY: &str = "millrace-error";

@@ -189,15 +189,21 @@ impl GroupManager {
             raft: raft.clone(),
             log,
         };
-        let mut groups = self.groups.lock().expect("groups lock");
-        if let Some(existing) = groups.get(&group_id) {
+        let existing = {
+            let mut groups = self.groups.lock().expect("groups lock");
+            match groups.get(&group_id) {
+                Some(existing) => Some(existing.clone()),
+                None => {
+                    groups.insert(group_id, handle.clone());
+                    None
+                }
+            }
+        };
+        if let Some(existing) = existing {
             // Lost a race with another opener; keep the first.
-            let existing = existing.clone();
-            drop(groups);
             let _ = raft.shutdown().await;
             return Ok(existing);
         }
-        groups.insert(group_id, handle.clone());
         self.registry.insert(group_id, raft);
         Ok(handle)
     }

@@ -1,0 +1,463 @@
+//! The public gRPC API (`millrace.v1.Millrace`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use millrace_proto::storage::BatchRecord;
+use millrace_proto::v1 as pb;
+use millrace_proto::v1::millrace_server::Millrace;
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::iterator::{IteratorToken, ITERATOR_TTL_MS};
+use crate::metadata::placement::{place_replicas, NodeLoad};
+use crate::metadata::state::{MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamStatus};
+use crate::server::node::Node;
+use crate::server::now_ms;
+use crate::shard::hashing::{parse_explicit_hash_key, partition_key_hash};
+use crate::shard::read::ReadBounds;
+use crate::shard::sequence::SequenceNumber;
+
+/// Kinesis limits (Kinesis Data Streams quotas, "PutRecords" and "GetRecords").
+pub const PUT_RECORDS_RECORDS_MAX: usize = 500;
+pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
+pub const RECORD_DATA_BYTES_MAX: usize = 1024 * 1024;
+pub const PARTITION_KEY_CHARS_MAX: usize = 256;
+pub const GET_RECORDS_RECORDS_MAX: u32 = 10_000;
+pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
+pub const STREAM_NAME_CHARS_MAX: usize = 128;
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+
+pub struct MillraceService {
+    pub node: Arc<Node>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// Accepts a stream name or a StreamARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+pub fn stream_name_from(input: &str) -> Result<String, ApiError> {
+    let name = match input.rsplit_once(":stream/") {
+        Some((prefix, name)) if prefix.starts_with("arn:") => name,
+        _ => input,
+    };
+    let valid = !name.is_empty()
+        && name.len() <= STREAM_NAME_CHARS_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !valid {
+        return Err(ApiError::InvalidArgument(format!(
+            "StreamName {input:?} must be 1-{STREAM_NAME_CHARS_MAX} characters of [a-zA-Z0-9_.-]"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+impl MillraceService {
+    fn stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
+        let name = stream_name_from(name)?;
+        self.node
+            .meta
+            .read(|s| s.streams.get(&name).cloned())
+            .ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+    }
+
+    fn shard_proto(&self, sh: &ShardMeta) -> pb::Shard {
+        let leader = self
+            .node
+            .local_leader(sh.group_id)
+            .or_else(|| self.node.leader_hint(sh.group_id))
+            .unwrap_or(0);
+        pb::Shard {
+            shard_id: sh.shard_id.clone(),
+            parent_shard_id: sh.parent_shard_id.clone().unwrap_or_default(),
+            adjacent_parent_shard_id: sh.adjacent_parent_shard_id.clone().unwrap_or_default(),
+            hash_key_range: Some(pb::HashKeyRange {
+                starting_hash_key: sh.starting_hash_key.to_string(),
+                ending_hash_key: sh.ending_hash_key.to_string(),
+            }),
+            sequence_number_range: Some(pb::SequenceNumberRange {
+                starting_sequence_number: SequenceNumber::new(0, 0).to_string(),
+                ending_sequence_number: String::new(),
+            }),
+            replica_node_ids: sh.replicas.clone(),
+            leader_node_id: leader,
+        }
+    }
+
+    async fn create_stream(&self, req: pb::CreateStreamRequest) -> Result<(), ApiError> {
+        let name = stream_name_from(&req.stream_name)?;
+        let max = self.node.config.shards_per_stream_max;
+        if req.shard_count == 0 || req.shard_count > max {
+            return Err(ApiError::InvalidArgument(format!(
+                "ShardCount {} must be between 1 and {max}",
+                req.shard_count
+            )));
+        }
+        let rf = match req.replication_factor {
+            0 => self.node.config.default_replication_factor,
+            rf @ (1 | 3 | 5) => rf,
+            rf => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "ReplicationFactor {rf} must be 1, 3 or 5"
+                )))
+            }
+        };
+        let placements = self.node.meta.read(|s| {
+            let mut loads: Vec<NodeLoad> = s
+                .members
+                .values()
+                .map(|m| NodeLoad {
+                    node_id: m.node_id,
+                    zone: m.zone.clone(),
+                    replicas: 0,
+                    leaders: 0,
+                })
+                .collect();
+            for st in s.streams.values() {
+                for sh in &st.shards {
+                    for (i, r) in sh.replicas.iter().enumerate() {
+                        if let Some(l) = loads.iter_mut().find(|l| l.node_id == *r) {
+                            l.replicas += 1;
+                            l.leaders += usize::from(i == 0);
+                        }
+                    }
+                }
+            }
+            (0..req.shard_count)
+                .map(|_| place_replicas(&mut loads, rf as usize))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let placements = placements.map_err(|e| ApiError::LimitExceeded(e.to_string()))?;
+        let cmd = MetaCommand::CreateStream {
+            name,
+            creation_timestamp_ms: now_ms(),
+            retention_period_hours: DEFAULT_RETENTION_HOURS,
+            replication_factor: rf,
+            placements,
+        };
+        meta_result(self.node.propose_meta(&cmd).await?)
+    }
+
+    async fn put_records(&self, req: pb::PutRecordsRequest) -> Result<pb::PutRecordsResponse, ApiError> {
+        let stream = self.stream(&req.stream_name)?;
+        if stream.status == StreamStatus::Deleting {
+            return Err(ApiError::ResourceNotFound(format!("Stream {} is being deleted", stream.name)));
+        }
+        if req.records.is_empty() || req.records.len() > PUT_RECORDS_RECORDS_MAX {
+            return Err(ApiError::InvalidArgument(format!(
+                "Records has {} entries; it must have 1-{PUT_RECORDS_RECORDS_MAX}",
+                req.records.len()
+            )));
+        }
+        let mut total = 0usize;
+        // Route every record first: a bad record fails the whole call before anything is written.
+        let mut per_shard: BTreeMap<usize, Vec<(usize, BatchRecord)>> = BTreeMap::new();
+        for (i, r) in req.records.into_iter().enumerate() {
+            let chars = r.partition_key.chars().count();
+            if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
+                return Err(ApiError::InvalidArgument(format!(
+                    "Records[{i}].PartitionKey has {chars} characters; it must have 1-{PARTITION_KEY_CHARS_MAX}"
+                )));
+            }
+            if r.data.len() > RECORD_DATA_BYTES_MAX {
+                return Err(ApiError::InvalidArgument(format!(
+                    "Records[{i}].Data has {} bytes; the limit is {RECORD_DATA_BYTES_MAX}",
+                    r.data.len()
+                )));
+            }
+            total += r.data.len() + r.partition_key.len();
+            if total > PUT_RECORDS_BYTES_MAX {
+                return Err(ApiError::InvalidArgument(format!(
+                    "the PutRecords request exceeds {PUT_RECORDS_BYTES_MAX} bytes (data plus partition keys)"
+                )));
+            }
+            let hash = if r.explicit_hash_key.is_empty() {
+                partition_key_hash(&r.partition_key)
+            } else {
+                parse_explicit_hash_key(&r.explicit_hash_key)
+                    .map_err(|e| ApiError::InvalidArgument(format!("Records[{i}].{e}")))?
+            };
+            let shard = stream
+                .shards
+                .iter()
+                .position(|s| s.contains(hash))
+                .ok_or_else(|| ApiError::Internal(format!("no shard owns hash key {hash}")))?;
+            per_shard.entry(shard).or_default().push((
+                i,
+                BatchRecord {
+                    partition_key: r.partition_key,
+                    data: r.data,
+                    hash_key: hash.to_be_bytes().to_vec(),
+                },
+            ));
+        }
+        let count = per_shard.values().map(Vec::len).sum::<usize>();
+        let mut results = vec![pb::PutRecordsResultEntry::default(); count];
+        let writes = per_shard.into_iter().map(|(shard, recs)| {
+            let sh = stream.shards[shard].clone();
+            let node = self.node.clone();
+            async move {
+                let (idx, batch): (Vec<usize>, Vec<BatchRecord>) = recs.into_iter().unzip();
+                let r = node.shard_append(sh.group_id, &sh.replicas, batch).await;
+                (sh, idx, r)
+            }
+        });
+        let mut failed = 0u32;
+        for (sh, idx, r) in futures::future::join_all(writes).await {
+            for (pos, i) in idx.into_iter().enumerate() {
+                results[i] = match &r {
+                    Ok(log_index) => pb::PutRecordsResultEntry {
+                        shard_id: sh.shard_id.clone(),
+                        sequence_number: SequenceNumber::new(*log_index, pos as u32).to_string(),
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        failed += 1;
+                        pb::PutRecordsResultEntry {
+                            shard_id: sh.shard_id.clone(),
+                            error_code: e.symbol().to_string(),
+                            error_message: e.to_string(),
+                            ..Default::default()
+                        }
+                    }
+                };
+            }
+        }
+        Ok(pb::PutRecordsResponse {
+            failed_record_count: failed,
+            records: results,
+        })
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        req: pb::GetShardIteratorRequest,
+    ) -> Result<pb::GetShardIteratorResponse, ApiError> {
+        let stream = self.stream(&req.stream_name)?;
+        let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
+            ApiError::ResourceNotFound(format!("Shard {} in stream {} not found", req.shard_id, stream.name))
+        })?;
+        use pb::ShardIteratorType as T;
+        let kind = T::try_from(req.shard_iterator_type).unwrap_or(T::Unspecified);
+        let parse_seq = || SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number)
+            .map_err(ApiError::InvalidArgument);
+        let (index, position) = match kind {
+            T::TrimHorizon => (0, 0),
+            T::AtSequenceNumber => {
+                let s = parse_seq()?;
+                (s.log_index, s.position)
+            }
+            T::AfterSequenceNumber => {
+                let s = parse_seq()?.next();
+                (s.log_index, s.position)
+            }
+            T::Latest => {
+                let probe = ReadBounds {
+                    from_index: 0,
+                    from_position: 0,
+                    max_records: 0,
+                    max_bytes: 0,
+                };
+                let (_, applied, _) = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
+                (applied.map_or(0, |a| a + 1), 0)
+            }
+            T::AtTimestamp => {
+                return Err(ApiError::InvalidArgument(
+                    "ShardIteratorType AT_TIMESTAMP is not supported yet".into(),
+                ))
+            }
+            T::Unspecified => {
+                return Err(ApiError::InvalidArgument(
+                    "ShardIteratorType must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP".into(),
+                ))
+            }
+        };
+        let token = IteratorToken {
+            version: 1,
+            stream: stream.name.clone(),
+            shard_id: shard.shard_id.clone(),
+            group_id: shard.group_id,
+            index,
+            position,
+            expires_ms: now_ms() + ITERATOR_TTL_MS,
+        };
+        Ok(pb::GetShardIteratorResponse {
+            shard_iterator: token.encode(),
+        })
+    }
+
+    async fn get_records(&self, req: pb::GetRecordsRequest) -> Result<pb::GetRecordsResponse, ApiError> {
+        let token = IteratorToken::decode(&req.shard_iterator, now_ms())?;
+        let limit = match req.limit {
+            0 => GET_RECORDS_RECORDS_MAX,
+            l if l > GET_RECORDS_RECORDS_MAX => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "Limit {l} exceeds the maximum of {GET_RECORDS_RECORDS_MAX}"
+                )))
+            }
+            l => l,
+        };
+        let stream = self.stream(&token.stream)?;
+        let shard = stream
+            .shard(&token.shard_id)
+            .filter(|s| s.group_id == token.group_id)
+            .cloned()
+            .ok_or_else(|| ApiError::ResourceNotFound(format!("Shard {} not found", token.shard_id)))?;
+        let bounds = ReadBounds {
+            from_index: token.index,
+            from_position: token.position,
+            max_records: limit as usize,
+            max_bytes: GET_RECORDS_BYTES_MAX,
+        };
+        let (outcome, applied, latest_ms) = self.node.shard_read(shard.group_id, &shard.replicas, bounds).await?;
+        let caught_up = applied.is_none_or(|a| outcome.next_index > a);
+        let millis_behind = match outcome.records.last() {
+            _ if caught_up => 0,
+            Some(last) => (latest_ms - last.arrival_timestamp_ms).max(0),
+            None => 0,
+        };
+        let next = IteratorToken {
+            index: outcome.next_index,
+            position: outcome.next_position,
+            expires_ms: now_ms() + ITERATOR_TTL_MS,
+            ..token
+        };
+        Ok(pb::GetRecordsResponse {
+            records: outcome
+                .records
+                .into_iter()
+                .map(|r| pb::Record {
+                    sequence_number: SequenceNumber::new(r.log_index, r.position).to_string(),
+                    approximate_arrival_timestamp_ms: r.arrival_timestamp_ms,
+                    data: r.data,
+                    partition_key: r.partition_key,
+                })
+                .collect(),
+            next_shard_iterator: next.encode(),
+            millis_behind_latest: millis_behind,
+            child_shards: Vec::new(),
+        })
+    }
+}
+
+fn meta_result(r: MetaResponse) -> Result<(), ApiError> {
+    match r {
+        MetaResponse::Ok => Ok(()),
+        MetaResponse::ResourceInUse(m) => Err(ApiError::ResourceInUse(m)),
+        MetaResponse::ResourceNotFound(m) => Err(ApiError::ResourceNotFound(m)),
+        MetaResponse::InvalidArgument(m) => Err(ApiError::InvalidArgument(m)),
+    }
+}
+
+fn status_proto(s: StreamStatus) -> i32 {
+    (match s {
+        StreamStatus::Creating => pb::StreamStatus::Creating,
+        StreamStatus::Active => pb::StreamStatus::Active,
+        StreamStatus::Updating => pb::StreamStatus::Updating,
+        StreamStatus::Deleting => pb::StreamStatus::Deleting,
+    }) as i32
+}
+
+#[tonic::async_trait]
+impl Millrace for MillraceService {
+    async fn create_stream(&self, req: Request<pb::CreateStreamRequest>) -> Reply<pb::CreateStreamResponse> {
+        self.create_stream(req.into_inner()).await?;
+        Ok(Response::new(pb::CreateStreamResponse {}))
+    }
+
+    async fn describe_stream(&self, req: Request<pb::DescribeStreamRequest>) -> Reply<pb::DescribeStreamResponse> {
+        let s = self.stream(&req.into_inner().stream_name)?;
+        Ok(Response::new(pb::DescribeStreamResponse {
+            stream: Some(pb::StreamDescription {
+                stream_arn: format!("arn:aws:kinesis:us-east-1:123456789012:stream/{}", s.name),
+                stream_name: s.name.clone(),
+                status: status_proto(s.status),
+                shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),
+                retention_period_hours: s.retention_period_hours,
+                creation_timestamp_ms: s.creation_timestamp_ms,
+                replication_factor: s.replication_factor,
+            }),
+        }))
+    }
+
+    async fn list_streams(&self, req: Request<pb::ListStreamsRequest>) -> Reply<pb::ListStreamsResponse> {
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            l => l.min(10_000) as usize,
+        };
+        let names: Vec<String> = self.node.meta.read(|s| {
+            s.streams
+                .keys()
+                .filter(|n| req.exclusive_start_stream_name.is_empty() || **n > req.exclusive_start_stream_name)
+                .take(limit + 1)
+                .cloned()
+                .collect()
+        });
+        let more = names.len() > limit;
+        Ok(Response::new(pb::ListStreamsResponse {
+            stream_names: names.into_iter().take(limit).collect(),
+            has_more_streams: more,
+        }))
+    }
+
+    async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> Reply<pb::ListShardsResponse> {
+        let s = self.stream(&req.into_inner().stream_name)?;
+        Ok(Response::new(pb::ListShardsResponse {
+            shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),
+        }))
+    }
+
+    async fn put_records(&self, req: Request<pb::PutRecordsRequest>) -> Reply<pb::PutRecordsResponse> {
+        Ok(Response::new(self.put_records(req.into_inner()).await?))
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        req: Request<pb::GetShardIteratorRequest>,
+    ) -> Reply<pb::GetShardIteratorResponse> {
+        Ok(Response::new(self.get_shard_iterator(req.into_inner()).await?))
+    }
+
+    async fn get_records(&self, req: Request<pb::GetRecordsRequest>) -> Reply<pb::GetRecordsResponse> {
+        Ok(Response::new(self.get_records(req.into_inner()).await?))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _req: Request<pb::DescribeClusterRequest>,
+    ) -> Reply<pb::DescribeClusterResponse> {
+        Ok(Response::new(pb::DescribeClusterResponse {
+            nodes: self
+                .node
+                .members()
+                .into_values()
+                .map(|m| pb::ClusterNode {
+                    node_id: m.node_id,
+                    zone: m.zone,
+                    grpc_addr: m.grpc_addr,
+                    http_addr: m.http_addr,
+                })
+                .collect(),
+            metadata_leader_id: self.node.metadata_leader().unwrap_or(0),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_and_arns() {
+        assert_eq!(stream_name_from("orders").unwrap(), "orders");
+        assert_eq!(
+            stream_name_from("arn:aws:kinesis:us-east-1:123456789012:stream/orders").unwrap(),
+            "orders"
+        );
+        assert!(stream_name_from("").is_err());
+        assert!(stream_name_from("bad name").is_err());
+        assert!(stream_name_from(&"x".repeat(129)).is_err());
+    }
+}

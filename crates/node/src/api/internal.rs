@@ -1,0 +1,113 @@
+//! The node-to-node gRPC service: Raft messages and requests forwarded to leaders.
+
+use std::sync::Arc;
+
+use millrace_proto::internal as ipb;
+use millrace_proto::internal::internal_server::Internal;
+use tonic::{Request, Response, Status};
+
+use crate::server::node::{LocalWrite, Node};
+use crate::shard::read::ReadBounds;
+
+pub struct InternalService {
+    pub node: Arc<Node>,
+}
+
+impl InternalService {
+    fn not_leader(&self, leader: Option<u64>) -> ipb::NotLeader {
+        let leader_id = leader.filter(|l| *l != self.node.id).unwrap_or(0);
+        ipb::NotLeader {
+            leader_id,
+            leader_grpc_addr: self.node.addr_of(leader_id).unwrap_or_default(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Internal for InternalService {
+    async fn raft(&self, req: Request<ipb::RaftRequest>) -> Result<Response<ipb::RaftReply>, Status> {
+        Ok(Response::new(self.node.groups.registry().handle(req.into_inner()).await))
+    }
+
+    async fn meta_propose(
+        &self,
+        req: Request<ipb::MetaProposeRequest>,
+    ) -> Result<Response<ipb::MetaProposeReply>, Status> {
+        let req = req.into_inner();
+        let reply = match self.node.propose_meta_local(&req.command).await {
+            Ok(Ok(resp)) => ipb::MetaProposeReply {
+                response: serde_json::to_vec(&resp).unwrap_or_default(),
+                ..Default::default()
+            },
+            Ok(Err(leader)) => ipb::MetaProposeReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            },
+            Err(e) => ipb::MetaProposeReply {
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn shard_append(
+        &self,
+        req: Request<ipb::ShardAppendRequest>,
+    ) -> Result<Response<ipb::ShardAppendReply>, Status> {
+        let req = req.into_inner();
+        let reply = match self.node.append_local(req.group_id, req.batch).await {
+            Ok(LocalWrite::Done(log_index)) => ipb::ShardAppendReply {
+                log_index,
+                ..Default::default()
+            },
+            Ok(LocalWrite::NotLeader(leader)) => ipb::ShardAppendReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            },
+            Err(e) => ipb::ShardAppendReply {
+                error_code: e.symbol().to_string(),
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn shard_read(
+        &self,
+        req: Request<ipb::ShardReadRequest>,
+    ) -> Result<Response<ipb::ShardReadReply>, Status> {
+        let req = req.into_inner();
+        let leader = self.node.local_leader(req.group_id);
+        if leader != Some(self.node.id) {
+            return Ok(Response::new(ipb::ShardReadReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            }));
+        }
+        let bounds = ReadBounds {
+            from_index: req.from_index,
+            from_position: req.from_position,
+            max_records: req.max_records as usize,
+            max_bytes: req.max_bytes as usize,
+        };
+        let reply = match self.node.read_local(req.group_id, bounds) {
+            Ok((outcome, applied, latest)) => ipb::ShardReadReply {
+                records: outcome.records,
+                next_index: outcome.next_index,
+                next_position: outcome.next_position,
+                applied_index: applied.unwrap_or(0),
+                has_applied: applied.is_some(),
+                latest_arrival_timestamp_ms: latest,
+                ..Default::default()
+            },
+            Err(e) => ipb::ShardReadReply {
+                error_code: e.symbol().to_string(),
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+}

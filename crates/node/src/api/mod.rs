@@ -1,0 +1,7 @@
+//! The API layer: public gRPC, node-to-node gRPC and the HTTP port.
+
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod internal;
+pub mod iterator;

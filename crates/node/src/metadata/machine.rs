@@ -1,0 +1,86 @@
+//! The metadata group's state machine: [`MetaState`] behind a lock, with a watch that fires
+//! whenever it changes, so the node can reconcile its shard replicas.
+
+use std::sync::{Arc, RwLock};
+
+use millrace_raft::types::LogId;
+use millrace_raft::GroupStateMachine;
+use tokio::sync::watch;
+
+use super::state::{MetaCommand, MetaResponse, MetaState};
+
+/// The applied metadata state as this node knows it.
+pub struct MetaShared {
+    state: RwLock<MetaState>,
+    /// Bumped on every applied change.
+    version: watch::Sender<u64>,
+}
+
+impl MetaShared {
+    pub fn new() -> Arc<MetaShared> {
+        Arc::new(MetaShared {
+            state: RwLock::new(MetaState::default()),
+            version: watch::channel(0).0,
+        })
+    }
+
+    /// Runs `f` on the current state.
+    pub fn read<T>(&self, f: impl FnOnce(&MetaState) -> T) -> T {
+        f(&self.state.read().expect("metadata lock"))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+pub struct MetaMachine {
+    shared: Arc<MetaShared>,
+}
+
+impl MetaMachine {
+    pub fn new(shared: Arc<MetaShared>) -> MetaMachine {
+        MetaMachine { shared }
+    }
+}
+
+pub fn encode_command(cmd: &MetaCommand) -> Vec<u8> {
+    serde_json::to_vec(cmd).expect("metadata commands serialise")
+}
+
+pub fn decode_response(bytes: &[u8]) -> Result<MetaResponse, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("bad metadata response: {e}"))
+}
+
+impl GroupStateMachine for MetaMachine {
+    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
+        let response = match serde_json::from_slice::<MetaCommand>(data) {
+            Ok(cmd) => {
+                let r = self.shared.state.write().expect("metadata lock").apply(&cmd);
+                self.shared.version.send_modify(|v| *v += 1);
+                r
+            }
+            Err(e) => {
+                tracing::error!(index = log_id.index, error = %e, "undecodable metadata command skipped");
+                MetaResponse::InvalidArgument(format!("undecodable metadata command: {e}"))
+            }
+        };
+        serde_json::to_vec(&response).expect("metadata responses serialise")
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.shared.state.read().expect("metadata lock"))
+            .expect("metadata state serialises")
+    }
+
+    fn restore(&mut self, _last: Option<&LogId>, data: &[u8]) -> Result<(), String> {
+        let state: MetaState = if data.is_empty() {
+            MetaState::default()
+        } else {
+            serde_json::from_slice(data).map_err(|e| format!("bad metadata snapshot: {e}"))?
+        };
+        *self.shared.state.write().expect("metadata lock") = state;
+        self.shared.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+}

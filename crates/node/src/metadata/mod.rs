@@ -1,0 +1,5 @@
+//! The metadata group: members, streams, shards and placement.
+
+pub mod machine;
+pub mod placement;
+pub mod state;

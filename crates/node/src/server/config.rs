@@ -1,0 +1,107 @@
+//! The `serve` configuration: one typed struct, validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything a node needs to start. Built from flags (and `MILLRACE_*` environment variables).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub zone: String,
+    /// Initial metadata voters: node id → gRPC address. Every initial node gets the same list.
+    pub peers: BTreeMap<u64, String>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Shards one stream may have.
+    pub shards_per_stream_max: u32,
+    /// Replicas per shard when CreateStream does not say.
+    pub default_replication_factor: u32,
+}
+
+impl ServeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 {
+            return Err("--node-id must be at least 1".into());
+        }
+        if self.zone.is_empty() {
+            return Err("--zone must not be empty".into());
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return Err(format!(
+                "--peers must include this node ({}) among the initial voters",
+                self.node_id
+            ));
+        }
+        if let Some(addr) = self.peers.get(&self.node_id) {
+            if addr.parse::<SocketAddr>().ok() != Some(self.grpc_addr) {
+                return Err(format!(
+                    "--peers lists node {} at {addr}, but --grpc-addr is {}",
+                    self.node_id, self.grpc_addr
+                ));
+            }
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return Err("election timeout must exceed the heartbeat interval".into());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("election timeout max must exceed its min".into());
+        }
+        if !matches!(self.default_replication_factor, 1 | 3 | 5) {
+            return Err("replication factor must be 1, 3 or 5".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--peers entry {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers entry {part:?}: node id is not a number"))?;
+        let addr = addr.trim();
+        addr.parse::<SocketAddr>()
+            .map_err(|_| format!("--peers entry {part:?}: {addr:?} is not HOST:PORT"))?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("--peers names node {id} twice"));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_validate() {
+        let p = parse_peers("1=127.0.0.1:7101, 2=127.0.0.1:7102").unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(parse_peers("1=nope").is_err());
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
+        let cfg = ServeConfig {
+            node_id: 3,
+            data_dir: "/tmp/x".into(),
+            grpc_addr: "127.0.0.1:7103".parse().unwrap(),
+            http_addr: "127.0.0.1:4569".parse().unwrap(),
+            zone: "c".into(),
+            peers: p,
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            shards_per_stream_max: 1000,
+            default_replication_factor: 3,
+        };
+        assert!(cfg.validate().unwrap_err().contains("--peers must include"));
+    }
+}

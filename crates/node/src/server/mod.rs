@@ -1,0 +1,18 @@
+//! The server process: wiring storage, Raft groups, the API and background loops together.
+
+pub mod config;
+pub mod node;
+mod reconcile;
+mod routing;
+mod run;
+
+pub use config::ServeConfig;
+pub use run::serve;
+
+/// Milliseconds since the Unix epoch on this node's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,234 @@
+//! The node: its Raft groups, the applied metadata, and the operations the API layer calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use millrace_proto::internal::{MetaProposeRequest, StoredRecord};
+use millrace_proto::storage::{shard_command, BatchRecord, RecordBatch, ShardCommand};
+use millrace_raft::group::GroupHandle;
+use millrace_raft::{GroupManager, Request};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use prost::Message;
+
+use super::config::ServeConfig;
+use super::now_ms;
+use crate::api::error::ApiError;
+use crate::metadata::machine::{decode_response, encode_command, MetaShared};
+use crate::metadata::state::{MetaCommand, MetaResponse};
+use crate::shard::machine::ShardShared;
+use crate::shard::read::{read_records, ReadBounds, ReadOutcome};
+
+/// How long a request keeps looking for a leader before giving up (nothing was applied).
+pub const LEADER_SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Node {
+    pub id: u64,
+    pub config: ServeConfig,
+    pub groups: GroupManager,
+    pub meta: Arc<MetaShared>,
+    pub meta_group: GroupHandle,
+    pub(super) shards: Mutex<HashMap<u64, Arc<ShardShared>>>,
+    /// Last known leader of each group (a hint; verified by the answer).
+    pub(super) leader_hints: Mutex<HashMap<u64, u64>>,
+    pub(super) registered: AtomicBool,
+}
+
+/// Outcome of a local write attempt.
+pub enum LocalWrite {
+    Done(u64),
+    NotLeader(Option<u64>),
+}
+
+impl Node {
+    /// gRPC address of a node, from the metadata members or the initial peers.
+    pub fn addr_of(&self, node_id: u64) -> Option<String> {
+        self.meta
+            .read(|s| s.members.get(&node_id).map(|m| m.grpc_addr.clone()))
+            .or_else(|| self.config.peers.get(&node_id).cloned())
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// The metadata leader as this node sees it.
+    pub fn metadata_leader(&self) -> Option<u64> {
+        self.meta_group.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Current leader of a group hosted here, per its Raft metrics.
+    pub fn local_leader(&self, group_id: u64) -> Option<u64> {
+        let h = self.groups.get(group_id)?;
+        let leader = h.raft.metrics().borrow_watched().current_leader;
+        leader
+    }
+
+    pub fn shard_shared(&self, group_id: u64) -> Option<Arc<ShardShared>> {
+        self.shards.lock().expect("shards lock").get(&group_id).cloned()
+    }
+
+    pub fn leader_hint(&self, group_id: u64) -> Option<u64> {
+        self.leader_hints.lock().expect("hints lock").get(&group_id).copied()
+    }
+
+    pub fn set_leader_hint(&self, group_id: u64, leader: Option<u64>) {
+        let mut hints = self.leader_hints.lock().expect("hints lock");
+        match leader {
+            Some(l) => hints.insert(group_id, l),
+            None => hints.remove(&group_id),
+        };
+    }
+
+    /// Proposes a metadata command, forwarding to the metadata leader, until it is applied.
+    pub async fn propose_meta(&self, cmd: &MetaCommand) -> Result<MetaResponse, ApiError> {
+        let bytes = encode_command(cmd);
+        let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
+        loop {
+            let leader = match self.propose_meta_local(&bytes).await? {
+                Ok(resp) => return Ok(resp),
+                Err(leader) => leader,
+            };
+            if let Some(addr) = leader.filter(|l| *l != self.id).and_then(|l| self.addr_of(l)) {
+                match self.forward_meta(&addr, &bytes).await {
+                    Ok(Some(resp)) => return Ok(resp),
+                    Ok(None) => {}
+                    Err(e) if !e.retryable() => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(
+                    "the metadata group has no reachable leader".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Ok(Ok(response)) when applied here; Ok(Err(leader hint)) when another node leads.
+    pub async fn propose_meta_local(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Result<MetaResponse, Option<u64>>, ApiError> {
+        match self.meta_group.raft.client_write(Request(bytes.to_vec())).await {
+            Ok(resp) => decode_response(&resp.data.0)
+                .map(Ok)
+                .map_err(ApiError::Internal),
+            Err(e) => match not_leader(&e) {
+                Some(hint) => Ok(Err(hint)),
+                None => Err(write_error(e)),
+            },
+        }
+    }
+
+    async fn forward_meta(&self, addr: &str, bytes: &[u8]) -> Result<Option<MetaResponse>, ApiError> {
+        let mut client = self
+            .groups
+            .transport()
+            .client(addr)
+            .map_err(ApiError::Internal)?;
+        let reply = client
+            .meta_propose(MetaProposeRequest {
+                command: bytes.to_vec(),
+            })
+            .await
+            .map_err(|s| transport_error(&s))?
+            .into_inner();
+        if reply.not_leader.is_some() {
+            return Ok(None);
+        }
+        if !reply.error.is_empty() {
+            return Err(ApiError::Internal(reply.error));
+        }
+        decode_response(&reply.response).map(Some).map_err(ApiError::Internal)
+    }
+
+    /// Appends a batch to a shard group hosted here, if this replica leads it.
+    pub async fn append_local(
+        &self,
+        group_id: u64,
+        records: Vec<BatchRecord>,
+    ) -> Result<LocalWrite, ApiError> {
+        let Some(h) = self.groups.get(group_id) else {
+            return Ok(LocalWrite::NotLeader(None));
+        };
+        let cmd = ShardCommand {
+            command: Some(shard_command::Command::Put(RecordBatch {
+                arrival_timestamp_ms: now_ms(),
+                records,
+            })),
+        };
+        match h.raft.client_write(Request(cmd.encode_to_vec())).await {
+            Ok(resp) => Ok(LocalWrite::Done(resp.log_id.index)),
+            Err(e) => match not_leader(&e) {
+                Some(hint) => Ok(LocalWrite::NotLeader(hint)),
+                None => Err(write_error(e)),
+            },
+        }
+    }
+
+    /// Reads committed records of a shard group hosted here (the caller checked leadership
+    /// when it matters). `max_records == 0` only reports the applied index.
+    pub fn read_local(
+        &self,
+        group_id: u64,
+        bounds: ReadBounds,
+    ) -> Result<(ReadOutcome, Option<u64>, i64), ApiError> {
+        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id)) else {
+            return Err(ApiError::Unavailable(format!("group {group_id} is not hosted here")));
+        };
+        let applied = shared.applied_index();
+        let latest = shared.latest_arrival_ms();
+        let outcome = match applied {
+            Some(applied) if bounds.max_records > 0 => {
+                read_records(&h.log, applied, bounds).map_err(ApiError::Internal)?
+            }
+            _ => ReadOutcome {
+                records: Vec::<StoredRecord>::new(),
+                next_index: bounds.from_index,
+                next_position: bounds.from_position,
+            },
+        };
+        Ok((outcome, applied, latest))
+    }
+
+    /// Members with their addresses, for DescribeCluster.
+    pub fn members(&self) -> BTreeMap<u64, crate::metadata::state::Member> {
+        self.meta.read(|s| s.members.clone())
+    }
+}
+
+/// The leader hint when a write failed only because this node does not lead.
+fn not_leader(e: &RaftError<millrace_raft::TypeConfig, ClientWriteError<millrace_raft::TypeConfig>>) -> Option<Option<u64>> {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id),
+        _ => None,
+    }
+}
+
+fn write_error(e: RaftError<millrace_raft::TypeConfig, ClientWriteError<millrace_raft::TypeConfig>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            ApiError::UnknownOutcome("the entry was discarded after a leader change".into())
+        }
+        RaftError::Fatal(f) => ApiError::UnknownOutcome(format!("raft group stopped: {f}")),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// Maps a failed node-to-node call: a refused connection means nothing was sent.
+pub fn transport_error(status: &tonic::Status) -> ApiError {
+    let text = format!("{status:?}").to_ascii_lowercase();
+    let never_sent = status.code() == tonic::Code::Unavailable
+        && (text.contains("tcp connect error")
+            || text.contains("connection refused")
+            || text.contains("error trying to connect"));
+    if never_sent {
+        ApiError::Unavailable(format!("peer unreachable: {}", status.message()))
+    } else {
+        ApiError::UnknownOutcome(format!("peer call failed: {}", status.message()))
+    }
+}

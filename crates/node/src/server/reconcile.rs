@@ -1,0 +1,173 @@
+//! Background loops of a node: bootstrap the metadata group, register this node, keep the
+//! local shard replicas in line with the metadata, and activate newly created streams.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+
+use super::node::Node;
+use crate::metadata::state::{Member, MetaCommand, MetaResponse, StreamStatus};
+use crate::shard::machine::{ShardMachine, ShardShared};
+use crate::shard::read::ReadBounds;
+
+/// Re-checks run at least this often even without metadata changes.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Initializes the metadata group on the lowest-numbered initial peer (once per cluster).
+pub async fn bootstrap(node: &Arc<Node>) {
+    let Some(first) = node.config.peers.keys().next().copied() else {
+        return;
+    };
+    if first != node.id {
+        return;
+    }
+    match node.meta_group.raft.is_initialized().await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read metadata group state");
+            return;
+        }
+    }
+    let voters: BTreeMap<u64, BasicNode> = node
+        .config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+        .collect();
+    match node.meta_group.raft.initialize(voters).await {
+        Ok(()) => tracing::info!(peers = ?node.config.peers, "initialized the metadata group"),
+        Err(e) => tracing::info!(error = %e, "metadata group already initialized"),
+    }
+}
+
+/// Registers this node (zone, addresses) in the metadata, retrying until it succeeds.
+pub async fn register(node: Arc<Node>) {
+    let me = Member {
+        node_id: node.id,
+        zone: node.config.zone.clone(),
+        grpc_addr: node.config.grpc_addr.to_string(),
+        http_addr: node.config.http_addr.to_string(),
+    };
+    loop {
+        let current = node.meta.read(|s| s.members.get(&node.id).cloned());
+        if current.as_ref() == Some(&me) {
+            node.registered.store(true, Ordering::Relaxed);
+            return;
+        }
+        match node.propose_meta(&MetaCommand::RegisterNode(me.clone())).await {
+            Ok(MetaResponse::Ok) => {
+                tracing::info!(zone = %me.zone, "registered in the cluster metadata");
+                node.registered.store(true, Ordering::Relaxed);
+                return;
+            }
+            Ok(other) => tracing::warn!(?other, "registration refused; retrying"),
+            Err(e) => tracing::debug!(error = %e, "registration not yet possible; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Keeps local shard replicas in line with the metadata: opens the replicas placed here and
+/// initializes new groups on their first replica.
+pub async fn reconcile_groups(node: Arc<Node>) {
+    let mut changes = node.meta.subscribe();
+    loop {
+        let wanted: Vec<(u64, Vec<u64>)> = node.meta.read(|s| {
+            s.shards_on(node.id)
+                .map(|(_, sh)| (sh.group_id, sh.replicas.clone()))
+                .collect()
+        });
+        for (group_id, replicas) in wanted {
+            if let Err(e) = ensure_replica(&node, group_id, &replicas).await {
+                tracing::error!(group_id, error = %e, "cannot open shard replica");
+            }
+        }
+        let _ = tokio::time::timeout(RECONCILE_INTERVAL, changes.changed()).await;
+    }
+}
+
+async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Result<(), String> {
+    if node.groups.get(group_id).is_some() {
+        return Ok(());
+    }
+    let shared = Arc::new(ShardShared::new());
+    let handle = node
+        .groups
+        .open_group(group_id, Box::new(ShardMachine::new(shared.clone())))
+        .await
+        .map_err(|e| e.to_string())?;
+    node.shards
+        .lock()
+        .expect("shards lock")
+        .insert(group_id, shared);
+    if replicas.first() == Some(&node.id) && !handle.raft.is_initialized().await.map_err(|e| e.to_string())? {
+        let mut voters = BTreeMap::new();
+        for r in replicas {
+            let addr = node.addr_of(*r).ok_or_else(|| format!("no address for node {r}"))?;
+            voters.insert(*r, BasicNode::new(addr));
+        }
+        handle
+            .raft
+            .initialize(voters)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(group_id, ?replicas, "initialized shard group");
+    }
+    Ok(())
+}
+
+/// On the metadata leader, activates streams whose shards all have leaders.
+pub async fn activation_loop(node: Arc<Node>) {
+    loop {
+        if node.meta_group.raft.is_leader() {
+            activate_streams(&node).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// On the metadata leader: a CREATING stream becomes ACTIVE once every shard has a leader.
+async fn activate_streams(node: &Arc<Node>) {
+    let creating: Vec<(String, Vec<(u64, Vec<u64>)>)> = node.meta.read(|s| {
+        s.streams
+            .values()
+            .filter(|st| st.status == StreamStatus::Creating)
+            .map(|st| {
+                (
+                    st.name.clone(),
+                    st.shards.iter().map(|sh| (sh.group_id, sh.replicas.clone())).collect(),
+                )
+            })
+            .collect()
+    });
+    for (name, shards) in creating {
+        let mut ready = true;
+        for (group_id, replicas) in &shards {
+            let probe = ReadBounds {
+                from_index: 0,
+                from_position: 0,
+                max_records: 0,
+                max_bytes: 0,
+            };
+            let probe = tokio::time::timeout(Duration::from_secs(2), node.shard_read(*group_id, replicas, probe));
+            if !matches!(probe.await, Ok(Ok(_))) {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            let cmd = MetaCommand::SetStreamStatus {
+                name: name.clone(),
+                status: StreamStatus::Active,
+            };
+            match node.propose_meta(&cmd).await {
+                Ok(_) => tracing::info!(stream = %name, "stream is ACTIVE"),
+                Err(e) => tracing::warn!(stream = %name, error = %e, "cannot activate stream yet"),
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `millrace serve`: start storage, the metadata group, the API servers and background loops.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use millrace_proto::internal::internal_server::InternalServer;
+use millrace_proto::v1::millrace_server::MillraceServer;
+use millrace_raft::network::{Transport, RAFT_MESSAGE_BYTES_MAX};
+use millrace_raft::{GroupManager, GroupSettings};
+use millrace_storage::{FlushCoordinator, NodeMeta};
+
+use super::config::ServeConfig;
+use super::node::Node;
+use super::reconcile;
+use crate::api::grpc::MillraceService;
+use crate::api::internal::InternalService;
+use crate::metadata::machine::{MetaMachine, MetaShared};
+use crate::metadata::state::METADATA_GROUP_ID;
+
+/// Largest public gRPC message (a PutRecords of 5 MiB plus framing; GetRecords of 10 MiB).
+const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let meta_db = NodeMeta::open(&config.data_dir.join("meta")).context("opening node metadata")?;
+    match meta_db.node_get::<u64>("node_id")? {
+        Some(id) if id != config.node_id => anyhow::bail!(
+            "data dir {} belongs to node {id}, not node {}",
+            config.data_dir.display(),
+            config.node_id
+        ),
+        Some(_) => {}
+        None => {
+            meta_db.node_put("node_id", &config.node_id)?;
+            meta_db.flush().await?;
+        }
+    }
+    let flusher = FlushCoordinator::start()?;
+    let settings = GroupSettings {
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_min_ms: config.election_timeout_min_ms,
+        election_timeout_max_ms: config.election_timeout_max_ms,
+        ..GroupSettings::default()
+    };
+    let groups = GroupManager::new(
+        config.node_id,
+        config.data_dir.clone(),
+        meta_db,
+        flusher,
+        Transport::new(),
+        settings,
+    )?;
+    let meta = MetaShared::new();
+    let meta_group = groups
+        .open_group(METADATA_GROUP_ID, Box::new(MetaMachine::new(meta.clone())))
+        .await?;
+    let node = Arc::new(Node {
+        id: config.node_id,
+        config: config.clone(),
+        groups,
+        meta,
+        meta_group,
+        shards: Mutex::new(HashMap::new()),
+        leader_hints: Mutex::new(HashMap::new()),
+        registered: AtomicBool::new(false),
+    });
+
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            InternalServer::new(InternalService { node: node.clone() })
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            MillraceServer::new(MillraceService { node: node.clone() })
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+        );
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP address {}", config.http_addr))?;
+    tracing::info!(
+        node_id = config.node_id,
+        grpc = %config.grpc_addr,
+        http = %config.http_addr,
+        zone = %config.zone,
+        "millrace node starting"
+    );
+    let mut grpc_task = tokio::spawn(grpc.serve_with_incoming(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+    ));
+    let http_router = crate::api::http::router(node.clone());
+    let mut http_task = tokio::spawn(async move { axum::serve(http_listener, http_router).await });
+
+    reconcile::bootstrap(&node).await;
+    tokio::spawn(reconcile::register(node.clone()));
+    tokio::spawn(reconcile::reconcile_groups(node.clone()));
+    tokio::spawn(reconcile::activation_loop(node.clone()));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = &mut grpc_task => anyhow::bail!("gRPC server stopped: {r:?}"),
+        r = &mut http_task => anyhow::bail!("HTTP server stopped: {r:?}"),
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+    }
+    node.groups.shutdown_all().await;
+    Ok(())
+}

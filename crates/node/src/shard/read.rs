@@ -1,0 +1,92 @@
+//! The shard read path: committed records straight from the segment log, never above the
+//! applied index.
+
+use millrace_proto::internal::StoredRecord;
+use millrace_proto::storage::shard_command::Command;
+use millrace_proto::storage::ShardCommand;
+use millrace_raft::codec::decode_entry;
+use millrace_raft::log_store::GroupLogStore;
+use openraft::EntryPayload;
+use prost::Message;
+
+/// Where a read starts and how much it may return.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBounds {
+    pub from_index: u64,
+    pub from_position: u32,
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub records: Vec<StoredRecord>,
+    pub next_index: u64,
+    pub next_position: u32,
+}
+
+/// Frames fetched from the log per step.
+const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads committed records from `bounds` up to and including `applied`. Purged positions are
+/// skipped forward to the oldest retained entry.
+pub fn read_records(
+    log: &GroupLogStore,
+    applied: u64,
+    bounds: ReadBounds,
+) -> Result<ReadOutcome, String> {
+    let (first, _) = log.bounds();
+    let mut out = ReadOutcome {
+        records: Vec::new(),
+        next_index: bounds.from_index,
+        next_position: bounds.from_position,
+    };
+    if let Some(first) = first {
+        if out.next_index < first {
+            out.next_index = first;
+            out.next_position = 0;
+        }
+    }
+    let mut bytes = 0usize;
+    while out.next_index <= applied && out.records.len() < bounds.max_records {
+        let frames = log
+            .read_raw(out.next_index, applied + 1, READ_CHUNK_BYTES)
+            .map_err(|e| e.to_string())?;
+        if frames.is_empty() {
+            break;
+        }
+        for (index, raw) in frames {
+            debug_assert_eq!(index, out.next_index);
+            let entry = decode_entry(index, &raw)?;
+            if let EntryPayload::Normal(req) = entry.payload {
+                let cmd = ShardCommand::decode(req.0.as_slice())
+                    .map_err(|e| format!("entry {index}: bad shard command: {e}"))?;
+                if let Some(Command::Put(batch)) = cmd.command {
+                    let start = out.next_position as usize;
+                    for (pos, r) in batch.records.into_iter().enumerate().skip(start) {
+                        let full = out.records.len() >= bounds.max_records
+                            || (!out.records.is_empty() && bytes + r.data.len() > bounds.max_bytes);
+                        if full {
+                            out.next_position = pos as u32;
+                            return Ok(out);
+                        }
+                        bytes += r.data.len();
+                        out.records.push(StoredRecord {
+                            log_index: index,
+                            position: pos as u32,
+                            arrival_timestamp_ms: batch.arrival_timestamp_ms,
+                            partition_key: r.partition_key,
+                            data: r.data,
+                        });
+                    }
+                }
+            }
+            out.next_index = index + 1;
+            out.next_position = 0;
+            if out.records.len() >= bounds.max_records {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
