@@ -79,7 +79,9 @@ pub async fn run(
     match command {
         ClientCommand::Stream(StreamCommand::Create { name, shards }) => {
             client.create_stream(&name, shards).await?;
-            let d = client.wait_for_active(&name, Duration::from_secs(60)).await?;
+            let d = client
+                .wait_for_active(&name, Duration::from_secs(60))
+                .await?;
             writeln!(
                 out,
                 "{}",
@@ -155,7 +157,11 @@ async fn flush_puts(
             )?,
             Err(e) => {
                 failed += 1;
-                writeln!(out, "{}", json!({"error_code": e.code, "error_message": e.message}))?
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"error_code": e.code, "error_message": e.message})
+                )?
             }
         }
     }
@@ -226,7 +232,11 @@ pub fn record_json(shard_id: &str, r: &crate::Record) -> serde_json::Value {
 
 fn describe_json(d: &crate::proto::StreamDescription) -> serde_json::Value {
     let status = crate::proto::StreamStatus::try_from(d.status)
-        .map(|s| s.as_str_name().trim_start_matches("STREAM_STATUS_").to_string())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("STREAM_STATUS_")
+                .to_string()
+        })
         .unwrap_or_else(|_| "UNKNOWN".into());
     json!({
         "stream_name": d.stream_name,

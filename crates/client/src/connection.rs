@@ -146,7 +146,7 @@ impl Client {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
-            if attempts % n == 0 || !matches!(err, ClientError::Unreachable { .. }) {
+            if attempts.is_multiple_of(n) || !matches!(err, ClientError::Unreachable { .. }) {
                 let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                 backoff = (backoff * 2).min(cfg.backoff_max);
@@ -310,7 +310,11 @@ impl Client {
         Ok(resp.shard_iterator)
     }
 
-    pub async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ClientError> {
+    pub async fn get_records(
+        &self,
+        iterator: &str,
+        limit: u32,
+    ) -> Result<RecordsPage, ClientError> {
         let req = pb::GetRecordsRequest {
             shard_iterator: iterator.into(),
             limit,

@@ -30,8 +30,14 @@ pub async fn run(nodes: usize, data_dir: &Path) -> anyhow::Result<()> {
             .args(["--node-id", &i.to_string()])
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", DEV_GRPC_PORT_BASE + i as u16)])
-            .args(["--http-addr", &format!("127.0.0.1:{}", DEV_HTTP_PORT_BASE + i as u16)])
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{}", DEV_GRPC_PORT_BASE + i as u16),
+            ])
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{}", DEV_HTTP_PORT_BASE + i as u16),
+            ])
             .args(["--zone", &dev_zone(i)])
             .args(["--peers", &peers])
             .stdin(Stdio::null())

@@ -8,7 +8,11 @@ use millrace_node::server::config::parse_peers;
 use millrace_node::server::{serve, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "millrace", version, about = "Millrace: a replicated, Kinesis-compatible data-streaming service")]
+#[command(
+    name = "millrace",
+    version,
+    about = "Millrace: a replicated, Kinesis-compatible data-streaming service"
+)]
 struct Cli {
     /// Cluster endpoint(s) for client commands, comma separated (default: $MILLRACE_ENDPOINT,
     /// else http://127.0.0.1:7101).
@@ -61,8 +65,9 @@ struct ServeArgs {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -100,9 +105,12 @@ fn main() -> std::process::ExitCode {
             }
             Command::Dev { nodes, data_dir } => millrace_node::dev::run(nodes, &data_dir).await,
             Command::Client(command) => {
-                let client = millrace_client::Client::connect(cli::endpoints(cli.endpoint.as_deref()))?;
+                let client =
+                    millrace_client::Client::connect(cli::endpoints(cli.endpoint.as_deref()))?;
                 let mut out = std::io::stdout().lock();
-                cli::run(&client, command, &mut out).await.map_err(anyhow::Error::from)
+                cli::run(&client, command, &mut out)
+                    .await
+                    .map_err(anyhow::Error::from)
             }
         }
     });

@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let nodes: BTreeMap<u64, openraft::BasicNode> = [(1, openraft::BasicNode::new("a:1"))].into();
+        let nodes: BTreeMap<u64, openraft::BasicNode> =
+            [(1, openraft::BasicNode::new("a:1"))].into();
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Normal(Request(b"batch".to_vec())),

@@ -133,11 +133,20 @@ impl GroupManager {
     }
 
     pub fn get(&self, group_id: u64) -> Option<GroupHandle> {
-        self.groups.lock().expect("groups lock").get(&group_id).cloned()
+        self.groups
+            .lock()
+            .expect("groups lock")
+            .get(&group_id)
+            .cloned()
     }
 
     pub fn group_ids(&self) -> Vec<u64> {
-        self.groups.lock().expect("groups lock").keys().copied().collect()
+        self.groups
+            .lock()
+            .expect("groups lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Opens the local replica of `group_id` (recovering its log), or returns it if open.
@@ -217,7 +226,8 @@ impl GroupManager {
         }
         let dir = self.group_dir(group_id);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|source| GroupError::Storage { group_id, source })?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|source| GroupError::Storage { group_id, source })?;
         }
         self.meta
             .drop_group(group_id)
@@ -227,7 +237,13 @@ impl GroupManager {
 
     /// Stops every group (for shutdown).
     pub async fn shutdown_all(&self) {
-        let handles: Vec<GroupHandle> = self.groups.lock().expect("groups lock").values().cloned().collect();
+        let handles: Vec<GroupHandle> = self
+            .groups
+            .lock()
+            .expect("groups lock")
+            .values()
+            .cloned()
+            .collect();
         for h in handles {
             let _ = h.raft.shutdown().await;
         }

@@ -97,9 +97,15 @@ impl GroupLogStore {
 
     /// Reads raw frames (log index, encoded entry) in `[start, end)` up to `bytes_max`; used by
     /// the shard read path, which decodes only what it needs.
-    pub fn read_raw(&self, start: u64, end: u64, bytes_max: usize) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    pub fn read_raw(
+        &self,
+        start: u64,
+        end: u64,
+        bytes_max: usize,
+    ) -> io::Result<Vec<(u64, Vec<u8>)>> {
         let log = self.lock();
-        let (Some(first), Some(last)) = (log.segments.first_index(), log.segments.last_index()) else {
+        let (Some(first), Some(last)) = (log.segments.first_index(), log.segments.last_index())
+        else {
             return Ok(Vec::new());
         };
         // Missing entries are fine at the start (purged) and at the end (not yet appended).
@@ -188,7 +194,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // A hint: losing it only means re-learning the commit point from the leader.
-        self.inner.meta.put(KEY_COMMITTED, &committed).map_err(io_err)
+        self.inner
+            .meta
+            .put(KEY_COMMITTED, &committed)
+            .map_err(io_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -203,7 +212,11 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         })
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -233,7 +246,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             .flusher
             .submit(
                 files,
-                Box::new(move |r| callback.io_completed(r.map_err(|e| io::Error::new(e.kind(), e.to_string())))),
+                Box::new(move |r| {
+                    callback.io_completed(r.map_err(|e| io::Error::new(e.kind(), e.to_string())))
+                }),
             )
             .await
             .map_err(io_err)

@@ -167,7 +167,8 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpc::AppendEntries, &rpc, RAFT_RPC_TIMEOUT).await
+        self.call(RaftRpc::AppendEntries, &rpc, RAFT_RPC_TIMEOUT)
+            .await
     }
 
     async fn vote(
@@ -209,7 +210,8 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         req: TransferLeaderRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpc::TransferLeader, &req, RAFT_RPC_TIMEOUT).await
+        self.call(RaftRpc::TransferLeader, &req, RAFT_RPC_TIMEOUT)
+            .await
     }
 }
 
@@ -221,19 +223,34 @@ pub struct GroupRegistry {
 
 impl GroupRegistry {
     pub fn insert(&self, group_id: u64, raft: Raft) {
-        self.groups.write().expect("registry lock").insert(group_id, raft);
+        self.groups
+            .write()
+            .expect("registry lock")
+            .insert(group_id, raft);
     }
 
     pub fn remove(&self, group_id: u64) -> Option<Raft> {
-        self.groups.write().expect("registry lock").remove(&group_id)
+        self.groups
+            .write()
+            .expect("registry lock")
+            .remove(&group_id)
     }
 
     pub fn get(&self, group_id: u64) -> Option<Raft> {
-        self.groups.read().expect("registry lock").get(&group_id).cloned()
+        self.groups
+            .read()
+            .expect("registry lock")
+            .get(&group_id)
+            .cloned()
     }
 
     pub fn ids(&self) -> Vec<u64> {
-        self.groups.read().expect("registry lock").keys().copied().collect()
+        self.groups
+            .read()
+            .expect("registry lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Handles one inbound Raft message for a hosted group.
@@ -254,15 +271,21 @@ impl GroupRegistry {
         let raft = self
             .get(req.group_id)
             .ok_or_else(|| format!("group {} is not hosted here", req.group_id))?;
-        let rpc = RaftRpc::try_from(req.rpc).map_err(|_| format!("unknown raft rpc {}", req.rpc))?;
+        let rpc =
+            RaftRpc::try_from(req.rpc).map_err(|_| format!("unknown raft rpc {}", req.rpc))?;
         let p = &req.payload;
         match rpc {
             RaftRpc::AppendEntries => {
-                let r = raft.append_entries(decode(p)?).await.map_err(|e| e.to_string())?;
+                let r = raft
+                    .append_entries(decode(p)?)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 encode(&r)
             }
             RaftRpc::Vote => encode(&raft.vote(decode(p)?).await.map_err(|e| e.to_string())?),
-            RaftRpc::PreVote => encode(&raft.pre_vote(decode(p)?).await.map_err(|e| e.to_string())?),
+            RaftRpc::PreVote => {
+                encode(&raft.pre_vote(decode(p)?).await.map_err(|e| e.to_string())?)
+            }
             RaftRpc::FullSnapshot => {
                 let msg: SnapshotMessage = decode(p)?;
                 let snapshot = openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {

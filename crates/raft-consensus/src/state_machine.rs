@@ -102,7 +102,8 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
                     }
                     EntryPayload::Normal(req) => inner.machine.apply(&entry.log_id, &req.0),
                     EntryPayload::Membership(m) => {
-                        inner.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        inner.last_membership =
+                            StoredMembership::new(Some(entry.log_id), m.clone());
                         inner.machine.apply_empty(&entry.log_id);
                         Vec::new()
                     }
@@ -119,7 +120,11 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let mut inner = self.lock();
         inner
             .machine
@@ -133,9 +138,12 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let inner = self.lock();
-        Ok(inner.current_snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: data.clone(),
-        }))
+        Ok(inner
+            .current_snapshot
+            .as_ref()
+            .map(|(meta, data)| Snapshot {
+                meta: meta.clone(),
+                snapshot: data.clone(),
+            }))
     }
 }

@@ -31,7 +31,9 @@ impl GroupStateMachine for Counter {
 struct Builder;
 
 impl StoreBuilder<TypeConfig, GroupLogStore, GroupSm, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, GroupLogStore, GroupSm), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, GroupLogStore, GroupSm), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = NodeMeta::open(&dir.path().join("meta")).expect("sled");
         let flusher = FlushCoordinator::start().expect("flusher");
@@ -50,5 +52,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupSm, tempfile::TempDir> for Bui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_storage_suite_passes() {
-    Suite::test_all(Builder).await.expect("storage conformance suite");
+    Suite::test_all(Builder)
+        .await
+        .expect("storage conformance suite");
 }

@@ -41,7 +41,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn io(verb: &'static str, subject: impl std::fmt::Display, source: io::Error) -> Self {
+    pub(crate) fn io(
+        verb: &'static str,
+        subject: impl std::fmt::Display,
+        source: io::Error,
+    ) -> Self {
         StorageError::Io {
             subject: subject.to_string(),
             verb,

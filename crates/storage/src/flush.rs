@@ -90,8 +90,12 @@ fn run(mut rx: mpsc::Receiver<FlushRequest>, stats: Arc<FlushStats>) {
             tracing::error!(error = %e, "fdatasync failed; covered appends will be reported failed");
         }
         stats.rounds.fetch_add(1, Ordering::Relaxed);
-        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.fsyncs.fetch_add(files.len() as u64, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .fsyncs
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
         for r in batch {
             (r.done)(result.clone());
         }
@@ -104,7 +108,10 @@ fn sync_files(files: &[Arc<File>]) -> std::io::Result<()> {
     }
     for chunk in files.chunks(FLUSH_PARALLEL_FILES_MAX) {
         std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|f| s.spawn(move || f.sync_data())).collect();
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|f| s.spawn(move || f.sync_data()))
+                .collect();
             handles.into_iter().try_for_each(|h| {
                 h.join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))

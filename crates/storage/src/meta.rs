@@ -37,19 +37,35 @@ impl NodeMeta {
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|source| StorageError::Meta { verb: "open", source })?;
+            .map_err(|source| StorageError::Meta {
+                verb: "open",
+                source,
+            })?;
         let node = db
             .open_tree(NODE_TREE)
-            .map_err(|source| StorageError::Meta { verb: "open tree", source })?;
+            .map_err(|source| StorageError::Meta {
+                verb: "open tree",
+                source,
+            })?;
         let meta = NodeMeta { db, node };
-        match meta.node.get(FORMAT_KEY).map_err(|source| StorageError::Meta { verb: "read", source })? {
+        match meta
+            .node
+            .get(FORMAT_KEY)
+            .map_err(|source| StorageError::Meta {
+                verb: "read",
+                source,
+            })? {
             None => {
                 meta.node
                     .insert(FORMAT_KEY, &META_FORMAT_VERSION.to_le_bytes())
-                    .map_err(|source| StorageError::Meta { verb: "write", source })?;
-                meta.db
-                    .flush()
-                    .map_err(|source| StorageError::Meta { verb: "flush", source })?;
+                    .map_err(|source| StorageError::Meta {
+                        verb: "write",
+                        source,
+                    })?;
+                meta.db.flush().map_err(|source| StorageError::Meta {
+                    verb: "flush",
+                    source,
+                })?;
             }
             Some(v) if v.as_ref() == META_FORMAT_VERSION.to_le_bytes() => {}
             Some(v) => {
@@ -67,7 +83,10 @@ impl NodeMeta {
         let tree = self
             .db
             .open_tree(group_tree_name(group_id))
-            .map_err(|source| StorageError::Meta { verb: "open tree", source })?;
+            .map_err(|source| StorageError::Meta {
+                verb: "open tree",
+                source,
+            })?;
         Ok(GroupMeta {
             tree: KvTree { tree },
             db: self.db.clone(),
@@ -78,7 +97,10 @@ impl NodeMeta {
     pub async fn drop_group(&self, group_id: u64) -> StorageResult<()> {
         self.db
             .drop_tree(group_tree_name(group_id))
-            .map_err(|source| StorageError::Meta { verb: "drop tree", source })?;
+            .map_err(|source| StorageError::Meta {
+                verb: "drop tree",
+                source,
+            })?;
         self.flush().await
     }
 
@@ -87,16 +109,28 @@ impl NodeMeta {
         self.db
             .tree_names()
             .iter()
-            .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix("group/")?.parse().ok())
+            .filter_map(|n| {
+                std::str::from_utf8(n)
+                    .ok()?
+                    .strip_prefix("group/")?
+                    .parse()
+                    .ok()
+            })
             .collect()
     }
 
     pub fn node_get<T: DeserializeOwned>(&self, key: &str) -> StorageResult<Option<T>> {
-        KvTree { tree: self.node.clone() }.get(key)
+        KvTree {
+            tree: self.node.clone(),
+        }
+        .get(key)
     }
 
     pub fn node_put<T: Serialize>(&self, key: &str, value: &T) -> StorageResult<()> {
-        KvTree { tree: self.node.clone() }.put(key, value)
+        KvTree {
+            tree: self.node.clone(),
+        }
+        .put(key, value)
     }
 
     pub async fn flush(&self) -> StorageResult<()> {
@@ -104,7 +138,10 @@ impl NodeMeta {
             .flush_async()
             .await
             .map(|_| ())
-            .map_err(|source| StorageError::Meta { verb: "flush", source })
+            .map_err(|source| StorageError::Meta {
+                verb: "flush",
+                source,
+            })
     }
 }
 
@@ -119,10 +156,10 @@ struct KvTree {
 
 impl KvTree {
     fn get<T: DeserializeOwned>(&self, key: &str) -> StorageResult<Option<T>> {
-        let Some(raw) = self
-            .tree
-            .get(key)
-            .map_err(|source| StorageError::Meta { verb: "read", source })?
+        let Some(raw) = self.tree.get(key).map_err(|source| StorageError::Meta {
+            verb: "read",
+            source,
+        })?
         else {
             return Ok(None);
         };
@@ -142,7 +179,10 @@ impl KvTree {
         self.tree
             .insert(key, raw)
             .map(|_| ())
-            .map_err(|source| StorageError::Meta { verb: "write", source })
+            .map_err(|source| StorageError::Meta {
+                verb: "write",
+                source,
+            })
     }
 }
 
@@ -172,7 +212,10 @@ impl GroupMeta {
         self.tree
             .tree
             .apply_batch(batch)
-            .map_err(|source| StorageError::Meta { verb: "write batch", source })
+            .map_err(|source| StorageError::Meta {
+                verb: "write batch",
+                source,
+            })
     }
 
     pub async fn flush(&self) -> StorageResult<()> {
@@ -180,7 +223,10 @@ impl GroupMeta {
             .flush_async()
             .await
             .map(|_| ())
-            .map_err(|source| StorageError::Meta { verb: "flush", source })
+            .map_err(|source| StorageError::Meta {
+                verb: "flush",
+                source,
+            })
     }
 }
 
@@ -199,7 +245,10 @@ mod tests {
             g.flush().await.unwrap();
         }
         let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
-        assert_eq!(meta.group(7).unwrap().get::<(u64, u64)>("vote").unwrap(), Some((3, 1)));
+        assert_eq!(
+            meta.group(7).unwrap().get::<(u64, u64)>("vote").unwrap(),
+            Some((3, 1))
+        );
         assert_eq!(meta.node_get::<u64>("node_id").unwrap(), Some(1));
         assert_eq!(meta.group_ids(), vec![7]);
         meta.drop_group(7).await.unwrap();

@@ -18,7 +18,10 @@ pub enum ApiError {
     ExpiredIterator(String),
     /// Not applied anywhere; safe to retry (possibly at `leader_id`).
     #[error("not the leader of {what}")]
-    NotLeader { what: String, leader_id: Option<u64> },
+    NotLeader {
+        what: String,
+        leader_id: Option<u64>,
+    },
     /// Not applied anywhere; safe to retry later.
     #[error("{0}")]
     Unavailable(String),

@@ -139,10 +139,16 @@ impl MillraceService {
         meta_result(self.node.propose_meta(&cmd).await?)
     }
 
-    async fn put_records(&self, req: pb::PutRecordsRequest) -> Result<pb::PutRecordsResponse, ApiError> {
+    async fn put_records(
+        &self,
+        req: pb::PutRecordsRequest,
+    ) -> Result<pb::PutRecordsResponse, ApiError> {
         let stream = self.stream(&req.stream_name)?;
         if stream.status == StreamStatus::Deleting {
-            return Err(ApiError::ResourceNotFound(format!("Stream {} is being deleted", stream.name)));
+            return Err(ApiError::ResourceNotFound(format!(
+                "Stream {} is being deleted",
+                stream.name
+            )));
         }
         if req.records.is_empty() || req.records.len() > PUT_RECORDS_RECORDS_MAX {
             return Err(ApiError::InvalidArgument(format!(
@@ -236,12 +242,17 @@ impl MillraceService {
     ) -> Result<pb::GetShardIteratorResponse, ApiError> {
         let stream = self.stream(&req.stream_name)?;
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
-            ApiError::ResourceNotFound(format!("Shard {} in stream {} not found", req.shard_id, stream.name))
+            ApiError::ResourceNotFound(format!(
+                "Shard {} in stream {} not found",
+                req.shard_id, stream.name
+            ))
         })?;
         use pb::ShardIteratorType as T;
         let kind = T::try_from(req.shard_iterator_type).unwrap_or(T::Unspecified);
-        let parse_seq = || SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number)
-            .map_err(ApiError::InvalidArgument);
+        let parse_seq = || {
+            SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number)
+                .map_err(ApiError::InvalidArgument)
+        };
         let (index, position) = match kind {
             T::TrimHorizon => (0, 0),
             T::AtSequenceNumber => {
@@ -287,7 +298,10 @@ impl MillraceService {
         })
     }
 
-    async fn get_records(&self, req: pb::GetRecordsRequest) -> Result<pb::GetRecordsResponse, ApiError> {
+    async fn get_records(
+        &self,
+        req: pb::GetRecordsRequest,
+    ) -> Result<pb::GetRecordsResponse, ApiError> {
         let token = IteratorToken::decode(&req.shard_iterator, now_ms())?;
         let limit = match req.limit {
             0 => GET_RECORDS_RECORDS_MAX,
@@ -303,14 +317,19 @@ impl MillraceService {
             .shard(&token.shard_id)
             .filter(|s| s.group_id == token.group_id)
             .cloned()
-            .ok_or_else(|| ApiError::ResourceNotFound(format!("Shard {} not found", token.shard_id)))?;
+            .ok_or_else(|| {
+                ApiError::ResourceNotFound(format!("Shard {} not found", token.shard_id))
+            })?;
         let bounds = ReadBounds {
             from_index: token.index,
             from_position: token.position,
             max_records: limit as usize,
             max_bytes: GET_RECORDS_BYTES_MAX,
         };
-        let (outcome, applied, latest_ms) = self.node.shard_read(shard.group_id, &shard.replicas, bounds).await?;
+        let (outcome, applied, latest_ms) = self
+            .node
+            .shard_read(shard.group_id, &shard.replicas, bounds)
+            .await?;
         let caught_up = applied.is_none_or(|a| outcome.next_index > a);
         let millis_behind = match outcome.records.last() {
             _ if caught_up => 0,
@@ -361,12 +380,18 @@ fn status_proto(s: StreamStatus) -> i32 {
 
 #[tonic::async_trait]
 impl Millrace for MillraceService {
-    async fn create_stream(&self, req: Request<pb::CreateStreamRequest>) -> Reply<pb::CreateStreamResponse> {
+    async fn create_stream(
+        &self,
+        req: Request<pb::CreateStreamRequest>,
+    ) -> Reply<pb::CreateStreamResponse> {
         self.create_stream(req.into_inner()).await?;
         Ok(Response::new(pb::CreateStreamResponse {}))
     }
 
-    async fn describe_stream(&self, req: Request<pb::DescribeStreamRequest>) -> Reply<pb::DescribeStreamResponse> {
+    async fn describe_stream(
+        &self,
+        req: Request<pb::DescribeStreamRequest>,
+    ) -> Reply<pb::DescribeStreamResponse> {
         let s = self.stream(&req.into_inner().stream_name)?;
         Ok(Response::new(pb::DescribeStreamResponse {
             stream: Some(pb::StreamDescription {
@@ -381,7 +406,10 @@ impl Millrace for MillraceService {
         }))
     }
 
-    async fn list_streams(&self, req: Request<pb::ListStreamsRequest>) -> Reply<pb::ListStreamsResponse> {
+    async fn list_streams(
+        &self,
+        req: Request<pb::ListStreamsRequest>,
+    ) -> Reply<pb::ListStreamsResponse> {
         let req = req.into_inner();
         let limit = match req.limit {
             0 => 100,
@@ -390,7 +418,10 @@ impl Millrace for MillraceService {
         let names: Vec<String> = self.node.meta.read(|s| {
             s.streams
                 .keys()
-                .filter(|n| req.exclusive_start_stream_name.is_empty() || **n > req.exclusive_start_stream_name)
+                .filter(|n| {
+                    req.exclusive_start_stream_name.is_empty()
+                        || **n > req.exclusive_start_stream_name
+                })
                 .take(limit + 1)
                 .cloned()
                 .collect()
@@ -402,14 +433,20 @@ impl Millrace for MillraceService {
         }))
     }
 
-    async fn list_shards(&self, req: Request<pb::ListShardsRequest>) -> Reply<pb::ListShardsResponse> {
+    async fn list_shards(
+        &self,
+        req: Request<pb::ListShardsRequest>,
+    ) -> Reply<pb::ListShardsResponse> {
         let s = self.stream(&req.into_inner().stream_name)?;
         Ok(Response::new(pb::ListShardsResponse {
             shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),
         }))
     }
 
-    async fn put_records(&self, req: Request<pb::PutRecordsRequest>) -> Reply<pb::PutRecordsResponse> {
+    async fn put_records(
+        &self,
+        req: Request<pb::PutRecordsRequest>,
+    ) -> Reply<pb::PutRecordsResponse> {
         Ok(Response::new(self.put_records(req.into_inner()).await?))
     }
 
@@ -417,10 +454,15 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::GetShardIteratorRequest>,
     ) -> Reply<pb::GetShardIteratorResponse> {
-        Ok(Response::new(self.get_shard_iterator(req.into_inner()).await?))
+        Ok(Response::new(
+            self.get_shard_iterator(req.into_inner()).await?,
+        ))
     }
 
-    async fn get_records(&self, req: Request<pb::GetRecordsRequest>) -> Reply<pb::GetRecordsResponse> {
+    async fn get_records(
+        &self,
+        req: Request<pb::GetRecordsRequest>,
+    ) -> Reply<pb::GetRecordsResponse> {
         Ok(Response::new(self.get_records(req.into_inner()).await?))
     }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use openraft::async_runtime::WatchReceiver;
+use serde_json::json;
 
 use crate::server::node::Node;
 
@@ -13,16 +15,49 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/v1/node/status", get(status))
         .with_state(node)
 }
 
 /// Ready once this node is registered and knows the metadata leader.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, String) {
     match (node.is_registered(), node.metadata_leader()) {
-        (true, Some(leader)) => (StatusCode::OK, format!("ready (metadata leader {leader})\n")),
+        (true, Some(leader)) => (
+            StatusCode::OK,
+            format!("ready (metadata leader {leader})\n"),
+        ),
         (registered, leader) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: registered={registered} metadata_leader={leader:?}\n"),
         ),
     }
+}
+
+/// This node's view of itself and its Raft group replicas (JSON, for operators and tests).
+async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    let mut ids = node.groups.group_ids();
+    ids.sort_unstable();
+    let groups: Vec<serde_json::Value> = ids
+        .into_iter()
+        .filter_map(|id| {
+            let h = node.groups.get(id)?;
+            let m = h.raft.metrics().borrow_watched().clone();
+            Some(json!({
+                "group_id": id,
+                "state": format!("{:?}", m.state),
+                "leader": m.current_leader,
+                "term": m.current_term,
+                "last_log_index": m.last_log_index,
+                "applied_index": m.last_applied.map(|l| l.index),
+                "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    Json(json!({
+        "node_id": node.id,
+        "zone": node.config.zone,
+        "registered": node.is_registered(),
+        "metadata_leader": node.metadata_leader(),
+        "groups": groups,
+    }))
 }

@@ -25,8 +25,13 @@ impl InternalService {
 
 #[tonic::async_trait]
 impl Internal for InternalService {
-    async fn raft(&self, req: Request<ipb::RaftRequest>) -> Result<Response<ipb::RaftReply>, Status> {
-        Ok(Response::new(self.node.groups.registry().handle(req.into_inner()).await))
+    async fn raft(
+        &self,
+        req: Request<ipb::RaftRequest>,
+    ) -> Result<Response<ipb::RaftReply>, Status> {
+        Ok(Response::new(
+            self.node.groups.registry().handle(req.into_inner()).await,
+        ))
     }
 
     async fn meta_propose(

@@ -34,7 +34,8 @@ impl IteratorToken {
     }
 
     pub fn decode(text: &str, now_ms: i64) -> Result<IteratorToken, ApiError> {
-        let invalid = || ApiError::InvalidArgument("ShardIterator is not a valid shard iterator".into());
+        let invalid =
+            || ApiError::InvalidArgument("ShardIterator is not a valid shard iterator".into());
         if text.is_empty() || text.len() > 1024 {
             return Err(invalid());
         }

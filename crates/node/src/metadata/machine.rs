@@ -56,7 +56,12 @@ impl GroupStateMachine for MetaMachine {
     fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
         let response = match serde_json::from_slice::<MetaCommand>(data) {
             Ok(cmd) => {
-                let r = self.shared.state.write().expect("metadata lock").apply(&cmd);
+                let r = self
+                    .shared
+                    .state
+                    .write()
+                    .expect("metadata lock")
+                    .apply(&cmd);
                 self.shared.version.send_modify(|v| *v += 1);
                 r
             }

@@ -94,7 +94,14 @@ mod tests {
             let r = place_replicas(&mut loads, 3).unwrap();
             let mut zones: Vec<_> = r
                 .iter()
-                .map(|id| loads.iter().find(|l| l.node_id == *id).unwrap().zone.clone())
+                .map(|id| {
+                    loads
+                        .iter()
+                        .find(|l| l.node_id == *id)
+                        .unwrap()
+                        .zone
+                        .clone()
+                })
                 .collect();
             zones.sort();
             zones.dedup();

@@ -123,7 +123,9 @@ impl MetaState {
                     return MetaResponse::ResourceInUse(format!("Stream {name} already exists"));
                 }
                 if placements.is_empty() {
-                    return MetaResponse::InvalidArgument("a stream needs at least one shard".into());
+                    return MetaResponse::InvalidArgument(
+                        "a stream needs at least one shard".into(),
+                    );
                 }
                 if let Some(bad) = placements
                     .iter()
@@ -238,7 +240,10 @@ mod tests {
             placements: vec![vec![1, 2, 3]; 4],
         };
         assert_eq!(st.apply(&create("s")), MetaResponse::Ok);
-        assert!(matches!(st.apply(&create("s")), MetaResponse::ResourceInUse(_)));
+        assert!(matches!(
+            st.apply(&create("s")),
+            MetaResponse::ResourceInUse(_)
+        ));
         assert_eq!(st.apply(&create("t")), MetaResponse::Ok);
         let s = &st.streams["s"];
         assert_eq!(s.shards.len(), 4);

@@ -56,7 +56,11 @@ impl Node {
 
     /// The metadata leader as this node sees it.
     pub fn metadata_leader(&self) -> Option<u64> {
-        self.meta_group.raft.metrics().borrow_watched().current_leader
+        self.meta_group
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_leader
     }
 
     /// Current leader of a group hosted here, per its Raft metrics.
@@ -67,11 +71,19 @@ impl Node {
     }
 
     pub fn shard_shared(&self, group_id: u64) -> Option<Arc<ShardShared>> {
-        self.shards.lock().expect("shards lock").get(&group_id).cloned()
+        self.shards
+            .lock()
+            .expect("shards lock")
+            .get(&group_id)
+            .cloned()
     }
 
     pub fn leader_hint(&self, group_id: u64) -> Option<u64> {
-        self.leader_hints.lock().expect("hints lock").get(&group_id).copied()
+        self.leader_hints
+            .lock()
+            .expect("hints lock")
+            .get(&group_id)
+            .copied()
     }
 
     pub fn set_leader_hint(&self, group_id: u64, leader: Option<u64>) {
@@ -91,7 +103,10 @@ impl Node {
                 Ok(resp) => return Ok(resp),
                 Err(leader) => leader,
             };
-            if let Some(addr) = leader.filter(|l| *l != self.id).and_then(|l| self.addr_of(l)) {
+            if let Some(addr) = leader
+                .filter(|l| *l != self.id)
+                .and_then(|l| self.addr_of(l))
+            {
                 match self.forward_meta(&addr, &bytes).await {
                     Ok(Some(resp)) => return Ok(resp),
                     Ok(None) => {}
@@ -113,7 +128,12 @@ impl Node {
         &self,
         bytes: &[u8],
     ) -> Result<Result<MetaResponse, Option<u64>>, ApiError> {
-        match self.meta_group.raft.client_write(Request(bytes.to_vec())).await {
+        match self
+            .meta_group
+            .raft
+            .client_write(Request(bytes.to_vec()))
+            .await
+        {
             Ok(resp) => decode_response(&resp.data.0)
                 .map(Ok)
                 .map_err(ApiError::Internal),
@@ -124,7 +144,11 @@ impl Node {
         }
     }
 
-    async fn forward_meta(&self, addr: &str, bytes: &[u8]) -> Result<Option<MetaResponse>, ApiError> {
+    async fn forward_meta(
+        &self,
+        addr: &str,
+        bytes: &[u8],
+    ) -> Result<Option<MetaResponse>, ApiError> {
         let mut client = self
             .groups
             .transport()
@@ -143,7 +167,9 @@ impl Node {
         if !reply.error.is_empty() {
             return Err(ApiError::Internal(reply.error));
         }
-        decode_response(&reply.response).map(Some).map_err(ApiError::Internal)
+        decode_response(&reply.response)
+            .map(Some)
+            .map_err(ApiError::Internal)
     }
 
     /// Appends a batch to a shard group hosted here, if this replica leads it.
@@ -177,8 +203,11 @@ impl Node {
         group_id: u64,
         bounds: ReadBounds,
     ) -> Result<(ReadOutcome, Option<u64>, i64), ApiError> {
-        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id)) else {
-            return Err(ApiError::Unavailable(format!("group {group_id} is not hosted here")));
+        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
+        else {
+            return Err(ApiError::Unavailable(format!(
+                "group {group_id} is not hosted here"
+            )));
         };
         let applied = shared.applied_index();
         let latest = shared.latest_arrival_ms();
@@ -202,14 +231,18 @@ impl Node {
 }
 
 /// The leader hint when a write failed only because this node does not lead.
-fn not_leader(e: &RaftError<millrace_raft::TypeConfig, ClientWriteError<millrace_raft::TypeConfig>>) -> Option<Option<u64>> {
+fn not_leader(
+    e: &RaftError<millrace_raft::TypeConfig, ClientWriteError<millrace_raft::TypeConfig>>,
+) -> Option<Option<u64>> {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Some(f.leader_id),
         _ => None,
     }
 }
 
-fn write_error(e: RaftError<millrace_raft::TypeConfig, ClientWriteError<millrace_raft::TypeConfig>>) -> ApiError {
+fn write_error(
+    e: RaftError<millrace_raft::TypeConfig, ClientWriteError<millrace_raft::TypeConfig>>,
+) -> ApiError {
     match e {
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
             ApiError::UnknownOutcome("the entry was discarded after a leader change".into())

@@ -13,6 +13,9 @@ use crate::metadata::state::{Member, MetaCommand, MetaResponse, StreamStatus};
 use crate::shard::machine::{ShardMachine, ShardShared};
 use crate::shard::read::ReadBounds;
 
+/// A shard group and its replica nodes.
+type GroupReplicas = (u64, Vec<u64>);
+
 /// Re-checks run at least this often even without metadata changes.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -58,7 +61,10 @@ pub async fn register(node: Arc<Node>) {
             node.registered.store(true, Ordering::Relaxed);
             return;
         }
-        match node.propose_meta(&MetaCommand::RegisterNode(me.clone())).await {
+        match node
+            .propose_meta(&MetaCommand::RegisterNode(me.clone()))
+            .await
+        {
             Ok(MetaResponse::Ok) => {
                 tracing::info!(zone = %me.zone, "registered in the cluster metadata");
                 node.registered.store(true, Ordering::Relaxed);
@@ -104,10 +110,18 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
         .lock()
         .expect("shards lock")
         .insert(group_id, shared);
-    if replicas.first() == Some(&node.id) && !handle.raft.is_initialized().await.map_err(|e| e.to_string())? {
+    if replicas.first() == Some(&node.id)
+        && !handle
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?
+    {
         let mut voters = BTreeMap::new();
         for r in replicas {
-            let addr = node.addr_of(*r).ok_or_else(|| format!("no address for node {r}"))?;
+            let addr = node
+                .addr_of(*r)
+                .ok_or_else(|| format!("no address for node {r}"))?;
             voters.insert(*r, BasicNode::new(addr));
         }
         handle
@@ -132,14 +146,17 @@ pub async fn activation_loop(node: Arc<Node>) {
 
 /// On the metadata leader: a CREATING stream becomes ACTIVE once every shard has a leader.
 async fn activate_streams(node: &Arc<Node>) {
-    let creating: Vec<(String, Vec<(u64, Vec<u64>)>)> = node.meta.read(|s| {
+    let creating: Vec<(String, Vec<GroupReplicas>)> = node.meta.read(|s| {
         s.streams
             .values()
             .filter(|st| st.status == StreamStatus::Creating)
             .map(|st| {
                 (
                     st.name.clone(),
-                    st.shards.iter().map(|sh| (sh.group_id, sh.replicas.clone())).collect(),
+                    st.shards
+                        .iter()
+                        .map(|sh| (sh.group_id, sh.replicas.clone()))
+                        .collect(),
                 )
             })
             .collect()
@@ -153,7 +170,10 @@ async fn activate_streams(node: &Arc<Node>) {
                 max_records: 0,
                 max_bytes: 0,
             };
-            let probe = tokio::time::timeout(Duration::from_secs(2), node.shard_read(*group_id, replicas, probe));
+            let probe = tokio::time::timeout(
+                Duration::from_secs(2),
+                node.shard_read(*group_id, replicas, probe),
+            );
             if !matches!(probe.await, Ok(Ok(_))) {
                 ready = false;
                 break;

@@ -45,7 +45,11 @@ impl Node {
                     }
                 }
             } else if let Some(addr) = self.addr_of(target) {
-                let mut client = self.groups.transport().client(&addr).map_err(ApiError::Internal)?;
+                let mut client = self
+                    .groups
+                    .transport()
+                    .client(&addr)
+                    .map_err(ApiError::Internal)?;
                 let req = ShardAppendRequest {
                     group_id,
                     records: Vec::new(),
@@ -55,7 +59,8 @@ impl Node {
                     Ok(reply) => {
                         let reply = reply.into_inner();
                         if let Some(nl) = reply.not_leader {
-                            let hint = (nl.leader_id != 0 && nl.leader_id != target).then_some(nl.leader_id);
+                            let hint = (nl.leader_id != 0 && nl.leader_id != target)
+                                .then_some(nl.leader_id);
                             self.set_leader_hint(group_id, hint);
                         } else if !reply.error_code.is_empty() {
                             return Err(remote_error(&reply.error_code, reply.error));
@@ -97,9 +102,16 @@ impl Node {
                 if self.local_leader(group_id) == Some(self.id) {
                     return self.read_local(group_id, bounds);
                 }
-                self.set_leader_hint(group_id, self.local_leader(group_id).filter(|l| *l != self.id));
+                self.set_leader_hint(
+                    group_id,
+                    self.local_leader(group_id).filter(|l| *l != self.id),
+                );
             } else if let Some(addr) = self.addr_of(target) {
-                let mut client = self.groups.transport().client(&addr).map_err(ApiError::Internal)?;
+                let mut client = self
+                    .groups
+                    .transport()
+                    .client(&addr)
+                    .map_err(ApiError::Internal)?;
                 let req = ShardReadRequest {
                     group_id,
                     from_index: bounds.from_index,
@@ -111,7 +123,8 @@ impl Node {
                     Ok(reply) => {
                         let reply = reply.into_inner();
                         if let Some(nl) = reply.not_leader {
-                            let hint = (nl.leader_id != 0 && nl.leader_id != target).then_some(nl.leader_id);
+                            let hint = (nl.leader_id != 0 && nl.leader_id != target)
+                                .then_some(nl.leader_id);
                             self.set_leader_hint(group_id, hint);
                         } else if !reply.error_code.is_empty() {
                             return Err(remote_error(&reply.error_code, reply.error));

@@ -16,9 +16,8 @@ pub fn parse_explicit_hash_key(text: &str) -> Result<u128, String> {
             "ExplicitHashKey {text:?} must be a decimal integer in [0, 2^128-1]"
         ));
     }
-    text.parse::<u128>().map_err(|_| {
-        format!("ExplicitHashKey {text:?} must be a decimal integer in [0, 2^128-1]")
-    })
+    text.parse::<u128>()
+        .map_err(|_| format!("ExplicitHashKey {text:?} must be a decimal integer in [0, 2^128-1]"))
 }
 
 /// Splits the whole hash-key space into `n` contiguous inclusive ranges of near-equal size;
@@ -33,7 +32,11 @@ pub fn even_ranges(n: u32) -> Vec<(u128, u128)> {
     let start = |i: u128| i * base + i.min(extra);
     (0..n)
         .map(|i| {
-            let end = if i + 1 == n { u128::MAX } else { start(i + 1) - 1 };
+            let end = if i + 1 == n {
+                u128::MAX
+            } else {
+                start(i + 1) - 1
+            };
             (start(i), end)
         })
         .collect()

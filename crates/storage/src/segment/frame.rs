@@ -105,7 +105,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), String> {
     }
     let payload = &bytes[FRAME_HEADER_BYTES..end];
     if crc32c::crc32c(payload) != header.payload_crc {
-        return Err(format!("payload checksum mismatch at log index {}", header.index));
+        return Err(format!(
+            "payload checksum mismatch at log index {}",
+            header.index
+        ));
     }
     Ok((header, payload))
 }
@@ -131,7 +134,10 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x10;
-            assert!(decode_frame(&bad).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                decode_frame(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
         }
     }
 

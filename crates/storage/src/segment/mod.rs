@@ -211,7 +211,10 @@ impl SegmentLog {
         if buf.is_empty() {
             return Ok(());
         }
-        let active = self.segments.last_mut().expect("pending frames imply a segment");
+        let active = self
+            .segments
+            .last_mut()
+            .expect("pending frames imply a segment");
         active
             .file
             .write_all_at(buf, active.end)
@@ -335,7 +338,12 @@ impl SegmentLog {
 
     /// Reads entries `start..end` (exclusive), stopping once `bytes_max` payload bytes are
     /// collected; the first entry is always returned, whatever its size. Checksums are verified.
-    pub fn read(&self, start: u64, end: u64, bytes_max: usize) -> StorageResult<Vec<(u64, Vec<u8>)>> {
+    pub fn read(
+        &self,
+        start: u64,
+        end: u64,
+        bytes_max: usize,
+    ) -> StorageResult<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
         let (Some(first), Some(last)) = (self.first_index(), self.last_index()) else {
             return if start < end {
@@ -377,12 +385,13 @@ impl SegmentLog {
                 .map_err(|e| StorageError::io("read", seg.path.display(), e))?;
             let mut pos = 0usize;
             while next <= to {
-                let (header, payload) =
-                    frame::decode_frame(&raw[pos..]).map_err(|reason| StorageError::Corruption {
+                let (header, payload) = frame::decode_frame(&raw[pos..]).map_err(|reason| {
+                    StorageError::Corruption {
                         path: seg.path.clone(),
                         offset: from_off + pos as u64,
                         reason,
-                    })?;
+                    }
+                })?;
                 if header.index != next {
                     return Err(StorageError::Corruption {
                         path: seg.path.clone(),

@@ -110,7 +110,10 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
         HeaderCheck::Unwritten if is_last && header_torn(&bytes) => {
             // Created just before a crash: rewrite the header.
             let header = frame::segment_header();
-            seg.file.set_len(0).and_then(|_| seg.file.write_all_at(&header, 0)).and_then(|_| seg.file.sync_data())
+            seg.file
+                .set_len(0)
+                .and_then(|_| seg.file.write_all_at(&header, 0))
+                .and_then(|_| seg.file.sync_data())
                 .map_err(|e| StorageError::io("rewrite", seg.path.display(), e))?;
             return Ok((seg, bytes.len() as u64));
         }
@@ -127,17 +130,26 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
                 expected += 1;
                 continue;
             }
-            Ok((header, _)) => format!("expected log index {expected}, frame holds {}", header.index),
+            Ok((header, _)) => format!(
+                "expected log index {expected}, frame holds {}",
+                header.index
+            ),
             Err(reason) => reason,
         };
         if !is_last {
-            return Err(corruption(&seg.path, pos as u64, format!("sealed segment: {problem}")));
+            return Err(corruption(
+                &seg.path,
+                pos as u64,
+                format!("sealed segment: {problem}"),
+            ));
         }
         if let Some(at) = find_valid_frame(&bytes, pos + 1) {
             return Err(corruption(
                 &seg.path,
                 pos as u64,
-                format!("{problem}; a valid frame follows at byte {at}, so this is not a torn write"),
+                format!(
+                    "{problem}; a valid frame follows at byte {at}, so this is not a torn write"
+                ),
             ));
         }
         let torn = (bytes.len() - pos) as u64;
@@ -181,7 +193,10 @@ fn check_contiguous(segments: &[Segment]) -> StorageResult<()> {
                 return Err(corruption(
                     &next.path,
                     0,
-                    format!("segment starts at index {} but the previous one ends at {last}", next.base),
+                    format!(
+                        "segment starts at index {} but the previous one ends at {last}",
+                        next.base
+                    ),
                 ))
             }
             None => return Err(corruption(&prev.path, 0, "sealed segment holds no entries")),

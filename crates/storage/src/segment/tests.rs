@@ -26,7 +26,9 @@ fn read_all(log: &SegmentLog) -> Vec<(u64, Vec<u8>)> {
 #[test]
 fn append_read_reopen_across_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let entries: Vec<_> = (1..=300).map(|i| (i, payload(i, 50 + (i as usize % 90)))).collect();
+    let entries: Vec<_> = (1..=300)
+        .map(|i| (i, payload(i, 50 + (i as usize % 90))))
+        .collect();
     {
         let (mut log, report) = SegmentLog::open(dir.path(), small(), None).unwrap();
         assert_eq!(report.entries, 0);
@@ -53,8 +55,17 @@ fn non_contiguous_append_is_refused() {
     let (mut log, _) = SegmentLog::open(dir.path(), small(), None).unwrap();
     log.append([(5u64, &b"a"[..])]).unwrap();
     let err = log.append([(7u64, &b"b"[..])]).unwrap_err();
-    assert!(matches!(err, StorageError::NonContiguous { expected: 6, got: 7 }));
-    assert!(matches!(log.read(1, 3, 10), Err(StorageError::OutOfRange { .. })));
+    assert!(matches!(
+        err,
+        StorageError::NonContiguous {
+            expected: 6,
+            got: 7
+        }
+    ));
+    assert!(matches!(
+        log.read(1, 3, 10),
+        Err(StorageError::OutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -183,7 +194,11 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
         match SegmentLog::open(&work, small(), None) {
             Ok((log, _)) => {
                 let got = read_all(&log);
-                assert_eq!(got, entries[..got.len()].to_vec(), "trial {trial}: not a prefix");
+                assert_eq!(
+                    got,
+                    entries[..got.len()].to_vec(),
+                    "trial {trial}: not a prefix"
+                );
                 let kept_at_least = match damaged {
                     Some(idx) => idx - 1,
                     None => 0,
@@ -193,7 +208,10 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
                     "trial {trial}: lost frames before the damage ({} < {kept_at_least})",
                     got.len()
                 );
-                assert!(is_last, "trial {trial}: damage in a sealed segment went unreported");
+                assert!(
+                    is_last,
+                    "trial {trial}: damage in a sealed segment went unreported"
+                );
                 if !cut {
                     assert_eq!(
                         damaged,
@@ -214,5 +232,8 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
         }
         fs::remove_dir_all(&work).unwrap();
     }
-    assert!(ok_runs > 50 && corrupt_runs > 50, "ok {ok_runs}, corrupt {corrupt_runs}");
+    assert!(
+        ok_runs > 50 && corrupt_runs > 50,
+        "ok {ok_runs}, corrupt {corrupt_runs}"
+    );
 }

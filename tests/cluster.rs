@@ -1,0 +1,424 @@
+//! Multi-process tests of the replicated shard log: real `millrace serve` processes on
+//! loopback, killed with SIGKILL.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Cluster};
+use millrace_client::{Client, PutRecord, Record, StartPosition};
+use millrace_node::shard::hashing::partition_key_hash;
+
+/// Reads every shard of `stream` from TRIM_HORIZON until caught up.
+async fn read_all(client: &Client, stream: &str) -> BTreeMap<String, Vec<Record>> {
+    let mut out = BTreeMap::new();
+    for shard in client.list_shards(stream).await.expect("list shards") {
+        let mut it = client
+            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
+            .await
+            .expect("iterator");
+        let mut records = Vec::new();
+        loop {
+            let page = client.get_records(&it, 10_000).await.expect("get records");
+            let done = page.records.is_empty() && page.millis_behind_latest == 0;
+            records.extend(page.records);
+            it = page.next_shard_iterator;
+            if done || it.is_empty() {
+                break;
+            }
+        }
+        out.insert(shard.shard_id, records);
+    }
+    out
+}
+
+fn seq(r: &Record) -> u128 {
+    r.sequence_number.parse().expect("decimal sequence number")
+}
+
+/// Sequence numbers strictly increase within every shard.
+fn assert_ordered(per_shard: &BTreeMap<String, Vec<Record>>) {
+    for (shard, records) in per_shard {
+        for w in records.windows(2) {
+            assert!(
+                seq(&w[0]) < seq(&w[1]),
+                "{shard}: {} then {}",
+                w[0].sequence_number,
+                w[1].sequence_number
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_records_round_trip_on_their_shards() {
+    let cluster = Cluster::start("round-trip", 3).await;
+    let client = cluster.client();
+    client.create_stream("orders", 4).await.expect("create");
+    client
+        .wait_for_active("orders", Duration::from_secs(60))
+        .await
+        .expect("active");
+
+    let total = 10_000usize;
+    let mut acked: HashMap<String, (String, String)> = HashMap::new();
+    let batches: Vec<Vec<PutRecord>> = (0..total)
+        .map(|i| PutRecord::new(format!("key-{i}"), format!("value-{i}").into_bytes()))
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(<[PutRecord]>::to_vec)
+        .collect();
+    let writes = batches.into_iter().map(|batch| {
+        let client = client.clone();
+        async move {
+            let keys: Vec<String> = batch.iter().map(|r| r.partition_key.clone()).collect();
+            let results = client
+                .put_records("orders", batch)
+                .await
+                .expect("put records");
+            keys.into_iter().zip(results).collect::<Vec<_>>()
+        }
+    });
+    for (key, r) in futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let ok = r.unwrap_or_else(|e| panic!("record {key} failed: {e:?}"));
+        acked.insert(key, (ok.shard_id, ok.sequence_number));
+    }
+    assert_eq!(acked.len(), total);
+
+    let shards = client.list_shards("orders").await.expect("shards");
+    let ranges: HashMap<String, (u128, u128)> = shards
+        .iter()
+        .map(|s| {
+            let r = s.hash_key_range.clone().expect("range");
+            (
+                s.shard_id.clone(),
+                (
+                    r.starting_hash_key.parse().unwrap(),
+                    r.ending_hash_key.parse().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    let per_shard = read_all(&client, "orders").await;
+    assert_ordered(&per_shard);
+    let mut seen = HashSet::new();
+    for (shard, records) in &per_shard {
+        assert!(
+            !records.is_empty(),
+            "{shard} got no records: hashing does not spread keys"
+        );
+        let (lo, hi) = ranges[shard];
+        for r in records {
+            assert!(
+                seen.insert(r.partition_key.clone()),
+                "{} read twice",
+                r.partition_key
+            );
+            let h = partition_key_hash(&r.partition_key);
+            assert!(
+                h >= lo && h <= hi,
+                "{} is on {shard} but hashes outside it",
+                r.partition_key
+            );
+            let i: usize = r.partition_key["key-".len()..].parse().unwrap();
+            assert_eq!(r.data, format!("value-{i}").into_bytes());
+            assert_eq!(
+                acked[&r.partition_key],
+                (shard.clone(), r.sequence_number.clone())
+            );
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        total,
+        "every acknowledged record is read exactly once"
+    );
+}
+
+/// What the background writer saw.
+#[derive(Default)]
+struct WriterLog {
+    /// key → (shard, sequence number) of every acknowledged record.
+    acked: HashMap<String, (String, String)>,
+    /// Keys whose outcome is unknown (the call failed after it may have been sent).
+    unknown: HashSet<String>,
+    /// (start, completion) of calls in which every record was acknowledged.
+    full_successes: Vec<(Instant, Instant)>,
+}
+
+/// Writes batches that touch every shard (explicit hash keys) until `stop` is set.
+async fn writer(
+    client: Client,
+    starts: Vec<String>,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<WriterLog>>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let batch: Vec<PutRecord> = (0..2 * starts.len())
+            .map(|j| {
+                n += 1;
+                PutRecord {
+                    partition_key: format!("w-{n}"),
+                    data: format!("payload-{n}").into_bytes(),
+                    explicit_hash_key: Some(starts[j % starts.len()].clone()),
+                }
+            })
+            .collect();
+        let keys: Vec<String> = batch.iter().map(|r| r.partition_key.clone()).collect();
+        let started = Instant::now();
+        match client.put_records("failover", batch).await {
+            Ok(results) => {
+                let mut log = log.lock().unwrap();
+                let mut all = true;
+                for (k, r) in keys.into_iter().zip(results) {
+                    match r {
+                        Ok(ok) => {
+                            log.acked.insert(k, (ok.shard_id, ok.sequence_number));
+                        }
+                        Err(e) => {
+                            all = false;
+                            if e.code == "UNKNOWN_OUTCOME" {
+                                log.unknown.insert(k);
+                            }
+                        }
+                    }
+                }
+                if all {
+                    log.full_successes.push((started, Instant::now()));
+                }
+            }
+            Err(e) => {
+                if e.outcome_unknown() {
+                    log.lock().unwrap().unknown.extend(keys);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Every acknowledged record is read exactly once, in order; nothing else appears but records
+/// whose outcome was unknown, and those at most once.
+fn check_history(per_shard: &BTreeMap<String, Vec<Record>>, log: &WriterLog, via: u64) {
+    assert_ordered(per_shard);
+    let mut seen = HashSet::new();
+    for (shard, records) in per_shard {
+        for r in records {
+            assert!(
+                seen.insert(r.partition_key.clone()),
+                "via node {via}: {} read twice",
+                r.partition_key
+            );
+            match log.acked.get(&r.partition_key) {
+                Some(a) => assert_eq!(
+                    a,
+                    &(shard.clone(), r.sequence_number.clone()),
+                    "via node {via}"
+                ),
+                None => assert!(
+                    log.unknown.contains(&r.partition_key),
+                    "via node {via}: {} was never written",
+                    r.partition_key
+                ),
+            }
+        }
+    }
+    let lost: Vec<_> = log
+        .acked
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .take(5)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "via node {via}: acknowledged records lost, e.g. {lost:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_busiest_leader_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start("failover", 3).await;
+    let client = cluster.client();
+    client.create_stream("failover", 4).await.expect("create");
+    client
+        .wait_for_active("failover", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let starts: Vec<String> = client
+        .list_shards("failover")
+        .await
+        .expect("shards")
+        .into_iter()
+        .map(|s| s.hash_key_range.unwrap().starting_hash_key)
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(WriterLog::default()));
+    let task = tokio::spawn(writer(client.clone(), starts, stop.clone(), log.clone()));
+    wait_until(Duration::from_secs(30), "writes before the kill", || {
+        let log = log.clone();
+        async move { log.lock().unwrap().full_successes.len() >= 20 }
+    })
+    .await;
+
+    let victim = (1..=3u64)
+        .max_by_key(|id| cluster.shard_leaderships(*id).len())
+        .expect("a node");
+    let led = cluster.shard_leaderships(victim).len();
+    assert!(led > 0, "some node leads a shard");
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "writes to every shard resume after the kill",
+        || {
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .unwrap()
+                    .full_successes
+                    .last()
+                    .is_some_and(|(s, _)| *s > killed_at)
+            }
+        },
+    )
+    .await;
+    // The first call sent after the kill in which every shard acknowledged its records.
+    let resumed = log
+        .lock()
+        .unwrap()
+        .full_successes
+        .iter()
+        .find(|(s, _)| *s > killed_at)
+        .unwrap()
+        .1;
+    eprintln!(
+        "failover: killed node {victim} (leader of {led} shards); writes to every shard resumed after {} ms",
+        (resumed - killed_at).as_millis()
+    );
+
+    // More writes while the node is down, then bring it back and let it catch up.
+    let before = log.lock().unwrap().full_successes.len();
+    wait_until(
+        Duration::from_secs(30),
+        "writes while the node is down",
+        || {
+            let log = log.clone();
+            async move { log.lock().unwrap().full_successes.len() >= before + 20 }
+        },
+    )
+    .await;
+    cluster.spawn(victim);
+    cluster.wait_ready(Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.expect("writer");
+
+    let others: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    let target: HashMap<u64, u64> =
+        others
+            .iter()
+            .flat_map(|id| cluster.applied(*id))
+            .fold(HashMap::new(), |mut m, (g, a)| {
+                let e = m.entry(g).or_insert(0);
+                *e = (*e).max(a.unwrap_or(0));
+                m
+            });
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted node catches up",
+        || {
+            let applied: HashMap<u64, u64> = cluster
+                .applied(victim)
+                .into_iter()
+                .map(|(g, a)| (g, a.unwrap_or(0)))
+                .collect();
+            let done = target
+                .iter()
+                .all(|(g, t)| applied.get(g).is_some_and(|a| a >= t));
+            async move { done }
+        },
+    )
+    .await;
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(
+        log.acked.len() > 100,
+        "the writer made progress ({} acked)",
+        log.acked.len()
+    );
+    for id in 1..=3u64 {
+        let per_shard = read_all(&cluster.client_for(id), "failover").await;
+        check_history(&per_shard, &log, id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_restart_keeps_streams_and_records() {
+    let mut cluster = Cluster::start("restart", 3).await;
+    let client = cluster.client();
+    for name in ["alpha", "beta"] {
+        client.create_stream(name, 2).await.expect("create");
+        client
+            .wait_for_active(name, Duration::from_secs(60))
+            .await
+            .expect("active");
+    }
+    let mut written = HashMap::new();
+    for i in 0..1000 {
+        let stream = if i % 2 == 0 { "alpha" } else { "beta" };
+        written.insert(format!("r-{i}"), stream);
+    }
+    for stream in ["alpha", "beta"] {
+        let records: Vec<PutRecord> = written
+            .iter()
+            .filter(|(_, s)| **s == stream)
+            .map(|(k, _)| PutRecord::new(k.clone(), k.clone().into_bytes()))
+            .collect();
+        for chunk in records.chunks(250) {
+            for r in client
+                .put_records(stream, chunk.to_vec())
+                .await
+                .expect("put")
+            {
+                r.expect("record acknowledged");
+            }
+        }
+    }
+    let before_alpha = read_all(&client, "alpha").await;
+    let before_beta = read_all(&client, "beta").await;
+
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_ready(Duration::from_secs(60)).await;
+    let client = cluster.client();
+    let mut names = client.list_streams().await.expect("list");
+    names.sort();
+    assert_eq!(names, vec!["alpha".to_string(), "beta".to_string()]);
+    assert_eq!(read_all(&client, "alpha").await, before_alpha);
+    assert_eq!(read_all(&client, "beta").await, before_beta);
+    let total: usize = before_alpha
+        .values()
+        .chain(before_beta.values())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(total, 1000);
+    // Still writable after the restart.
+    let r = client
+        .put_records("alpha", vec![PutRecord::new("after", b"restart".to_vec())])
+        .await
+        .expect("put after restart");
+    assert!(r[0].is_ok());
+}

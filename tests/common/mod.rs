@@ -1,0 +1,237 @@
+//! A harness that runs real `millrace serve` processes on loopback and kills them for real.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use millrace_client::{Client, ClientConfig};
+
+pub struct NodeProc {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub zone: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub root: PathBuf,
+    pub nodes: Vec<NodeProc>,
+    peers: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Cluster {
+    /// Starts `n` nodes in zones a, b, c, … and waits until every one is ready.
+    pub async fn start(name: &str, n: usize) -> Cluster {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("clusters")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("cluster dir");
+        let nodes: Vec<NodeProc> = (1..=n as u64)
+            .map(|id| NodeProc {
+                id,
+                grpc: format!("127.0.0.1:{}", free_port()),
+                http: format!("127.0.0.1:{}", free_port()),
+                zone: ((b'a' + (id - 1) as u8) as char).to_string(),
+                data_dir: root.join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster { root, nodes, peers };
+        for id in 1..=n as u64 {
+            cluster.spawn(id);
+        }
+        cluster.wait_ready(Duration::from_secs(60)).await;
+        cluster
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Starts (or restarts, on the same data dir) node `id`.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} is already running");
+        std::fs::create_dir_all(&node.data_dir).expect("node dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.join("node.log"))
+            .expect("node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
+            .arg("serve")
+            .args(["--node-id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--grpc-addr", &node.grpc])
+            .args(["--http-addr", &node.http])
+            .args(["--zone", &node.zone])
+            .args(["--peers", &peers])
+            .env("MILLRACE_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start millrace serve");
+        node.child = Some(child);
+    }
+
+    /// `kill -9` node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node answers /readyz with 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        for id in self.running() {
+            let http = self.node(id).http.clone();
+            wait_until(timeout, &format!("node {id} ready"), || {
+                let http = http.clone();
+                async move { http_get(&http, "/readyz").is_some_and(|(code, _)| code == 200) }
+            })
+            .await;
+        }
+    }
+
+    /// A client over every node's endpoint.
+    pub fn client(&self) -> Client {
+        Client::with_config(
+            self.nodes.iter().map(|n| format!("http://{}", n.grpc)),
+            test_client_config(),
+        )
+        .expect("client")
+    }
+
+    /// A client bound to one node only.
+    pub fn client_for(&self, id: u64) -> Client {
+        Client::with_config(
+            [format!("http://{}", self.node(id).grpc)],
+            test_client_config(),
+        )
+        .expect("client")
+    }
+
+    /// The node's `/v1/node/status` JSON, if it answers.
+    pub fn status(&self, id: u64) -> Option<serde_json::Value> {
+        let (code, body) = http_get(&self.node(id).http, "/v1/node/status")?;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
+    /// Shard groups (id ≠ 0) that node `id` currently leads.
+    pub fn shard_leaderships(&self, id: u64) -> Vec<u64> {
+        let Some(st) = self.status(id) else {
+            return Vec::new();
+        };
+        st["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["group_id"].as_u64() != Some(0) && g["state"] == "Leader")
+            .filter_map(|g| g["group_id"].as_u64())
+            .collect()
+    }
+
+    /// Applied index of each group on node `id`.
+    pub fn applied(&self, id: u64) -> Vec<(u64, Option<u64>)> {
+        let Some(st) = self.status(id) else {
+            return Vec::new();
+        };
+        st["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| Some((g["group_id"].as_u64()?, g["applied_index"].as_u64())))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("cluster data and node logs kept in {}", self.root.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+pub fn test_client_config() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_secs(15),
+        call_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_millis(500),
+        ..ClientConfig::default()
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let code = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Polls `cond` until it holds, failing the test with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
