@@ -32,7 +32,42 @@ pub enum StreamCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Write records as fast as the cluster acknowledges them.
+    Produce {
+        #[arg(long)]
+        stream: String,
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        #[arg(long, default_value_t = 1024)]
+        record_bytes: usize,
+        /// Concurrent PutRecords calls.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Records per PutRecords call.
+        #[arg(long, default_value_t = 1)]
+        batch_records: usize,
+        /// Shards of the stream if the bench creates it.
+        #[arg(long, default_value_t = 4)]
+        shards: u32,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a whole stream from TRIM_HORIZON.
+    Consume {
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClientCommand {
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Manage streams.
     #[command(subcommand)]
     Stream(StreamCommand),
@@ -96,6 +131,28 @@ pub async fn run(
         ClientCommand::Stream(StreamCommand::Describe { name }) => {
             let d = client.describe_stream(&name).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&describe_json(&d))?)?;
+        }
+        ClientCommand::Bench(BenchCommand::Produce {
+            stream,
+            records,
+            record_bytes,
+            in_flight,
+            batch_records,
+            shards,
+            json,
+        }) => {
+            let opts = crate::bench::ProduceOptions {
+                stream,
+                records,
+                record_bytes,
+                in_flight,
+                batch_records,
+                shards,
+            };
+            crate::bench::produce(client, opts, json, out).await?
+        }
+        ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
+            crate::bench::consume(client, &stream, json, out).await?
         }
         ClientCommand::Put {
             stream,

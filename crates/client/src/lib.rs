@@ -30,6 +30,7 @@
 //! a call whose outcome is unknown returns [`ClientError::Unknown`] and is never retried
 //! blindly.
 
+pub mod bench;
 pub mod cli;
 mod connection;
 mod error;

@@ -1,0 +1,195 @@
+//! `millrace bench produce|consume`: load generators that report records/s, MB/s and latency.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cli::CliError;
+use crate::{Client, ClientError, PutRecord, StartPosition};
+
+/// Options of `bench produce`.
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    pub stream: String,
+    pub records: u64,
+    pub record_bytes: usize,
+    pub in_flight: usize,
+    pub batch_records: usize,
+    pub shards: u32,
+}
+
+/// Latency percentile in milliseconds from sorted microsecond samples.
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
+}
+
+async fn ensure_stream(client: &Client, stream: &str, shards: u32) -> Result<(), ClientError> {
+    match client.describe_stream(stream).await {
+        Ok(_) => {}
+        Err(ClientError::Server { symbol, .. }) if symbol == "RESOURCE_NOT_FOUND" => {
+            client.create_stream(stream, shards).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    client
+        .wait_for_active(stream, Duration::from_secs(60))
+        .await
+        .map(|_| ())
+}
+
+/// Writes `records` records of `record_bytes` bytes with `in_flight` concurrent PutRecords
+/// calls of `batch_records` records each; latency is per call.
+pub async fn produce(
+    client: &Client,
+    opts: ProduceOptions,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    if opts.in_flight == 0 || opts.batch_records == 0 || opts.batch_records > 500 {
+        return Err(CliError::Usage(
+            "--in-flight must be at least 1 and --batch-records 1-500".into(),
+        ));
+    }
+    ensure_stream(client, &opts.stream, opts.shards).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let payload = Arc::new(vec![b'x'; opts.record_bytes]);
+    let started = Instant::now();
+    let workers = (0..opts.in_flight).map(|w| {
+        let (client, next, failed, payload, opts) = (
+            client.clone(),
+            next.clone(),
+            failed.clone(),
+            payload.clone(),
+            opts.clone(),
+        );
+        tokio::spawn(async move {
+            let mut latencies_us = Vec::new();
+            loop {
+                let first = next.fetch_add(opts.batch_records as u64, Ordering::Relaxed);
+                if first >= opts.records {
+                    return latencies_us;
+                }
+                let n = (opts.records - first).min(opts.batch_records as u64);
+                let batch: Vec<PutRecord> = (first..first + n)
+                    .map(|i| PutRecord::new(format!("bench-{w}-{i}"), payload.to_vec()))
+                    .collect();
+                let t = Instant::now();
+                match client.put_records(&opts.stream, batch).await {
+                    Ok(results) => {
+                        let bad = results.iter().filter(|r| r.is_err()).count() as u64;
+                        failed.fetch_add(bad, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                latencies_us.push(t.elapsed().as_micros() as u64);
+            }
+        })
+    });
+    let mut latencies: Vec<u64> = Vec::new();
+    for w in futures::future::join_all(workers).await {
+        latencies.extend(w.map_err(|e| CliError::Usage(format!("bench worker failed: {e}")))?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let failed = failed.load(Ordering::Relaxed);
+    let ok = opts.records - failed;
+    let summary = json!({
+        "records": ok,
+        "failed_records": failed,
+        "seconds": elapsed,
+        "records_per_sec": ok as f64 / elapsed,
+        "mb_per_sec": (ok as f64 * opts.record_bytes as f64) / elapsed / 1e6,
+        "p50_ms": percentile_ms(&latencies, 50.0),
+        "p99_ms": percentile_ms(&latencies, 99.0),
+        "p999_ms": percentile_ms(&latencies, 99.9),
+        "in_flight": opts.in_flight,
+        "batch_records": opts.batch_records,
+        "record_bytes": opts.record_bytes,
+    });
+    if json_out {
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(
+            out,
+            "produced {ok} records ({failed} failed) in {elapsed:.2}s: {:.0} records/s, {:.2} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+            summary["records_per_sec"].as_f64().unwrap_or(0.0),
+            summary["mb_per_sec"].as_f64().unwrap_or(0.0),
+            summary["p50_ms"].as_f64().unwrap_or(0.0),
+            summary["p99_ms"].as_f64().unwrap_or(0.0),
+            summary["p999_ms"].as_f64().unwrap_or(0.0),
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads every shard of a stream from TRIM_HORIZON to the tip and reports the rate.
+pub async fn consume(
+    client: &Client,
+    stream: &str,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for shard in client.list_shards(stream).await? {
+        let mut it = client
+            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
+            .await?;
+        while !it.is_empty() {
+            let page = client.get_records(&it, 10_000).await?;
+            let done = page.records.is_empty() && page.millis_behind_latest == 0;
+            records += page.records.len() as u64;
+            bytes += page
+                .records
+                .iter()
+                .map(|r| r.data.len() as u64)
+                .sum::<u64>();
+            it = page.next_shard_iterator;
+            if done {
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = json!({
+        "records": records,
+        "seconds": elapsed,
+        "records_per_sec": records as f64 / elapsed,
+        "mb_per_sec": bytes as f64 / elapsed / 1e6,
+    });
+    if json_out {
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(
+            out,
+            "consumed {records} records in {elapsed:.2}s: {:.0} records/s, {:.2} MB/s",
+            records as f64 / elapsed,
+            bytes as f64 / elapsed / 1e6
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile_ms;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
+        assert_eq!(percentile_ms(&v, 50.0), 500.0);
+        assert_eq!(percentile_ms(&v, 99.0), 990.0);
+        assert_eq!(percentile_ms(&v, 99.9), 999.0);
+        assert_eq!(percentile_ms(&[], 50.0), 0.0);
+    }
+}
