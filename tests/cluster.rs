@@ -407,8 +407,24 @@ async fn whole_cluster_restart_keeps_streams_and_records() {
     let mut names = client.list_streams().await.expect("list");
     names.sort();
     assert_eq!(names, vec!["alpha".to_string(), "beta".to_string()]);
-    assert_eq!(read_all(&client, "alpha").await, before_alpha);
-    assert_eq!(read_all(&client, "beta").await, before_beta);
+    for (name, before) in [("alpha", &before_alpha), ("beta", &before_beta)] {
+        let after = read_all(&client, name).await;
+        let count = |m: &BTreeMap<String, Vec<Record>>| m.values().map(Vec::len).sum::<usize>();
+        let per = |m: &BTreeMap<String, Vec<Record>>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.len()))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            &after == before,
+            "{name}: {} records before the restart, {} after (or they differ): {:?} vs {:?}; status {:?}",
+            count(before),
+            count(&after),
+            per(before),
+            per(&after),
+            (1..=3).map(|id| cluster.status(id)).collect::<Vec<_>>()
+        );
+    }
     let total: usize = before_alpha
         .values()
         .chain(before_beta.values())

@@ -26,7 +26,9 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     if sorted_us.is_empty() {
         return 0.0;
     }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    // Nearest-rank percentile in integer arithmetic (p in tenths of a percent).
+    let tenths = (p * 10.0).round() as usize;
+    let rank = (tenths * sorted_us.len()).div_ceil(1000);
     sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
 }
 

@@ -41,6 +41,11 @@ impl GroupSettings {
             // Retention drives snapshots (DESIGN decision 4); never snapshot on a log count.
             snapshot_policy: openraft::SnapshotPolicy::Never,
             enable_pre_vote: Some(true),
+            // A restarted leader must win a new election. With restore on (openraft's default),
+            // a leader restarted before anyone noticed keeps its term, and because neither the
+            // commit point nor the state machines are durable here, it serves a stale prefix
+            // as if it were everything committed (seen in the whole-cluster restart test).
+            enable_leader_restore: Some(false),
             max_payload_entries: 256,
             ..Default::default()
         }

@@ -54,8 +54,22 @@ pub fn stream_name_from(input: &str) -> Result<String, ApiError> {
 }
 
 impl MillraceService {
-    fn stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
+    /// The stream as this node knows it; if unknown here, catches up with the metadata leader
+    /// first, so a stream created through another node is found.
+    async fn stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
         let name = stream_name_from(name)?;
+        let lookup = || self.node.meta.read(|s| s.streams.get(&name).cloned());
+        if let Some(s) = lookup() {
+            return Ok(s);
+        }
+        self.node.sync_meta().await?;
+        lookup().ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+    }
+
+    /// The stream, read after catching up with the metadata leader (describe and list calls).
+    async fn stream_fresh(&self, name: &str) -> Result<StreamMeta, ApiError> {
+        let name = stream_name_from(name)?;
+        self.node.sync_meta().await?;
         self.node
             .meta
             .read(|s| s.streams.get(&name).cloned())
@@ -143,7 +157,7 @@ impl MillraceService {
         &self,
         req: pb::PutRecordsRequest,
     ) -> Result<pb::PutRecordsResponse, ApiError> {
-        let stream = self.stream(&req.stream_name)?;
+        let stream = self.stream(&req.stream_name).await?;
         if stream.status == StreamStatus::Deleting {
             return Err(ApiError::ResourceNotFound(format!(
                 "Stream {} is being deleted",
@@ -240,7 +254,7 @@ impl MillraceService {
         &self,
         req: pb::GetShardIteratorRequest,
     ) -> Result<pb::GetShardIteratorResponse, ApiError> {
-        let stream = self.stream(&req.stream_name)?;
+        let stream = self.stream(&req.stream_name).await?;
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
             ApiError::ResourceNotFound(format!(
                 "Shard {} in stream {} not found",
@@ -312,7 +326,7 @@ impl MillraceService {
             }
             l => l,
         };
-        let stream = self.stream(&token.stream)?;
+        let stream = self.stream(&token.stream).await?;
         let shard = stream
             .shard(&token.shard_id)
             .filter(|s| s.group_id == token.group_id)
@@ -392,7 +406,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DescribeStreamRequest>,
     ) -> Reply<pb::DescribeStreamResponse> {
-        let s = self.stream(&req.into_inner().stream_name)?;
+        let s = self.stream_fresh(&req.into_inner().stream_name).await?;
         Ok(Response::new(pb::DescribeStreamResponse {
             stream: Some(pb::StreamDescription {
                 stream_arn: format!("arn:aws:kinesis:us-east-1:123456789012:stream/{}", s.name),
@@ -411,6 +425,7 @@ impl Millrace for MillraceService {
         req: Request<pb::ListStreamsRequest>,
     ) -> Reply<pb::ListStreamsResponse> {
         let req = req.into_inner();
+        self.node.sync_meta().await?;
         let limit = match req.limit {
             0 => 100,
             l => l.min(10_000) as usize,
@@ -437,7 +452,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListShardsRequest>,
     ) -> Reply<pb::ListShardsResponse> {
-        let s = self.stream(&req.into_inner().stream_name)?;
+        let s = self.stream_fresh(&req.into_inner().stream_name).await?;
         Ok(Response::new(pb::ListShardsResponse {
             shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),
         }))
@@ -470,6 +485,7 @@ impl Millrace for MillraceService {
         &self,
         _req: Request<pb::DescribeClusterRequest>,
     ) -> Reply<pb::DescribeClusterResponse> {
+        self.node.sync_meta().await?;
         Ok(Response::new(pb::DescribeClusterResponse {
             nodes: self
                 .node

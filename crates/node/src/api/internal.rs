@@ -56,6 +56,28 @@ impl Internal for InternalService {
         Ok(Response::new(reply))
     }
 
+    async fn meta_read_index(
+        &self,
+        _req: Request<ipb::MetaReadIndexRequest>,
+    ) -> Result<Response<ipb::MetaReadIndexReply>, Status> {
+        let reply = match self.node.meta_read_index().await {
+            Ok(Ok(index)) => ipb::MetaReadIndexReply {
+                read_index: index.unwrap_or(0),
+                has_read_index: index.is_some(),
+                ..Default::default()
+            },
+            Ok(Err(leader)) => ipb::MetaReadIndexReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            },
+            Err(e) => ipb::MetaReadIndexReply {
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn shard_append(
         &self,
         req: Request<ipb::ShardAppendRequest>,
@@ -84,27 +106,24 @@ impl Internal for InternalService {
         req: Request<ipb::ShardReadRequest>,
     ) -> Result<Response<ipb::ShardReadReply>, Status> {
         let req = req.into_inner();
-        let leader = self.node.local_leader(req.group_id);
-        if leader != Some(self.node.id) {
-            return Ok(Response::new(ipb::ShardReadReply {
-                not_leader: Some(self.not_leader(leader)),
-                ..Default::default()
-            }));
-        }
         let bounds = ReadBounds {
             from_index: req.from_index,
             from_position: req.from_position,
             max_records: req.max_records as usize,
             max_bytes: req.max_bytes as usize,
         };
-        let reply = match self.node.read_local(req.group_id, bounds) {
-            Ok((outcome, applied, latest)) => ipb::ShardReadReply {
+        let reply = match self.node.read_as_leader(req.group_id, bounds).await {
+            Ok(Ok((outcome, applied, latest))) => ipb::ShardReadReply {
                 records: outcome.records,
                 next_index: outcome.next_index,
                 next_position: outcome.next_position,
                 applied_index: applied.unwrap_or(0),
                 has_applied: applied.is_some(),
                 latest_arrival_timestamp_ms: latest,
+                ..Default::default()
+            },
+            Ok(Err(leader)) => ipb::ShardReadReply {
+                not_leader: Some(self.not_leader(leader)),
                 ..Default::default()
             },
             Err(e) => ipb::ShardReadReply {

@@ -10,7 +10,7 @@ use millrace_proto::storage::{shard_command, BatchRecord, RecordBatch, ShardComm
 use millrace_raft::group::GroupHandle;
 use millrace_raft::{GroupManager, Request};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use prost::Message;
 
 use super::config::ServeConfig;
@@ -23,6 +23,8 @@ use crate::shard::read::{read_records, ReadBounds, ReadOutcome};
 
 /// How long a request keeps looking for a leader before giving up (nothing was applied).
 pub const LEADER_SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leader may take to confirm its leadership for a read.
+pub const LINEARIZABLE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub id: u64,
@@ -222,6 +224,92 @@ impl Node {
             },
         };
         Ok((outcome, applied, latest))
+    }
+
+    /// Reads a shard hosted here if this replica is its leader, after confirming leadership
+    /// with a quorum (ReadIndex) and waiting until everything committed before the read is
+    /// applied: a new leader never serves a stale prefix. `Ok(Err(hint))` when not the leader.
+    pub async fn read_as_leader(
+        &self,
+        group_id: u64,
+        bounds: ReadBounds,
+    ) -> Result<Result<(ReadOutcome, Option<u64>, i64), Option<u64>>, ApiError> {
+        let Some(h) = self.groups.get(group_id) else {
+            return Ok(Err(None));
+        };
+        let confirm = h.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(LINEARIZABLE_READ_TIMEOUT, confirm).await {
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "shard group {group_id}: leadership not confirmed within {LINEARIZABLE_READ_TIMEOUT:?}"
+            ))),
+            Ok(Ok(_)) => self.read_local(group_id, bounds).map(Ok),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Ok(Err(f.leader_id.filter(|l| *l != self.id)))
+            }
+            Ok(Err(e)) => Err(ApiError::Unavailable(format!("shard group {group_id}: {e}"))),
+        }
+    }
+
+    /// The metadata read index if this node leads the metadata group (`Ok(Err(hint))` if not).
+    pub async fn meta_read_index(&self) -> Result<Result<Option<u64>, Option<u64>>, ApiError> {
+        let confirm = self
+            .meta_group
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(LINEARIZABLE_READ_TIMEOUT, confirm).await {
+            Err(_) => Err(ApiError::Unavailable(
+                "metadata leadership not confirmed in time".into(),
+            )),
+            Ok(Ok(read)) => Ok(Ok(Some(read.index()))),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Ok(Err(f.leader_id.filter(|l| *l != self.id)))
+            }
+            Ok(Err(e)) => Err(ApiError::Unavailable(format!("metadata group: {e}"))),
+        }
+    }
+
+    /// Brings this node's metadata up to date with every write acknowledged before the call
+    /// (read-your-writes through any node): gets the leader's read index and waits until the
+    /// local replica has applied it.
+    pub async fn sync_meta(&self) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
+        let index = loop {
+            let hint = match self.meta_read_index().await? {
+                Ok(index) => break index,
+                Err(hint) => hint,
+            };
+            if let Some(addr) = hint.and_then(|l| self.addr_of(l)) {
+                let mut client = self
+                    .groups
+                    .transport()
+                    .client(&addr)
+                    .map_err(ApiError::Internal)?;
+                if let Ok(reply) = client
+                    .meta_read_index(millrace_proto::internal::MetaReadIndexRequest {})
+                    .await
+                {
+                    let reply = reply.into_inner();
+                    if reply.not_leader.is_none() && reply.error.is_empty() {
+                        break reply.has_read_index.then_some(reply.read_index);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(
+                    "the metadata group has no reachable leader".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if let Some(index) = index {
+            self.meta_group
+                .raft
+                .wait(Some(LINEARIZABLE_READ_TIMEOUT))
+                .applied_index_at_least(Some(index), "metadata catch-up")
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("metadata not caught up: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Members with their addresses, for DescribeCluster.

@@ -24,6 +24,9 @@ pub fn parse_explicit_hash_key(text: &str) -> Result<u128, String> {
 /// the last range ends at `2^128 - 1`.
 pub fn even_ranges(n: u32) -> Vec<(u128, u128)> {
     assert!(n > 0, "at least one shard");
+    if n == 1 {
+        return vec![(0, u128::MAX)];
+    }
     let n = n as u128;
     // 2^128 = n * q + rem + 1, so each shard gets `base` keys and the first `extra` one more.
     let (q, rem) = (u128::MAX / n, u128::MAX % n);
