@@ -31,15 +31,35 @@ impl Default for GroupSettings {
     }
 }
 
+/// How a group snapshots its state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Only on request (shard groups: retention drives snapshots, DESIGN decision 4).
+    OnRequest,
+    /// After `entries` applied entries; openraft then purges the log the snapshot covers except
+    /// the last `keep_entries` (for lagging peers). Used by the metadata group.
+    EveryEntries { entries: u64, keep_entries: u64 },
+}
+
 impl GroupSettings {
-    fn raft_config(&self) -> Result<openraft::Config, GroupError> {
+    fn raft_config(&self, mode: SnapshotMode) -> Result<openraft::Config, GroupError> {
+        let (snapshot_policy, keep) = match mode {
+            SnapshotMode::OnRequest => (openraft::SnapshotPolicy::Never, 1000),
+            SnapshotMode::EveryEntries {
+                entries,
+                keep_entries,
+            } => (
+                openraft::SnapshotPolicy::LogsSinceLast(entries),
+                keep_entries,
+            ),
+        };
         openraft::Config {
             cluster_name: "millrace".into(),
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            // Retention drives snapshots (DESIGN decision 4); never snapshot on a log count.
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy,
+            max_in_snapshot_log_to_keep: keep,
             enable_pre_vote: Some(true),
             // A restarted leader must win a new election. With restore on (openraft's default),
             // a leader restarted before anyone noticed keeps its term, and because neither the
@@ -90,7 +110,6 @@ pub struct GroupManager {
     flusher: FlushCoordinator,
     transport: Arc<Transport>,
     registry: Arc<GroupRegistry>,
-    raft_config: Arc<openraft::Config>,
     settings: GroupSettings,
     groups: Mutex<HashMap<u64, GroupHandle>>,
 }
@@ -104,6 +123,7 @@ impl GroupManager {
         transport: Arc<Transport>,
         settings: GroupSettings,
     ) -> Result<GroupManager, GroupError> {
+        settings.raft_config(SnapshotMode::OnRequest)?;
         Ok(GroupManager {
             node_id,
             data_dir,
@@ -111,7 +131,6 @@ impl GroupManager {
             flusher,
             transport,
             registry: Arc::new(GroupRegistry::default()),
-            raft_config: Arc::new(settings.raft_config()?),
             settings,
             groups: Mutex::new(HashMap::new()),
         })
@@ -159,6 +178,7 @@ impl GroupManager {
         &self,
         group_id: u64,
         machine: Box<dyn GroupStateMachine>,
+        snapshots: SnapshotMode,
     ) -> Result<GroupHandle, GroupError> {
         if let Some(h) = self.get(group_id) {
             return Ok(h);
@@ -167,6 +187,8 @@ impl GroupManager {
             .meta
             .group(group_id)
             .map_err(|source| GroupError::Meta { group_id, source })?;
+        let sm = GroupSm::persistent(machine, meta.clone())
+            .map_err(|source| GroupError::Storage { group_id, source })?;
         let dir = self.group_dir(group_id);
         let segment_config = SegmentLogConfig {
             segment_bytes_max: self.settings.segment_bytes_max,
@@ -188,10 +210,10 @@ impl GroupManager {
         };
         let raft = Raft::new(
             self.node_id,
-            self.raft_config.clone(),
+            Arc::new(self.settings.raft_config(snapshots)?),
             network,
             log.clone(),
-            GroupSm::new(machine),
+            sm,
         )
         .await
         .map_err(|e| GroupError::Raft {

@@ -15,6 +15,6 @@ pub mod network;
 pub mod state_machine;
 pub mod types;
 
-pub use group::{GroupManager, GroupSettings};
+pub use group::{GroupManager, GroupSettings, SnapshotMode};
 pub use state_machine::GroupStateMachine;
 pub use types::{NodeId, Raft, Request, Response, TypeConfig};

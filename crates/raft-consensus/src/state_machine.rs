@@ -4,6 +4,11 @@
 //! The applied state is not persisted: after a restart the state machine starts empty (or from
 //! its stored snapshot) and openraft re-applies the committed log. So `applied_state()` never
 //! runs ahead of the durable log, which openraft would otherwise "repair" by purging the log.
+//!
+//! Snapshots are persisted in sled (`snapshot_meta` + `snapshot_data`, one atomic batch,
+//! flushed before the builder or installer returns, so before openraft purges the log they
+//! cover). For the metadata group the snapshot *is* the metadata state; a shard group's
+//! snapshot is tiny (its records stay in the log).
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -12,7 +17,12 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 
+use millrace_storage::GroupMeta;
+
 use crate::types::{LogId, Response, SnapshotMeta, StoredMembership, TypeConfig};
+
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
 /// The meaning of a group's entries. Implemented by the node for the metadata group and for
 /// shard groups. Calls are serialised by the adapter.
@@ -41,6 +51,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct GroupSm {
     inner: Arc<Mutex<Inner>>,
+    store: Option<GroupMeta>,
 }
 
 impl GroupSm {
@@ -52,7 +63,41 @@ impl GroupSm {
                 last_membership: StoredMembership::default(),
                 current_snapshot: None,
             })),
+            store: None,
         }
+    }
+
+    /// A state machine whose snapshots are persisted in `store`; a stored snapshot is loaded
+    /// (openraft installs it at start-up).
+    pub fn persistent(
+        machine: Box<dyn GroupStateMachine>,
+        store: GroupMeta,
+    ) -> io::Result<GroupSm> {
+        let sm = GroupSm::new(machine);
+        let meta: Option<SnapshotMeta> = store.get(KEY_SNAPSHOT_META).map_err(io::Error::other)?;
+        let data = store.get_raw(KEY_SNAPSHOT_DATA).map_err(io::Error::other)?;
+        if let (Some(meta), Some(data)) = (meta, data) {
+            sm.lock().current_snapshot = Some((meta, data));
+        }
+        Ok(GroupSm {
+            store: Some(store),
+            ..sm
+        })
+    }
+
+    /// Persists the current snapshot durably (sled batch + flush).
+    async fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        store
+            .put_batch(&[
+                (KEY_SNAPSHOT_META, meta_json),
+                (KEY_SNAPSHOT_DATA, data.to_vec()),
+            ])
+            .map_err(io::Error::other)?;
+        store.flush().await.map_err(io::Error::other)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -64,13 +109,16 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSm {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let mut inner = self.lock();
-        let meta = SnapshotMeta {
-            last_log_id: inner.last_applied,
-            last_membership: inner.last_membership.clone(),
+        let (meta, data) = {
+            let inner = self.lock();
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.last_membership.clone(),
+            };
+            (meta, inner.machine.snapshot())
         };
-        let data = inner.machine.snapshot();
-        inner.current_snapshot = Some((meta.clone(), data.clone()));
+        self.persist(&meta, &data).await?;
+        self.lock().current_snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -125,6 +173,7 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
+        self.persist(meta, &snapshot).await?;
         let mut inner = self.lock();
         inner
             .machine

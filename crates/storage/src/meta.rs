@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | `node` | `format_version` | u32 LE |
 //! | `node` | any node-level key (e.g. `node_id`) | JSON |
-//! | `group/<group id, 20 digits>` | `vote`, `committed`, `purged`, `applied`, `membership`, `state`, … | JSON |
+//! | `group/<group id, 20 digits>` | `vote`, `committed`, `purged`, `snapshot_meta` | JSON |
+//! | `group/<group id, 20 digits>` | `snapshot_data` | raw bytes (the state machine's snapshot) |
 //!
 //! sled makes writes durable only at `flush`; callers flush before acknowledging anything that
 //! depends on a write (votes) and treat everything else as a hint that may roll back to an
@@ -201,6 +202,18 @@ impl GroupMeta {
     /// Writes a key; it is durable only after [`GroupMeta::flush`].
     pub fn put<T: Serialize>(&self, key: &str, value: &T) -> StorageResult<()> {
         self.tree.put(key, value)
+    }
+
+    /// Reads a raw (non-JSON) value.
+    pub fn get_raw(&self, key: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.tree
+            .tree
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|source| StorageError::Meta {
+                verb: "read",
+                source,
+            })
     }
 
     /// Writes several keys atomically (all or none survive a crash).

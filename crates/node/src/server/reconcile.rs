@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use millrace_raft::SnapshotMode;
 use openraft::BasicNode;
 
 use super::node::Node;
@@ -103,7 +104,11 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
     let shared = Arc::new(ShardShared::new());
     let handle = node
         .groups
-        .open_group(group_id, Box::new(ShardMachine::new(shared.clone())))
+        .open_group(
+            group_id,
+            Box::new(ShardMachine::new(shared.clone())),
+            SnapshotMode::OnRequest,
+        )
         .await
         .map_err(|e| e.to_string())?;
     node.shards

@@ -8,7 +8,7 @@ use anyhow::Context;
 use millrace_proto::internal::internal_server::InternalServer;
 use millrace_proto::v1::millrace_server::MillraceServer;
 use millrace_raft::network::{Transport, RAFT_MESSAGE_BYTES_MAX};
-use millrace_raft::{GroupManager, GroupSettings};
+use millrace_raft::{GroupManager, GroupSettings, SnapshotMode};
 use millrace_storage::{FlushCoordinator, NodeMeta};
 
 use super::config::ServeConfig;
@@ -18,6 +18,10 @@ use crate::api::grpc::MillraceService;
 use crate::api::internal::InternalService;
 use crate::metadata::machine::{MetaMachine, MetaShared};
 use crate::metadata::state::METADATA_GROUP_ID;
+
+/// The metadata state is snapshotted into sled after this many metadata entries; openraft then
+/// purges the log it covers (keeping its default 1,000 entries for lagging peers).
+const METADATA_SNAPSHOT_ENTRIES: u64 = 1000;
 
 /// Largest public gRPC message (a PutRecords of 5 MiB plus framing; GetRecords of 10 MiB).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -56,7 +60,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     )?;
     let meta = MetaShared::new();
     let meta_group = groups
-        .open_group(METADATA_GROUP_ID, Box::new(MetaMachine::new(meta.clone())))
+        .open_group(
+            METADATA_GROUP_ID,
+            Box::new(MetaMachine::new(meta.clone())),
+            SnapshotMode::EveryEntries {
+                entries: METADATA_SNAPSHOT_ENTRIES,
+                keep_entries: METADATA_SNAPSHOT_ENTRIES,
+            },
+        )
         .await?;
     let node = Arc::new(Node {
         id: config.node_id,

@@ -1,0 +1,139 @@
+//! Creating, snapshotting, reopening and removing a group replica through the GroupManager.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use millrace_raft::network::Transport;
+use millrace_raft::types::LogId;
+use millrace_raft::{GroupManager, GroupSettings, GroupStateMachine, Request, SnapshotMode};
+use millrace_storage::{FlushCoordinator, NodeMeta};
+use openraft::async_runtime::WatchReceiver;
+use openraft::BasicNode;
+
+/// Counts applied entries; the count is its whole state.
+#[derive(Default)]
+struct Counter(u64);
+
+impl GroupStateMachine for Counter {
+    fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Vec<u8> {
+        self.0 += 1;
+        self.0.to_le_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, _last: Option<&LogId>, data: &[u8]) -> Result<(), String> {
+        self.0 = u64::from_le_bytes(data.try_into().map_err(|_| "bad snapshot")?);
+        Ok(())
+    }
+}
+
+fn manager(dir: &std::path::Path) -> GroupManager {
+    let meta = NodeMeta::open(&dir.join("meta")).expect("sled");
+    GroupManager::new(
+        1,
+        dir.to_path_buf(),
+        meta,
+        FlushCoordinator::start().expect("flusher"),
+        Transport::new(),
+        GroupSettings {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            segment_bytes_max: 4096,
+        },
+    )
+    .expect("manager")
+}
+
+async fn write(raft: &millrace_raft::Raft) -> u64 {
+    let resp = raft
+        .client_write(Request(b"x".to_vec()))
+        .await
+        .expect("write");
+    u64::from_le_bytes(resp.data.0.as_slice().try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_survives_reopen_and_remove_deletes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let group_id = 7;
+    {
+        let groups = manager(dir.path());
+        let h = groups
+            .open_group(
+                group_id,
+                Box::new(Counter::default()),
+                SnapshotMode::EveryEntries {
+                    entries: 10,
+                    keep_entries: 0,
+                },
+            )
+            .await
+            .expect("open");
+        let voters: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:1"))].into();
+        h.raft.initialize(voters).await.expect("initialize");
+        h.raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "single node leads")
+            .await
+            .expect("leader");
+        for i in 1..=25 {
+            assert_eq!(write(&h.raft).await, i);
+        }
+        h.raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= 10) && m.purged.is_some(),
+                "a snapshot was built and the log it covers purged",
+            )
+            .await
+            .expect("snapshot");
+        groups.shutdown_all().await;
+    }
+    // Reopen: the state comes back from the persisted snapshot plus the log after it.
+    let groups = manager(dir.path());
+    let h = groups
+        .open_group(
+            group_id,
+            Box::new(Counter::default()),
+            SnapshotMode::EveryEntries {
+                entries: 10,
+                keep_entries: 0,
+            },
+        )
+        .await
+        .expect("reopen");
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "leader again after restart")
+        .await
+        .expect("leader");
+    let m = h.raft.metrics().borrow_watched().clone();
+    assert!(
+        m.purged.is_some(),
+        "the log before the snapshot stays purged: {m:?}"
+    );
+    assert!(
+        m.snapshot.is_some(),
+        "the persisted snapshot was loaded: {m:?}"
+    );
+    assert_eq!(
+        write(&h.raft).await,
+        26,
+        "no applied entry lost or applied twice"
+    );
+    assert_eq!(groups.group_ids(), vec![group_id]);
+
+    let group_dir = dir.path().join("groups").join(format!("{group_id:020}"));
+    assert!(group_dir.exists());
+    groups.remove_group(group_id).await.expect("remove");
+    assert!(
+        !group_dir.exists(),
+        "the replica's segment files are deleted"
+    );
+    assert!(groups.group_ids().is_empty());
+    assert!(groups.registry().get(group_id).is_none());
+    let meta = NodeMeta::open(&dir.path().join("meta2")).unwrap();
+    drop(meta);
+}
