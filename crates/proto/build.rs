@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("millrace/v1/millrace.proto"),
         root.join("millrace/v1/internal.proto"),
         root.join("millrace/v1/storage.proto"),
+        root.join("millrace/v1/errors.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

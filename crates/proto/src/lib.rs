@@ -28,5 +28,9 @@ pub use millrace::v1;
 
 /// gRPC metadata key carrying the stable error symbol of a failed call.
 pub const ERROR_METADATA_KEY: &str = "millrace-error";
+/// gRPC metadata key carrying the numeric value of the error (`ErrorCode`).
+pub const ERROR_CODE_METADATA_KEY: &str = "millrace-error-code";
+/// The error table's source, for checks against it.
+pub const ERRORS_PROTO: &str = include_str!("../../../proto/millrace/v1/errors.proto");
 /// gRPC metadata key carrying the node id of the leader a client should retry at.
 pub const LEADER_HINT_METADATA_KEY: &str = "millrace-leader";

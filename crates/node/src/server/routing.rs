@@ -184,13 +184,5 @@ impl Node {
 
 /// Rebuilds an error another node reported by its symbol.
 pub fn remote_error(symbol: &str, message: String) -> ApiError {
-    match symbol {
-        "RESOURCE_NOT_FOUND" => ApiError::ResourceNotFound(message),
-        "RESOURCE_IN_USE" => ApiError::ResourceInUse(message),
-        "INVALID_ARGUMENT" => ApiError::InvalidArgument(message),
-        "LIMIT_EXCEEDED" => ApiError::LimitExceeded(message),
-        "UNAVAILABLE" => ApiError::Unavailable(message),
-        "UNKNOWN_OUTCOME" => ApiError::UnknownOutcome(message),
-        _ => ApiError::Internal(message),
-    }
+    ApiError::from_symbol(symbol, message)
 }
