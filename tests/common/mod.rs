@@ -24,6 +24,8 @@ pub struct Cluster {
     pub root: PathBuf,
     pub nodes: Vec<NodeProc>,
     peers: String,
+    /// Extra environment for every node (`MILLRACE_*` settings).
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -36,6 +38,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts `n` nodes in zones a, b, c, … and waits until every one is ready.
     pub async fn start(name: &str, n: usize) -> Cluster {
+        Cluster::start_with_env(name, n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with `MILLRACE_*` settings for every node.
+    pub async fn start_with_env(name: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("clusters")
             .join(format!("{name}-{}", std::process::id()));
@@ -56,7 +63,16 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.grpc))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster { root, nodes, peers };
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut cluster = Cluster {
+            root,
+            nodes,
+            peers,
+            env,
+        };
         for id in 1..=n as u64 {
             cluster.spawn(id);
         }
@@ -71,6 +87,7 @@ impl Cluster {
     /// Starts (or restarts, on the same data dir) node `id`.
     pub fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
+        let env = self.env.clone();
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         std::fs::create_dir_all(&node.data_dir).expect("node dir");
@@ -89,6 +106,7 @@ impl Cluster {
             .args(["--zone", &node.zone])
             .args(["--peers", &peers])
             .env("MILLRACE_LOG", "info,openraft=warn")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -164,6 +182,18 @@ impl Cluster {
             .filter(|g| g["group_id"].as_u64() != Some(0) && g["state"] == "Leader")
             .filter_map(|g| g["group_id"].as_u64())
             .collect()
+    }
+
+    /// Ids of the shard groups with a log directory on node `id` (checked on disk).
+    pub fn group_dirs(&self, id: u64) -> Vec<u64> {
+        let mut ids: Vec<u64> = std::fs::read_dir(self.node(id).data_dir.join("groups"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|g| *g != 0)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Applied index of each group on node `id`.

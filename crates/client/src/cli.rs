@@ -29,6 +29,22 @@ pub enum StreamCommand {
     List,
     /// Describe a stream as JSON.
     Describe { name: String },
+    /// Delete a stream and its data on every node.
+    Delete { name: String },
+    /// Set the retention period (24-8760 hours).
+    Retention {
+        name: String,
+        #[arg(long)]
+        hours: u32,
+    },
+    /// Add (`--add KEY=VALUE`) or remove (`--remove KEY`) tags; prints the tags as JSON.
+    Tag {
+        name: String,
+        #[arg(long)]
+        add: Vec<String>,
+        #[arg(long)]
+        remove: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +169,38 @@ pub async fn run(
         }
         ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
             crate::bench::consume(client, &stream, json, out).await?
+        }
+        ClientCommand::Stream(StreamCommand::Delete { name }) => {
+            client.delete_stream(&name).await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"stream_name": name, "status": "DELETING"})
+            )?;
+        }
+        ClientCommand::Stream(StreamCommand::Retention { name, hours }) => {
+            client.set_retention_hours(&name, hours).await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"stream_name": name, "retention_period_hours": hours})
+            )?;
+        }
+        ClientCommand::Stream(StreamCommand::Tag { name, add, remove }) => {
+            let mut tags = std::collections::BTreeMap::new();
+            for kv in add {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Usage(format!("--add {kv:?} is not KEY=VALUE")))?;
+                tags.insert(k.to_string(), v.to_string());
+            }
+            if !tags.is_empty() {
+                client.add_tags(&name, tags).await?;
+            }
+            if !remove.is_empty() {
+                client.remove_tags(&name, remove).await?;
+            }
+            writeln!(out, "{}", json!(client.list_tags(&name).await?))?;
         }
         ClientCommand::Put {
             stream,

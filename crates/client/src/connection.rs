@@ -1,5 +1,6 @@
 //! Connections to the cluster: seed endpoints, fail-over, deadlines and retries.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -340,6 +341,97 @@ impl Client {
             millis_behind_latest: resp.millis_behind_latest,
             child_shard_ids: resp.child_shards.into_iter().map(|c| c.shard_id).collect(),
         })
+    }
+
+    /// Deletes a stream and, on every node, its shards' data.
+    pub async fn delete_stream(&self, name: &str) -> Result<(), ClientError> {
+        let req = pb::DeleteStreamRequest {
+            stream_name: name.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.delete_stream(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn add_tags(
+        &self,
+        stream: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let req = pb::AddTagsToStreamRequest {
+            stream_name: stream.into(),
+            tags: tags.into_iter().collect(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.add_tags_to_stream(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove_tags(&self, stream: &str, keys: Vec<String>) -> Result<(), ClientError> {
+        let req = pb::RemoveTagsFromStreamRequest {
+            stream_name: stream.into(),
+            tag_keys: keys,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.remove_tags_from_stream(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every tag of a stream (follows pagination).
+    pub async fn list_tags(&self, stream: &str) -> Result<BTreeMap<String, String>, ClientError> {
+        let mut tags = BTreeMap::new();
+        let mut start = String::new();
+        loop {
+            let req = pb::ListTagsForStreamRequest {
+                stream_name: stream.into(),
+                exclusive_start_tag_key: start.clone(),
+                limit: 0,
+            };
+            let resp = self
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.list_tags_for_stream(req).await }
+                })
+                .await?;
+            if let Some(last) = resp.tags.last() {
+                start = last.key.clone();
+            }
+            let more = resp.has_more_tags && !resp.tags.is_empty();
+            tags.extend(resp.tags.into_iter().map(|t| (t.key, t.value)));
+            if !more {
+                return Ok(tags);
+            }
+        }
+    }
+
+    /// Sets the retention period, increasing or decreasing it as needed.
+    pub async fn set_retention_hours(&self, stream: &str, hours: u32) -> Result<(), ClientError> {
+        let current = self.describe_stream(stream).await?.retention_period_hours;
+        let req = pb::UpdateRetentionPeriodRequest {
+            stream_name: stream.into(),
+            retention_period_hours: hours,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move {
+                if hours >= current {
+                    c.increase_stream_retention_period(req).await
+                } else {
+                    c.decrease_stream_retention_period(req).await
+                }
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {

@@ -60,6 +60,12 @@ struct ServeArgs {
     election_timeout_max_ms: u64,
     #[arg(long, env = "MILLRACE_SHARDS_PER_STREAM_MAX", default_value_t = 1000)]
     shards_per_stream_max: u32,
+    #[arg(
+        long,
+        env = "MILLRACE_SHARDS_PER_CLUSTER_MAX",
+        default_value_t = 10_000
+    )]
+    shards_per_cluster_max: u32,
     #[arg(long, env = "MILLRACE_REPLICATION_FACTOR", default_value_t = 3)]
     replication_factor: u32,
 }
@@ -99,6 +105,7 @@ fn main() -> std::process::ExitCode {
                     election_timeout_min_ms: a.election_timeout_min_ms,
                     election_timeout_max_ms: a.election_timeout_max_ms,
                     shards_per_stream_max: a.shards_per_stream_max,
+                    shards_per_cluster_max: a.shards_per_cluster_max,
                     default_replication_factor: a.replication_factor,
                 })
                 .await

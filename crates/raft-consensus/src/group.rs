@@ -173,6 +173,18 @@ impl GroupManager {
             .collect()
     }
 
+    /// Every group with any trace on this node: open, with a log directory, or with metadata.
+    pub fn stored_group_ids(&self) -> Vec<u64> {
+        let mut ids = self.group_ids();
+        ids.extend(self.meta.group_ids());
+        if let Ok(entries) = std::fs::read_dir(self.data_dir.join("groups")) {
+            ids.extend(entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Opens the local replica of `group_id` (recovering its log), or returns it if open.
     pub async fn open_group(
         &self,

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::iterator::{IteratorToken, ITERATOR_TTL_MS};
 use crate::metadata::placement::{place_replicas, NodeLoad};
 use crate::metadata::state::{MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamStatus};
+use crate::metadata::tags::TAGS_PER_STREAM_MAX;
 use crate::server::node::Node;
 use crate::server::now_ms;
 use crate::shard::hashing::{parse_explicit_hash_key, partition_key_hash};
@@ -143,6 +144,14 @@ impl MillraceService {
                 .collect::<Result<Vec<_>, _>>()
         });
         let placements = placements.map_err(|e| ApiError::LimitExceeded(e.to_string()))?;
+        let cluster_max = self.node.config.shards_per_cluster_max as usize;
+        let existing = self.node.meta.read(|s| s.shard_count());
+        if existing + req.shard_count as usize > cluster_max {
+            return Err(ApiError::LimitExceeded(format!(
+                "the cluster has {existing} shards; {} more would exceed its limit of {cluster_max}",
+                req.shard_count
+            )));
+        }
         let cmd = MetaCommand::CreateStream {
             name,
             creation_timestamp_ms: now_ms(),
@@ -374,12 +383,28 @@ impl MillraceService {
     }
 }
 
+impl MillraceService {
+    async fn set_retention(
+        &self,
+        req: pb::UpdateRetentionPeriodRequest,
+        increase: bool,
+    ) -> Result<(), ApiError> {
+        let cmd = MetaCommand::SetRetention {
+            name: stream_name_from(&req.stream_name)?,
+            hours: req.retention_period_hours,
+            increase,
+        };
+        meta_result(self.node.propose_meta(&cmd).await?)
+    }
+}
+
 fn meta_result(r: MetaResponse) -> Result<(), ApiError> {
     match r {
         MetaResponse::Ok => Ok(()),
         MetaResponse::ResourceInUse(m) => Err(ApiError::ResourceInUse(m)),
         MetaResponse::ResourceNotFound(m) => Err(ApiError::ResourceNotFound(m)),
         MetaResponse::InvalidArgument(m) => Err(ApiError::InvalidArgument(m)),
+        MetaResponse::LimitExceeded(m) => Err(ApiError::LimitExceeded(m)),
     }
 }
 
@@ -479,6 +504,96 @@ impl Millrace for MillraceService {
         req: Request<pb::GetRecordsRequest>,
     ) -> Reply<pb::GetRecordsResponse> {
         Ok(Response::new(self.get_records(req.into_inner()).await?))
+    }
+
+    async fn delete_stream(
+        &self,
+        req: Request<pb::DeleteStreamRequest>,
+    ) -> Reply<pb::DeleteStreamResponse> {
+        let name = stream_name_from(&req.into_inner().stream_name)?;
+        meta_result(
+            self.node
+                .propose_meta(&MetaCommand::DeleteStream { name })
+                .await?,
+        )?;
+        Ok(Response::new(pb::DeleteStreamResponse {}))
+    }
+
+    async fn add_tags_to_stream(
+        &self,
+        req: Request<pb::AddTagsToStreamRequest>,
+    ) -> Reply<pb::AddTagsToStreamResponse> {
+        let req = req.into_inner();
+        let name = stream_name_from(&req.stream_name)?;
+        if req.tags.is_empty() {
+            return Err(ApiError::InvalidArgument("Tags must name at least one tag".into()).into());
+        }
+        let cmd = MetaCommand::AddTags {
+            name,
+            tags: req.tags.into_iter().collect(),
+        };
+        meta_result(self.node.propose_meta(&cmd).await?)?;
+        Ok(Response::new(pb::AddTagsToStreamResponse {}))
+    }
+
+    async fn remove_tags_from_stream(
+        &self,
+        req: Request<pb::RemoveTagsFromStreamRequest>,
+    ) -> Reply<pb::RemoveTagsFromStreamResponse> {
+        let req = req.into_inner();
+        let name = stream_name_from(&req.stream_name)?;
+        if req.tag_keys.is_empty() || req.tag_keys.len() > TAGS_PER_STREAM_MAX {
+            return Err(ApiError::InvalidArgument(format!(
+                "TagKeys must name 1-{TAGS_PER_STREAM_MAX} keys"
+            ))
+            .into());
+        }
+        let cmd = MetaCommand::RemoveTags {
+            name,
+            keys: req.tag_keys,
+        };
+        meta_result(self.node.propose_meta(&cmd).await?)?;
+        Ok(Response::new(pb::RemoveTagsFromStreamResponse {}))
+    }
+
+    async fn list_tags_for_stream(
+        &self,
+        req: Request<pb::ListTagsForStreamRequest>,
+    ) -> Reply<pb::ListTagsForStreamResponse> {
+        let req = req.into_inner();
+        let s = self.stream_fresh(&req.stream_name).await?;
+        let limit = match req.limit {
+            0 => TAGS_PER_STREAM_MAX,
+            l => l as usize,
+        };
+        let mut tags = s
+            .tags
+            .into_iter()
+            .filter(|(k, _)| {
+                req.exclusive_start_tag_key.is_empty() || *k > req.exclusive_start_tag_key
+            })
+            .map(|(key, value)| pb::Tag { key, value });
+        let page: Vec<pb::Tag> = tags.by_ref().take(limit).collect();
+        Ok(Response::new(pb::ListTagsForStreamResponse {
+            tags: page,
+            has_more_tags: tags.next().is_some(),
+        }))
+    }
+
+    async fn increase_stream_retention_period(
+        &self,
+        req: Request<pb::UpdateRetentionPeriodRequest>,
+    ) -> Reply<pb::UpdateRetentionPeriodResponse> {
+        self.set_retention(req.into_inner(), true).await?;
+        Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
+    }
+
+    async fn decrease_stream_retention_period(
+        &self,
+        req: Request<pb::UpdateRetentionPeriodRequest>,
+    ) -> Reply<pb::UpdateRetentionPeriodResponse> {
+        self.set_retention(req.into_inner(), false).await?;
+        Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
     }
 
     async fn describe_cluster(

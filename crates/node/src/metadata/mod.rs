@@ -3,3 +3,4 @@
 pub mod machine;
 pub mod placement;
 pub mod state;
+pub mod tags;

@@ -56,6 +56,8 @@ pub struct StreamMeta {
     pub retention_period_hours: u32,
     pub replication_factor: u32,
     pub shards: Vec<ShardMeta>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl StreamMeta {
@@ -86,7 +88,34 @@ pub enum MetaCommand {
         name: String,
         status: StreamStatus,
     },
+    /// DeleteStream: the stream goes DELETING; its replicas are then removed.
+    DeleteStream {
+        name: String,
+    },
+    /// The stream's record is dropped; nodes delete any replica of a group id below
+    /// `next_group_id` that no stream owns any more.
+    RemoveStream {
+        name: String,
+    },
+    AddTags {
+        name: String,
+        tags: BTreeMap<String, String>,
+    },
+    RemoveTags {
+        name: String,
+        keys: Vec<String>,
+    },
+    /// Increase (`increase = true`) or decrease the retention period.
+    SetRetention {
+        name: String,
+        hours: u32,
+        increase: bool,
+    },
 }
+
+/// Retention bounds (Kinesis: 24 hours to 365 days).
+pub const RETENTION_HOURS_MIN: u32 = 24;
+pub const RETENTION_HOURS_MAX: u32 = 8760;
 
 /// The outcome of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +124,7 @@ pub enum MetaResponse {
     ResourceInUse(String),
     ResourceNotFound(String),
     InvalidArgument(String),
+    LimitExceeded(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,18 +192,106 @@ impl MetaState {
                         retention_period_hours: *retention_period_hours,
                         replication_factor: *replication_factor,
                         shards,
+                        tags: BTreeMap::new(),
                     },
                 );
                 MetaResponse::Ok
             }
             MetaCommand::SetStreamStatus { name, status } => match self.streams.get_mut(name) {
+                Some(s) if s.status == StreamStatus::Deleting => {
+                    MetaResponse::ResourceInUse(format!("Stream {name} is being deleted"))
+                }
                 Some(s) => {
                     s.status = *status;
                     MetaResponse::Ok
                 }
                 None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
             },
+            MetaCommand::DeleteStream { name } => match self.streams.get_mut(name) {
+                Some(s) => {
+                    s.status = StreamStatus::Deleting;
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
+            },
+            MetaCommand::RemoveStream { name } => match self.streams.get(name) {
+                Some(s) if s.status == StreamStatus::Deleting => {
+                    self.streams.remove(name);
+                    MetaResponse::Ok
+                }
+                Some(_) => {
+                    MetaResponse::ResourceInUse(format!("Stream {name} is not being deleted"))
+                }
+                None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
+            },
+            MetaCommand::AddTags { name, tags } => match self.live_stream(name) {
+                Ok(s) => match super::tags::merged(&s.tags, tags) {
+                    Ok(merged) => {
+                        s.tags = merged;
+                        MetaResponse::Ok
+                    }
+                    Err(e) if e.contains("at most") => MetaResponse::LimitExceeded(e),
+                    Err(e) => MetaResponse::InvalidArgument(e),
+                },
+                Err(r) => r,
+            },
+            MetaCommand::RemoveTags { name, keys } => match self.live_stream(name) {
+                Ok(s) => {
+                    for k in keys {
+                        s.tags.remove(k);
+                    }
+                    MetaResponse::Ok
+                }
+                Err(r) => r,
+            },
+            MetaCommand::SetRetention {
+                name,
+                hours,
+                increase,
+            } => {
+                let s = match self.live_stream(name) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                if !(RETENTION_HOURS_MIN..=RETENTION_HOURS_MAX).contains(hours) {
+                    return MetaResponse::InvalidArgument(format!(
+                        "RetentionPeriodHours {hours} must be between {RETENTION_HOURS_MIN} and {RETENTION_HOURS_MAX}"
+                    ));
+                }
+                if *increase && *hours < s.retention_period_hours {
+                    return MetaResponse::InvalidArgument(format!(
+                        "RetentionPeriodHours {hours} is below the current {} hours; use DecreaseStreamRetentionPeriod",
+                        s.retention_period_hours
+                    ));
+                }
+                if !*increase && *hours > s.retention_period_hours {
+                    return MetaResponse::InvalidArgument(format!(
+                        "RetentionPeriodHours {hours} is above the current {} hours; use IncreaseStreamRetentionPeriod",
+                        s.retention_period_hours
+                    ));
+                }
+                s.retention_period_hours = *hours;
+                MetaResponse::Ok
+            }
         }
+    }
+
+    /// A stream that exists and is not being deleted.
+    fn live_stream(&mut self, name: &str) -> Result<&mut StreamMeta, MetaResponse> {
+        match self.streams.get_mut(name) {
+            Some(s) if s.status == StreamStatus::Deleting => Err(MetaResponse::ResourceInUse(
+                format!("Stream {name} is being deleted"),
+            )),
+            Some(s) => Ok(s),
+            None => Err(MetaResponse::ResourceNotFound(format!(
+                "Stream {name} not found"
+            ))),
+        }
+    }
+
+    /// Total shards in the cluster (for the per-cluster limit).
+    pub fn shard_count(&self) -> usize {
+        self.streams.values().map(|s| s.shards.len()).sum()
     }
 
     /// Every shard replica placed on `node_id`: (stream, shard).
@@ -254,6 +372,67 @@ mod tests {
         assert_eq!(st.shards_on(2).count(), 8);
         let json = serde_json::to_string(&st).unwrap();
         assert_eq!(serde_json::from_str::<MetaState>(&json).unwrap(), st);
+    }
+
+    #[test]
+    fn delete_tags_and_retention() {
+        let mut st = MetaState::default();
+        st.apply(&member(1, "a"));
+        let create = MetaCommand::CreateStream {
+            name: "s".into(),
+            creation_timestamp_ms: 1,
+            retention_period_hours: 24,
+            replication_factor: 1,
+            placements: vec![vec![1]; 2],
+        };
+        assert_eq!(st.apply(&create), MetaResponse::Ok);
+        let tags: BTreeMap<String, String> = [("team".into(), "x".into())].into();
+        let add = MetaCommand::AddTags {
+            name: "s".into(),
+            tags,
+        };
+        assert_eq!(st.apply(&add), MetaResponse::Ok);
+        assert_eq!(st.streams["s"].tags["team"], "x");
+        let rm = MetaCommand::RemoveTags {
+            name: "s".into(),
+            keys: vec!["team".into(), "none".into()],
+        };
+        assert_eq!(st.apply(&rm), MetaResponse::Ok);
+        assert!(st.streams["s"].tags.is_empty());
+        let ret = |hours, increase| MetaCommand::SetRetention {
+            name: "s".into(),
+            hours,
+            increase,
+        };
+        assert_eq!(st.apply(&ret(48, true)), MetaResponse::Ok);
+        assert!(matches!(
+            st.apply(&ret(24, true)),
+            MetaResponse::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            st.apply(&ret(72, false)),
+            MetaResponse::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            st.apply(&ret(9000, true)),
+            MetaResponse::InvalidArgument(_)
+        ));
+        assert_eq!(st.apply(&ret(24, false)), MetaResponse::Ok);
+        // Removing is only allowed once deleting; a deleted name can be reused with new groups.
+        let remove = MetaCommand::RemoveStream { name: "s".into() };
+        assert!(matches!(st.apply(&remove), MetaResponse::ResourceInUse(_)));
+        assert_eq!(
+            st.apply(&MetaCommand::DeleteStream { name: "s".into() }),
+            MetaResponse::Ok
+        );
+        assert!(matches!(st.apply(&add), MetaResponse::ResourceInUse(_)));
+        assert_eq!(st.apply(&remove), MetaResponse::Ok);
+        assert!(st.streams.is_empty());
+        assert_eq!(st.apply(&create), MetaResponse::Ok);
+        assert_eq!(
+            st.streams["s"].shards[0].group_id, 3,
+            "group ids are never reused"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub election_timeout_max_ms: u64,
     /// Shards one stream may have.
     pub shards_per_stream_max: u32,
+    /// Shards the whole cluster may have (checked when a stream is created).
+    pub shards_per_cluster_max: u32,
     /// Replicas per shard when CreateStream does not say.
     pub default_replication_factor: u32,
 }
@@ -50,6 +52,13 @@ impl ServeConfig {
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err("election timeout max must exceed its min".into());
+        }
+        if self.shards_per_stream_max == 0
+            || self.shards_per_stream_max > self.shards_per_cluster_max
+        {
+            return Err(
+                "--shards-per-stream-max must be between 1 and --shards-per-cluster-max".into(),
+            );
         }
         if !matches!(self.default_replication_factor, 1 | 3 | 5) {
             return Err("replication factor must be 1, 3 or 5".into());
@@ -100,6 +109,7 @@ mod tests {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             shards_per_stream_max: 1000,
+            shards_per_cluster_max: 10_000,
             default_replication_factor: 3,
         };
         assert!(cfg.validate().unwrap_err().contains("--peers must include"));

@@ -10,7 +10,7 @@ use millrace_raft::SnapshotMode;
 use openraft::BasicNode;
 
 use super::node::Node;
-use crate::metadata::state::{Member, MetaCommand, MetaResponse, StreamStatus};
+use crate::metadata::state::{Member, MetaCommand, MetaResponse, StreamStatus, METADATA_GROUP_ID};
 use crate::shard::machine::{ShardMachine, ShardShared};
 use crate::shard::read::ReadBounds;
 
@@ -83,14 +83,35 @@ pub async fn register(node: Arc<Node>) {
 pub async fn reconcile_groups(node: Arc<Node>) {
     let mut changes = node.meta.subscribe();
     loop {
-        let wanted: Vec<(u64, Vec<u64>)> = node.meta.read(|s| {
-            s.shards_on(node.id)
+        let (wanted, next_group_id): (Vec<GroupReplicas>, u64) = node.meta.read(|s| {
+            let wanted = s
+                .shards_on(node.id)
+                .filter(|(st, _)| st.status != StreamStatus::Deleting)
                 .map(|(_, sh)| (sh.group_id, sh.replicas.clone()))
-                .collect()
+                .collect();
+            (wanted, s.next_group_id)
         });
-        for (group_id, replicas) in wanted {
-            if let Err(e) = ensure_replica(&node, group_id, &replicas).await {
+        for (group_id, replicas) in &wanted {
+            if let Err(e) = ensure_replica(&node, *group_id, replicas).await {
                 tracing::error!(group_id, error = %e, "cannot open shard replica");
+            }
+        }
+        // Group ids are never reused, so a replica of an allocated group that no live stream
+        // places here belongs to a deleted stream. This holds even while the local metadata is
+        // a stale prefix: that prefix also allocated fewer ids.
+        for group_id in node.groups.stored_group_ids() {
+            let orphan = group_id != METADATA_GROUP_ID
+                && group_id < next_group_id
+                && !wanted.iter().any(|(g, _)| *g == group_id);
+            if orphan {
+                match node.groups.remove_group(group_id).await {
+                    Ok(()) => {
+                        node.shards.lock().expect("shards lock").remove(&group_id);
+                        node.set_leader_hint(group_id, None);
+                        tracing::info!(group_id, "deleted the replica of a deleted stream");
+                    }
+                    Err(e) => tracing::error!(group_id, error = %e, "cannot delete replica"),
+                }
             }
         }
         let _ = tokio::time::timeout(RECONCILE_INTERVAL, changes.changed()).await;
@@ -139,13 +160,36 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
     Ok(())
 }
 
-/// On the metadata leader, activates streams whose shards all have leaders.
-pub async fn activation_loop(node: Arc<Node>) {
+/// On the metadata leader: activates streams whose shards all have leaders and drops the
+/// records of deleted streams (their replicas are then deleted by every node).
+pub async fn leader_loop(node: Arc<Node>) {
     loop {
         if node.meta_group.raft.is_leader() {
             activate_streams(&node).await;
+            remove_deleted_streams(&node).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn remove_deleted_streams(node: &Arc<Node>) {
+    let deleting: Vec<String> = node.meta.read(|s| {
+        s.streams
+            .values()
+            .filter(|st| st.status == StreamStatus::Deleting)
+            .map(|st| st.name.clone())
+            .collect()
+    });
+    for name in deleting {
+        match node
+            .propose_meta(&MetaCommand::RemoveStream { name: name.clone() })
+            .await
+        {
+            Ok(_) => tracing::info!(stream = %name, "stream deleted"),
+            Err(e) => {
+                tracing::warn!(stream = %name, error = %e, "cannot finish deleting stream yet")
+            }
+        }
     }
 }
 

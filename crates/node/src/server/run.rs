@@ -114,7 +114,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     reconcile::bootstrap(&node).await;
     tokio::spawn(reconcile::register(node.clone()));
     tokio::spawn(reconcile::reconcile_groups(node.clone()));
-    tokio::spawn(reconcile::activation_loop(node.clone()));
+    tokio::spawn(reconcile::leader_loop(node.clone()));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

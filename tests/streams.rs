@@ -1,0 +1,208 @@
+//! The stream and shard model through the native gRPC API against a real 3-node cluster.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{wait_until, Cluster};
+use millrace_client::{Client, ClientError, PutRecord, StartPosition};
+
+fn symbol<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
+    match r {
+        Err(e) => e.symbol().unwrap_or("<no symbol>").to_string(),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+async fn create(client: &Client, name: &str, shards: u32) {
+    client.create_stream(name, shards).await.expect("create");
+    client
+        .wait_for_active(name, Duration::from_secs(60))
+        .await
+        .expect("active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_lifecycle_tags_retention_and_limits() {
+    let env = [
+        ("MILLRACE_SHARDS_PER_STREAM_MAX", "4"),
+        ("MILLRACE_SHARDS_PER_CLUSTER_MAX", "6"),
+    ];
+    let cluster = Cluster::start_with_env("lifecycle", 3, &env).await;
+    let client = cluster.client();
+
+    // Names and shard counts are validated, naming the field and the limit.
+    assert_eq!(
+        symbol(client.create_stream("bad name", 1).await),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        symbol(client.create_stream(&"x".repeat(129), 1).await),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        symbol(client.create_stream("s", 0).await),
+        "INVALID_ARGUMENT"
+    );
+    match client.create_stream("s", 5).await {
+        Err(ClientError::Server {
+            symbol, message, ..
+        }) => {
+            assert_eq!(symbol, "INVALID_ARGUMENT");
+            assert!(
+                message.contains("ShardCount") && message.contains('4'),
+                "{message}"
+            );
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    create(&client, "a", 4).await;
+    let a_groups: Vec<Vec<u64>> = (1..=3).map(|id| cluster.group_dirs(id)).collect();
+    assert!(
+        a_groups.iter().all(|g| g.len() == 4),
+        "every node holds a replica of each shard: {a_groups:?}"
+    );
+    assert_eq!(
+        symbol(client.create_stream("a", 1).await),
+        "RESOURCE_IN_USE"
+    );
+    assert_eq!(
+        symbol(client.create_stream("b", 4).await),
+        "LIMIT_EXCEEDED",
+        "cluster limit of 6 shards"
+    );
+    create(&client, "b", 2).await;
+
+    // StreamARN is accepted wherever a name is.
+    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/a";
+    let d = client.describe_stream(arn).await.expect("describe by ARN");
+    assert_eq!(d.stream_name, "a");
+    assert_eq!(d.stream_arn, arn);
+    assert_eq!(d.retention_period_hours, 24);
+    assert!(
+        d.creation_timestamp_ms >= before - 1000,
+        "creation timestamp is recorded"
+    );
+
+    // Tags.
+    let tags: BTreeMap<String, String> = [
+        ("team".into(), "data".into()),
+        ("env".into(), "test".into()),
+    ]
+    .into();
+    client.add_tags("a", tags.clone()).await.expect("add tags");
+    assert_eq!(client.list_tags("a").await.unwrap(), tags);
+    client
+        .remove_tags("a", vec!["env".into()])
+        .await
+        .expect("remove tag");
+    assert_eq!(
+        client
+            .list_tags("a")
+            .await
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec!["team"]
+    );
+    let bad: BTreeMap<String, String> = [("aws:x".into(), "v".into())].into();
+    assert_eq!(symbol(client.add_tags("a", bad).await), "INVALID_ARGUMENT");
+    let many: BTreeMap<String, String> = (0..50).map(|i| (format!("k{i}"), "v".into())).collect();
+    assert_eq!(
+        symbol(client.add_tags("a", many).await),
+        "LIMIT_EXCEEDED",
+        "51 tags in all"
+    );
+    let page: BTreeMap<String, String> =
+        (0..49).map(|i| (format!("k{i:02}"), "v".into())).collect();
+    client.add_tags("a", page).await.expect("50 tags in all");
+    assert_eq!(client.list_tags("a").await.unwrap().len(), 50);
+
+    // Retention.
+    client.set_retention_hours("a", 48).await.expect("increase");
+    assert_eq!(
+        client
+            .describe_stream("a")
+            .await
+            .unwrap()
+            .retention_period_hours,
+        48
+    );
+    assert_eq!(
+        symbol(client.set_retention_hours("a", 9000).await),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        symbol(client.set_retention_hours("a", 23).await),
+        "INVALID_ARGUMENT"
+    );
+    client.set_retention_hours("a", 24).await.expect("decrease");
+    assert_eq!(
+        client
+            .describe_stream("a")
+            .await
+            .unwrap()
+            .retention_period_hours,
+        24
+    );
+
+    // Delete: the stream disappears and every node deletes its replicas from disk.
+    client
+        .put_records("a", vec![PutRecord::new("k", b"old".to_vec())])
+        .await
+        .expect("put")[0]
+        .as_ref()
+        .expect("acked");
+    client.delete_stream("a").await.expect("delete");
+    wait_until(Duration::from_secs(30), "stream a is gone", || {
+        let client = client.clone();
+        async move { matches!(client.describe_stream("a").await, Err(e) if e.symbol() == Some("RESOURCE_NOT_FOUND")) }
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "a's replicas are deleted on every node",
+        || {
+            let left: Vec<u64> = (1..=3)
+                .flat_map(|id| cluster.group_dirs(id))
+                .filter(|g| a_groups[0].contains(g))
+                .collect();
+            async move { left.is_empty() }
+        },
+    )
+    .await;
+    assert_eq!(
+        symbol(
+            client
+                .put_records("a", vec![PutRecord::new("k", b"x".to_vec())])
+                .await
+        ),
+        "RESOURCE_NOT_FOUND"
+    );
+    assert_eq!(client.list_streams().await.unwrap(), vec!["b".to_string()]);
+    assert!(
+        (1..=3).all(|id| cluster.group_dirs(id).len() == 2),
+        "b's replicas stay"
+    );
+
+    // The name can be reused; the new stream starts empty.
+    create(&client, "a", 1).await;
+    let shard = client.list_shards("a").await.unwrap()[0].shard_id.clone();
+    let it = client
+        .get_shard_iterator("a", &shard, StartPosition::TrimHorizon)
+        .await
+        .unwrap();
+    assert!(client
+        .get_records(&it, 100)
+        .await
+        .unwrap()
+        .records
+        .is_empty());
+}
