@@ -206,3 +206,164 @@ async fn stream_lifecycle_tags_retention_and_limits() {
         .records
         .is_empty());
 }
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn put(client: &Client, stream: &str, data: &str) -> String {
+    let r = client
+        .put_records(
+            stream,
+            vec![PutRecord::new("same-key", data.as_bytes().to_vec())],
+        )
+        .await
+        .expect("put");
+    r[0].as_ref().expect("acked").sequence_number.clone()
+}
+
+async fn read_from(client: &Client, stream: &str, shard: &str, from: StartPosition) -> Vec<String> {
+    let mut it = client
+        .get_shard_iterator(stream, shard, from)
+        .await
+        .expect("iterator");
+    let mut out = Vec::new();
+    loop {
+        let page = client.get_records(&it, 2).await.expect("get records");
+        let done = page.records.is_empty() && page.millis_behind_latest == 0;
+        out.extend(
+            page.records
+                .iter()
+                .map(|r| String::from_utf8(r.data.clone()).unwrap()),
+        );
+        it = page.next_shard_iterator;
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn iterator_types_limits_expiry_and_tampering() {
+    let env = [("MILLRACE_TEST_ITERATOR_TTL_MS", "2000")];
+    let cluster = Cluster::start_with_env("iterators", 3, &env).await;
+    let client = cluster.client();
+    create(&client, "it", 1).await;
+    let shard = client.list_shards("it").await.unwrap()[0].shard_id.clone();
+
+    let seq_a = put(&client, "it", "a").await;
+    // Let the clock move on, so the next batch arrives strictly later.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t_b = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let seq_b = put(&client, "it", "b").await;
+    let latest = client
+        .get_shard_iterator("it", &shard, StartPosition::Latest)
+        .await
+        .unwrap();
+    let seq_c = put(&client, "it", "c").await;
+    assert!(seq_a.parse::<u128>().unwrap() < seq_b.parse::<u128>().unwrap());
+
+    assert_eq!(
+        read_from(&client, "it", &shard, StartPosition::TrimHorizon).await,
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        read_from(
+            &client,
+            "it",
+            &shard,
+            StartPosition::AtSequenceNumber(seq_b.clone())
+        )
+        .await,
+        ["b", "c"]
+    );
+    assert_eq!(
+        read_from(
+            &client,
+            "it",
+            &shard,
+            StartPosition::AfterSequenceNumber(seq_b.clone())
+        )
+        .await,
+        ["c"]
+    );
+    assert_eq!(
+        read_from(
+            &client,
+            "it",
+            &shard,
+            StartPosition::AfterSequenceNumber(seq_c)
+        )
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        read_from(&client, "it", &shard, StartPosition::AtTimestampMs(t_b)).await,
+        ["b", "c"]
+    );
+    assert_eq!(
+        read_from(&client, "it", &shard, StartPosition::AtTimestampMs(0)).await,
+        ["a", "b", "c"]
+    );
+    let page = client.get_records(&latest, 100).await.unwrap();
+    let got: Vec<&[u8]> = page.records.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(
+        got,
+        [b"c"],
+        "LATEST starts after the newest record when it was issued"
+    );
+
+    // Bad input gets a clear error.
+    let future = StartPosition::AtTimestampMs(now_ms() + 3_600_000);
+    assert_eq!(
+        symbol(client.get_shard_iterator("it", &shard, future).await),
+        "INVALID_ARGUMENT"
+    );
+    let bad_seq = StartPosition::AtSequenceNumber("12x".into());
+    assert_eq!(
+        symbol(client.get_shard_iterator("it", &shard, bad_seq).await),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        symbol(
+            client
+                .get_shard_iterator("it", "shardId-000000000009", StartPosition::TrimHorizon)
+                .await
+        ),
+        "RESOURCE_NOT_FOUND"
+    );
+    let it = client
+        .get_shard_iterator("it", &shard, StartPosition::TrimHorizon)
+        .await
+        .unwrap();
+    assert_eq!(
+        symbol(client.get_records(&it, 10_001).await),
+        "INVALID_ARGUMENT"
+    );
+    let one = client.get_records(&it, 1).await.unwrap();
+    assert_eq!(one.records.len(), 1, "the limit bounds the page");
+
+    // Tampering: any changed character is refused.
+    let mut forged = it.clone().into_bytes();
+    forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(
+        symbol(client.get_records(&forged, 10).await),
+        "INVALID_ARGUMENT"
+    );
+    assert_eq!(
+        symbol(client.get_records("not-an-iterator", 10).await),
+        "INVALID_ARGUMENT"
+    );
+
+    // Expiry (the test cluster's iterators live 2 s instead of Kinesis's 5 minutes).
+    wait_until(Duration::from_secs(10), "the iterator expires", || {
+        let (client, it) = (client.clone(), it.clone());
+        async move { matches!(client.get_records(&it, 10).await, Err(e) if e.symbol() == Some("EXPIRED_ITERATOR")) }
+    })
+    .await;
+}

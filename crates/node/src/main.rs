@@ -68,6 +68,14 @@ struct ServeArgs {
     shards_per_cluster_max: u32,
     #[arg(long, env = "MILLRACE_REPLICATION_FACTOR", default_value_t = 3)]
     replication_factor: u32,
+    /// Test-only: shard iterator lifetime (Kinesis: 5 minutes, the default).
+    #[arg(
+        long,
+        env = "MILLRACE_TEST_ITERATOR_TTL_MS",
+        default_value_t = 300_000,
+        hide = true
+    )]
+    test_iterator_ttl_ms: i64,
 }
 
 fn init_tracing() {
@@ -107,6 +115,7 @@ fn main() -> std::process::ExitCode {
                     shards_per_stream_max: a.shards_per_stream_max,
                     shards_per_cluster_max: a.shards_per_cluster_max,
                     default_replication_factor: a.replication_factor,
+                    iterator_ttl_ms: a.test_iterator_ttl_ms,
                 })
                 .await
             }

@@ -9,7 +9,7 @@ use millrace_proto::v1::millrace_server::Millrace;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
-use super::iterator::{IteratorToken, ITERATOR_TTL_MS};
+use super::iterator::IteratorToken;
 use crate::metadata::placement::{place_replicas, NodeLoad};
 use crate::metadata::state::{MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamStatus};
 use crate::metadata::tags::TAGS_PER_STREAM_MAX;
@@ -65,6 +65,18 @@ impl MillraceService {
         }
         self.node.sync_meta().await?;
         lookup().ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+    }
+
+    /// The key of iterator MACs (catching up with the metadata leader if not yet known here).
+    async fn secret(&self) -> Result<Vec<u8>, ApiError> {
+        if let Some(s) = self.node.meta.cluster_secret() {
+            return Ok(s);
+        }
+        self.node.sync_meta().await?;
+        self.node
+            .meta
+            .cluster_secret()
+            .ok_or_else(|| ApiError::Unavailable("the cluster secret is not created yet".into()))
     }
 
     /// The stream, read after catching up with the metadata leader (describe and list calls).
@@ -287,19 +299,21 @@ impl MillraceService {
                 (s.log_index, s.position)
             }
             T::Latest => {
-                let probe = ReadBounds {
-                    from_index: 0,
-                    from_position: 0,
-                    max_records: 0,
-                    max_bytes: 0,
-                };
+                let probe = ReadBounds::probe(None);
                 let (_, applied, _) = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
                 (applied.map_or(0, |a| a + 1), 0)
             }
             T::AtTimestamp => {
-                return Err(ApiError::InvalidArgument(
-                    "ShardIteratorType AT_TIMESTAMP is not supported yet".into(),
-                ))
+                let now = now_ms();
+                if req.timestamp_ms > now {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "Timestamp {} is in the future (now {now})",
+                        req.timestamp_ms
+                    )));
+                }
+                let probe = ReadBounds::probe(Some(req.timestamp_ms));
+                let (outcome, _, _) = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
+                (outcome.next_index, 0)
             }
             T::Unspecified => {
                 return Err(ApiError::InvalidArgument(
@@ -314,10 +328,10 @@ impl MillraceService {
             group_id: shard.group_id,
             index,
             position,
-            expires_ms: now_ms() + ITERATOR_TTL_MS,
+            expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
         };
         Ok(pb::GetShardIteratorResponse {
-            shard_iterator: token.encode(),
+            shard_iterator: token.encode(&self.secret().await?),
         })
     }
 
@@ -325,7 +339,8 @@ impl MillraceService {
         &self,
         req: pb::GetRecordsRequest,
     ) -> Result<pb::GetRecordsResponse, ApiError> {
-        let token = IteratorToken::decode(&req.shard_iterator, now_ms())?;
+        let secret = self.secret().await?;
+        let token = IteratorToken::decode(&req.shard_iterator, &secret, now_ms())?;
         let limit = match req.limit {
             0 => GET_RECORDS_RECORDS_MAX,
             l if l > GET_RECORDS_RECORDS_MAX => {
@@ -348,6 +363,7 @@ impl MillraceService {
             from_position: token.position,
             max_records: limit as usize,
             max_bytes: GET_RECORDS_BYTES_MAX,
+            at_timestamp_ms: None,
         };
         let (outcome, applied, latest_ms) = self
             .node
@@ -362,7 +378,7 @@ impl MillraceService {
         let next = IteratorToken {
             index: outcome.next_index,
             position: outcome.next_position,
-            expires_ms: now_ms() + ITERATOR_TTL_MS,
+            expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
             ..token
         };
         Ok(pb::GetRecordsResponse {
@@ -376,7 +392,7 @@ impl MillraceService {
                     partition_key: r.partition_key,
                 })
                 .collect(),
-            next_shard_iterator: next.encode(),
+            next_shard_iterator: next.encode(&secret),
             millis_behind_latest: millis_behind,
             child_shards: Vec::new(),
         })

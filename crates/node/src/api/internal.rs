@@ -111,6 +111,7 @@ impl Internal for InternalService {
             from_position: req.from_position,
             max_records: req.max_records as usize,
             max_bytes: req.max_bytes as usize,
+            at_timestamp_ms: req.by_timestamp.then_some(req.at_timestamp_ms),
         };
         let reply = match self.node.read_as_leader(req.group_id, bounds).await {
             Ok(Ok((outcome, applied, latest))) => ipb::ShardReadReply {

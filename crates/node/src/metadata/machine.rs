@@ -29,6 +29,15 @@ impl MetaShared {
         f(&self.state.read().expect("metadata lock"))
     }
 
+    /// The iterator MAC key, once the cluster has one.
+    pub fn cluster_secret(&self) -> Option<Vec<u8>> {
+        self.read(|s| {
+            s.cluster_secret
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok())
+        })
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }

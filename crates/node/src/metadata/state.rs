@@ -101,6 +101,10 @@ pub enum MetaCommand {
         name: String,
         tags: BTreeMap<String, String>,
     },
+    /// Sets the cluster secret if none is set yet (first writer wins).
+    InitClusterSecret {
+        secret_hex: String,
+    },
     RemoveTags {
         name: String,
         keys: Vec<String>,
@@ -133,6 +137,9 @@ pub struct MetaState {
     pub streams: BTreeMap<String, StreamMeta>,
     /// Next shard Raft group id to hand out.
     pub next_group_id: u64,
+    /// Key of the shard iterators' MAC (hex), created once by the first metadata leader.
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
 }
 
 impl MetaState {
@@ -235,6 +242,12 @@ impl MetaState {
                 },
                 Err(r) => r,
             },
+            MetaCommand::InitClusterSecret { secret_hex } => {
+                if self.cluster_secret.is_none() {
+                    self.cluster_secret = Some(secret_hex.clone());
+                }
+                MetaResponse::Ok
+            }
             MetaCommand::RemoveTags { name, keys } => match self.live_stream(name) {
                 Ok(s) => {
                     for k in keys {

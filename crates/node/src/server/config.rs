@@ -23,6 +23,9 @@ pub struct ServeConfig {
     pub shards_per_cluster_max: u32,
     /// Replicas per shard when CreateStream does not say.
     pub default_replication_factor: u32,
+    /// Shard iterator lifetime. Kinesis fixes it at 5 minutes; only tests shorten it
+    /// (`MILLRACE_TEST_ITERATOR_TTL_MS`).
+    pub iterator_ttl_ms: i64,
 }
 
 impl ServeConfig {
@@ -59,6 +62,9 @@ impl ServeConfig {
             return Err(
                 "--shards-per-stream-max must be between 1 and --shards-per-cluster-max".into(),
             );
+        }
+        if !(1_000..=300_000).contains(&self.iterator_ttl_ms) {
+            return Err("the iterator lifetime must be between 1 s and 5 minutes".into());
         }
         if !matches!(self.default_replication_factor, 1 | 3 | 5) {
             return Err("replication factor must be 1, 3 or 5".into());
@@ -111,6 +117,7 @@ mod tests {
             shards_per_stream_max: 1000,
             shards_per_cluster_max: 10_000,
             default_replication_factor: 3,
+            iterator_ttl_ms: 300_000,
         };
         assert!(cfg.validate().unwrap_err().contains("--peers must include"));
     }

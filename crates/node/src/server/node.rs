@@ -213,6 +213,16 @@ impl Node {
         };
         let applied = shared.applied_index();
         let latest = shared.latest_arrival_ms();
+        let mut bounds = bounds;
+        if let Some(ts) = bounds.at_timestamp_ms {
+            let start = shared.scan_start_for(ts);
+            bounds.from_index = match applied {
+                Some(a) => crate::shard::read::find_index_at_timestamp(&h.log, a, start, ts)
+                    .map_err(ApiError::Internal)?,
+                None => 0,
+            };
+            bounds.from_position = 0;
+        }
         let outcome = match applied {
             Some(applied) if bounds.max_records > 0 => {
                 read_records(&h.log, applied, bounds).map_err(ApiError::Internal)?

@@ -165,6 +165,15 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
 pub async fn leader_loop(node: Arc<Node>) {
     loop {
         if node.meta_group.raft.is_leader() {
+            if node.meta.cluster_secret().is_none() {
+                let secret: [u8; 32] = rand::random();
+                let cmd = MetaCommand::InitClusterSecret {
+                    secret_hex: hex::encode(secret),
+                };
+                if let Err(e) = node.propose_meta(&cmd).await {
+                    tracing::warn!(error = %e, "cannot store the cluster secret yet");
+                }
+            }
             activate_streams(&node).await;
             remove_deleted_streams(&node).await;
         }
@@ -213,12 +222,7 @@ async fn activate_streams(node: &Arc<Node>) {
     for (name, shards) in creating {
         let mut ready = true;
         for (group_id, replicas) in &shards {
-            let probe = ReadBounds {
-                from_index: 0,
-                from_position: 0,
-                max_records: 0,
-                max_bytes: 0,
-            };
+            let probe = ReadBounds::probe(None);
             let probe = tokio::time::timeout(
                 Duration::from_secs(2),
                 node.shard_read(*group_id, replicas, probe),

@@ -155,6 +155,8 @@ impl Node {
                 from_position: bounds.from_position,
                 max_records: bounds.max_records as u32,
                 max_bytes: bounds.max_bytes as u64,
+                by_timestamp: bounds.at_timestamp_ms.is_some(),
+                at_timestamp_ms: bounds.at_timestamp_ms.unwrap_or(0),
             };
             // Reads change nothing: any transport failure may be retried.
             let Ok(reply) = client.shard_read(req).await.map(|r| r.into_inner()) else {

@@ -14,13 +14,30 @@ pub struct ShardShared {
     /// Highest applied log index (`None` until the first entry applies).
     applied: watch::Sender<Option<u64>>,
     latest_arrival_ms: Mutex<i64>,
+    /// (arrival time, log index) of the first entry of each arrival second: a sparse index
+    /// for AT_TIMESTAMP iterators (at most one sample per second of writes).
+    arrival_samples: Mutex<Vec<(i64, u64)>>,
 }
+
+/// Milliseconds between arrival-time samples.
+const ARRIVAL_SAMPLE_MS: i64 = 1000;
 
 impl ShardShared {
     pub fn new() -> ShardShared {
         ShardShared {
             applied: watch::channel(None).0,
             latest_arrival_ms: Mutex::new(0),
+            arrival_samples: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A log index at or before the first entry that arrived at or after `ts_ms`.
+    pub fn scan_start_for(&self, ts_ms: i64) -> u64 {
+        let samples = self.arrival_samples.lock().expect("samples lock");
+        let after = samples.partition_point(|(arrival, _)| *arrival < ts_ms);
+        match after {
+            0 => 0,
+            n => samples[n - 1].1,
         }
     }
 
@@ -66,8 +83,16 @@ impl GroupStateMachine for ShardMachine {
     fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
         if let Ok(cmd) = millrace_proto::storage::ShardCommand::decode(data) {
             if let Some(millrace_proto::storage::shard_command::Command::Put(batch)) = cmd.command {
+                let arrival = batch.arrival_timestamp_ms;
                 let mut latest = self.shared.latest_arrival_ms.lock().expect("arrival lock");
-                *latest = (*latest).max(batch.arrival_timestamp_ms);
+                *latest = (*latest).max(arrival);
+                let mut samples = self.shared.arrival_samples.lock().expect("samples lock");
+                if samples
+                    .last()
+                    .is_none_or(|(t, _)| arrival >= t + ARRIVAL_SAMPLE_MS)
+                {
+                    samples.push((arrival, log_id.index));
+                }
             }
         }
         self.advance(log_id.index);

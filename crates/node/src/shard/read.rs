@@ -16,6 +16,54 @@ pub struct ReadBounds {
     pub from_position: u32,
     pub max_records: usize,
     pub max_bytes: usize,
+    /// Start at the first record that arrived at or after this time instead.
+    pub at_timestamp_ms: Option<i64>,
+}
+
+impl ReadBounds {
+    /// Reads nothing; only reports the applied index (and resolves a timestamp start).
+    pub fn probe(at_timestamp_ms: Option<i64>) -> ReadBounds {
+        ReadBounds {
+            from_index: 0,
+            from_position: 0,
+            max_records: 0,
+            max_bytes: 0,
+            at_timestamp_ms,
+        }
+    }
+}
+
+/// The first log index at or after `start` whose batch arrived at or after `ts_ms`, or
+/// `applied + 1` when none has yet.
+pub fn find_index_at_timestamp(
+    log: &GroupLogStore,
+    applied: u64,
+    start: u64,
+    ts_ms: i64,
+) -> Result<u64, String> {
+    let mut next = start;
+    while next <= applied {
+        let frames = log
+            .read_raw(next, applied + 1, READ_CHUNK_BYTES)
+            .map_err(|e| e.to_string())?;
+        let Some((last, _)) = frames.last() else {
+            break;
+        };
+        let last = *last;
+        for (index, raw) in frames {
+            if let EntryPayload::Normal(req) = decode_entry(index, &raw)?.payload {
+                let cmd = ShardCommand::decode(req.0.as_slice())
+                    .map_err(|e| format!("entry {index}: bad shard command: {e}"))?;
+                if let Some(Command::Put(batch)) = cmd.command {
+                    if batch.arrival_timestamp_ms >= ts_ms {
+                        return Ok(index);
+                    }
+                }
+            }
+        }
+        next = last + 1;
+    }
+    Ok(applied + 1)
 }
 
 #[derive(Debug, Default)]
