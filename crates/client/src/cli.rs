@@ -31,6 +31,28 @@ pub enum StreamCommand {
     Describe { name: String },
     /// Delete a stream and its data on every node.
     Delete { name: String },
+    /// Split a shard at a hash key (default: the middle of its range).
+    Split {
+        name: String,
+        #[arg(long)]
+        shard: String,
+        #[arg(long)]
+        new_starting_hash_key: Option<String>,
+    },
+    /// Merge two adjacent shards.
+    Merge {
+        name: String,
+        #[arg(long)]
+        shard: String,
+        #[arg(long)]
+        adjacent: String,
+    },
+    /// Scale to N evenly sized shards (at most double, at least half).
+    Scale {
+        name: String,
+        #[arg(long)]
+        shards: u32,
+    },
     /// Set the retention period (24-8760 hours).
     Retention {
         name: String,
@@ -178,6 +200,51 @@ pub async fn run(
                 json!({"stream_name": name, "status": "DELETING"})
             )?;
         }
+        ClientCommand::Stream(StreamCommand::Split {
+            name,
+            shard,
+            new_starting_hash_key,
+        }) => {
+            let key = match new_starting_hash_key {
+                Some(k) => k,
+                None => middle_of(client, &name, &shard).await?,
+            };
+            client.split_shard(&name, &shard, &key).await?;
+            let d = client
+                .wait_for_active(&name, Duration::from_secs(60))
+                .await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"stream_name": name, "split": shard, "new_starting_hash_key": key, "shards": d.shards.len()})
+            )?;
+        }
+        ClientCommand::Stream(StreamCommand::Merge {
+            name,
+            shard,
+            adjacent,
+        }) => {
+            client.merge_shards(&name, &shard, &adjacent).await?;
+            let d = client
+                .wait_for_active(&name, Duration::from_secs(60))
+                .await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"stream_name": name, "merged": [shard, adjacent], "shards": d.shards.len()})
+            )?;
+        }
+        ClientCommand::Stream(StreamCommand::Scale { name, shards }) => {
+            client.update_shard_count(&name, shards).await?;
+            client
+                .wait_for_active(&name, Duration::from_secs(60))
+                .await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"stream_name": name, "target_shard_count": shards})
+            )?;
+        }
         ClientCommand::Stream(StreamCommand::Retention { name, hours }) => {
             client.set_retention_hours(&name, hours).await?;
             writeln!(
@@ -314,6 +381,23 @@ async fn read(
         }
     }
     Ok(())
+}
+
+/// The hash key halfway through a shard's range.
+async fn middle_of(client: &Client, stream: &str, shard: &str) -> Result<String, CliError> {
+    let s = client
+        .list_shards(stream)
+        .await?
+        .into_iter()
+        .find(|s| s.shard_id == shard)
+        .ok_or_else(|| CliError::Usage(format!("shard {shard} not found in {stream}")))?;
+    let r = s.hash_key_range.unwrap_or_default();
+    let parse = |t: &str| {
+        t.parse::<u128>()
+            .map_err(|_| CliError::Usage(format!("bad hash key {t}")))
+    };
+    let (lo, hi) = (parse(&r.starting_hash_key)?, parse(&r.ending_hash_key)?);
+    Ok((lo + (hi - lo) / 2 + 1).to_string())
 }
 
 /// The JSON line for one record: data as UTF-8 text when valid, otherwise base64.

@@ -226,17 +226,94 @@ impl Client {
         }
     }
 
+    /// Every shard of a stream (follows pagination).
     pub async fn list_shards(&self, stream: &str) -> Result<Vec<pb::Shard>, ClientError> {
-        let req = pb::ListShardsRequest {
+        self.list_shards_filtered(stream, None).await
+    }
+
+    /// The shards a ListShards filter selects (follows pagination).
+    pub async fn list_shards_filtered(
+        &self,
+        stream: &str,
+        filter: Option<pb::ShardFilter>,
+    ) -> Result<Vec<pb::Shard>, ClientError> {
+        let mut shards = Vec::new();
+        let mut req = pb::ListShardsRequest {
             stream_name: stream.into(),
+            shard_filter: filter,
+            ..Default::default()
         };
-        let resp = self
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.list_shards(req).await }
-            })
-            .await?;
-        Ok(resp.shards)
+        loop {
+            let resp = self
+                .call(|mut c| {
+                    let req = req.clone();
+                    async move { c.list_shards(req).await }
+                })
+                .await?;
+            shards.extend(resp.shards);
+            if resp.next_token.is_empty() {
+                return Ok(shards);
+            }
+            req = pb::ListShardsRequest {
+                next_token: resp.next_token,
+                ..Default::default()
+            };
+        }
+    }
+
+    /// Splits a shard at `new_starting_hash_key` (decimal).
+    pub async fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        new_starting_hash_key: &str,
+    ) -> Result<(), ClientError> {
+        let req = pb::SplitShardRequest {
+            stream_name: stream.into(),
+            shard_to_split: shard_id.into(),
+            new_starting_hash_key: new_starting_hash_key.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.split_shard(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Merges two adjacent shards.
+    pub async fn merge_shards(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        adjacent_shard_id: &str,
+    ) -> Result<(), ClientError> {
+        let req = pb::MergeShardsRequest {
+            stream_name: stream.into(),
+            shard_to_merge: shard_id.into(),
+            adjacent_shard_to_merge: adjacent_shard_id.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.merge_shards(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Scales the stream to `target` evenly sized shards (at most double, at least half).
+    pub async fn update_shard_count(&self, stream: &str, target: u32) -> Result<(), ClientError> {
+        let req = pb::UpdateShardCountRequest {
+            stream_name: stream.into(),
+            target_shard_count: target,
+            scaling_type: pb::ScalingType::UniformScaling as i32,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.update_shard_count(req).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Writes records; the result for each record says where it landed or why it failed.

@@ -1,31 +1,18 @@
 //! The public gRPC API (`millrace.v1.Millrace`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use millrace_proto::storage::BatchRecord;
 use millrace_proto::v1 as pb;
 use millrace_proto::v1::millrace_server::Millrace;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
-use super::iterator::IteratorToken;
-use crate::metadata::placement::{place_replicas, NodeLoad};
 use crate::metadata::state::{MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamStatus};
 use crate::metadata::tags::TAGS_PER_STREAM_MAX;
 use crate::server::node::Node;
 use crate::server::now_ms;
-use crate::shard::hashing::{parse_explicit_hash_key, partition_key_hash};
-use crate::shard::read::ReadBounds;
 use crate::shard::sequence::SequenceNumber;
 
-/// Kinesis limits (Kinesis Data Streams quotas, "PutRecords" and "GetRecords").
-pub const PUT_RECORDS_RECORDS_MAX: usize = 500;
-pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
-pub const RECORD_DATA_BYTES_MAX: usize = 1024 * 1024;
-pub const PARTITION_KEY_CHARS_MAX: usize = 256;
-pub const GET_RECORDS_RECORDS_MAX: u32 = 10_000;
-pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
 pub const STREAM_NAME_CHARS_MAX: usize = 128;
 pub const DEFAULT_RETENTION_HOURS: u32 = 24;
 
@@ -57,7 +44,7 @@ pub fn stream_name_from(input: &str) -> Result<String, ApiError> {
 impl MillraceService {
     /// The stream as this node knows it; if unknown here, catches up with the metadata leader
     /// first, so a stream created through another node is found.
-    async fn stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
+    pub(super) async fn stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
         let name = stream_name_from(name)?;
         let lookup = || self.node.meta.read(|s| s.streams.get(&name).cloned());
         if let Some(s) = lookup() {
@@ -68,7 +55,7 @@ impl MillraceService {
     }
 
     /// The key of iterator MACs (catching up with the metadata leader if not yet known here).
-    async fn secret(&self) -> Result<Vec<u8>, ApiError> {
+    pub(super) async fn secret(&self) -> Result<Vec<u8>, ApiError> {
         if let Some(s) = self.node.meta.cluster_secret() {
             return Ok(s);
         }
@@ -80,7 +67,7 @@ impl MillraceService {
     }
 
     /// The stream, read after catching up with the metadata leader (describe and list calls).
-    async fn stream_fresh(&self, name: &str) -> Result<StreamMeta, ApiError> {
+    pub(super) async fn stream_fresh(&self, name: &str) -> Result<StreamMeta, ApiError> {
         let name = stream_name_from(name)?;
         self.node.sync_meta().await?;
         self.node
@@ -89,7 +76,7 @@ impl MillraceService {
             .ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
     }
 
-    fn shard_proto(&self, sh: &ShardMeta) -> pb::Shard {
+    pub(super) fn shard_proto(&self, sh: &ShardMeta) -> pb::Shard {
         let leader = self
             .node
             .local_leader(sh.group_id)
@@ -97,15 +84,15 @@ impl MillraceService {
             .unwrap_or(0);
         pb::Shard {
             shard_id: sh.shard_id.clone(),
-            parent_shard_id: sh.parent_shard_id.clone().unwrap_or_default(),
-            adjacent_parent_shard_id: sh.adjacent_parent_shard_id.clone().unwrap_or_default(),
+            parent_shard_id: sh.parent_shard_ids.first().cloned().unwrap_or_default(),
+            adjacent_parent_shard_id: sh.parent_shard_ids.get(1).cloned().unwrap_or_default(),
             hash_key_range: Some(pb::HashKeyRange {
                 starting_hash_key: sh.starting_hash_key.to_string(),
                 ending_hash_key: sh.ending_hash_key.to_string(),
             }),
             sequence_number_range: Some(pb::SequenceNumberRange {
                 starting_sequence_number: SequenceNumber::new(0, 0).to_string(),
-                ending_sequence_number: String::new(),
+                ending_sequence_number: sh.ending_sequence_number.clone().unwrap_or_default(),
             }),
             replica_node_ids: sh.replicas.clone(),
             leader_node_id: leader,
@@ -130,31 +117,7 @@ impl MillraceService {
                 )))
             }
         };
-        let placements = self.node.meta.read(|s| {
-            let mut loads: Vec<NodeLoad> = s
-                .members
-                .values()
-                .map(|m| NodeLoad {
-                    node_id: m.node_id,
-                    zone: m.zone.clone(),
-                    replicas: 0,
-                    leaders: 0,
-                })
-                .collect();
-            for st in s.streams.values() {
-                for sh in &st.shards {
-                    for (i, r) in sh.replicas.iter().enumerate() {
-                        if let Some(l) = loads.iter_mut().find(|l| l.node_id == *r) {
-                            l.replicas += 1;
-                            l.leaders += usize::from(i == 0);
-                        }
-                    }
-                }
-            }
-            (0..req.shard_count)
-                .map(|_| place_replicas(&mut loads, rf as usize))
-                .collect::<Result<Vec<_>, _>>()
-        });
+        let placements = self.place_shards(req.shard_count, rf);
         let placements = placements.map_err(|e| ApiError::LimitExceeded(e.to_string()))?;
         let cluster_max = self.node.config.shards_per_cluster_max as usize;
         let existing = self.node.meta.read(|s| s.shard_count());
@@ -173,230 +136,6 @@ impl MillraceService {
         };
         meta_result(self.node.propose_meta(&cmd).await?)
     }
-
-    async fn put_records(
-        &self,
-        req: pb::PutRecordsRequest,
-    ) -> Result<pb::PutRecordsResponse, ApiError> {
-        let stream = self.stream(&req.stream_name).await?;
-        if stream.status == StreamStatus::Deleting {
-            return Err(ApiError::ResourceNotFound(format!(
-                "Stream {} is being deleted",
-                stream.name
-            )));
-        }
-        if req.records.is_empty() || req.records.len() > PUT_RECORDS_RECORDS_MAX {
-            return Err(ApiError::InvalidArgument(format!(
-                "Records has {} entries; it must have 1-{PUT_RECORDS_RECORDS_MAX}",
-                req.records.len()
-            )));
-        }
-        let mut total = 0usize;
-        // Route every record first: a bad record fails the whole call before anything is written.
-        let mut per_shard: BTreeMap<usize, Vec<(usize, BatchRecord)>> = BTreeMap::new();
-        for (i, r) in req.records.into_iter().enumerate() {
-            let chars = r.partition_key.chars().count();
-            if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
-                return Err(ApiError::InvalidArgument(format!(
-                    "Records[{i}].PartitionKey has {chars} characters; it must have 1-{PARTITION_KEY_CHARS_MAX}"
-                )));
-            }
-            if r.data.len() > RECORD_DATA_BYTES_MAX {
-                return Err(ApiError::InvalidArgument(format!(
-                    "Records[{i}].Data has {} bytes; the limit is {RECORD_DATA_BYTES_MAX}",
-                    r.data.len()
-                )));
-            }
-            total += r.data.len() + r.partition_key.len();
-            if total > PUT_RECORDS_BYTES_MAX {
-                return Err(ApiError::InvalidArgument(format!(
-                    "the PutRecords request exceeds {PUT_RECORDS_BYTES_MAX} bytes (data plus partition keys)"
-                )));
-            }
-            let hash = if r.explicit_hash_key.is_empty() {
-                partition_key_hash(&r.partition_key)
-            } else {
-                parse_explicit_hash_key(&r.explicit_hash_key)
-                    .map_err(|e| ApiError::InvalidArgument(format!("Records[{i}].{e}")))?
-            };
-            let shard = stream
-                .shards
-                .iter()
-                .position(|s| s.contains(hash))
-                .ok_or_else(|| ApiError::Internal(format!("no shard owns hash key {hash}")))?;
-            per_shard.entry(shard).or_default().push((
-                i,
-                BatchRecord {
-                    partition_key: r.partition_key,
-                    data: r.data,
-                    hash_key: hash.to_be_bytes().to_vec(),
-                },
-            ));
-        }
-        let count = per_shard.values().map(Vec::len).sum::<usize>();
-        let mut results = vec![pb::PutRecordsResultEntry::default(); count];
-        let writes = per_shard.into_iter().map(|(shard, recs)| {
-            let sh = stream.shards[shard].clone();
-            let node = self.node.clone();
-            async move {
-                let (idx, batch): (Vec<usize>, Vec<BatchRecord>) = recs.into_iter().unzip();
-                let r = node.shard_append(sh.group_id, &sh.replicas, batch).await;
-                (sh, idx, r)
-            }
-        });
-        let mut failed = 0u32;
-        for (sh, idx, r) in futures::future::join_all(writes).await {
-            for (pos, i) in idx.into_iter().enumerate() {
-                results[i] = match &r {
-                    Ok(log_index) => pb::PutRecordsResultEntry {
-                        shard_id: sh.shard_id.clone(),
-                        sequence_number: SequenceNumber::new(*log_index, pos as u32).to_string(),
-                        ..Default::default()
-                    },
-                    Err(e) => {
-                        failed += 1;
-                        pb::PutRecordsResultEntry {
-                            shard_id: sh.shard_id.clone(),
-                            error_code: e.symbol().to_string(),
-                            error_message: e.to_string(),
-                            ..Default::default()
-                        }
-                    }
-                };
-            }
-        }
-        Ok(pb::PutRecordsResponse {
-            failed_record_count: failed,
-            records: results,
-        })
-    }
-
-    async fn get_shard_iterator(
-        &self,
-        req: pb::GetShardIteratorRequest,
-    ) -> Result<pb::GetShardIteratorResponse, ApiError> {
-        let stream = self.stream(&req.stream_name).await?;
-        let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
-            ApiError::ResourceNotFound(format!(
-                "Shard {} in stream {} not found",
-                req.shard_id, stream.name
-            ))
-        })?;
-        use pb::ShardIteratorType as T;
-        let kind = T::try_from(req.shard_iterator_type).unwrap_or(T::Unspecified);
-        let parse_seq = || {
-            SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number)
-                .map_err(ApiError::InvalidArgument)
-        };
-        let (index, position) = match kind {
-            T::TrimHorizon => (0, 0),
-            T::AtSequenceNumber => {
-                let s = parse_seq()?;
-                (s.log_index, s.position)
-            }
-            T::AfterSequenceNumber => {
-                let s = parse_seq()?.next();
-                (s.log_index, s.position)
-            }
-            T::Latest => {
-                let probe = ReadBounds::probe(None);
-                let (_, applied, _) = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
-                (applied.map_or(0, |a| a + 1), 0)
-            }
-            T::AtTimestamp => {
-                let now = now_ms();
-                if req.timestamp_ms > now {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "Timestamp {} is in the future (now {now})",
-                        req.timestamp_ms
-                    )));
-                }
-                let probe = ReadBounds::probe(Some(req.timestamp_ms));
-                let (outcome, _, _) = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
-                (outcome.next_index, 0)
-            }
-            T::Unspecified => {
-                return Err(ApiError::InvalidArgument(
-                    "ShardIteratorType must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP".into(),
-                ))
-            }
-        };
-        let token = IteratorToken {
-            version: 1,
-            stream: stream.name.clone(),
-            shard_id: shard.shard_id.clone(),
-            group_id: shard.group_id,
-            index,
-            position,
-            expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
-        };
-        Ok(pb::GetShardIteratorResponse {
-            shard_iterator: token.encode(&self.secret().await?),
-        })
-    }
-
-    async fn get_records(
-        &self,
-        req: pb::GetRecordsRequest,
-    ) -> Result<pb::GetRecordsResponse, ApiError> {
-        let secret = self.secret().await?;
-        let token = IteratorToken::decode(&req.shard_iterator, &secret, now_ms())?;
-        let limit = match req.limit {
-            0 => GET_RECORDS_RECORDS_MAX,
-            l if l > GET_RECORDS_RECORDS_MAX => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "Limit {l} exceeds the maximum of {GET_RECORDS_RECORDS_MAX}"
-                )))
-            }
-            l => l,
-        };
-        let stream = self.stream(&token.stream).await?;
-        let shard = stream
-            .shard(&token.shard_id)
-            .filter(|s| s.group_id == token.group_id)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::ResourceNotFound(format!("Shard {} not found", token.shard_id))
-            })?;
-        let bounds = ReadBounds {
-            from_index: token.index,
-            from_position: token.position,
-            max_records: limit as usize,
-            max_bytes: GET_RECORDS_BYTES_MAX,
-            at_timestamp_ms: None,
-        };
-        let (outcome, applied, latest_ms) = self
-            .node
-            .shard_read(shard.group_id, &shard.replicas, bounds)
-            .await?;
-        let caught_up = applied.is_none_or(|a| outcome.next_index > a);
-        let millis_behind = match outcome.records.last() {
-            _ if caught_up => 0,
-            Some(last) => (latest_ms - last.arrival_timestamp_ms).max(0),
-            None => 0,
-        };
-        let next = IteratorToken {
-            index: outcome.next_index,
-            position: outcome.next_position,
-            expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
-            ..token
-        };
-        Ok(pb::GetRecordsResponse {
-            records: outcome
-                .records
-                .into_iter()
-                .map(|r| pb::Record {
-                    sequence_number: SequenceNumber::new(r.log_index, r.position).to_string(),
-                    approximate_arrival_timestamp_ms: r.arrival_timestamp_ms,
-                    data: r.data,
-                    partition_key: r.partition_key,
-                })
-                .collect(),
-            next_shard_iterator: next.encode(&secret),
-            millis_behind_latest: millis_behind,
-            child_shards: Vec::new(),
-        })
-    }
 }
 
 impl MillraceService {
@@ -414,7 +153,7 @@ impl MillraceService {
     }
 }
 
-fn meta_result(r: MetaResponse) -> Result<(), ApiError> {
+pub(super) fn meta_result(r: MetaResponse) -> Result<(), ApiError> {
     match r {
         MetaResponse::Ok => Ok(()),
         MetaResponse::ResourceInUse(m) => Err(ApiError::ResourceInUse(m)),
@@ -493,17 +232,43 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListShardsRequest>,
     ) -> Reply<pb::ListShardsResponse> {
-        let s = self.stream_fresh(&req.into_inner().stream_name).await?;
-        Ok(Response::new(pb::ListShardsResponse {
-            shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),
-        }))
+        Ok(Response::new(
+            self.list_shards_impl(req.into_inner()).await?,
+        ))
+    }
+
+    async fn split_shard(
+        &self,
+        req: Request<pb::SplitShardRequest>,
+    ) -> Reply<pb::SplitShardResponse> {
+        self.split_shard_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::SplitShardResponse {}))
+    }
+
+    async fn merge_shards(
+        &self,
+        req: Request<pb::MergeShardsRequest>,
+    ) -> Reply<pb::MergeShardsResponse> {
+        self.merge_shards_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::MergeShardsResponse {}))
+    }
+
+    async fn update_shard_count(
+        &self,
+        req: Request<pb::UpdateShardCountRequest>,
+    ) -> Reply<pb::UpdateShardCountResponse> {
+        Ok(Response::new(
+            self.update_shard_count_impl(req.into_inner()).await?,
+        ))
     }
 
     async fn put_records(
         &self,
         req: Request<pb::PutRecordsRequest>,
     ) -> Reply<pb::PutRecordsResponse> {
-        Ok(Response::new(self.put_records(req.into_inner()).await?))
+        Ok(Response::new(
+            self.put_records_impl(req.into_inner()).await?,
+        ))
     }
 
     async fn get_shard_iterator(
@@ -511,7 +276,7 @@ impl Millrace for MillraceService {
         req: Request<pb::GetShardIteratorRequest>,
     ) -> Reply<pb::GetShardIteratorResponse> {
         Ok(Response::new(
-            self.get_shard_iterator(req.into_inner()).await?,
+            self.get_shard_iterator_impl(req.into_inner()).await?,
         ))
     }
 
@@ -519,7 +284,9 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::GetRecordsRequest>,
     ) -> Reply<pb::GetRecordsResponse> {
-        Ok(Response::new(self.get_records(req.into_inner()).await?))
+        Ok(Response::new(
+            self.get_records_impl(req.into_inner()).await?,
+        ))
     }
 
     async fn delete_stream(

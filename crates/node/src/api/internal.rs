@@ -83,9 +83,18 @@ impl Internal for InternalService {
         req: Request<ipb::ShardAppendRequest>,
     ) -> Result<Response<ipb::ShardAppendReply>, Status> {
         let req = req.into_inner();
-        let reply = match self.node.append_local(req.group_id, req.batch).await {
+        let local = if req.seal {
+            self.node.seal_local(req.group_id).await
+        } else {
+            self.node.append_local(req.group_id, req.batch).await
+        };
+        let reply = match local {
             Ok(LocalWrite::Done(log_index)) => ipb::ShardAppendReply {
                 log_index,
+                ..Default::default()
+            },
+            Ok(LocalWrite::Closed) => ipb::ShardAppendReply {
+                closed: true,
                 ..Default::default()
             },
             Ok(LocalWrite::NotLeader(leader)) => ipb::ShardAppendReply {
@@ -114,13 +123,15 @@ impl Internal for InternalService {
             at_timestamp_ms: req.by_timestamp.then_some(req.at_timestamp_ms),
         };
         let reply = match self.node.read_as_leader(req.group_id, bounds).await {
-            Ok(Ok((outcome, applied, latest))) => ipb::ShardReadReply {
-                records: outcome.records,
-                next_index: outcome.next_index,
-                next_position: outcome.next_position,
-                applied_index: applied.unwrap_or(0),
-                has_applied: applied.is_some(),
-                latest_arrival_timestamp_ms: latest,
+            Ok(Ok(read)) => ipb::ShardReadReply {
+                records: read.outcome.records,
+                next_index: read.outcome.next_index,
+                next_position: read.outcome.next_position,
+                applied_index: read.applied.unwrap_or(0),
+                has_applied: read.applied.is_some(),
+                latest_arrival_timestamp_ms: read.latest_arrival_ms,
+                sealed: read.sealed_at.is_some(),
+                sealed_at: read.sealed_at.unwrap_or(0),
                 ..Default::default()
             },
             Ok(Err(leader)) => ipb::ShardReadReply {

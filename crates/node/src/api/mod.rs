@@ -5,3 +5,5 @@ pub mod grpc;
 pub mod http;
 pub mod internal;
 pub mod iterator;
+pub mod records;
+pub mod shards;

@@ -2,5 +2,6 @@
 
 pub mod machine;
 pub mod placement;
+pub mod reshard;
 pub mod state;
 pub mod tags;

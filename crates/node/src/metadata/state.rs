@@ -38,13 +38,43 @@ pub struct ShardMeta {
     pub ending_hash_key: u128,
     /// Replica nodes; the first was the preferred leader at creation.
     pub replicas: Vec<NodeId>,
-    pub parent_shard_id: Option<String>,
-    pub adjacent_parent_shard_id: Option<String>,
+    /// The shards this one was split or merged from (at most two for Split/Merge; possibly more
+    /// for UpdateShardCount). A reader finishes every parent before reading this shard.
+    #[serde(default)]
+    pub parent_shard_ids: Vec<String>,
+    #[serde(default)]
+    pub status: ShardStatus,
+    /// Sequence number of the parent's seal entry, once the shard is closed.
+    #[serde(default)]
+    pub ending_sequence_number: Option<String>,
+    #[serde(default)]
+    pub created_ms: i64,
+    #[serde(default)]
+    pub closed_ms: Option<i64>,
+}
+
+/// Where a shard is in its life (DESIGN decision 7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardStatus {
+    /// Takes writes.
+    #[default]
+    Open,
+    /// Being split or merged: its leader is appending the seal; writes are refused after it.
+    Closing,
+    /// Sealed: readable up to its ending sequence number, never written again.
+    Closed,
+    /// A child whose parents are not yet all sealed; takes no writes yet.
+    Pending,
 }
 
 impl ShardMeta {
     pub fn contains(&self, hash_key: u128) -> bool {
         hash_key >= self.starting_hash_key && hash_key <= self.ending_hash_key
+    }
+
+    /// Open or closing: the shard that currently owns its hash range for writers.
+    pub fn is_current(&self) -> bool {
+        matches!(self.status, ShardStatus::Open | ShardStatus::Closing)
     }
 }
 
@@ -65,9 +95,21 @@ impl StreamMeta {
         self.shards.iter().find(|s| s.shard_id == shard_id)
     }
 
-    /// The open shard owning `hash_key`.
+    /// The current (open or closing) shard owning `hash_key`.
     pub fn shard_for_hash(&self, hash_key: u128) -> Option<&ShardMeta> {
-        self.shards.iter().find(|s| s.contains(hash_key))
+        self.shards
+            .iter()
+            .find(|s| s.is_current() && s.contains(hash_key))
+    }
+
+    /// Shards that name `shard_id` among their parents.
+    pub fn children_of<'a>(
+        &'a self,
+        shard_id: &'a str,
+    ) -> impl Iterator<Item = &'a ShardMeta> + 'a {
+        self.shards
+            .iter()
+            .filter(move |s| s.parent_shard_ids.iter().any(|p| p == shard_id))
     }
 }
 
@@ -100,6 +142,25 @@ pub enum MetaCommand {
     AddTags {
         name: String,
         tags: BTreeMap<String, String>,
+    },
+    /// SplitShard / MergeShards / UpdateShardCount: `parents` start closing and `children`
+    /// (covering exactly the parents' hash range) are created pending.
+    Reshard {
+        name: String,
+        parents: Vec<String>,
+        /// (starting hash key, ending hash key) of each child, in hash order.
+        #[serde(with = "ranges_decimal")]
+        children: Vec<(u128, u128)>,
+        placements: Vec<Vec<NodeId>>,
+        timestamp_ms: i64,
+    },
+    /// The parents' seals have committed: parents close at the given seal log indexes and
+    /// children whose parents are all closed open.
+    CompleteReshard {
+        name: String,
+        /// (parent shard id, log index of its seal entry).
+        seals: Vec<(String, u64)>,
+        timestamp_ms: i64,
     },
     /// Sets the cluster secret if none is set yet (first writer wins).
     InitClusterSecret {
@@ -185,8 +246,11 @@ impl MetaState {
                         starting_hash_key: start,
                         ending_hash_key: end,
                         replicas: replicas.clone(),
-                        parent_shard_id: None,
-                        adjacent_parent_shard_id: None,
+                        parent_shard_ids: Vec::new(),
+                        status: ShardStatus::Open,
+                        ending_sequence_number: None,
+                        created_ms: *creation_timestamp_ms,
+                        closed_ms: None,
                     })
                     .collect();
                 self.next_group_id = first_group + placements.len() as u64;
@@ -242,6 +306,18 @@ impl MetaState {
                 },
                 Err(r) => r,
             },
+            MetaCommand::Reshard {
+                name,
+                parents,
+                children,
+                placements,
+                timestamp_ms,
+            } => self.apply_reshard(name, parents, children, placements, *timestamp_ms),
+            MetaCommand::CompleteReshard {
+                name,
+                seals,
+                timestamp_ms,
+            } => self.apply_complete_reshard(name, seals, *timestamp_ms),
             MetaCommand::InitClusterSecret { secret_hex } => {
                 if self.cluster_secret.is_none() {
                     self.cluster_secret = Some(secret_hex.clone());
@@ -290,7 +366,7 @@ impl MetaState {
     }
 
     /// A stream that exists and is not being deleted.
-    fn live_stream(&mut self, name: &str) -> Result<&mut StreamMeta, MetaResponse> {
+    pub(super) fn live_stream(&mut self, name: &str) -> Result<&mut StreamMeta, MetaResponse> {
         match self.streams.get_mut(name) {
             Some(s) if s.status == StreamStatus::Deleting => Err(MetaResponse::ResourceInUse(
                 format!("Stream {name} is being deleted"),
@@ -302,9 +378,13 @@ impl MetaState {
         }
     }
 
-    /// Total shards in the cluster (for the per-cluster limit).
+    /// Shards in the cluster that are not closed (for the per-cluster limit).
     pub fn shard_count(&self) -> usize {
-        self.streams.values().map(|s| s.shards.len()).sum()
+        self.streams
+            .values()
+            .flat_map(|s| &s.shards)
+            .filter(|s| s.status != ShardStatus::Closed)
+            .count()
     }
 
     /// Every shard replica placed on `node_id`: (stream, shard).
@@ -328,6 +408,30 @@ impl MetaState {
 /// Kinesis-style shard id.
 pub fn shard_id(n: u64) -> String {
     format!("shardId-{n:012}")
+}
+
+/// Serialises hash ranges as decimal strings.
+mod ranges_decimal {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[(u128, u128)], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u128, u128)>, D::Error> {
+        Vec::<(String, String)>::deserialize(d)?
+            .into_iter()
+            .map(|(a, b)| {
+                Ok((
+                    a.parse().map_err(serde::de::Error::custom)?,
+                    b.parse().map_err(serde::de::Error::custom)?,
+                ))
+            })
+            .collect()
+    }
 }
 
 /// Serialises u128 as a decimal string (JSON and MessagePack have no 128-bit integers).

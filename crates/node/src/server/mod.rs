@@ -3,7 +3,7 @@
 pub mod config;
 pub mod node;
 mod reconcile;
-mod routing;
+pub mod routing;
 mod run;
 
 pub use config::ServeConfig;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use millrace_proto::internal::{MetaProposeRequest, StoredRecord};
-use millrace_proto::storage::{shard_command, BatchRecord, RecordBatch, ShardCommand};
+use millrace_proto::storage::{shard_command, BatchRecord, RecordBatch, Seal, ShardCommand};
 use millrace_raft::group::GroupHandle;
 use millrace_raft::{GroupManager, Request};
 use openraft::async_runtime::WatchReceiver;
@@ -18,7 +18,7 @@ use super::now_ms;
 use crate::api::error::ApiError;
 use crate::metadata::machine::{decode_response, encode_command, MetaShared};
 use crate::metadata::state::{MetaCommand, MetaResponse};
-use crate::shard::machine::ShardShared;
+use crate::shard::machine::{ShardShared, APPLY_CLOSED};
 use crate::shard::read::{read_records, ReadBounds, ReadOutcome};
 
 /// How long a request keeps looking for a leader before giving up (nothing was applied).
@@ -42,6 +42,19 @@ pub struct Node {
 pub enum LocalWrite {
     Done(u64),
     NotLeader(Option<u64>),
+    /// The shard is sealed; nothing was appended.
+    Closed,
+}
+
+/// A committed read of a shard replica.
+#[derive(Debug)]
+pub struct ShardRead {
+    pub outcome: ReadOutcome,
+    /// Highest applied log index of the serving replica.
+    pub applied: Option<u64>,
+    pub latest_arrival_ms: i64,
+    /// The seal's log index when the shard is sealed.
+    pub sealed_at: Option<u64>,
 }
 
 impl Node {
@@ -180,9 +193,13 @@ impl Node {
         group_id: u64,
         records: Vec<BatchRecord>,
     ) -> Result<LocalWrite, ApiError> {
-        let Some(h) = self.groups.get(group_id) else {
+        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
+        else {
             return Ok(LocalWrite::NotLeader(None));
         };
+        if shared.sealed_at().is_some() {
+            return Ok(LocalWrite::Closed);
+        }
         let cmd = ShardCommand {
             command: Some(shard_command::Command::Put(RecordBatch {
                 arrival_timestamp_ms: now_ms(),
@@ -190,7 +207,33 @@ impl Node {
             })),
         };
         match h.raft.client_write(Request(cmd.encode_to_vec())).await {
+            Ok(resp) if resp.data.0 == APPLY_CLOSED => Ok(LocalWrite::Closed),
             Ok(resp) => Ok(LocalWrite::Done(resp.log_id.index)),
+            Err(e) => match not_leader(&e) {
+                Some(hint) => Ok(LocalWrite::NotLeader(hint)),
+                None => Err(write_error(e)),
+            },
+        }
+    }
+
+    /// Seals a shard group hosted here if this replica leads it; answers the seal's log index
+    /// (the existing one if the shard is already sealed).
+    pub async fn seal_local(&self, group_id: u64) -> Result<LocalWrite, ApiError> {
+        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
+        else {
+            return Ok(LocalWrite::NotLeader(None));
+        };
+        if let Some(at) = shared.sealed_at() {
+            return Ok(LocalWrite::Done(at));
+        }
+        let cmd = ShardCommand {
+            command: Some(shard_command::Command::Seal(Seal {})),
+        };
+        match h.raft.client_write(Request(cmd.encode_to_vec())).await {
+            // The first seal in the log is the shard's end (a retried seal may land later).
+            Ok(resp) => Ok(LocalWrite::Done(
+                shared.sealed_at().unwrap_or(resp.log_id.index),
+            )),
             Err(e) => match not_leader(&e) {
                 Some(hint) => Ok(LocalWrite::NotLeader(hint)),
                 None => Err(write_error(e)),
@@ -200,11 +243,7 @@ impl Node {
 
     /// Reads committed records of a shard group hosted here (the caller checked leadership
     /// when it matters). `max_records == 0` only reports the applied index.
-    pub fn read_local(
-        &self,
-        group_id: u64,
-        bounds: ReadBounds,
-    ) -> Result<(ReadOutcome, Option<u64>, i64), ApiError> {
+    pub fn read_local(&self, group_id: u64, bounds: ReadBounds) -> Result<ShardRead, ApiError> {
         let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
         else {
             return Err(ApiError::Unavailable(format!(
@@ -213,19 +252,25 @@ impl Node {
         };
         let applied = shared.applied_index();
         let latest = shared.latest_arrival_ms();
+        let sealed_at = shared.sealed_at();
+        // Nothing after the seal belongs to the shard.
+        let readable = match (applied, sealed_at) {
+            (Some(a), Some(s)) => Some(a.min(s)),
+            (a, _) => a,
+        };
         let mut bounds = bounds;
         if let Some(ts) = bounds.at_timestamp_ms {
             let start = shared.scan_start_for(ts);
-            bounds.from_index = match applied {
+            bounds.from_index = match readable {
                 Some(a) => crate::shard::read::find_index_at_timestamp(&h.log, a, start, ts)
                     .map_err(ApiError::Internal)?,
                 None => 0,
             };
             bounds.from_position = 0;
         }
-        let outcome = match applied {
-            Some(applied) if bounds.max_records > 0 => {
-                read_records(&h.log, applied, bounds).map_err(ApiError::Internal)?
+        let outcome = match readable {
+            Some(readable) if bounds.max_records > 0 => {
+                read_records(&h.log, readable, bounds).map_err(ApiError::Internal)?
             }
             _ => ReadOutcome {
                 records: Vec::<StoredRecord>::new(),
@@ -233,7 +278,12 @@ impl Node {
                 next_position: bounds.from_position,
             },
         };
-        Ok((outcome, applied, latest))
+        Ok(ShardRead {
+            outcome,
+            applied,
+            latest_arrival_ms: latest,
+            sealed_at,
+        })
     }
 
     /// Reads a shard hosted here if this replica is its leader, after confirming leadership
@@ -243,7 +293,7 @@ impl Node {
         &self,
         group_id: u64,
         bounds: ReadBounds,
-    ) -> Result<Result<(ReadOutcome, Option<u64>, i64), Option<u64>>, ApiError> {
+    ) -> Result<Result<ShardRead, Option<u64>>, ApiError> {
         let Some(h) = self.groups.get(group_id) else {
             return Ok(Err(None));
         };

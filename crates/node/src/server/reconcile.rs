@@ -10,7 +10,10 @@ use millrace_raft::SnapshotMode;
 use openraft::BasicNode;
 
 use super::node::Node;
-use crate::metadata::state::{Member, MetaCommand, MetaResponse, StreamStatus, METADATA_GROUP_ID};
+use super::routing::Appended;
+use crate::metadata::state::{
+    Member, MetaCommand, MetaResponse, ShardStatus, StreamStatus, METADATA_GROUP_ID,
+};
 use crate::shard::machine::{ShardMachine, ShardShared};
 use crate::shard::read::ReadBounds;
 
@@ -175,9 +178,74 @@ pub async fn leader_loop(node: Arc<Node>) {
                 }
             }
             activate_streams(&node).await;
+            complete_reshards(&node).await;
             remove_deleted_streams(&node).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A stream's shards in one reshard state: (shard id, group id, replicas).
+type ShardGroups = Vec<(String, u64, Vec<u64>)>;
+
+/// Drives reshards (DESIGN decision 7): seal every closing parent at its leader, wait until
+/// every pending child has a leader, then record the seals, which closes the parents and opens
+/// the children.
+async fn complete_reshards(node: &Arc<Node>) {
+    let work: Vec<(String, ShardGroups, ShardGroups)> = node.meta.read(|s| {
+        s.streams
+            .values()
+            .filter(|st| st.status == StreamStatus::Updating)
+            .map(|st| {
+                let pick = |status: ShardStatus| -> ShardGroups {
+                    st.shards
+                        .iter()
+                        .filter(|sh| sh.status == status)
+                        .map(|sh| (sh.shard_id.clone(), sh.group_id, sh.replicas.clone()))
+                        .collect()
+                };
+                (
+                    st.name.clone(),
+                    pick(ShardStatus::Closing),
+                    pick(ShardStatus::Pending),
+                )
+            })
+            .collect()
+    });
+    'streams: for (name, closing, pending) in work {
+        let mut seals = Vec::new();
+        for (shard_id, group_id, replicas) in closing {
+            let seal =
+                tokio::time::timeout(Duration::from_secs(5), node.shard_seal(group_id, &replicas))
+                    .await;
+            match seal {
+                Ok(Ok(Appended::At(index))) => seals.push((shard_id, index)),
+                other => {
+                    tracing::debug!(stream = %name, %shard_id, ?other, "seal not done yet");
+                    continue 'streams;
+                }
+            }
+        }
+        for (_, group_id, replicas) in &pending {
+            let probe = node.shard_read(*group_id, replicas, ReadBounds::probe(None));
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(2), probe).await,
+                Ok(Ok(_))
+            ) {
+                continue 'streams;
+            }
+        }
+        let cmd = MetaCommand::CompleteReshard {
+            name: name.clone(),
+            seals,
+            timestamp_ms: super::now_ms(),
+        };
+        match node.propose_meta(&cmd).await {
+            Ok(_) => {
+                tracing::info!(stream = %name, "reshard complete: parents closed, children open")
+            }
+            Err(e) => tracing::warn!(stream = %name, error = %e, "cannot complete reshard yet"),
+        }
     }
 }
 

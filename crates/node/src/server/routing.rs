@@ -7,7 +7,7 @@ use std::time::Duration;
 use millrace_proto::internal::{NotLeader, ShardAppendRequest, ShardReadRequest};
 use millrace_proto::storage::BatchRecord;
 
-use super::node::{transport_error, LocalWrite, Node, LEADER_SEARCH_TIMEOUT};
+use super::node::{transport_error, LocalWrite, Node, ShardRead, LEADER_SEARCH_TIMEOUT};
 use crate::api::error::ApiError;
 use crate::shard::read::{ReadBounds, ReadOutcome};
 
@@ -21,8 +21,14 @@ enum Attempt<T> {
     Retry(Option<u64>),
 }
 
-/// A committed read: records, the serving replica's applied index and latest arrival time.
-pub type ShardRead = (ReadOutcome, Option<u64>, i64);
+/// What appending to a shard achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The batch is committed at this log index.
+    At(u64),
+    /// The shard is sealed; nothing was appended (write to its children).
+    Closed,
+}
 
 /// The leader hint in a NotLeader answer from `target`.
 fn hint_from(nl: &NotLeader, target: u64) -> Option<u64> {
@@ -76,19 +82,39 @@ impl Node {
         }
     }
 
-    /// Appends a batch to a shard; returns the Raft log index that holds it.
+    /// Appends a batch to a shard at its leader.
     pub async fn shard_append(
         &self,
         group_id: u64,
         replicas: &[u64],
         records: Vec<BatchRecord>,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<Appended, ApiError> {
+        self.shard_write(group_id, replicas, Some(records)).await
+    }
+
+    /// Appends the shard's seal at its leader; `Appended::At` the seal's log index.
+    pub async fn shard_seal(&self, group_id: u64, replicas: &[u64]) -> Result<Appended, ApiError> {
+        self.shard_write(group_id, replicas, None).await
+    }
+
+    /// Appends `records`, or the seal when `None`.
+    async fn shard_write(
+        &self,
+        group_id: u64,
+        replicas: &[u64],
+        records: Option<Vec<BatchRecord>>,
+    ) -> Result<Appended, ApiError> {
         self.route(group_id, replicas, |target| {
             let records = records.clone();
             async move {
                 if target == self.id {
-                    return Ok(match self.append_local(group_id, records).await? {
-                        LocalWrite::Done(index) => Attempt::Done(index),
+                    let local = match records {
+                        Some(records) => self.append_local(group_id, records).await?,
+                        None => self.seal_local(group_id).await?,
+                    };
+                    return Ok(match local {
+                        LocalWrite::Done(index) => Attempt::Done(Appended::At(index)),
+                        LocalWrite::Closed => Attempt::Done(Appended::Closed),
                         LocalWrite::NotLeader(hint) => Attempt::Retry(hint),
                     });
                 }
@@ -103,7 +129,8 @@ impl Node {
                 let req = ShardAppendRequest {
                     group_id,
                     records: Vec::new(),
-                    batch: records,
+                    seal: records.is_none(),
+                    batch: records.unwrap_or_default(),
                 };
                 let reply = match client.shard_append(req).await {
                     Ok(r) => r.into_inner(),
@@ -121,7 +148,10 @@ impl Node {
                 if !reply.error_code.is_empty() {
                     return Err(remote_error(&reply.error_code, reply.error));
                 }
-                Ok(Attempt::Done(reply.log_index))
+                if reply.closed {
+                    return Ok(Attempt::Done(Appended::Closed));
+                }
+                Ok(Attempt::Done(Appended::At(reply.log_index)))
             }
         })
         .await
@@ -168,17 +198,16 @@ impl Node {
             if !reply.error_code.is_empty() {
                 return Err(remote_error(&reply.error_code, reply.error));
             }
-            let outcome = ReadOutcome {
-                records: reply.records,
-                next_index: reply.next_index,
-                next_position: reply.next_position,
-            };
-            let applied = reply.has_applied.then_some(reply.applied_index);
-            Ok(Attempt::Done((
-                outcome,
-                applied,
-                reply.latest_arrival_timestamp_ms,
-            )))
+            Ok(Attempt::Done(ShardRead {
+                outcome: ReadOutcome {
+                    records: reply.records,
+                    next_index: reply.next_index,
+                    next_position: reply.next_position,
+                },
+                applied: reply.has_applied.then_some(reply.applied_index),
+                latest_arrival_ms: reply.latest_arrival_timestamp_ms,
+                sealed_at: reply.sealed.then_some(reply.sealed_at),
+            }))
         })
         .await
     }

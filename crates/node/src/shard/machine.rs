@@ -4,9 +4,13 @@
 
 use std::sync::Mutex;
 
+use millrace_proto::storage::shard_command::Command;
 use millrace_raft::types::LogId;
 use millrace_raft::GroupStateMachine;
 use prost::Message;
+
+/// The apply response of a batch refused because the shard is sealed.
+pub const APPLY_CLOSED: &[u8] = b"closed";
 use tokio::sync::watch;
 
 /// What readers of a shard replica on this node can see.
@@ -14,6 +18,8 @@ pub struct ShardShared {
     /// Highest applied log index (`None` until the first entry applies).
     applied: watch::Sender<Option<u64>>,
     latest_arrival_ms: Mutex<i64>,
+    /// Log index of the shard's seal, once applied: the shard's end.
+    sealed_at: Mutex<Option<u64>>,
     /// (arrival time, log index) of the first entry of each arrival second: a sparse index
     /// for AT_TIMESTAMP iterators (at most one sample per second of writes).
     arrival_samples: Mutex<Vec<(i64, u64)>>,
@@ -28,7 +34,13 @@ impl ShardShared {
             applied: watch::channel(None).0,
             latest_arrival_ms: Mutex::new(0),
             arrival_samples: Mutex::new(Vec::new()),
+            sealed_at: Mutex::new(None),
         }
+    }
+
+    /// The log index of the seal, if the shard is sealed.
+    pub fn sealed_at(&self) -> Option<u64> {
+        *self.sealed_at.lock().expect("seal lock")
     }
 
     /// A log index at or before the first entry that arrived at or after `ts_ms`.
@@ -81,8 +93,14 @@ impl ShardMachine {
 
 impl GroupStateMachine for ShardMachine {
     fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
-        if let Ok(cmd) = millrace_proto::storage::ShardCommand::decode(data) {
-            if let Some(millrace_proto::storage::shard_command::Command::Put(batch)) = cmd.command {
+        let command = millrace_proto::storage::ShardCommand::decode(data)
+            .ok()
+            .and_then(|c| c.command);
+        let sealed = self.shared.sealed_at();
+        let response = match command {
+            // A batch ordered after the seal is not part of this shard: refuse it.
+            Some(Command::Put(_)) if sealed.is_some() => APPLY_CLOSED.to_vec(),
+            Some(Command::Put(batch)) => {
                 let arrival = batch.arrival_timestamp_ms;
                 let mut latest = self.shared.latest_arrival_ms.lock().expect("arrival lock");
                 *latest = (*latest).max(arrival);
@@ -93,10 +111,20 @@ impl GroupStateMachine for ShardMachine {
                 {
                     samples.push((arrival, log_id.index));
                 }
+                Vec::new()
             }
-        }
+            Some(Command::Seal(_)) => {
+                let mut seal = self.shared.sealed_at.lock().expect("seal lock");
+                seal.get_or_insert(log_id.index);
+                Vec::new()
+            }
+            None => {
+                tracing::error!(index = log_id.index, "undecodable shard command");
+                Vec::new()
+            }
+        };
         self.advance(log_id.index);
-        Vec::new()
+        response
     }
 
     fn apply_empty(&mut self, log_id: &LogId) {

@@ -76,8 +76,9 @@ pub struct ReadOutcome {
 /// Frames fetched from the log per step.
 const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-/// Reads committed records from `bounds` up to and including `applied`. Purged positions are
-/// skipped forward to the oldest retained entry.
+/// Reads committed records from `bounds` up to and including `applied` (the caller passes the
+/// seal's index instead when the shard is sealed: nothing after it belongs to the shard).
+/// Purged positions are skipped forward to the oldest retained entry.
 pub fn read_records(
     log: &GroupLogStore,
     applied: u64,

@@ -1,0 +1,336 @@
+//! The data plane of the public API: PutRecords, GetShardIterator, GetRecords.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use millrace_proto::storage::BatchRecord;
+use millrace_proto::v1 as pb;
+
+use super::error::ApiError;
+use super::grpc::MillraceService;
+use super::iterator::IteratorToken;
+use crate::metadata::state::{StreamMeta, StreamStatus};
+use crate::server::node::LEADER_SEARCH_TIMEOUT;
+use crate::server::now_ms;
+use crate::server::routing::Appended;
+use crate::shard::hashing::{parse_explicit_hash_key, partition_key_hash};
+use crate::shard::read::ReadBounds;
+use crate::shard::sequence::SequenceNumber;
+
+/// Kinesis limits (Kinesis Data Streams quotas, "PutRecords" and "GetRecords").
+pub const PUT_RECORDS_RECORDS_MAX: usize = 500;
+pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
+pub const RECORD_DATA_BYTES_MAX: usize = 1024 * 1024;
+pub const PARTITION_KEY_CHARS_MAX: usize = 256;
+pub const GET_RECORDS_RECORDS_MAX: u32 = 10_000;
+pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
+
+/// How often a write to a sealed shard re-checks whether its children are open.
+const RESHARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+fn hash_of(r: &BatchRecord) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&r.hash_key);
+    u128::from_be_bytes(b)
+}
+
+/// Validates and routes every record before anything is written: a bad record fails the
+/// whole call, naming the record and the limit.
+fn validate(req: pb::PutRecordsRequest) -> Result<Vec<BatchRecord>, ApiError> {
+    if req.records.is_empty() || req.records.len() > PUT_RECORDS_RECORDS_MAX {
+        return Err(ApiError::InvalidArgument(format!(
+            "Records has {} entries; it must have 1-{PUT_RECORDS_RECORDS_MAX}",
+            req.records.len()
+        )));
+    }
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(req.records.len());
+    for (i, r) in req.records.into_iter().enumerate() {
+        let chars = r.partition_key.chars().count();
+        if chars == 0 || chars > PARTITION_KEY_CHARS_MAX {
+            return Err(ApiError::InvalidArgument(format!(
+                "Records[{i}].PartitionKey has {chars} characters; it must have 1-{PARTITION_KEY_CHARS_MAX}"
+            )));
+        }
+        if r.data.len() > RECORD_DATA_BYTES_MAX {
+            return Err(ApiError::InvalidArgument(format!(
+                "Records[{i}].Data has {} bytes; the limit is {RECORD_DATA_BYTES_MAX}",
+                r.data.len()
+            )));
+        }
+        total += r.data.len() + r.partition_key.len();
+        if total > PUT_RECORDS_BYTES_MAX {
+            return Err(ApiError::InvalidArgument(format!(
+                "the PutRecords request exceeds {PUT_RECORDS_BYTES_MAX} bytes (data plus partition keys)"
+            )));
+        }
+        let hash = if r.explicit_hash_key.is_empty() {
+            partition_key_hash(&r.partition_key)
+        } else {
+            parse_explicit_hash_key(&r.explicit_hash_key)
+                .map_err(|e| ApiError::InvalidArgument(format!("Records[{i}].{e}")))?
+        };
+        out.push(BatchRecord {
+            partition_key: r.partition_key,
+            data: r.data,
+            hash_key: hash.to_be_bytes().to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+impl MillraceService {
+    /// Writes each shard's records as one batch at its leader. Records bound for a shard that a
+    /// reshard sealed are re-routed, in order, to its children once they open.
+    pub(super) async fn put_records_impl(
+        &self,
+        req: pb::PutRecordsRequest,
+    ) -> Result<pb::PutRecordsResponse, ApiError> {
+        let mut stream = self.stream(&req.stream_name).await?;
+        if stream.status == StreamStatus::Deleting {
+            return Err(ApiError::ResourceNotFound(format!(
+                "Stream {} is being deleted",
+                stream.name
+            )));
+        }
+        let records = validate(req)?;
+        let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
+        let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
+        let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
+        loop {
+            pending = self.write_round(&stream, pending, &mut results).await;
+            if pending.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for (i, _) in pending {
+                    let e = ApiError::Unavailable("the shard is being resharded; retry".into());
+                    results[i].error_code = e.symbol().to_string();
+                    results[i].error_message = e.to_string();
+                }
+                break;
+            }
+            tokio::time::sleep(RESHARD_RETRY_PAUSE).await;
+            self.node.sync_meta().await?;
+            stream = self.stream(&stream.name).await?;
+        }
+        let failed = results.iter().filter(|r| !r.error_code.is_empty()).count() as u32;
+        Ok(pb::PutRecordsResponse {
+            failed_record_count: failed,
+            records: results,
+        })
+    }
+
+    /// One round of writes; returns the records whose shard was sealed (to retry).
+    async fn write_round(
+        &self,
+        stream: &StreamMeta,
+        pending: Vec<(usize, BatchRecord)>,
+        results: &mut [pb::PutRecordsResultEntry],
+    ) -> Vec<(usize, BatchRecord)> {
+        let mut per_shard: BTreeMap<usize, Vec<(usize, BatchRecord)>> = BTreeMap::new();
+        let mut retry = Vec::new();
+        for (i, r) in pending {
+            let h = hash_of(&r);
+            match stream
+                .shards
+                .iter()
+                .position(|s| s.is_current() && s.contains(h))
+            {
+                Some(shard) => per_shard.entry(shard).or_default().push((i, r)),
+                // Children not open yet.
+                None => retry.push((i, r)),
+            }
+        }
+        let writes = per_shard.into_iter().map(|(shard, recs)| {
+            let sh = stream.shards[shard].clone();
+            async move {
+                let batch: Vec<BatchRecord> = recs.iter().map(|(_, r)| r.clone()).collect();
+                let r = self
+                    .node
+                    .shard_append(sh.group_id, &sh.replicas, batch)
+                    .await;
+                (sh, recs, r)
+            }
+        });
+        for (sh, recs, r) in futures::future::join_all(writes).await {
+            match r {
+                Ok(Appended::Closed) => retry.extend(recs),
+                Ok(Appended::At(log_index)) => {
+                    for (pos, (i, _)) in recs.into_iter().enumerate() {
+                        results[i] = pb::PutRecordsResultEntry {
+                            shard_id: sh.shard_id.clone(),
+                            sequence_number: SequenceNumber::new(log_index, pos as u32).to_string(),
+                            ..Default::default()
+                        };
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in recs {
+                        results[i] = pb::PutRecordsResultEntry {
+                            shard_id: sh.shard_id.clone(),
+                            error_code: e.symbol().to_string(),
+                            error_message: e.to_string(),
+                            ..Default::default()
+                        };
+                    }
+                }
+            }
+        }
+        retry.sort_by_key(|(i, _)| *i);
+        retry
+    }
+
+    pub(super) async fn get_shard_iterator_impl(
+        &self,
+        req: pb::GetShardIteratorRequest,
+    ) -> Result<pb::GetShardIteratorResponse, ApiError> {
+        let stream = self.stream(&req.stream_name).await?;
+        let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
+            ApiError::ResourceNotFound(format!(
+                "Shard {} in stream {} not found",
+                req.shard_id, stream.name
+            ))
+        })?;
+        use pb::ShardIteratorType as T;
+        let kind = T::try_from(req.shard_iterator_type).unwrap_or(T::Unspecified);
+        let parse_seq = || {
+            SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number)
+                .map_err(ApiError::InvalidArgument)
+        };
+        let (index, position) = match kind {
+            T::TrimHorizon => (0, 0),
+            T::AtSequenceNumber => {
+                let s = parse_seq()?;
+                (s.log_index, s.position)
+            }
+            T::AfterSequenceNumber => {
+                let s = parse_seq()?.next();
+                (s.log_index, s.position)
+            }
+            T::Latest => {
+                let read = self
+                    .node
+                    .shard_read(shard.group_id, &shard.replicas, ReadBounds::probe(None))
+                    .await?;
+                (read.applied.map_or(0, |a| a + 1), 0)
+            }
+            T::AtTimestamp => {
+                let now = now_ms();
+                if req.timestamp_ms > now {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "Timestamp {} is in the future (now {now})",
+                        req.timestamp_ms
+                    )));
+                }
+                let probe = ReadBounds::probe(Some(req.timestamp_ms));
+                let read = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
+                (read.outcome.next_index, 0)
+            }
+            T::Unspecified => {
+                return Err(ApiError::InvalidArgument(
+                    "ShardIteratorType must be TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER or AT_TIMESTAMP".into(),
+                ))
+            }
+        };
+        let token = IteratorToken {
+            version: 1,
+            stream: stream.name.clone(),
+            shard_id: shard.shard_id.clone(),
+            group_id: shard.group_id,
+            index,
+            position,
+            expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
+        };
+        Ok(pb::GetShardIteratorResponse {
+            shard_iterator: token.encode(&self.secret().await?),
+        })
+    }
+
+    /// Reads committed records after the iterator; at a closed shard's end there is no next
+    /// iterator and the child shards are returned.
+    pub(super) async fn get_records_impl(
+        &self,
+        req: pb::GetRecordsRequest,
+    ) -> Result<pb::GetRecordsResponse, ApiError> {
+        let secret = self.secret().await?;
+        let token = IteratorToken::decode(&req.shard_iterator, &secret, now_ms())?;
+        let limit = match req.limit {
+            0 => GET_RECORDS_RECORDS_MAX,
+            l if l > GET_RECORDS_RECORDS_MAX => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "Limit {l} exceeds the maximum of {GET_RECORDS_RECORDS_MAX}"
+                )))
+            }
+            l => l,
+        };
+        let stream = self.stream(&token.stream).await?;
+        let shard = stream
+            .shard(&token.shard_id)
+            .filter(|s| s.group_id == token.group_id)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::ResourceNotFound(format!("Shard {} not found", token.shard_id))
+            })?;
+        let bounds = ReadBounds {
+            from_index: token.index,
+            from_position: token.position,
+            max_records: limit as usize,
+            max_bytes: GET_RECORDS_BYTES_MAX,
+            at_timestamp_ms: None,
+        };
+        let read = self
+            .node
+            .shard_read(shard.group_id, &shard.replicas, bounds)
+            .await?;
+        let next_index = read.outcome.next_index;
+        let at_end = read.sealed_at.is_some_and(|seal| next_index > seal);
+        let caught_up = at_end || read.applied.is_none_or(|a| next_index > a);
+        let millis_behind = match read.outcome.records.last() {
+            _ if caught_up => 0,
+            Some(last) => (read.latest_arrival_ms - last.arrival_timestamp_ms).max(0),
+            None => 0,
+        };
+        let next = IteratorToken {
+            index: next_index,
+            position: read.outcome.next_position,
+            expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
+            ..token
+        };
+        let child_shards = if at_end {
+            stream
+                .children_of(&shard.shard_id)
+                .map(|c| pb::ChildShard {
+                    shard_id: c.shard_id.clone(),
+                    parent_shards: c.parent_shard_ids.clone(),
+                    hash_key_range: Some(pb::HashKeyRange {
+                        starting_hash_key: c.starting_hash_key.to_string(),
+                        ending_hash_key: c.ending_hash_key.to_string(),
+                    }),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(pb::GetRecordsResponse {
+            records: read
+                .outcome
+                .records
+                .into_iter()
+                .map(|r| pb::Record {
+                    sequence_number: SequenceNumber::new(r.log_index, r.position).to_string(),
+                    approximate_arrival_timestamp_ms: r.arrival_timestamp_ms,
+                    data: r.data,
+                    partition_key: r.partition_key,
+                })
+                .collect(),
+            next_shard_iterator: if at_end {
+                String::new()
+            } else {
+                next.encode(&secret)
+            },
+            millis_behind_latest: millis_behind,
+            child_shards,
+        })
+    }
+}
