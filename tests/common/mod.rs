@@ -184,6 +184,32 @@ impl Cluster {
             .collect()
     }
 
+    /// The log directory of a group replica on node `id`.
+    pub fn group_dir(&self, id: u64, group_id: u64) -> PathBuf {
+        self.node(id)
+            .data_dir
+            .join("groups")
+            .join(format!("{group_id:020}"))
+    }
+
+    /// First log index of each segment file of a group replica on node `id`, sorted.
+    pub fn segment_bases(&self, id: u64, group_id: u64) -> Vec<u64> {
+        let mut bases: Vec<u64> = std::fs::read_dir(self.group_dir(id, group_id))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".seg")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        bases
+    }
+
     /// Ids of the shard groups with a log directory on node `id` (checked on disk).
     pub fn group_dirs(&self, id: u64) -> Vec<u64> {
         let mut ids: Vec<u64> = std::fs::read_dir(self.node(id).data_dir.join("groups"))

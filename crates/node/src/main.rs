@@ -76,6 +76,17 @@ struct ServeArgs {
         hide = true
     )]
     test_iterator_ttl_ms: i64,
+    #[arg(
+        long,
+        env = "MILLRACE_RETENTION_CHECK_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    retention_check_interval_ms: u64,
+    /// Test-only: read every stream's retention period as seconds instead of hours.
+    #[arg(long, env = "MILLRACE_TEST_RETENTION_SECONDS", hide = true)]
+    test_retention_seconds: Option<u64>,
+    #[arg(long, env = "MILLRACE_SEGMENT_BYTES_MAX", default_value_t = 64 * 1024 * 1024)]
+    segment_bytes_max: u64,
 }
 
 fn init_tracing() {
@@ -116,6 +127,9 @@ fn main() -> std::process::ExitCode {
                     shards_per_cluster_max: a.shards_per_cluster_max,
                     default_replication_factor: a.replication_factor,
                     iterator_ttl_ms: a.test_iterator_ttl_ms,
+                    retention_check_interval_ms: a.retention_check_interval_ms,
+                    test_retention_seconds: a.test_retention_seconds,
+                    segment_bytes_max: a.segment_bytes_max,
                 })
                 .await
             }

@@ -34,7 +34,8 @@ impl Default for GroupSettings {
 /// How a group snapshots its state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotMode {
-    /// Only on request (shard groups: retention drives snapshots, DESIGN decision 4).
+    /// Only on request, and only at the retention point set with
+    /// [`GroupSm::set_snapshot_point`] (shard groups: DESIGN decision 4).
     OnRequest,
     /// After `entries` applied entries; openraft then purges the log the snapshot covers except
     /// the last `keep_entries` (for lagging peers). Used by the metadata group.
@@ -100,6 +101,7 @@ pub struct GroupHandle {
     pub group_id: u64,
     pub raft: Raft,
     pub log: GroupLogStore,
+    pub sm: GroupSm,
 }
 
 /// Owns every group replica of this node.
@@ -201,6 +203,10 @@ impl GroupManager {
             .map_err(|source| GroupError::Meta { group_id, source })?;
         let sm = GroupSm::persistent(machine, meta.clone())
             .map_err(|source| GroupError::Storage { group_id, source })?;
+        let sm = match snapshots {
+            SnapshotMode::OnRequest => sm.build_only_at_points(),
+            SnapshotMode::EveryEntries { .. } => sm,
+        };
         let dir = self.group_dir(group_id);
         let segment_config = SegmentLogConfig {
             segment_bytes_max: self.settings.segment_bytes_max,
@@ -225,7 +231,7 @@ impl GroupManager {
             Arc::new(self.settings.raft_config(snapshots)?),
             network,
             log.clone(),
-            sm,
+            sm.clone(),
         )
         .await
         .map_err(|e| GroupError::Raft {
@@ -236,6 +242,7 @@ impl GroupManager {
             group_id,
             raft: raft.clone(),
             log,
+            sm,
         };
         let existing = {
             let mut groups = self.groups.lock().expect("groups lock");

@@ -33,6 +33,11 @@ pub trait GroupStateMachine: Send + 'static {
     fn apply_empty(&mut self, _log_id: &LogId) {}
     /// Serialises the whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
+    /// Serialises the state as of log index `at` (≤ applied), for a retention snapshot.
+    /// Only groups snapshotted at a retention point need more than [`Self::snapshot`].
+    fn snapshot_at(&self, _at: &LogId) -> Vec<u8> {
+        self.snapshot()
+    }
     /// Replaces the whole state with a snapshot taken at `last_log_id`.
     fn restore(&mut self, last_log_id: Option<&LogId>, data: &[u8]) -> Result<(), String>;
 }
@@ -45,6 +50,29 @@ struct Inner {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     current_snapshot: Option<(SnapshotMeta, SnapshotData)>,
+    /// Every membership since the current snapshot, to state the membership as of a point.
+    membership_history: Vec<StoredMembership>,
+    /// Retention mode: snapshots are built only at this point (DESIGN decision 4).
+    snapshot_point: Option<LogId>,
+    point_only: bool,
+}
+
+impl Inner {
+    fn membership_as_of(&self, index: u64) -> StoredMembership {
+        self.membership_history
+            .iter()
+            .rev()
+            .find(|m| m.log_id().is_some_and(|l| l.index <= index))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn current(&self) -> Option<Snapshot> {
+        self.current_snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: data.clone(),
+        })
+    }
 }
 
 /// The state machine handed to openraft. Clones share state (it is also its snapshot builder).
@@ -62,8 +90,26 @@ impl GroupSm {
                 last_applied: None,
                 last_membership: StoredMembership::default(),
                 current_snapshot: None,
+                membership_history: Vec::new(),
+                snapshot_point: None,
+                point_only: false,
             })),
             store: None,
+        }
+    }
+
+    /// Retention mode: the builder builds only at the point set by [`GroupSm::set_snapshot_point`]
+    /// — never at the applied index, never backwards; otherwise it returns the current snapshot.
+    pub fn build_only_at_points(self) -> GroupSm {
+        self.lock().point_only = true;
+        self
+    }
+
+    /// Where the next snapshot is built (retention boundary R; must be ≤ applied).
+    pub fn set_snapshot_point(&self, at: LogId) {
+        let mut inner = self.lock();
+        if inner.snapshot_point.is_none_or(|p| p < at) {
+            inner.snapshot_point = Some(at);
         }
     }
 
@@ -111,11 +157,30 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let (meta, data) = {
             let inner = self.lock();
-            let meta = SnapshotMeta {
-                last_log_id: inner.last_applied,
-                last_membership: inner.last_membership.clone(),
-            };
-            (meta, inner.machine.snapshot())
+            let current_at = inner
+                .current_snapshot
+                .as_ref()
+                .and_then(|(m, _)| m.last_log_id);
+            match (inner.point_only, inner.snapshot_point) {
+                (true, Some(point)) if Some(point) > current_at => {
+                    let meta = SnapshotMeta {
+                        last_log_id: Some(point),
+                        last_membership: inner.membership_as_of(point.index),
+                    };
+                    (meta, inner.machine.snapshot_at(&point))
+                }
+                (true, _) if inner.current_snapshot.is_some() => {
+                    // At or below the current snapshot: never build backwards.
+                    return Ok(inner.current().expect("checked"));
+                }
+                _ => {
+                    let meta = SnapshotMeta {
+                        last_log_id: inner.last_applied,
+                        last_membership: inner.last_membership.clone(),
+                    };
+                    (meta, inner.machine.snapshot())
+                }
+            }
         };
         self.persist(&meta, &data).await?;
         self.lock().current_snapshot = Some((meta.clone(), data.clone()));
@@ -181,6 +246,7 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
             .map_err(io::Error::other)?;
         inner.last_applied = meta.last_log_id;
         inner.last_membership = meta.last_membership.clone();
+        inner.membership_history = vec![meta.last_membership.clone()];
         inner.current_snapshot = Some((meta.clone(), snapshot));
         Ok(())
     }

@@ -26,6 +26,13 @@ pub struct ServeConfig {
     /// Shard iterator lifetime. Kinesis fixes it at 5 minutes; only tests shorten it
     /// (`MILLRACE_TEST_ITERATOR_TTL_MS`).
     pub iterator_ttl_ms: i64,
+    /// How often each shard leader looks for expired records (and replicas apply marks).
+    pub retention_check_interval_ms: u64,
+    /// Test-only: retention periods are read as this many *seconds* for every stream
+    /// (`MILLRACE_TEST_RETENTION_SECONDS`); production bounds (24-8760 hours) stay as they are.
+    pub test_retention_seconds: Option<u64>,
+    /// Size at which a segment file is sealed and a new one started.
+    pub segment_bytes_max: u64,
 }
 
 impl ServeConfig {
@@ -65,6 +72,12 @@ impl ServeConfig {
         }
         if !(1_000..=300_000).contains(&self.iterator_ttl_ms) {
             return Err("the iterator lifetime must be between 1 s and 5 minutes".into());
+        }
+        if !(100..=3_600_000).contains(&self.retention_check_interval_ms) {
+            return Err("the retention check interval must be between 100 ms and 1 hour".into());
+        }
+        if !(4096..=1 << 30).contains(&self.segment_bytes_max) {
+            return Err("the segment size must be between 4 KiB and 1 GiB".into());
         }
         if !matches!(self.default_replication_factor, 1 | 3 | 5) {
             return Err("replication factor must be 1, 3 or 5".into());
@@ -118,6 +131,9 @@ mod tests {
             shards_per_cluster_max: 10_000,
             default_replication_factor: 3,
             iterator_ttl_ms: 300_000,
+            retention_check_interval_ms: 60_000,
+            test_retention_seconds: None,
+            segment_bytes_max: 64 * 1024 * 1024,
         };
         assert!(cfg.validate().unwrap_err().contains("--peers must include"));
     }

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod node;
 mod reconcile;
+mod retention;
 pub mod routing;
 mod run;
 

@@ -48,7 +48,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_min_ms: config.election_timeout_min_ms,
         election_timeout_max_ms: config.election_timeout_max_ms,
-        ..GroupSettings::default()
+        segment_bytes_max: config.segment_bytes_max,
     };
     let groups = GroupManager::new(
         config.node_id,
@@ -115,6 +115,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(reconcile::register(node.clone()));
     tokio::spawn(reconcile::reconcile_groups(node.clone()));
     tokio::spawn(reconcile::leader_loop(node.clone()));
+    tokio::spawn(super::retention::retention_loop(node.clone()));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

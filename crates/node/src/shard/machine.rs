@@ -20,6 +20,8 @@ pub struct ShardShared {
     latest_arrival_ms: Mutex<i64>,
     /// Log index of the shard's seal, once applied: the shard's end.
     sealed_at: Mutex<Option<u64>>,
+    /// Highest retention mark applied: entries up to it may be purged.
+    retention_mark: Mutex<Option<u64>>,
     /// (arrival time, log index) of the first entry of each arrival second: a sparse index
     /// for AT_TIMESTAMP iterators (at most one sample per second of writes).
     arrival_samples: Mutex<Vec<(i64, u64)>>,
@@ -35,7 +37,13 @@ impl ShardShared {
             latest_arrival_ms: Mutex::new(0),
             arrival_samples: Mutex::new(Vec::new()),
             sealed_at: Mutex::new(None),
+            retention_mark: Mutex::new(None),
         }
+    }
+
+    /// The highest retention mark applied so far.
+    pub fn retention_mark(&self) -> Option<u64> {
+        *self.retention_mark.lock().expect("mark lock")
     }
 
     /// The log index of the seal, if the shard is sealed.
@@ -113,6 +121,13 @@ impl GroupStateMachine for ShardMachine {
                 }
                 Vec::new()
             }
+            Some(Command::RetentionMark(mark)) => {
+                let mut m = self.shared.retention_mark.lock().expect("mark lock");
+                if m.is_none_or(|m| m < mark.upto_index) && mark.upto_index < log_id.index {
+                    *m = Some(mark.upto_index);
+                }
+                Vec::new()
+            }
             Some(Command::Seal(_)) => {
                 let mut seal = self.shared.sealed_at.lock().expect("seal lock");
                 seal.get_or_insert(log_id.index);
@@ -132,14 +147,48 @@ impl GroupStateMachine for ShardMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        // The records stay in the log; a shard snapshot carries no state of its own yet.
-        Vec::new()
+        let at = self.shared.applied_index();
+        ShardSnapshot {
+            sealed_at: self.shared.sealed_at(),
+            applied: at,
+        }
+        .encode()
     }
 
-    fn restore(&mut self, last_log_id: Option<&LogId>, _data: &[u8]) -> Result<(), String> {
+    /// The shard as of `at`: its records stay in the log, so only the seal (if at or before
+    /// `at`) is state of its own.
+    fn snapshot_at(&self, at: &LogId) -> Vec<u8> {
+        ShardSnapshot {
+            sealed_at: self.shared.sealed_at().filter(|s| *s <= at.index),
+            applied: Some(at.index),
+        }
+        .encode()
+    }
+
+    fn restore(&mut self, last_log_id: Option<&LogId>, data: &[u8]) -> Result<(), String> {
+        let snap = if data.is_empty() {
+            ShardSnapshot::default()
+        } else {
+            serde_json::from_slice::<ShardSnapshot>(data)
+                .map_err(|e| format!("bad shard snapshot: {e}"))?
+        };
+        *self.shared.sealed_at.lock().expect("seal lock") = snap.sealed_at;
         if let Some(l) = last_log_id {
             self.shared.applied.send_replace(Some(l.index));
         }
         Ok(())
+    }
+}
+
+/// A shard snapshot (JSON, format version 1).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ShardSnapshot {
+    sealed_at: Option<u64>,
+    applied: Option<u64>,
+}
+
+impl ShardSnapshot {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("shard snapshot serialises")
     }
 }
