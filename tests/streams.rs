@@ -367,3 +367,141 @@ async fn iterator_types_limits_expiry_and_tampering() {
     })
     .await;
 }
+
+type Events = tonic::Streaming<millrace_client::proto::SubscribeToShardEvent>;
+
+/// The next event that carries records or child shards (skipping heartbeats); `None` at the end.
+async fn next_data(events: &mut Events) -> Option<millrace_client::proto::SubscribeToShardEvent> {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("an event within 20 s")
+            .expect("stream ok");
+        match e {
+            Some(e) if e.records.is_empty() && e.child_shards.is_empty() => continue,
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_and_subscribe_push_records_until_the_shard_closes() {
+    let cluster = Cluster::start("subscribe", 3).await;
+    let client = cluster.client();
+    create(&client, "sub", 1).await;
+    let shard = client.list_shards("sub").await.unwrap()[0].shard_id.clone();
+
+    // Registered consumers: register, list, describe, limits.
+    let consumer = client
+        .register_consumer("sub", "app")
+        .await
+        .expect("register");
+    assert!(
+        consumer.consumer_arn.contains("stream/sub/consumer/app:"),
+        "{}",
+        consumer.consumer_arn
+    );
+    assert_eq!(
+        symbol(client.register_consumer("sub", "app").await),
+        "RESOURCE_IN_USE"
+    );
+    assert_eq!(
+        symbol(client.register_consumer("sub", "bad name").await),
+        "INVALID_ARGUMENT"
+    );
+    client
+        .register_consumer("sub", "other")
+        .await
+        .expect("second consumer");
+    let names: Vec<String> = client
+        .list_consumers("sub")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.consumer_name)
+        .collect();
+    assert_eq!(names, ["app", "other"]);
+    assert_eq!(
+        client
+            .describe_consumer(&consumer.consumer_arn)
+            .await
+            .unwrap()
+            .consumer_name,
+        "app"
+    );
+    client
+        .deregister_consumer("sub", "other")
+        .await
+        .expect("deregister");
+    assert_eq!(client.list_consumers("sub").await.unwrap().len(), 1);
+
+    put(&client, "sub", "before").await;
+    let mut events = client
+        .subscribe_to_shard(&consumer.consumer_arn, &shard, StartPosition::TrimHorizon)
+        .await
+        .expect("subscribe");
+    let mut seen: Vec<String> = Vec::new();
+    let first = next_data(&mut events).await.expect("an event");
+    seen.extend(
+        first
+            .records
+            .iter()
+            .map(|r| String::from_utf8(r.data.clone()).unwrap()),
+    );
+    assert_eq!(seen, ["before"]);
+
+    // Records written now are pushed without the client polling.
+    let written = std::time::Instant::now();
+    put(&client, "sub", "pushed").await;
+    let e = next_data(&mut events).await.expect("pushed event");
+    assert_eq!(e.records[0].data, b"pushed");
+    eprintln!(
+        "subscribe: record pushed {} ms after its write was acknowledged",
+        written.elapsed().as_millis()
+    );
+    let cont = e.continuation_sequence_number.clone();
+    assert!(cont.parse::<u128>().unwrap() > e.records[0].sequence_number.parse::<u128>().unwrap());
+
+    // Splitting the shard ends the subscription with the child shards.
+    let mid = (u128::MAX / 2).to_string();
+    client
+        .split_shard("sub", &shard, &mid)
+        .await
+        .expect("split");
+    let last = loop {
+        let e = next_data(&mut events).await.expect("the end event");
+        if !e.child_shards.is_empty() {
+            break e;
+        }
+    };
+    assert_eq!(last.child_shards.len(), 2);
+    assert!(last
+        .child_shards
+        .iter()
+        .all(|c| c.parent_shards == [shard.clone()]));
+    assert!(
+        events.message().await.expect("clean end").is_none(),
+        "the stream ends at the shard's end"
+    );
+
+    // A subscription resumes from the continuation sequence number; unknown consumers are refused.
+    let mut again = client
+        .subscribe_to_shard(
+            &consumer.consumer_arn,
+            &shard,
+            StartPosition::AtSequenceNumber(cont),
+        )
+        .await
+        .expect("resubscribe");
+    let e = next_data(&mut again).await.expect("event");
+    assert!(
+        e.records.is_empty() && !e.child_shards.is_empty(),
+        "nothing after 'pushed' but the end"
+    );
+    client.deregister_consumer("sub", "app").await.unwrap();
+    let refused = client
+        .subscribe_to_shard(&consumer.consumer_arn, &shard, StartPosition::TrimHorizon)
+        .await
+        .map(|_| ());
+    assert_eq!(symbol(refused), "RESOURCE_NOT_FOUND");
+}

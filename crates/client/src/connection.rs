@@ -511,6 +511,101 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Registers an enhanced fan-out consumer; returns it (with its ConsumerARN).
+    pub async fn register_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<pb::Consumer, ClientError> {
+        let req = pb::RegisterStreamConsumerRequest {
+            stream_arn: stream.into(),
+            consumer_name: name.into(),
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.register_stream_consumer(req).await }
+            })
+            .await?;
+        resp.consumer.ok_or_else(|| {
+            ClientError::Unknown("RegisterStreamConsumer answered without a consumer".into())
+        })
+    }
+
+    pub async fn deregister_consumer(&self, stream: &str, name: &str) -> Result<(), ClientError> {
+        let req = pb::DeregisterStreamConsumerRequest {
+            stream_arn: stream.into(),
+            consumer_name: name.into(),
+            consumer_arn: String::new(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.deregister_stream_consumer(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn list_consumers(&self, stream: &str) -> Result<Vec<pb::Consumer>, ClientError> {
+        let req = pb::ListStreamConsumersRequest {
+            stream_arn: stream.into(),
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_stream_consumers(req).await }
+            })
+            .await?;
+        Ok(resp.consumers)
+    }
+
+    pub async fn describe_consumer(&self, consumer_arn: &str) -> Result<pb::Consumer, ClientError> {
+        let req = pb::DescribeStreamConsumerRequest {
+            consumer_arn: consumer_arn.into(),
+            ..Default::default()
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.describe_stream_consumer(req).await }
+            })
+            .await?;
+        resp.consumer.ok_or_else(|| {
+            ClientError::Unknown("DescribeStreamConsumer answered without a consumer".into())
+        })
+    }
+
+    /// Subscribes a registered consumer to one shard: records are pushed as they commit.
+    pub async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: StartPosition,
+    ) -> Result<tonic::Streaming<pb::SubscribeToShardEvent>, ClientError> {
+        use pb::ShardIteratorType as T;
+        let (kind, seq, ts) = match position {
+            StartPosition::TrimHorizon => (T::TrimHorizon, String::new(), 0),
+            StartPosition::Latest => (T::Latest, String::new(), 0),
+            StartPosition::AtSequenceNumber(s) => (T::AtSequenceNumber, s, 0),
+            StartPosition::AfterSequenceNumber(s) => (T::AfterSequenceNumber, s, 0),
+            StartPosition::AtTimestampMs(ms) => (T::AtTimestamp, String::new(), ms),
+        };
+        let req = pb::SubscribeToShardRequest {
+            consumer_arn: consumer_arn.into(),
+            shard_id: shard_id.into(),
+            starting_position: Some(pb::StartingPosition {
+                r#type: kind as i32,
+                sequence_number: seq,
+                timestamp_ms: ts,
+            }),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.subscribe_to_shard(req).await }
+        })
+        .await
+    }
+
     pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {
         self.call(|mut c| async move { c.describe_cluster(pb::DescribeClusterRequest {}).await })
             .await

@@ -41,6 +41,11 @@ pub fn stream_name_from(input: &str) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
+/// The StreamARN of a stream (region and account fixed until the HTTP API makes them config).
+pub fn stream_arn(name: &str) -> String {
+    format!("arn:aws:kinesis:us-east-1:123456789012:stream/{name}")
+}
+
 impl MillraceService {
     /// The stream as this node knows it; if unknown here, catches up with the metadata leader
     /// first, so a stream created through another node is found.
@@ -174,6 +179,51 @@ fn status_proto(s: StreamStatus) -> i32 {
 
 #[tonic::async_trait]
 impl Millrace for MillraceService {
+    type SubscribeToShardStream = super::consumers::EventStream;
+
+    async fn register_stream_consumer(
+        &self,
+        req: Request<pb::RegisterStreamConsumerRequest>,
+    ) -> Reply<pb::RegisterStreamConsumerResponse> {
+        let consumer = self.register_consumer_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::RegisterStreamConsumerResponse {
+            consumer: Some(consumer),
+        }))
+    }
+
+    async fn deregister_stream_consumer(
+        &self,
+        req: Request<pb::DeregisterStreamConsumerRequest>,
+    ) -> Reply<pb::DeregisterStreamConsumerResponse> {
+        self.deregister_consumer_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::DeregisterStreamConsumerResponse {}))
+    }
+
+    async fn list_stream_consumers(
+        &self,
+        req: Request<pb::ListStreamConsumersRequest>,
+    ) -> Reply<pb::ListStreamConsumersResponse> {
+        let consumers = self.list_consumers_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::ListStreamConsumersResponse { consumers }))
+    }
+
+    async fn describe_stream_consumer(
+        &self,
+        req: Request<pb::DescribeStreamConsumerRequest>,
+    ) -> Reply<pb::DescribeStreamConsumerResponse> {
+        let consumer = self.describe_consumer_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::DescribeStreamConsumerResponse {
+            consumer: Some(consumer),
+        }))
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        req: Request<pb::SubscribeToShardRequest>,
+    ) -> Reply<Self::SubscribeToShardStream> {
+        Ok(Response::new(self.subscribe_impl(req.into_inner()).await?))
+    }
+
     async fn create_stream(
         &self,
         req: Request<pb::CreateStreamRequest>,
@@ -189,7 +239,7 @@ impl Millrace for MillraceService {
         let s = self.stream_fresh(&req.into_inner().stream_name).await?;
         Ok(Response::new(pb::DescribeStreamResponse {
             stream: Some(pb::StreamDescription {
-                stream_arn: format!("arn:aws:kinesis:us-east-1:123456789012:stream/{}", s.name),
+                stream_arn: stream_arn(&s.name),
                 stream_name: s.name.clone(),
                 status: status_proto(s.status),
                 shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),

@@ -1,5 +1,6 @@
 //! The API layer: public gRPC, node-to-node gRPC and the HTTP port.
 
+pub mod consumers;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use millrace_proto::internal::StoredRecord;
 use millrace_proto::storage::BatchRecord;
 use millrace_proto::v1 as pb;
 
@@ -284,13 +285,8 @@ impl MillraceService {
             .shard_read(shard.group_id, &shard.replicas, bounds)
             .await?;
         let next_index = read.outcome.next_index;
-        let at_end = read.sealed_at.is_some_and(|seal| next_index > seal);
-        let caught_up = at_end || read.applied.is_none_or(|a| next_index > a);
-        let millis_behind = match read.outcome.records.last() {
-            _ if caught_up => 0,
-            Some(last) => (read.latest_arrival_ms - last.arrival_timestamp_ms).max(0),
-            None => 0,
-        };
+        let at_end = read.at_end();
+        let millis_behind = read.millis_behind();
         let next = IteratorToken {
             index: next_index,
             position: read.outcome.next_position,
@@ -298,32 +294,12 @@ impl MillraceService {
             ..token
         };
         let child_shards = if at_end {
-            stream
-                .children_of(&shard.shard_id)
-                .map(|c| pb::ChildShard {
-                    shard_id: c.shard_id.clone(),
-                    parent_shards: c.parent_shard_ids.clone(),
-                    hash_key_range: Some(pb::HashKeyRange {
-                        starting_hash_key: c.starting_hash_key.to_string(),
-                        ending_hash_key: c.ending_hash_key.to_string(),
-                    }),
-                })
-                .collect()
+            child_shards(&stream, &shard.shard_id)
         } else {
             Vec::new()
         };
         Ok(pb::GetRecordsResponse {
-            records: read
-                .outcome
-                .records
-                .into_iter()
-                .map(|r| pb::Record {
-                    sequence_number: SequenceNumber::new(r.log_index, r.position).to_string(),
-                    approximate_arrival_timestamp_ms: r.arrival_timestamp_ms,
-                    data: r.data,
-                    partition_key: r.partition_key,
-                })
-                .collect(),
+            records: records_proto(read.outcome.records),
             next_shard_iterator: if at_end {
                 String::new()
             } else {
@@ -333,4 +309,32 @@ impl MillraceService {
             child_shards,
         })
     }
+}
+
+/// Records as the public API shows them.
+pub(super) fn records_proto(records: Vec<StoredRecord>) -> Vec<pb::Record> {
+    records
+        .into_iter()
+        .map(|r| pb::Record {
+            sequence_number: SequenceNumber::new(r.log_index, r.position).to_string(),
+            approximate_arrival_timestamp_ms: r.arrival_timestamp_ms,
+            data: r.data,
+            partition_key: r.partition_key,
+        })
+        .collect()
+}
+
+/// The children of a closed shard, as returned at its end.
+pub(super) fn child_shards(stream: &StreamMeta, shard_id: &str) -> Vec<pb::ChildShard> {
+    stream
+        .children_of(shard_id)
+        .map(|c| pb::ChildShard {
+            shard_id: c.shard_id.clone(),
+            parent_shards: c.parent_shard_ids.clone(),
+            hash_key_range: Some(pb::HashKeyRange {
+                starting_hash_key: c.starting_hash_key.to_string(),
+                ending_hash_key: c.ending_hash_key.to_string(),
+            }),
+        })
+        .collect()
 }

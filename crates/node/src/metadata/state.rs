@@ -88,7 +88,19 @@ pub struct StreamMeta {
     pub shards: Vec<ShardMeta>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Registered (enhanced fan-out) consumers by name.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerMeta>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerMeta {
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// Registered consumers per stream (Kinesis quota).
+pub const CONSUMERS_PER_STREAM_MAX: usize = 20;
 
 impl StreamMeta {
     pub fn shard(&self, shard_id: &str) -> Option<&ShardMeta> {
@@ -161,6 +173,15 @@ pub enum MetaCommand {
         /// (parent shard id, log index of its seal entry).
         seals: Vec<(String, u64)>,
         timestamp_ms: i64,
+    },
+    RegisterConsumer {
+        name: String,
+        consumer: String,
+        created_ms: i64,
+    },
+    DeregisterConsumer {
+        name: String,
+        consumer: String,
     },
     /// Sets the cluster secret if none is set yet (first writer wins).
     InitClusterSecret {
@@ -264,6 +285,7 @@ impl MetaState {
                         replication_factor: *replication_factor,
                         shards,
                         tags: BTreeMap::new(),
+                        consumers: BTreeMap::new(),
                     },
                 );
                 MetaResponse::Ok
@@ -318,6 +340,40 @@ impl MetaState {
                 seals,
                 timestamp_ms,
             } => self.apply_complete_reshard(name, seals, *timestamp_ms),
+            MetaCommand::RegisterConsumer {
+                name,
+                consumer,
+                created_ms,
+            } => match self.live_stream(name) {
+                Ok(s) if s.consumers.contains_key(consumer) => MetaResponse::ResourceInUse(
+                    format!("Consumer {consumer} is already registered on {name}"),
+                ),
+                Ok(s) if s.consumers.len() >= CONSUMERS_PER_STREAM_MAX => {
+                    MetaResponse::LimitExceeded(format!(
+                    "Stream {name} already has {CONSUMERS_PER_STREAM_MAX} consumers, the maximum"
+                ))
+                }
+                Ok(s) => {
+                    s.consumers.insert(
+                        consumer.clone(),
+                        ConsumerMeta {
+                            name: consumer.clone(),
+                            created_ms: *created_ms,
+                        },
+                    );
+                    MetaResponse::Ok
+                }
+                Err(r) => r,
+            },
+            MetaCommand::DeregisterConsumer { name, consumer } => match self.live_stream(name) {
+                Ok(s) => match s.consumers.remove(consumer) {
+                    Some(_) => MetaResponse::Ok,
+                    None => MetaResponse::ResourceNotFound(format!(
+                        "Consumer {consumer} not found on {name}"
+                    )),
+                },
+                Err(r) => r,
+            },
             MetaCommand::InitClusterSecret { secret_hex } => {
                 if self.cluster_secret.is_none() {
                     self.cluster_secret = Some(secret_hex.clone());

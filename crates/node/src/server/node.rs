@@ -57,6 +57,24 @@ pub struct ShardRead {
     pub sealed_at: Option<u64>,
 }
 
+impl ShardRead {
+    /// The read reached a closed shard's end: nothing more will ever be readable.
+    pub fn at_end(&self) -> bool {
+        self.sealed_at
+            .is_some_and(|seal| self.outcome.next_index > seal)
+    }
+
+    /// How far the read position is behind the newest record (0 when caught up).
+    pub fn millis_behind(&self) -> i64 {
+        let caught_up = self.at_end() || self.applied.is_none_or(|a| self.outcome.next_index > a);
+        match self.outcome.records.last() {
+            _ if caught_up => 0,
+            Some(last) => (self.latest_arrival_ms - last.arrival_timestamp_ms).max(0),
+            None => 0,
+        }
+    }
+}
+
 impl Node {
     /// gRPC address of a node, from the metadata members or the initial peers.
     pub fn addr_of(&self, node_id: u64) -> Option<String> {
