@@ -505,3 +505,216 @@ async fn consumers_and_subscribe_push_records_until_the_shard_closes() {
         .map(|_| ());
     assert_eq!(symbol(refused), "RESOURCE_NOT_FOUND");
 }
+
+fn ids(shards: &[millrace_client::proto::Shard]) -> Vec<String> {
+    shards
+        .iter()
+        .map(|s| s.shard_id[8..].trim_start_matches('0').to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn record_limits_throttling_and_list_shards_filters() {
+    use millrace_client::proto::{
+        CreateStreamRequest, ListShardsRequest, ShardFilter, ShardFilterType,
+    };
+    let cluster =
+        Cluster::start_with_env("limits", 3, &[("MILLRACE_SHARD_THROTTLING", "true")]).await;
+    let client = cluster.client();
+
+    // Record and request limits, naming the field.
+    create(&client, "lim", 1).await;
+    let too_big = vec![PutRecord::new("k", vec![0u8; 1024 * 1024 + 1])];
+    match client.put_records("lim", too_big).await {
+        Err(ClientError::Server {
+            symbol, message, ..
+        }) => {
+            assert_eq!(symbol, "INVALID_ARGUMENT");
+            assert!(
+                message.contains("Records[0].Data") && message.contains("1048576"),
+                "{message}"
+            );
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    let many: Vec<PutRecord> = (0..501)
+        .map(|i| PutRecord::new(format!("k{i}"), vec![1]))
+        .collect();
+    assert_eq!(
+        symbol(client.put_records("lim", many).await),
+        "INVALID_ARGUMENT"
+    );
+    let long_key = vec![PutRecord::new("k".repeat(257), vec![1])];
+    assert_eq!(
+        symbol(client.put_records("lim", long_key).await),
+        "INVALID_ARGUMENT"
+    );
+    let bad_hash = vec![PutRecord {
+        explicit_hash_key: Some("340282366920938463463374607431768211456".into()),
+        ..PutRecord::new("k", vec![1])
+    }];
+    assert_eq!(
+        symbol(client.put_records("lim", bad_hash).await),
+        "INVALID_ARGUMENT"
+    );
+
+    // A stream may accept records up to 10 MiB.
+    let big = |kib| CreateStreamRequest {
+        stream_name: "big".into(),
+        shard_count: 1,
+        max_record_size_kib: kib,
+        ..Default::default()
+    };
+    assert_eq!(
+        symbol(client.create_stream_with(big(20_000)).await),
+        "INVALID_ARGUMENT"
+    );
+    client
+        .create_stream_with(big(10_240))
+        .await
+        .expect("create big");
+    let d = client
+        .wait_for_active("big", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(d.max_record_size_kib, 10_240);
+    let five_mib = vec![PutRecord::new("k", vec![7u8; 5 * 1024 * 1024])];
+    client
+        .put_records("big", five_mib)
+        .await
+        .expect("5 MiB record")[0]
+        .as_ref()
+        .expect("acked");
+    let shard = d.shards[0].shard_id.clone();
+    let it = client
+        .get_shard_iterator("big", &shard, StartPosition::TrimHorizon)
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_records(&it, 10).await.unwrap().records[0]
+            .data
+            .len(),
+        5 * 1024 * 1024
+    );
+
+    // Throttling (on in this cluster): 1,000 records/s in, 5 GetRecords calls/s out per shard.
+    create(&client, "thr", 1).await;
+    let mut throttled = 0;
+    for call in 0..4 {
+        let batch = (0..500)
+            .map(|i| PutRecord::new(format!("t{call}-{i}"), vec![1]))
+            .collect();
+        let results = client.put_records("thr", batch).await.expect("put");
+        throttled += results
+            .iter()
+            .filter(|r| matches!(r, Err(e) if e.code == "PROVISIONED_THROUGHPUT_EXCEEDED"))
+            .count();
+    }
+    assert!(
+        throttled >= 500,
+        "a shard takes at most 1,000 records per second ({throttled} refused)"
+    );
+    let shard = client.list_shards("thr").await.unwrap()[0].shard_id.clone();
+    let it = client
+        .get_shard_iterator("thr", &shard, StartPosition::TrimHorizon)
+        .await
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..8 {
+        if let Err(e) = client.get_records(&it, 1).await {
+            assert_eq!(e.symbol(), Some("PROVISIONED_THROUGHPUT_EXCEEDED"));
+            refused = true;
+        }
+    }
+    assert!(
+        refused,
+        "the sixth GetRecords call within a second is refused"
+    );
+
+    // ListShards filters and pagination across a split.
+    create(&client, "flt", 2).await;
+    let before_split = super_now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mid = (u128::MAX / 4).to_string();
+    client
+        .split_shard("flt", "shardId-000000000000", &mid)
+        .await
+        .expect("split");
+    client
+        .wait_for_active("flt", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let filtered = |t: ShardFilterType, shard_id: &str, ts: i64| {
+        let filter = ShardFilter {
+            r#type: t as i32,
+            shard_id: shard_id.into(),
+            timestamp_ms: ts,
+        };
+        let client = client.clone();
+        async move {
+            ids(&client
+                .list_shards_filtered("flt", Some(filter))
+                .await
+                .unwrap())
+        }
+    };
+    assert_eq!(
+        filtered(ShardFilterType::Unspecified, "", 0).await,
+        ["", "1", "2", "3"]
+    );
+    assert_eq!(
+        filtered(ShardFilterType::AtLatest, "", 0).await,
+        ["1", "2", "3"]
+    );
+    assert_eq!(
+        filtered(ShardFilterType::AfterShardId, "shardId-000000000001", 0).await,
+        ["2", "3"]
+    );
+    assert_eq!(
+        filtered(ShardFilterType::FromTrimHorizon, "", 0).await,
+        ["", "1", "2", "3"]
+    );
+    assert_eq!(
+        filtered(ShardFilterType::AtTrimHorizon, "", 0).await,
+        ["", "1"]
+    );
+    assert_eq!(
+        filtered(ShardFilterType::AtTimestampFilter, "", before_split).await,
+        ["", "1"]
+    );
+    assert_eq!(
+        filtered(ShardFilterType::FromTimestamp, "", super_now_ms()).await,
+        ["1", "2", "3"]
+    );
+    let page = client
+        .list_shards_page(ListShardsRequest {
+            stream_name: "flt".into(),
+            max_results: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&page.shards), ["", "1", "2"]);
+    let rest = client
+        .list_shards_page(ListShardsRequest {
+            next_token: page.next_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest.shards), ["3"]);
+    assert!(rest.next_token.is_empty());
+    let mixed = ListShardsRequest {
+        stream_name: "flt".into(),
+        next_token: page.next_token,
+        ..Default::default()
+    };
+    assert_eq!(
+        symbol(client.list_shards_page(mixed).await),
+        "INVALID_ARGUMENT"
+    );
+}
+
+fn super_now_ms() -> i64 {
+    now_ms()
+}

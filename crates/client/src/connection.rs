@@ -156,11 +156,19 @@ impl Client {
     }
 
     pub async fn create_stream(&self, name: &str, shard_count: u32) -> Result<(), ClientError> {
-        let req = pb::CreateStreamRequest {
+        self.create_stream_with(pb::CreateStreamRequest {
             stream_name: name.into(),
             shard_count,
-            replication_factor: 0,
-        };
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// CreateStream with every option (replication factor, largest record size).
+    pub async fn create_stream_with(
+        &self,
+        req: pb::CreateStreamRequest,
+    ) -> Result<(), ClientError> {
         self.call(|mut c| {
             let req = req.clone();
             async move { c.create_stream(req).await }
@@ -259,6 +267,18 @@ impl Client {
                 ..Default::default()
             };
         }
+    }
+
+    /// One ListShards call as is (for callers that page themselves).
+    pub async fn list_shards_page(
+        &self,
+        req: pb::ListShardsRequest,
+    ) -> Result<pb::ListShardsResponse, ClientError> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.list_shards(req).await }
+        })
+        .await
     }
 
     /// Splits a shard at `new_starting_hash_key` (decimal).

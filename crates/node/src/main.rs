@@ -87,6 +87,10 @@ struct ServeArgs {
     test_retention_seconds: Option<u64>,
     #[arg(long, env = "MILLRACE_SEGMENT_BYTES_MAX", default_value_t = 64 * 1024 * 1024)]
     segment_bytes_max: u64,
+    /// Enforce Kinesis's per-shard limits: 1 MiB/s or 1,000 records/s in, 2 MiB/s and
+    /// 5 GetRecords calls/s out (ProvisionedThroughputExceeded beyond them).
+    #[arg(long, env = "MILLRACE_SHARD_THROTTLING")]
+    shard_throttling: bool,
 }
 
 fn init_tracing() {
@@ -130,6 +134,7 @@ fn main() -> std::process::ExitCode {
                     retention_check_interval_ms: a.retention_check_interval_ms,
                     test_retention_seconds: a.test_retention_seconds,
                     segment_bytes_max: a.segment_bytes_max,
+                    shard_throttling: a.shard_throttling,
                 })
                 .await
             }

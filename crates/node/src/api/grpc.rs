@@ -7,6 +7,7 @@ use millrace_proto::v1::millrace_server::Millrace;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
+use super::records::RECORD_DATA_BYTES_MAX;
 use crate::metadata::state::{MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamStatus};
 use crate::metadata::tags::TAGS_PER_STREAM_MAX;
 use crate::server::node::Node;
@@ -132,7 +133,17 @@ impl MillraceService {
                 req.shard_count
             )));
         }
+        let max_record_bytes = match req.max_record_size_kib {
+            0 => RECORD_DATA_BYTES_MAX,
+            kib @ 1024..=10240 => kib as usize * 1024,
+            kib => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "MaxRecordSizeInKiB {kib} must be between 1024 and 10240"
+                )))
+            }
+        };
         let cmd = MetaCommand::CreateStream {
+            max_record_bytes,
             name,
             creation_timestamp_ms: now_ms(),
             retention_period_hours: DEFAULT_RETENTION_HOURS,
@@ -246,6 +257,7 @@ impl Millrace for MillraceService {
                 retention_period_hours: s.retention_period_hours,
                 creation_timestamp_ms: s.creation_timestamp_ms,
                 replication_factor: s.replication_factor,
+                max_record_size_kib: (s.max_record_bytes / 1024) as u32,
             }),
         }))
     }

@@ -37,7 +37,12 @@ fn hash_of(r: &BatchRecord) -> u128 {
 
 /// Validates and routes every record before anything is written: a bad record fails the
 /// whole call, naming the record and the limit.
-fn validate(req: pb::PutRecordsRequest) -> Result<Vec<BatchRecord>, ApiError> {
+fn validate(
+    req: pb::PutRecordsRequest,
+    max_record_bytes: usize,
+) -> Result<Vec<BatchRecord>, ApiError> {
+    // With larger records allowed, a request may carry one of them (Kinesis: up to 10 MiB).
+    let request_bytes_max = PUT_RECORDS_BYTES_MAX.max(max_record_bytes);
     if req.records.is_empty() || req.records.len() > PUT_RECORDS_RECORDS_MAX {
         return Err(ApiError::InvalidArgument(format!(
             "Records has {} entries; it must have 1-{PUT_RECORDS_RECORDS_MAX}",
@@ -53,16 +58,16 @@ fn validate(req: pb::PutRecordsRequest) -> Result<Vec<BatchRecord>, ApiError> {
                 "Records[{i}].PartitionKey has {chars} characters; it must have 1-{PARTITION_KEY_CHARS_MAX}"
             )));
         }
-        if r.data.len() > RECORD_DATA_BYTES_MAX {
+        if r.data.len() > max_record_bytes {
             return Err(ApiError::InvalidArgument(format!(
-                "Records[{i}].Data has {} bytes; the limit is {RECORD_DATA_BYTES_MAX}",
+                "Records[{i}].Data has {} bytes; the stream's limit is {max_record_bytes}",
                 r.data.len()
             )));
         }
         total += r.data.len() + r.partition_key.len();
-        if total > PUT_RECORDS_BYTES_MAX {
+        if total > request_bytes_max {
             return Err(ApiError::InvalidArgument(format!(
-                "the PutRecords request exceeds {PUT_RECORDS_BYTES_MAX} bytes (data plus partition keys)"
+                "the PutRecords request exceeds {request_bytes_max} bytes (data plus partition keys)"
             )));
         }
         let hash = if r.explicit_hash_key.is_empty() {
@@ -94,7 +99,7 @@ impl MillraceService {
                 stream.name
             )));
         }
-        let records = validate(req)?;
+        let records = validate(req, stream.max_record_bytes)?;
         let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
         let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;

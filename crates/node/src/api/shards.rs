@@ -142,7 +142,9 @@ impl MillraceService {
             max as usize
         };
         let stream = self.stream_fresh(&name).await?;
-        let trim_horizon_ms = now_ms() - i64::from(stream.retention_period_hours) * 3_600_000;
+        // The oldest moment with retained data: no earlier than the stream's creation.
+        let trim_horizon_ms = (now_ms() - i64::from(stream.retention_period_hours) * 3_600_000)
+            .max(stream.creation_timestamp_ms);
         let mut matching = Vec::new();
         for s in stream
             .shards

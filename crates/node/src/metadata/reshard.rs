@@ -277,6 +277,7 @@ mod tests {
             retention_period_hours: 24,
             replication_factor: 1,
             placements: vec![vec![1]; shards],
+            max_record_bytes: 1 << 20,
         });
         st.apply(&MetaCommand::SetStreamStatus {
             name: "s".into(),

@@ -88,6 +88,9 @@ pub struct StreamMeta {
     pub shards: Vec<ShardMeta>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Largest record data this stream accepts (1-10 MiB; default 1 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
     /// Registered (enhanced fan-out) consumers by name.
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerMeta>,
@@ -97,6 +100,10 @@ pub struct StreamMeta {
 pub struct ConsumerMeta {
     pub name: String,
     pub created_ms: i64,
+}
+
+fn default_max_record_bytes() -> usize {
+    1024 * 1024
 }
 
 /// Registered consumers per stream (Kinesis quota).
@@ -137,6 +144,8 @@ pub enum MetaCommand {
         replication_factor: u32,
         /// One replica list per shard, in shard order.
         placements: Vec<Vec<NodeId>>,
+        #[serde(default = "default_max_record_bytes")]
+        max_record_bytes: usize,
     },
     SetStreamStatus {
         name: String,
@@ -237,6 +246,7 @@ impl MetaState {
                 retention_period_hours,
                 replication_factor,
                 placements,
+                max_record_bytes,
             } => {
                 if self.streams.contains_key(name) {
                     return MetaResponse::ResourceInUse(format!("Stream {name} already exists"));
@@ -286,6 +296,7 @@ impl MetaState {
                         shards,
                         tags: BTreeMap::new(),
                         consumers: BTreeMap::new(),
+                        max_record_bytes: *max_record_bytes,
                     },
                 );
                 MetaResponse::Ok
@@ -529,6 +540,7 @@ mod tests {
             retention_period_hours: 24,
             replication_factor: 3,
             placements: vec![vec![1, 2, 3]; 4],
+            max_record_bytes: 1 << 20,
         };
         assert_eq!(st.apply(&create("s")), MetaResponse::Ok);
         assert!(matches!(
@@ -557,6 +569,7 @@ mod tests {
             retention_period_hours: 24,
             replication_factor: 1,
             placements: vec![vec![1]; 2],
+            max_record_bytes: 1 << 20,
         };
         assert_eq!(st.apply(&create), MetaResponse::Ok);
         let tags: BTreeMap<String, String> = [("team".into(), "x".into())].into();
@@ -617,6 +630,7 @@ mod tests {
             retention_period_hours: 24,
             replication_factor: 1,
             placements: vec![vec![9]],
+            max_record_bytes: 1 << 20,
         });
         assert!(matches!(r, MetaResponse::InvalidArgument(_)));
         assert!(st.streams.is_empty());

@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub test_retention_seconds: Option<u64>,
     /// Size at which a segment file is sealed and a new one started.
     pub segment_bytes_max: u64,
+    /// Enforce Kinesis's per-shard throughput limits (off by default).
+    pub shard_throttling: bool,
 }
 
 impl ServeConfig {
@@ -134,6 +136,7 @@ mod tests {
             retention_check_interval_ms: 60_000,
             test_retention_seconds: None,
             segment_bytes_max: 64 * 1024 * 1024,
+            shard_throttling: false,
         };
         assert!(cfg.validate().unwrap_err().contains("--peers must include"));
     }

@@ -218,6 +218,18 @@ impl Node {
         if shared.sealed_at().is_some() {
             return Ok(LocalWrite::Closed);
         }
+        if self.config.shard_throttling {
+            let bytes = records
+                .iter()
+                .map(|r| r.data.len() + r.partition_key.len())
+                .sum();
+            shared
+                .throttle
+                .lock()
+                .expect("throttle lock")
+                .admit_write(records.len(), bytes, std::time::Instant::now())
+                .map_err(ApiError::ProvisionedThroughputExceeded)?;
+        }
         let cmd = ShardCommand {
             command: Some(shard_command::Command::Put(RecordBatch {
                 arrival_timestamp_ms: now_ms(),
@@ -320,7 +332,22 @@ impl Node {
             Err(_) => Err(ApiError::Unavailable(format!(
                 "shard group {group_id}: leadership not confirmed within {LINEARIZABLE_READ_TIMEOUT:?}"
             ))),
-            Ok(Ok(_)) => self.read_local(group_id, bounds).map(Ok),
+            Ok(Ok(_)) => {
+                let throttled = self.config.shard_throttling && bounds.max_records > 0;
+                let shared = self.shard_shared(group_id);
+                if let (true, Some(shared)) = (throttled, &shared) {
+                    let mut t = shared.throttle.lock().expect("throttle lock");
+                    t.admit_read(std::time::Instant::now())
+                        .map_err(ApiError::ProvisionedThroughputExceeded)?;
+                }
+                let read = self.read_local(group_id, bounds)?;
+                if let (true, Some(shared)) = (throttled, &shared) {
+                    let bytes = read.outcome.records.iter().map(|r| r.data.len()).sum();
+                    let mut t = shared.throttle.lock().expect("throttle lock");
+                    t.charge_read(bytes, std::time::Instant::now());
+                }
+                Ok(Ok(read))
+            }
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Ok(Err(f.leader_id.filter(|l| *l != self.id)))
             }

@@ -23,7 +23,7 @@ use crate::metadata::state::METADATA_GROUP_ID;
 /// purges the log it covers (keeping its default 1,000 entries for lagging peers).
 const METADATA_SNAPSHOT_ENTRIES: u64 = 1000;
 
-/// Largest public gRPC message (a PutRecords of 5 MiB plus framing; GetRecords of 10 MiB).
+/// Largest public gRPC message (a PutRecords of up to 10 MiB, a GetRecords of 10 MiB, framing).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {

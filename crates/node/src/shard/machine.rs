@@ -13,6 +13,8 @@ use prost::Message;
 pub const APPLY_CLOSED: &[u8] = b"closed";
 use tokio::sync::watch;
 
+use super::throttle::ShardThrottle;
+
 /// What readers of a shard replica on this node can see.
 pub struct ShardShared {
     /// Highest applied log index (`None` until the first entry applies).
@@ -22,6 +24,8 @@ pub struct ShardShared {
     sealed_at: Mutex<Option<u64>>,
     /// Highest retention mark applied: entries up to it may be purged.
     retention_mark: Mutex<Option<u64>>,
+    /// Optional throughput limits, enforced while this replica leads.
+    pub throttle: Mutex<ShardThrottle>,
     /// (arrival time, log index) of the first entry of each arrival second: a sparse index
     /// for AT_TIMESTAMP iterators (at most one sample per second of writes).
     arrival_samples: Mutex<Vec<(i64, u64)>>,
@@ -38,6 +42,7 @@ impl ShardShared {
             arrival_samples: Mutex::new(Vec::new()),
             sealed_at: Mutex::new(None),
             retention_mark: Mutex::new(None),
+            throttle: Mutex::new(ShardThrottle::new(std::time::Instant::now())),
         }
     }
 

@@ -4,3 +4,4 @@ pub mod hashing;
 pub mod machine;
 pub mod read;
 pub mod sequence;
+pub mod throttle;
