@@ -179,3 +179,159 @@ async fn expired_records_are_purged_and_a_returning_replica_gets_exactly_the_res
         "node 3's log covers every retained record"
     );
 }
+
+/// The log entries (index → is a record batch) held in a copy of a replica's segment files.
+fn replica_log(cluster: &Cluster, node: u64, group: u64, name: &str) -> Vec<(u64, bool)> {
+    let copy = cluster.root.join(name);
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(cluster.group_dir(node, group)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let (log, _) = SegmentLog::open(&copy, SegmentLogConfig::default(), None).expect("replica log");
+    let (Some(first), Some(last)) = (log.first_index(), log.last_index()) else {
+        return Vec::new();
+    };
+    log.read(first, last + 1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(i, raw)| {
+            let normal = matches!(
+                decode_entry(i, &raw).unwrap().payload,
+                openraft::EntryPayload::Normal(_)
+            );
+            (i, normal)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_added_after_a_purge_receives_exactly_the_retained_records() {
+    const SECS: u64 = 10;
+    let retention = SECS.to_string();
+    let env = [
+        ("MILLRACE_TEST_RETENTION_SECONDS", retention.as_str()),
+        ("MILLRACE_RETENTION_CHECK_INTERVAL_MS", "200"),
+        ("MILLRACE_SEGMENT_BYTES_MAX", "8192"),
+    ];
+    let cluster = Cluster::start_with_env("retention-join", 4, &env).await;
+    let client = cluster.client();
+    client.create_stream("join", 1).await.expect("create");
+    let d = client
+        .wait_for_active("join", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let shard = d.shards[0].clone();
+    let replicas = shard.replica_node_ids.clone();
+    let newcomer = (1..=4)
+        .find(|n| !replicas.contains(n))
+        .expect("a node without a replica");
+    let leaving = *replicas
+        .iter()
+        .find(|r| **r != shard.leader_node_id)
+        .expect("a follower");
+    let group = *cluster.group_dirs(replicas[0]).first().expect("group");
+    assert!(cluster.group_dirs(newcomer).is_empty());
+
+    let mut old = Vec::new();
+    for call in 0..20 {
+        let batch = (0..10)
+            .map(|i| PutRecord::new(format!("old-{call}-{i}"), vec![b'o'; 200]))
+            .collect();
+        let r = client.put_records("join", batch).await.expect("put old");
+        old.push(log_index(&r[0].as_ref().unwrap().sequence_number));
+    }
+    let expiry = Instant::now() + Duration::from_secs(SECS) + Duration::from_millis(300);
+    wait_until(
+        Duration::from_secs(SECS + 30),
+        "the old records expire",
+        || async move { Instant::now() >= expiry },
+    )
+    .await;
+    let kept_at = Instant::now();
+    let mut kept = Vec::new();
+    for call in 0..5 {
+        let batch = (0..10)
+            .map(|i| PutRecord::new(format!("new-{call}-{i}"), vec![b'n'; 200]))
+            .collect();
+        let r = client.put_records("join", batch).await.expect("put new");
+        kept.extend(
+            r.into_iter()
+                .map(|r| log_index(&r.unwrap().sequence_number)),
+        );
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the old records are purged",
+        || {
+            let client = client.clone();
+            let shard_id = shard.shard_id.clone();
+            async move {
+                let it = client
+                    .get_shard_iterator("join", &shard_id, StartPosition::TrimHorizon)
+                    .await
+                    .unwrap();
+                let page = client.get_records(&it, 10_000).await.unwrap();
+                page.records
+                    .first()
+                    .is_some_and(|r| r.partition_key.starts_with("new-"))
+            }
+        },
+    )
+    .await;
+
+    // Move a replica onto the node that never had one: it joins as a learner after the purge.
+    client
+        .move_shard_replica("join", &shard.shard_id, leaving, newcomer)
+        .await
+        .expect("move");
+    wait_until(Duration::from_secs(30), "the move completes", || {
+        let client = client.clone();
+        async move {
+            let d = client.describe_stream("join").await.unwrap();
+            let r = &d.shards[0].replica_node_ids;
+            r.contains(&newcomer) && !r.contains(&leaving)
+        }
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the old replica is deleted from disk",
+        || {
+            let gone = !cluster.group_dirs(leaving).contains(&group);
+            async move { gone }
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the new replica holds the retained records",
+        || {
+            let log = replica_log(&cluster, newcomer, group, "probe");
+            let _ = std::fs::remove_dir_all(cluster.root.join("probe"));
+            let done = kept.iter().all(|k| log.iter().any(|(i, _)| i == k));
+            async move { done }
+        },
+    )
+    .await;
+    assert!(
+        kept_at.elapsed() < Duration::from_secs(SECS),
+        "checked before the kept records expire"
+    );
+    let log = replica_log(&cluster, newcomer, group, "newcomer-log");
+    let (first_old, last_old) = (old[0], *old.last().unwrap());
+    let expired: Vec<u64> = log
+        .iter()
+        .filter(|(i, normal)| *normal && *i >= first_old && *i <= last_old)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(
+        expired.is_empty(),
+        "the new replica received expired entries {expired:?}"
+    );
+    let first_new = log.first().map(|(i, _)| *i).unwrap();
+    assert!(
+        first_new > first_old,
+        "the new replica's log starts after the purge point ({first_new})"
+    );
+}

@@ -531,6 +531,28 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Moves one replica of a shard from one node to another (completes in the background).
+    pub async fn move_shard_replica(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<(), ClientError> {
+        let req = pb::MoveShardReplicaRequest {
+            stream_name: stream.into(),
+            shard_id: shard_id.into(),
+            from_node_id: from,
+            to_node_id: to,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.move_shard_replica(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Registers an enhanced fan-out consumer; returns it (with its ConsumerARN).
     pub async fn register_consumer(
         &self,

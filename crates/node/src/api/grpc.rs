@@ -228,6 +228,21 @@ impl Millrace for MillraceService {
         }))
     }
 
+    async fn move_shard_replica(
+        &self,
+        req: Request<pb::MoveShardReplicaRequest>,
+    ) -> Reply<pb::MoveShardReplicaResponse> {
+        let req = req.into_inner();
+        let cmd = MetaCommand::MoveReplica {
+            name: stream_name_from(&req.stream_name)?,
+            shard_id: req.shard_id,
+            from: req.from_node_id,
+            to: req.to_node_id,
+        };
+        meta_result(self.node.propose_meta(&cmd).await?)?;
+        Ok(Response::new(pb::MoveShardReplicaResponse {}))
+    }
+
     async fn subscribe_to_shard(
         &self,
         req: Request<pb::SubscribeToShardRequest>,

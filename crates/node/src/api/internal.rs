@@ -110,6 +110,34 @@ impl Internal for InternalService {
         Ok(Response::new(reply))
     }
 
+    async fn shard_membership(
+        &self,
+        req: Request<ipb::ShardMembershipRequest>,
+    ) -> Result<Response<ipb::ShardMembershipReply>, Status> {
+        let req = req.into_inner();
+        let r = self
+            .node
+            .membership_local(
+                req.group_id,
+                req.learner_id,
+                &req.learner_grpc_addr,
+                &req.voters,
+            )
+            .await;
+        let reply = match r {
+            Ok(Ok(())) => ipb::ShardMembershipReply::default(),
+            Ok(Err(leader)) => ipb::ShardMembershipReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            },
+            Err(e) => ipb::ShardMembershipReply {
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn shard_read(
         &self,
         req: Request<ipb::ShardReadRequest>,

@@ -159,6 +159,7 @@ impl MetaState {
                 ending_sequence_number: None,
                 created_ms: timestamp_ms,
                 closed_ms: None,
+                moving: None,
             });
             next_group += 1;
         }

@@ -51,6 +51,9 @@ pub struct ShardMeta {
     pub created_ms: i64,
     #[serde(default)]
     pub closed_ms: Option<i64>,
+    /// A replica move in progress: (from, to). `to` hosts a learner until the move completes.
+    #[serde(default)]
+    pub moving: Option<(NodeId, NodeId)>,
 }
 
 /// Where a shard is in its life (DESIGN decision 7).
@@ -192,6 +195,21 @@ pub enum MetaCommand {
         name: String,
         consumer: String,
     },
+    /// Starts moving a shard replica from one node to another (add learner → catch up →
+    /// promote → remove the old one; driven by the metadata leader).
+    MoveReplica {
+        name: String,
+        shard_id: String,
+        from: NodeId,
+        to: NodeId,
+    },
+    /// The shard group's membership now has `to` instead of `from`.
+    CompleteMove {
+        name: String,
+        shard_id: String,
+        from: NodeId,
+        to: NodeId,
+    },
     /// Sets the cluster secret if none is set yet (first writer wins).
     InitClusterSecret {
         secret_hex: String,
@@ -282,6 +300,7 @@ impl MetaState {
                         ending_sequence_number: None,
                         created_ms: *creation_timestamp_ms,
                         closed_ms: None,
+                        moving: None,
                     })
                     .collect();
                 self.next_group_id = first_group + placements.len() as u64;
@@ -385,6 +404,63 @@ impl MetaState {
                 },
                 Err(r) => r,
             },
+            MetaCommand::MoveReplica {
+                name,
+                shard_id,
+                from,
+                to,
+            } => {
+                let known = self.members.contains_key(to);
+                let s = match self.live_stream(name) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                let Some(sh) = s.shards.iter_mut().find(|sh| &sh.shard_id == shard_id) else {
+                    return MetaResponse::ResourceNotFound(format!(
+                        "Shard {shard_id} not found in {name}"
+                    ));
+                };
+                if !known {
+                    return MetaResponse::InvalidArgument(format!("node {to} is not a member"));
+                }
+                if sh.moving.is_some() {
+                    return MetaResponse::ResourceInUse(format!(
+                        "a replica of {shard_id} is already moving"
+                    ));
+                }
+                if !sh.replicas.contains(from) || sh.replicas.contains(to) {
+                    return MetaResponse::InvalidArgument(format!(
+                        "{shard_id} must have a replica on node {from} and none on node {to}"
+                    ));
+                }
+                sh.moving = Some((*from, *to));
+                MetaResponse::Ok
+            }
+            MetaCommand::CompleteMove {
+                name,
+                shard_id,
+                from,
+                to,
+            } => {
+                let s = match self.live_stream(name) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                match s.shards.iter_mut().find(|sh| &sh.shard_id == shard_id) {
+                    Some(sh) if sh.moving == Some((*from, *to)) => {
+                        sh.replicas.retain(|r| r != from);
+                        sh.replicas.push(*to);
+                        sh.moving = None;
+                        MetaResponse::Ok
+                    }
+                    Some(_) => MetaResponse::ResourceInUse(format!(
+                        "no such move of {shard_id} in progress"
+                    )),
+                    None => MetaResponse::ResourceNotFound(format!(
+                        "Shard {shard_id} not found in {name}"
+                    )),
+                }
+            }
             MetaCommand::InitClusterSecret { secret_hex } => {
                 if self.cluster_secret.is_none() {
                     self.cluster_secret = Some(secret_hex.clone());
@@ -459,7 +535,9 @@ impl MetaState {
         self.streams.values().flat_map(move |s| {
             s.shards
                 .iter()
-                .filter(move |sh| sh.replicas.contains(&node_id))
+                .filter(move |sh| {
+                    sh.replicas.contains(&node_id) || sh.moving.is_some_and(|(_, to)| to == node_id)
+                })
                 .map(move |sh| (s, sh))
         })
     }

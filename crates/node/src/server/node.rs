@@ -417,6 +417,47 @@ impl Node {
         Ok(())
     }
 
+    /// On the shard group's leader: adds `learner` (blocking until it has caught up, through a
+    /// snapshot if the log it needs is purged), then makes `voters` the voter set.
+    /// `Ok(Err(hint))` when this replica does not lead.
+    pub async fn membership_local(
+        &self,
+        group_id: u64,
+        learner: u64,
+        learner_addr: &str,
+        voters: &[u64],
+    ) -> Result<Result<(), Option<u64>>, ApiError> {
+        let Some(h) = self.groups.get(group_id) else {
+            return Ok(Err(None));
+        };
+        if !h.raft.is_leader() {
+            return Ok(Err(self.local_leader(group_id).filter(|l| *l != self.id)));
+        }
+        let already_voter = h.raft.voter_ids().any(|v| v == learner);
+        if !already_voter {
+            let added = h
+                .raft
+                .add_learner(learner, openraft::BasicNode::new(learner_addr), true)
+                .await;
+            if let Err(e) = added {
+                return match not_leader(&e) {
+                    Some(hint) => Ok(Err(hint)),
+                    None => Err(ApiError::Unavailable(format!(
+                        "adding learner {learner}: {e}"
+                    ))),
+                };
+            }
+        }
+        let voters: std::collections::BTreeSet<u64> = voters.iter().copied().collect();
+        match h.raft.change_membership(voters, false).await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match not_leader(&e) {
+                Some(hint) => Ok(Err(hint)),
+                None => Err(ApiError::Unavailable(format!("changing voters: {e}"))),
+            },
+        }
+    }
+
     /// Members with their addresses, for DescribeCluster.
     pub fn members(&self) -> BTreeMap<u64, crate::metadata::state::Member> {
         self.meta.read(|s| s.members.clone())

@@ -179,6 +179,7 @@ pub async fn leader_loop(node: Arc<Node>) {
             }
             activate_streams(&node).await;
             complete_reshards(&node).await;
+            drive_moves(&node).await;
             remove_deleted_streams(&node).await;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -245,6 +246,61 @@ async fn complete_reshards(node: &Arc<Node>) {
                 tracing::info!(stream = %name, "reshard complete: parents closed, children open")
             }
             Err(e) => tracing::warn!(stream = %name, error = %e, "cannot complete reshard yet"),
+        }
+    }
+}
+
+/// Drives replica moves: the shard leader adds the new node as a learner (it catches up, through
+/// the retention snapshot if needed), promotes it and drops the old voter; then the metadata
+/// records the new replica set, and the old node deletes its replica.
+async fn drive_moves(node: &Arc<Node>) {
+    type Move = (String, String, u64, Vec<u64>, (u64, u64));
+    let moves: Vec<Move> = node.meta.read(|s| {
+        s.streams
+            .values()
+            .flat_map(|st| {
+                st.shards.iter().filter_map(move |sh| {
+                    let m = sh.moving?;
+                    Some((
+                        st.name.clone(),
+                        sh.shard_id.clone(),
+                        sh.group_id,
+                        sh.replicas.clone(),
+                        m,
+                    ))
+                })
+            })
+            .collect()
+    });
+    for (name, shard_id, group_id, replicas, (from, to)) in moves {
+        let Some(addr) = node.addr_of(to) else {
+            continue;
+        };
+        let voters: Vec<u64> = replicas
+            .iter()
+            .copied()
+            .filter(|r| *r != from)
+            .chain([to])
+            .collect();
+        let changed = node.shard_membership(group_id, &replicas, to, &addr, &voters);
+        match tokio::time::timeout(Duration::from_secs(30), changed).await {
+            Ok(Ok(())) => {
+                let cmd = MetaCommand::CompleteMove {
+                    name: name.clone(),
+                    shard_id: shard_id.clone(),
+                    from,
+                    to,
+                };
+                match node.propose_meta(&cmd).await {
+                    Ok(_) => tracing::info!(stream = %name, %shard_id, from, to, "replica moved"),
+                    Err(e) => {
+                        tracing::warn!(stream = %name, %shard_id, error = %e, "cannot record the move yet")
+                    }
+                }
+            }
+            other => {
+                tracing::debug!(stream = %name, %shard_id, ?other, "replica move not done yet")
+            }
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use millrace_proto::internal::{NotLeader, ShardAppendRequest, ShardReadRequest};
+use millrace_proto::internal::{
+    NotLeader, ShardAppendRequest, ShardMembershipRequest, ShardReadRequest,
+};
 use millrace_proto::storage::BatchRecord;
 
 use super::node::{transport_error, LocalWrite, Node, ShardRead, LEADER_SEARCH_TIMEOUT};
@@ -153,6 +155,56 @@ impl Node {
                 }
                 Ok(Attempt::Done(Appended::At(reply.log_index)))
             }
+        })
+        .await
+    }
+
+    /// Replaces voters of a shard group at its leader (see [`Node::membership_local`]).
+    pub async fn shard_membership(
+        &self,
+        group_id: u64,
+        replicas: &[u64],
+        learner: u64,
+        learner_addr: &str,
+        voters: &[u64],
+    ) -> Result<(), ApiError> {
+        self.route(group_id, replicas, |target| async move {
+            if target == self.id {
+                return Ok(
+                    match self
+                        .membership_local(group_id, learner, learner_addr, voters)
+                        .await?
+                    {
+                        Ok(()) => Attempt::Done(()),
+                        Err(hint) => Attempt::Retry(hint),
+                    },
+                );
+            }
+            let Some(addr) = self.addr_of(target) else {
+                return Ok(Attempt::Retry(None));
+            };
+            let mut client = self
+                .groups
+                .transport()
+                .client(&addr)
+                .map_err(ApiError::Internal)?;
+            let req = ShardMembershipRequest {
+                group_id,
+                learner_id: learner,
+                learner_grpc_addr: learner_addr.to_string(),
+                voters: voters.to_vec(),
+            };
+            // Membership changes are idempotent here: retry on any transport failure.
+            let Ok(reply) = client.shard_membership(req).await.map(|r| r.into_inner()) else {
+                return Ok(Attempt::Retry(None));
+            };
+            if let Some(nl) = &reply.not_leader {
+                return Ok(Attempt::Retry(hint_from(nl, target)));
+            }
+            if !reply.error.is_empty() {
+                return Err(ApiError::Unavailable(reply.error));
+            }
+            Ok(Attempt::Done(()))
         })
         .await
     }
