@@ -346,6 +346,17 @@ async fn iterator_types_limits_expiry_and_tampering() {
     );
     let one = client.get_records(&it, 1).await.unwrap();
     assert_eq!(one.records.len(), 1, "the limit bounds the page");
+    assert!(
+        one.millis_behind_latest >= 40,
+        "'a' arrived at least 40 ms before 'c': MillisBehindLatest {}",
+        one.millis_behind_latest
+    );
+    let rest = client
+        .get_records(&one.next_shard_iterator, 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.records.len(), 2);
+    assert_eq!(rest.millis_behind_latest, 0, "caught up");
 
     // Tampering: any changed character is refused.
     let mut forged = it.clone().into_bytes();
