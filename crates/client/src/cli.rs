@@ -102,7 +102,20 @@ pub enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, under-replicated and under-spread shards, replicas catching up.
+    Status {
+        /// Print the status as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClientCommand {
+    /// Cluster operations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -191,6 +204,14 @@ pub async fn run(
         }
         ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
             crate::bench::consume(client, &stream, json, out).await?
+        }
+        ClientCommand::Cluster(ClusterCommand::Status { json }) => {
+            let status = client.cluster_status().await?;
+            if json {
+                writeln!(out, "{status}")?;
+            } else {
+                write_status(&status, out)?;
+            }
         }
         ClientCommand::Stream(StreamCommand::Delete { name }) => {
             client.delete_stream(&name).await?;
@@ -378,6 +399,45 @@ async fn read(
             if caught_up {
                 break;
             }
+        }
+    }
+    Ok(())
+}
+
+/// The cluster status as a table and lists.
+fn write_status(s: &serde_json::Value, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(out, "metadata leader: node {}", s["metadata_leader"])?;
+    writeln!(
+        out,
+        "{:<6} {:<8} {:<22} {:<6} {:>7} {:>12}",
+        "node", "zone", "address", "state", "shards", "leaderships"
+    )?;
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<6} {:<8} {:<22} {:<6} {:>7} {:>12}",
+            n["node_id"].to_string(),
+            n["zone"].as_str().unwrap_or(""),
+            n["grpc_addr"].as_str().unwrap_or(""),
+            if n["up"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "down"
+            },
+            n["shards"].to_string(),
+            n["leaderships"].to_string()
+        )?;
+    }
+    for (key, title) in [
+        ("under_replicated", "under-replicated shards"),
+        ("under_spread", "under-spread shards"),
+        ("catching_up", "replicas catching up"),
+        ("moving", "replicas moving"),
+    ] {
+        let items = s[key].as_array().cloned().unwrap_or_default();
+        writeln!(out, "{title}: {}", items.len())?;
+        for i in items {
+            writeln!(out, "  {i}")?;
         }
     }
     Ok(())

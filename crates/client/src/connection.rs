@@ -531,6 +531,15 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The cluster status as the metadata leader sees it (JSON, see `docs/operations.md`).
+    pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .call(|mut c| async move { c.get_cluster_status(pb::GetClusterStatusRequest {}).await })
+            .await?;
+        serde_json::from_str(&resp.status_json)
+            .map_err(|e| ClientError::Unknown(format!("bad status JSON: {e}")))
+    }
+
     /// Moves one replica of a shard from one node to another (completes in the background).
     pub async fn move_shard_replica(
         &self,

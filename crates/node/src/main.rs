@@ -91,6 +91,9 @@ struct ServeArgs {
     /// 5 GetRecords calls/s out (ProvisionedThroughputExceeded beyond them).
     #[arg(long, env = "MILLRACE_SHARD_THROTTLING")]
     shard_throttling: bool,
+    /// A node unreachable for longer than this has its replicas re-created on live nodes.
+    #[arg(long, env = "MILLRACE_DEAD_NODE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    dead_node_timeout: std::time::Duration,
 }
 
 fn init_tracing() {
@@ -135,6 +138,7 @@ fn main() -> std::process::ExitCode {
                     test_retention_seconds: a.test_retention_seconds,
                     segment_bytes_max: a.segment_bytes_max,
                     shard_throttling: a.shard_throttling,
+                    dead_node_timeout: a.dead_node_timeout,
                 })
                 .await
             }

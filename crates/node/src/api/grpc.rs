@@ -228,6 +228,16 @@ impl Millrace for MillraceService {
         }))
     }
 
+    async fn get_cluster_status(
+        &self,
+        _req: Request<pb::GetClusterStatusRequest>,
+    ) -> Reply<pb::GetClusterStatusResponse> {
+        let status = self.node.fetch_cluster_status().await?;
+        Ok(Response::new(pb::GetClusterStatusResponse {
+            status_json: status.to_string(),
+        }))
+    }
+
     async fn move_shard_replica(
         &self,
         req: Request<pb::MoveShardReplicaRequest>,

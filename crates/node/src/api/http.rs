@@ -16,6 +16,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/node/status", get(status))
+        .route("/v1/cluster/status", get(cluster_status))
         .with_state(node)
 }
 
@@ -60,4 +61,15 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "metadata_leader": node.metadata_leader(),
         "groups": groups,
     }))
+}
+
+/// The cluster status (as `millrace cluster status --json` prints it), for dashboards.
+async fn cluster_status(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+    match node.fetch_cluster_status().await {
+        Ok(s) => (StatusCode::OK, Json(s)),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        ),
+    }
 }

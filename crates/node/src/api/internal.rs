@@ -138,6 +138,37 @@ impl Internal for InternalService {
         Ok(Response::new(reply))
     }
 
+    async fn node_report(
+        &self,
+        req: Request<ipb::NodeReportRequest>,
+    ) -> Result<Response<ipb::NodeReportReply>, Status> {
+        if !self.node.meta_group.raft.is_leader() {
+            let leader = self.node.metadata_leader();
+            return Ok(Response::new(ipb::NodeReportReply {
+                not_leader: Some(self.not_leader(leader)),
+            }));
+        }
+        self.node.record_report(req.into_inner());
+        Ok(Response::new(ipb::NodeReportReply::default()))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<ipb::ClusterStatusRequest>,
+    ) -> Result<Response<ipb::ClusterStatusReply>, Status> {
+        if !self.node.meta_group.raft.is_leader() {
+            let leader = self.node.metadata_leader();
+            return Ok(Response::new(ipb::ClusterStatusReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(ipb::ClusterStatusReply {
+            status_json: self.node.cluster_status().to_string(),
+            ..Default::default()
+        }))
+    }
+
     async fn shard_read(
         &self,
         req: Request<ipb::ShardReadRequest>,

@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub segment_bytes_max: u64,
     /// Enforce Kinesis's per-shard throughput limits (off by default).
     pub shard_throttling: bool,
+    /// A node silent for longer than this has its replicas re-created elsewhere.
+    pub dead_node_timeout: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -80,6 +82,9 @@ impl ServeConfig {
         }
         if !(4096..=1 << 30).contains(&self.segment_bytes_max) {
             return Err("the segment size must be between 4 KiB and 1 GiB".into());
+        }
+        if self.dead_node_timeout < std::time::Duration::from_secs(2) {
+            return Err("--dead-node-timeout must be at least 2s".into());
         }
         if !matches!(self.default_replication_factor, 1 | 3 | 5) {
             return Err("replication factor must be 1, 3 or 5".into());
@@ -137,6 +142,7 @@ mod tests {
             test_retention_seconds: None,
             segment_bytes_max: 64 * 1024 * 1024,
             shard_throttling: false,
+            dead_node_timeout: std::time::Duration::from_secs(300),
         };
         assert!(cfg.validate().unwrap_err().contains("--peers must include"));
     }

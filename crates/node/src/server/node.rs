@@ -36,6 +36,7 @@ pub struct Node {
     /// Last known leader of each group (a hint; verified by the answer).
     pub(super) leader_hints: Mutex<HashMap<u64, u64>>,
     pub(super) registered: AtomicBool,
+    pub(super) liveness: Mutex<super::cluster::Liveness>,
 }
 
 /// Outcome of a local write attempt.

@@ -167,6 +167,7 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
 /// records of deleted streams (their replicas are then deleted by every node).
 pub async fn leader_loop(node: Arc<Node>) {
     loop {
+        super::cluster::replace_dead_replicas(&node).await;
         if node.meta_group.raft.is_leader() {
             if node.meta.cluster_secret().is_none() {
                 let secret: [u8; 32] = rand::random();

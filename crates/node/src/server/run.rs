@@ -78,6 +78,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         shards: Mutex::new(HashMap::new()),
         leader_hints: Mutex::new(HashMap::new()),
         registered: AtomicBool::new(false),
+        liveness: Mutex::new(Default::default()),
     });
 
     let grpc = tonic::transport::Server::builder()
@@ -107,7 +108,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Nagle's algorithm plus delayed ACKs would add ~40 ms to every small Raft round trip.
     let incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let mut grpc_task = tokio::spawn(grpc.serve_with_incoming(incoming));
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, async {
+        let _ = grpc_stopped.await;
+    }));
     let http_router = crate::api::http::router(node.clone());
     let mut http_task = tokio::spawn(async move { axum::serve(http_listener, http_router).await });
 
@@ -116,6 +120,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(reconcile::reconcile_groups(node.clone()));
     tokio::spawn(reconcile::leader_loop(node.clone()));
     tokio::spawn(super::retention::retention_loop(node.clone()));
+    tokio::spawn(super::cluster::report_loop(node.clone()));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -124,6 +129,42 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
     }
+    transfer_leaderships(&node).await;
+    // Stop taking requests and let in-flight ones finish (bounded).
+    let _ = stop_grpc.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
     node.groups.shutdown_all().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Graceful shutdown, step 1: hand every leadership this node holds to another voter, so
+/// writes fail only while a leadership moves.
+async fn transfer_leaderships(node: &Node) {
+    for group_id in node.groups.group_ids() {
+        let Some(h) = node.groups.get(group_id) else {
+            continue;
+        };
+        if !h.raft.is_leader() {
+            continue;
+        }
+        let voters: Vec<u64> = h.raft.voter_ids().filter(|v| *v != node.id).collect();
+        for to in voters {
+            if h.raft.trigger().transfer_leader(to).await.is_err() {
+                break;
+            }
+            let moved = h
+                .raft
+                .wait(Some(std::time::Duration::from_secs(3)))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != node.id),
+                    "leadership moved",
+                )
+                .await;
+            if moved.is_ok() {
+                tracing::info!(group_id, to, "leadership transferred before shutdown");
+                break;
+            }
+        }
+    }
 }

@@ -1,0 +1,283 @@
+//! Cluster operations against real processes: re-replication after a node stays dead, a rolling
+//! restart with graceful shutdown under write load, and the cluster status.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{http_get, wait_until, Cluster};
+use millrace_client::{Client, PutRecord, StartPosition};
+
+/// Acknowledged (key → sequence number) and in-doubt keys of a background writer.
+#[derive(Default)]
+struct Written {
+    acked: HashMap<String, String>,
+    unknown: HashSet<String>,
+    failed_calls: usize,
+}
+
+async fn writer(
+    client: Client,
+    stream: &'static str,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Written>>,
+    calls: Arc<AtomicUsize>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let batch: Vec<PutRecord> = (0..4)
+            .map(|_| {
+                n += 1;
+                PutRecord::new(format!("w-{n}"), n.to_string().into_bytes())
+            })
+            .collect();
+        let keys: Vec<String> = batch.iter().map(|r| r.partition_key.clone()).collect();
+        match client.put_records(stream, batch).await {
+            Ok(results) => {
+                let mut log = log.lock().unwrap();
+                for (k, r) in keys.into_iter().zip(results) {
+                    match r {
+                        Ok(ok) => {
+                            log.acked.insert(k, ok.sequence_number);
+                        }
+                        Err(e) if e.code == "UNKNOWN_OUTCOME" => {
+                            log.unknown.insert(k);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                let mut log = log.lock().unwrap();
+                log.failed_calls += 1;
+                if e.outcome_unknown() {
+                    log.unknown.extend(keys);
+                }
+            }
+        }
+        calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every acknowledged record is read exactly once; nothing unwritten appears.
+async fn check(client: &Client, stream: &str, log: &Written) {
+    let mut seen = HashSet::new();
+    for shard in client.list_shards(stream).await.unwrap() {
+        let mut it = client
+            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
+            .await
+            .unwrap();
+        loop {
+            let page = client.get_records(&it, 10_000).await.unwrap();
+            let done = page.records.is_empty() && page.millis_behind_latest == 0;
+            for r in &page.records {
+                assert!(
+                    seen.insert(r.partition_key.clone()),
+                    "{} read twice",
+                    r.partition_key
+                );
+                match log.acked.get(&r.partition_key) {
+                    Some(seq) => assert_eq!(seq, &r.sequence_number),
+                    None => assert!(
+                        log.unknown.contains(&r.partition_key),
+                        "{} never written",
+                        r.partition_key
+                    ),
+                }
+            }
+            it = page.next_shard_iterator;
+            if done || it.is_empty() {
+                break;
+            }
+        }
+    }
+    let lost: Vec<&String> = log
+        .acked
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .take(5)
+        .collect();
+    assert!(lost.is_empty(), "acknowledged records lost: {lost:?}");
+}
+
+async fn wait_calls(calls: &Arc<AtomicUsize>, more: usize) {
+    let start = calls.load(Ordering::Relaxed);
+    wait_until(Duration::from_secs(60), "the writer makes progress", || {
+        let n = calls.load(Ordering::Relaxed);
+        async move { n >= start + more }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
+    let env = [("MILLRACE_DEAD_NODE_TIMEOUT", "3s")];
+    let mut cluster = Cluster::start_with_env("dead-node", 4, &env).await;
+    let client = cluster.client();
+    client.create_stream("heal", 3).await.expect("create");
+    let d = client
+        .wait_for_active("heal", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The victim: a node with replicas that is not the metadata leader (node 1 bootstraps it).
+    let victim = (2..=4u64)
+        .find(|n| d.shards.iter().any(|s| s.replica_node_ids.contains(n)))
+        .expect("a replica holder");
+    let held_before = cluster.group_dirs(victim);
+    assert!(!held_before.is_empty());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Written::default()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(writer(
+        client.clone(),
+        "heal",
+        stop.clone(),
+        log.clone(),
+        calls.clone(),
+    ));
+    wait_calls(&calls, 10).await;
+    cluster.kill(victim);
+
+    // The status shows it down and its shards under-replicated.
+    wait_until(
+        Duration::from_secs(20),
+        "the status shows the node down",
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.cluster_status().await.unwrap();
+                s["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["node_id"] == victim && n["up"] == false)
+            }
+        },
+    )
+    .await;
+
+    // After the dead-node timeout every shard is back to 3 live replicas on distinct zones.
+    wait_until(
+        Duration::from_secs(60),
+        "the dead node's replicas are re-created",
+        || {
+            let client = client.clone();
+            async move {
+                let d = client.describe_stream("heal").await.unwrap();
+                d.shards
+                    .iter()
+                    .all(|s| s.replica_node_ids.len() == 3 && !s.replica_node_ids.contains(&victim))
+            }
+        },
+    )
+    .await;
+    let status = client.cluster_status().await.unwrap();
+    let zones: HashMap<u64, String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node_id"].as_u64().unwrap(),
+                n["zone"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for s in &client.describe_stream("heal").await.unwrap().shards {
+        let z: HashSet<&String> = s.replica_node_ids.iter().map(|r| &zones[r]).collect();
+        assert_eq!(z.len(), 3, "{} replicas on distinct zones", s.shard_id);
+    }
+    wait_calls(&calls, 10).await;
+
+    // It comes back: its stale replicas are deleted and it stays a member.
+    cluster.spawn(victim);
+    cluster.wait_ready(Duration::from_secs(60)).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the returning node deletes its stale replicas",
+        || {
+            let left = cluster.group_dirs(victim);
+            let stale = held_before.iter().any(|g| left.contains(g));
+            async move { !stale }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(
+        log.acked.len() > 100,
+        "writes went on ({} acknowledged)",
+        log.acked.len()
+    );
+    check(&client, "heal", &log).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the status shows the node up and nothing under-replicated",
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.cluster_status().await.unwrap();
+                let up = s["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n["node_id"] == victim && n["up"] == true);
+                if !up {
+                    eprintln!("status: {s}");
+                }
+                up && s["under_replicated"].as_array().unwrap().is_empty()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_under_load_loses_nothing() {
+    let mut cluster = Cluster::start("rolling", 3).await;
+    let client = cluster.client();
+    client.create_stream("roll", 3).await.expect("create");
+    client
+        .wait_for_active("roll", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Written::default()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(writer(
+        client.clone(),
+        "roll",
+        stop.clone(),
+        log.clone(),
+        calls.clone(),
+    ));
+    wait_calls(&calls, 10).await;
+    for id in 1..=3 {
+        cluster.stop(id).await; // SIGTERM: leaderships move away first, then a clean exit
+        wait_calls(&calls, 5).await;
+        cluster.spawn(id);
+        cluster.wait_ready(Duration::from_secs(60)).await;
+        wait_calls(&calls, 10).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    eprintln!(
+        "rolling restart: {} records acknowledged, {} in doubt, {} calls failed",
+        log.acked.len(),
+        log.unknown.len(),
+        log.failed_calls
+    );
+    check(&client, "roll", &log).await;
+    // The status is served over HTTP too.
+    let (code, body) = http_get(&cluster.nodes[0].http, "/v1/cluster/status").expect("http");
+    assert_eq!(code, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["nodes"].as_array().unwrap().len(), 3);
+}
