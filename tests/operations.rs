@@ -281,3 +281,87 @@ async fn rolling_restart_under_load_loses_nothing() {
     let s: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(s["nodes"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joined_node_receives_replicas_and_a_decommissioned_node_leaves() {
+    let mut cluster = Cluster::start("join-decommission", 3).await;
+    let client = cluster.client();
+    client.create_stream("ops", 4).await.expect("create");
+    client
+        .wait_for_active("ops", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Written::default()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(writer(
+        client.clone(),
+        "ops",
+        stop.clone(),
+        log.clone(),
+        calls.clone(),
+    ));
+    wait_calls(&calls, 10).await;
+
+    // Node 4 joins (zone d) and existing replicas are rebalanced onto it: 12 replicas, 3 each.
+    let joined = cluster.join_node("d").await;
+    assert_eq!(joined, 4);
+    wait_until(
+        Duration::from_secs(90),
+        "replicas are rebalanced onto the new node",
+        || {
+            let client = client.clone();
+            async move {
+                let d = client.describe_stream("ops").await.unwrap();
+                let mut per_node: HashMap<u64, usize> = HashMap::new();
+                for s in &d.shards {
+                    for r in &s.replica_node_ids {
+                        *per_node.entry(*r).or_default() += 1;
+                    }
+                }
+                per_node.len() == 4 && per_node.values().all(|n| *n == 3)
+            }
+        },
+    )
+    .await;
+    assert!(
+        !cluster.group_dirs(4).is_empty(),
+        "the new node holds replicas on disk"
+    );
+    wait_calls(&calls, 10).await;
+
+    // Decommission node 2 under load: its replicas move away, it leaves and exits cleanly.
+    client.decommission_node(2).await.expect("decommission");
+    assert!(
+        cluster.wait_exit(2, Duration::from_secs(90)).await,
+        "node 2 exits with status 0"
+    );
+    let d = client.describe_stream("ops").await.unwrap();
+    for s in &d.shards {
+        assert!(
+            !s.replica_node_ids.contains(&2),
+            "{} still on node 2",
+            s.shard_id
+        );
+        assert_eq!(s.replica_node_ids.len(), 3);
+    }
+    let status = client.cluster_status().await.unwrap();
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["node_id"] != 2),
+        "{status}"
+    );
+    wait_calls(&calls, 10).await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(
+        log.acked.len() > 100,
+        "writes went on ({} acknowledged)",
+        log.acked.len()
+    );
+    check(&client, "ops", &log).await;
+}

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use millrace_client::{Client, ClientConfig};
 
 pub struct NodeProc {
+    /// `--join` seed instead of `--peers` (a node added to a running cluster).
+    pub join: Option<String>,
     pub id: u64,
     pub grpc: String,
     pub http: String,
@@ -50,6 +52,7 @@ impl Cluster {
         std::fs::create_dir_all(&root).expect("cluster dir");
         let nodes: Vec<NodeProc> = (1..=n as u64)
             .map(|id| NodeProc {
+                join: None,
                 id,
                 grpc: format!("127.0.0.1:{}", free_port()),
                 http: format!("127.0.0.1:{}", free_port()),
@@ -96,6 +99,10 @@ impl Cluster {
             .append(true)
             .open(node.data_dir.join("node.log"))
             .expect("node log");
+        let (how, whom) = match &node.join {
+            Some(seed) => ("--join", seed.clone()),
+            None => ("--peers", peers),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
             .arg("serve")
             .args(["--node-id", &id.to_string()])
@@ -104,7 +111,7 @@ impl Cluster {
             .args(["--grpc-addr", &node.grpc])
             .args(["--http-addr", &node.http])
             .args(["--zone", &node.zone])
-            .args(["--peers", &peers])
+            .args([how, &whom])
             .env("MILLRACE_LOG", "info,openraft=warn")
             .envs(env)
             .stdin(Stdio::null())
@@ -113,6 +120,40 @@ impl Cluster {
             .spawn()
             .expect("start millrace serve");
         node.child = Some(child);
+    }
+
+    /// Starts a new node in `zone` that joins through node 1 (`serve --join`); returns its id.
+    pub async fn join_node(&mut self, zone: &str) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(NodeProc {
+            join: Some(self.nodes[0].grpc.clone()),
+            id,
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            zone: zone.to_string(),
+            data_dir: self.root.join(format!("node-{id}")),
+            child: None,
+        });
+        self.spawn(id);
+        self.wait_ready(Duration::from_secs(60)).await;
+        id
+    }
+
+    /// Waits for node `id` to exit on its own; returns whether it exited with status 0.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> bool {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let mut child = node.child.take().expect("node is running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `kill -9` node `id` and reap it.

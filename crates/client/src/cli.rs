@@ -103,6 +103,13 @@ pub enum BenchCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
+    /// Move every replica and leadership off a node; it then leaves and exits. Waits until the
+    /// node has left unless --no-wait.
+    Decommission {
+        node_id: u64,
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Nodes, under-replicated and under-spread shards, replicas catching up.
     Status {
         /// Print the status as one JSON object.
@@ -204,6 +211,26 @@ pub async fn run(
         }
         ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
             crate::bench::consume(client, &stream, json, out).await?
+        }
+        ClientCommand::Cluster(ClusterCommand::Decommission { node_id, no_wait }) => {
+            client.decommission_node(node_id).await?;
+            if !no_wait {
+                loop {
+                    let status = client.cluster_status().await?;
+                    let present = status["nodes"]
+                        .as_array()
+                        .is_some_and(|n| n.iter().any(|n| n["node_id"] == node_id));
+                    if !present {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            writeln!(
+                out,
+                "{}",
+                json!({"node_id": node_id, "decommissioned": !no_wait, "started": true})
+            )?;
         }
         ClientCommand::Cluster(ClusterCommand::Status { json }) => {
             let status = client.cluster_status().await?;

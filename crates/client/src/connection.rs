@@ -540,6 +540,16 @@ impl Client {
             .map_err(|e| ClientError::Unknown(format!("bad status JSON: {e}")))
     }
 
+    /// Starts decommissioning a node: its replicas and leaderships move away, then it leaves.
+    pub async fn decommission_node(&self, node_id: u64) -> Result<(), ClientError> {
+        self.call(|mut c| async move {
+            c.decommission_node(pb::DecommissionNodeRequest { node_id })
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Moves one replica of a shard from one node to another (completes in the background).
     pub async fn move_shard_replica(
         &self,

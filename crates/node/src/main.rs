@@ -52,6 +52,9 @@ struct ServeArgs {
     /// Initial metadata voters: ID=HOST:PORT,… (the same list on every initial node).
     #[arg(long, env = "MILLRACE_PEERS", default_value = "")]
     peers: String,
+    /// Join a running cluster through any live node's gRPC address (HOST:PORT), instead of --peers.
+    #[arg(long, env = "MILLRACE_JOIN")]
+    join: Option<String>,
     #[arg(long, env = "MILLRACE_HEARTBEAT_INTERVAL_MS", default_value_t = 200)]
     heartbeat_interval_ms: u64,
     #[arg(long, env = "MILLRACE_ELECTION_TIMEOUT_MIN_MS", default_value_t = 1000)]
@@ -127,6 +130,7 @@ fn main() -> std::process::ExitCode {
                     http_addr: a.http_addr,
                     zone: a.zone,
                     peers,
+                    join: a.join,
                     heartbeat_interval_ms: a.heartbeat_interval_ms,
                     election_timeout_min_ms: a.election_timeout_min_ms,
                     election_timeout_max_ms: a.election_timeout_max_ms,

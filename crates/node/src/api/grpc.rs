@@ -228,6 +228,19 @@ impl Millrace for MillraceService {
         }))
     }
 
+    async fn decommission_node(
+        &self,
+        req: Request<pb::DecommissionNodeRequest>,
+    ) -> Reply<pb::DecommissionNodeResponse> {
+        let node_id = req.into_inner().node_id;
+        meta_result(
+            self.node
+                .propose_meta(&MetaCommand::Decommission { node_id })
+                .await?,
+        )?;
+        Ok(Response::new(pb::DecommissionNodeResponse {}))
+    }
+
     async fn get_cluster_status(
         &self,
         _req: Request<pb::GetClusterStatusRequest>,

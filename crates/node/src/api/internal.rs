@@ -138,6 +138,28 @@ impl Internal for InternalService {
         Ok(Response::new(reply))
     }
 
+    async fn join_cluster(
+        &self,
+        req: Request<ipb::JoinClusterRequest>,
+    ) -> Result<Response<ipb::JoinClusterReply>, Status> {
+        let req = req.into_inner();
+        if !self.node.meta_group.raft.is_leader() {
+            let leader = self.node.metadata_leader();
+            return Ok(Response::new(ipb::JoinClusterReply {
+                not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
+            }));
+        }
+        let reply = match self.node.admit(req).await {
+            Ok(()) => ipb::JoinClusterReply::default(),
+            Err(e) => ipb::JoinClusterReply {
+                error: e.to_string(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn node_report(
         &self,
         req: Request<ipb::NodeReportRequest>,

@@ -59,6 +59,7 @@ impl MillraceService {
             let mut loads: Vec<NodeLoad> = s
                 .members
                 .values()
+                .filter(|m| !m.decommissioning)
                 .map(|m| NodeLoad {
                     node_id: m.node_id,
                     zone: m.zone.clone(),

@@ -271,6 +271,7 @@ mod tests {
             zone: "a".into(),
             grpc_addr: "x".into(),
             http_addr: "y".into(),
+            decommissioning: false,
         }));
         st.apply(&MetaCommand::CreateStream {
             name: "s".into(),

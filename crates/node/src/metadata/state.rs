@@ -17,6 +17,9 @@ pub struct Member {
     pub zone: String,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// Being decommissioned: takes no new replicas; its replicas move away, then it leaves.
+    #[serde(default)]
+    pub decommissioning: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +213,14 @@ pub enum MetaCommand {
         from: NodeId,
         to: NodeId,
     },
+    /// Starts decommissioning a node.
+    Decommission {
+        node_id: NodeId,
+    },
+    /// A decommissioned node that holds no open replica leaves the cluster.
+    RemoveMember {
+        node_id: NodeId,
+    },
     /// Sets the cluster secret if none is set yet (first writer wins).
     InitClusterSecret {
         secret_hex: String,
@@ -255,8 +266,38 @@ impl MetaState {
     pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
         match command {
             MetaCommand::RegisterNode(member) => {
-                self.members.insert(member.node_id, member.clone());
+                let decommissioning = self
+                    .members
+                    .get(&member.node_id)
+                    .is_some_and(|m| m.decommissioning);
+                let mut m = member.clone();
+                m.decommissioning = decommissioning;
+                self.members.insert(member.node_id, m);
                 MetaResponse::Ok
+            }
+            MetaCommand::Decommission { node_id } => match self.members.get_mut(node_id) {
+                Some(m) => {
+                    m.decommissioning = true;
+                    MetaResponse::Ok
+                }
+                None => MetaResponse::ResourceNotFound(format!("node {node_id} is not a member")),
+            },
+            MetaCommand::RemoveMember { node_id } => {
+                let holds = self
+                    .shards_on(*node_id)
+                    .any(|(_, sh)| sh.status != ShardStatus::Closed);
+                match self.members.get(node_id) {
+                    Some(m) if m.decommissioning && !holds => {
+                        self.members.remove(node_id);
+                        MetaResponse::Ok
+                    }
+                    Some(_) => {
+                        MetaResponse::ResourceInUse(format!("node {node_id} still holds replicas"))
+                    }
+                    None => {
+                        MetaResponse::ResourceNotFound(format!("node {node_id} is not a member"))
+                    }
+                }
             }
             MetaCommand::CreateStream {
                 name,
@@ -603,6 +644,7 @@ mod tests {
             zone: zone.into(),
             grpc_addr: format!("127.0.0.1:{}", 7100 + id),
             http_addr: format!("127.0.0.1:{}", 4566 + id),
+            decommissioning: false,
         })
     }
 

@@ -164,6 +164,45 @@ impl Node {
         })
     }
 
+    /// On the metadata leader: admits a joining node as a member and a metadata learner.
+    pub async fn admit(
+        &self,
+        req: millrace_proto::internal::JoinClusterRequest,
+    ) -> Result<(), ApiError> {
+        if req.node_id == 0 || req.zone.is_empty() || req.grpc_addr.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "a joining node needs an id, a zone and addresses".into(),
+            ));
+        }
+        let member = crate::metadata::state::Member {
+            node_id: req.node_id,
+            zone: req.zone,
+            grpc_addr: req.grpc_addr.clone(),
+            http_addr: req.http_addr,
+            decommissioning: false,
+        };
+        self.propose_meta(&MetaCommand::RegisterNode(member))
+            .await?;
+        let known = {
+            let m = self.meta_group.raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            let found = membership
+                .voter_ids()
+                .chain(membership.learner_ids())
+                .any(|id| id == req.node_id);
+            found
+        };
+        if !known {
+            self.meta_group
+                .raft
+                .add_learner(req.node_id, openraft::BasicNode::new(req.grpc_addr), false)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("adding a metadata learner: {e}")))?;
+            tracing::info!(node_id = req.node_id, "node joined as a metadata learner");
+        }
+        Ok(())
+    }
+
     /// The cluster status from the metadata leader, wherever it is.
     pub async fn fetch_cluster_status(&self) -> Result<serde_json::Value, ApiError> {
         if self.meta_group.raft.is_leader() {
@@ -212,75 +251,200 @@ pub async fn report_loop(node: Arc<Node>) {
     }
 }
 
-/// On the metadata leader: replicas on nodes silent for longer than the dead-node timeout are
-/// re-created on live nodes (a zone not yet used by the shard first, then the least loaded).
-pub async fn replace_dead_replicas(node: &Arc<Node>) {
+/// On the metadata leader: keeps every shard fully replicated on available nodes and the load
+/// even (DESIGN decision 6). Replicas on nodes silent for longer than `--dead-node-timeout` or
+/// being decommissioned are re-created elsewhere (a zone the shard does not use yet first, then
+/// the least loaded node); when nothing needs re-creating and no move is running, one replica
+/// moves from the most to the least loaded node (one at a time, so rebalancing never starves
+/// client traffic); a decommissioned node with no replica left gives up any metadata vote and
+/// leaves the membership.
+pub async fn heal_and_balance(node: &Arc<Node>) {
     let leading = node.meta_group.raft.is_leader();
     node.note_leadership(leading);
     if !leading {
         return;
     }
     let timeout = node.config.dead_node_timeout;
-    let dead: BTreeSet<u64> = node
-        .members()
+    let members = node.members();
+    let dead: BTreeSet<u64> = members
         .keys()
         .copied()
         .filter(|n| *n != node.id && node.silent_for(*n) > timeout)
         .collect();
-    if dead.is_empty() {
-        return;
-    }
-    let moves: Vec<MetaCommand> = node.meta.read(|s| {
-        let mut load: BTreeMap<u64, usize> = s.members.keys().map(|n| (*n, 0)).collect();
-        for sh in s.streams.values().flat_map(|st| &st.shards) {
-            for r in &sh.replicas {
-                *load.entry(*r).or_default() += 1;
-            }
-        }
-        let mut out = Vec::new();
-        for st in s.streams.values() {
-            for sh in st
-                .shards
-                .iter()
-                .filter(|sh| sh.status != ShardStatus::Closed && sh.moving.is_none())
-            {
-                let Some(from) = sh.replicas.iter().copied().find(|r| dead.contains(r)) else {
-                    continue;
-                };
-                let used_zones: BTreeSet<&str> = sh
-                    .replicas
-                    .iter()
-                    .filter(|r| **r != from)
-                    .filter_map(|r| s.members.get(r).map(|m| m.zone.as_str()))
-                    .collect();
-                let target = s
-                    .members
-                    .values()
-                    .filter(|m| !sh.replicas.contains(&m.node_id) && !dead.contains(&m.node_id))
-                    .min_by_key(|m| {
-                        (
-                            used_zones.contains(m.zone.as_str()),
-                            load[&m.node_id],
-                            m.node_id,
-                        )
-                    });
-                if let Some(t) = target {
-                    *load.entry(t.node_id).or_default() += 1;
-                    out.push(MetaCommand::MoveReplica {
-                        name: st.name.clone(),
-                        shard_id: sh.shard_id.clone(),
-                        from,
-                        to: t.node_id,
-                    });
-                }
-            }
-        }
-        out
-    });
-    for cmd in moves {
+    let leaving: BTreeSet<u64> = members
+        .values()
+        .filter(|m| m.decommissioning)
+        .map(|m| m.node_id)
+        .collect();
+    let unavailable: BTreeSet<u64> = dead.union(&leaving).copied().collect();
+    let plan = node.meta.read(|s| plan_moves(s, &unavailable));
+    for cmd in plan {
         match node.propose_meta(&cmd).await {
-            Ok(_) => tracing::warn!(?cmd, "re-creating a replica of a dead node"),
-            Err(e) => tracing::debug!(error = %e, "cannot start replacing a dead replica yet"),
+            Ok(_) => tracing::warn!(?cmd, "moving a replica"),
+            Err(e) => tracing::debug!(error = %e, "cannot start a replica move yet"),
         }
+    }
+    replace_metadata_voters(node, &unavailable).await;
+    for n in leaving {
+        let holds = node.meta.read(|s| {
+            s.shards_on(n)
+                .any(|(_, sh)| sh.status != ShardStatus::Closed)
+        });
+        let voter = node.meta_group.raft.voter_ids().any(|v| v == n);
+        if !holds && !voter {
+            match node
+                .propose_meta(&MetaCommand::RemoveMember { node_id: n })
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(node_id = n, "decommissioned node left the cluster");
+                    let gone: BTreeSet<u64> = [n].into();
+                    let _ = node
+                        .meta_group
+                        .raft
+                        .change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+                        .await;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot remove the node yet"),
+            }
+        }
+    }
+}
+
+/// The replica moves to start now (pure: a function of the metadata and unavailable nodes).
+pub fn plan_moves(
+    s: &crate::metadata::state::MetaState,
+    unavailable: &BTreeSet<u64>,
+) -> Vec<MetaCommand> {
+    let available: Vec<&crate::metadata::state::Member> = s
+        .members
+        .values()
+        .filter(|m| !unavailable.contains(&m.node_id))
+        .collect();
+    let mut load: BTreeMap<u64, usize> = available.iter().map(|m| (m.node_id, 0)).collect();
+    let open = || {
+        s.streams
+            .values()
+            .flat_map(|st| st.shards.iter().map(move |sh| (st, sh)))
+            .filter(|(_, sh)| sh.status != ShardStatus::Closed)
+    };
+    for (_, sh) in open() {
+        for r in sh.replicas.iter().chain(sh.moving.iter().map(|(_, to)| to)) {
+            if let Some(l) = load.get_mut(r) {
+                *l += 1;
+            }
+        }
+    }
+    let zone_of = |n: &u64| s.members.get(n).map(|m| m.zone.as_str());
+    let best_target =
+        |sh: &crate::metadata::state::ShardMeta, from: u64, load: &BTreeMap<u64, usize>| {
+            let used: BTreeSet<&str> = sh
+                .replicas
+                .iter()
+                .filter(|r| **r != from)
+                .filter_map(zone_of)
+                .collect();
+            available
+                .iter()
+                .filter(|m| !sh.replicas.contains(&m.node_id))
+                .min_by_key(|m| (used.contains(m.zone.as_str()), load[&m.node_id], m.node_id))
+                .map(|m| m.node_id)
+        };
+    let mut out = Vec::new();
+    for (st, sh) in open().filter(|(_, sh)| sh.moving.is_none()) {
+        let Some(from) = sh
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| unavailable.contains(r))
+        else {
+            continue;
+        };
+        if let Some(to) = best_target(sh, from, &load) {
+            *load.entry(to).or_default() += 1;
+            out.push(MetaCommand::MoveReplica {
+                name: st.name.clone(),
+                shard_id: sh.shard_id.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    let moving = open().any(|(_, sh)| sh.moving.is_some());
+    if !out.is_empty() || moving || load.len() < 2 {
+        return out;
+    }
+    // Balance: one move from the most to the least loaded available node, keeping zones apart.
+    let (&max_node, &max) = load
+        .iter()
+        .max_by_key(|(n, l)| (**l, std::cmp::Reverse(**n)))
+        .expect("two nodes");
+    let (&min_node, &min) = load
+        .iter()
+        .min_by_key(|(n, l)| (**l, **n))
+        .expect("two nodes");
+    if max < min + 2 {
+        return out;
+    }
+    for (st, sh) in
+        open().filter(|(_, sh)| sh.replicas.contains(&max_node) && !sh.replicas.contains(&min_node))
+    {
+        let others: BTreeSet<&str> = sh
+            .replicas
+            .iter()
+            .filter(|r| **r != max_node)
+            .filter_map(zone_of)
+            .collect();
+        if zone_of(&min_node).is_some_and(|z| !others.contains(z)) {
+            out.push(MetaCommand::MoveReplica {
+                name: st.name.clone(),
+                shard_id: sh.shard_id.clone(),
+                from: max_node,
+                to: min_node,
+            });
+            break;
+        }
+    }
+    out
+}
+
+/// Replaces metadata voters that are dead or leaving with live learners, preferring zones the
+/// remaining voters do not cover.
+async fn replace_metadata_voters(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
+    let m = node.meta_group.raft.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let Some(gone) = voters.iter().copied().find(|v| unavailable.contains(v)) else {
+        return;
+    };
+    let members = node.members();
+    let covered: BTreeSet<String> = voters
+        .iter()
+        .filter(|v| **v != gone)
+        .filter_map(|v| members.get(v).map(|m| m.zone.clone()))
+        .collect();
+    let candidate = membership
+        .learner_ids()
+        .filter(|l| !unavailable.contains(l) && node.silent_for(*l) < DOWN_AFTER)
+        .filter_map(|l| members.get(&l))
+        .min_by_key(|m| (covered.contains(&m.zone), m.node_id))
+        .map(|m| m.node_id);
+    let Some(candidate) = candidate else {
+        return;
+    };
+    let new_voters: BTreeSet<u64> = voters
+        .iter()
+        .copied()
+        .filter(|v| *v != gone)
+        .chain([candidate])
+        .collect();
+    match node
+        .meta_group
+        .raft
+        .change_membership(new_voters, true)
+        .await
+    {
+        Ok(_) => tracing::warn!(gone, candidate, "replaced a metadata voter"),
+        Err(e) => tracing::debug!(error = %e, "cannot replace the metadata voter yet"),
     }
 }

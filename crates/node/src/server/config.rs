@@ -14,6 +14,8 @@ pub struct ServeConfig {
     pub zone: String,
     /// Initial metadata voters: node id → gRPC address. Every initial node gets the same list.
     pub peers: BTreeMap<u64, String>,
+    /// Join a running cluster through this node's gRPC address (instead of `peers`).
+    pub join: Option<String>,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -46,6 +48,11 @@ impl ServeConfig {
         }
         if self.zone.is_empty() {
             return Err("--zone must not be empty".into());
+        }
+        if self.peers.is_empty() == self.join.is_none() {
+            return Err(
+                "give exactly one of --peers (an initial node) and --join (a new node)".into(),
+            );
         }
         if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
             return Err(format!(
@@ -131,6 +138,7 @@ mod tests {
             http_addr: "127.0.0.1:4569".parse().unwrap(),
             zone: "c".into(),
             peers: p,
+            join: None,
             heartbeat_interval_ms: 200,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,

@@ -37,6 +37,8 @@ pub struct Node {
     pub(super) leader_hints: Mutex<HashMap<u64, u64>>,
     pub(super) registered: AtomicBool,
     pub(super) liveness: Mutex<super::cluster::Liveness>,
+    /// Fired when this node has been decommissioned and removed: the process exits cleanly.
+    pub(super) leave: tokio::sync::Notify,
 }
 
 /// Outcome of a local write attempt.

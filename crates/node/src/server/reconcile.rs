@@ -51,34 +51,72 @@ pub async fn bootstrap(node: &Arc<Node>) {
     }
 }
 
-/// Registers this node (zone, addresses) in the metadata, retrying until it succeeds.
+/// Registers this node (zone, addresses) in the metadata, retrying until it succeeds. A node
+/// started with `--join` asks the metadata leader (found through the seed) to admit it.
 pub async fn register(node: Arc<Node>) {
     let me = Member {
         node_id: node.id,
         zone: node.config.zone.clone(),
         grpc_addr: node.config.grpc_addr.to_string(),
         http_addr: node.config.http_addr.to_string(),
+        decommissioning: false,
     };
+    let mut target = node.config.join.clone();
     loop {
         let current = node.meta.read(|s| s.members.get(&node.id).cloned());
-        if current.as_ref() == Some(&me) {
+        let same = current.is_some_and(|c| {
+            c.zone == me.zone && c.grpc_addr == me.grpc_addr && c.http_addr == me.http_addr
+        });
+        if same {
             node.registered.store(true, Ordering::Relaxed);
+            tracing::info!(zone = %me.zone, "registered in the cluster metadata");
             return;
         }
-        match node
-            .propose_meta(&MetaCommand::RegisterNode(me.clone()))
-            .await
-        {
-            Ok(MetaResponse::Ok) => {
-                tracing::info!(zone = %me.zone, "registered in the cluster metadata");
-                node.registered.store(true, Ordering::Relaxed);
-                return;
-            }
-            Ok(other) => tracing::warn!(?other, "registration refused; retrying"),
-            Err(e) => tracing::debug!(error = %e, "registration not yet possible; retrying"),
+        match &target {
+            Some(addr) => match join_via(&node, addr, &me).await {
+                Ok(None) => {}
+                Ok(Some(leader_addr)) => target = Some(leader_addr),
+                Err(e) => {
+                    tracing::debug!(error = %e, seed = %addr, "join not possible yet; retrying");
+                    target = node.config.join.clone();
+                }
+            },
+            None => match node
+                .propose_meta(&MetaCommand::RegisterNode(me.clone()))
+                .await
+            {
+                Ok(MetaResponse::Ok) => {}
+                Ok(other) => tracing::warn!(?other, "registration refused; retrying"),
+                Err(e) => tracing::debug!(error = %e, "registration not yet possible; retrying"),
+            },
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Asks `addr` to admit this node; `Ok(Some(leader))` when another node leads the metadata.
+async fn join_via(node: &Node, addr: &str, me: &Member) -> Result<Option<String>, String> {
+    let mut client = node.groups.transport().client(addr)?;
+    let reply = client
+        .join_cluster(millrace_proto::internal::JoinClusterRequest {
+            node_id: me.node_id,
+            zone: me.zone.clone(),
+            grpc_addr: me.grpc_addr.clone(),
+            http_addr: me.http_addr.clone(),
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    if let Some(nl) = reply.not_leader {
+        return match nl.leader_grpc_addr.is_empty() {
+            true => Err("the seed knows no metadata leader".into()),
+            false => Ok(Some(nl.leader_grpc_addr)),
+        };
+    }
+    if !reply.error.is_empty() {
+        return Err(reply.error);
+    }
+    Ok(None)
 }
 
 /// Keeps local shard replicas in line with the metadata: opens the replicas placed here and
@@ -116,6 +154,10 @@ pub async fn reconcile_groups(node: Arc<Node>) {
                     Err(e) => tracing::error!(group_id, error = %e, "cannot delete replica"),
                 }
             }
+        }
+        let removed = node.is_registered() && node.meta.read(|s| !s.members.contains_key(&node.id));
+        if removed {
+            node.leave.notify_one();
         }
         let _ = tokio::time::timeout(RECONCILE_INTERVAL, changes.changed()).await;
     }
@@ -167,7 +209,7 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
 /// records of deleted streams (their replicas are then deleted by every node).
 pub async fn leader_loop(node: Arc<Node>) {
     loop {
-        super::cluster::replace_dead_replicas(&node).await;
+        super::cluster::heal_and_balance(&node).await;
         if node.meta_group.raft.is_leader() {
             if node.meta.cluster_secret().is_none() {
                 let secret: [u8; 32] = rand::random();

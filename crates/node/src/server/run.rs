@@ -79,6 +79,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         leader_hints: Mutex::new(HashMap::new()),
         registered: AtomicBool::new(false),
         liveness: Mutex::new(Default::default()),
+        leave: tokio::sync::Notify::new(),
     });
 
     let grpc = tonic::transport::Server::builder()
@@ -127,6 +128,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         r = &mut grpc_task => anyhow::bail!("gRPC server stopped: {r:?}"),
         r = &mut http_task => anyhow::bail!("HTTP server stopped: {r:?}"),
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = node.leave.notified() => tracing::info!("decommissioned and removed from the cluster: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
     }
     transfer_leaderships(&node).await;
