@@ -65,6 +65,11 @@ async fn writer(
 
 /// Every acknowledged record is read exactly once; nothing unwritten appears.
 async fn check(client: &Client, stream: &str, log: &Written) {
+    check_except(client, stream, log, "").await
+}
+
+/// Like [`check`], ignoring records with the partition key `skip` (probes written many times).
+async fn check_except(client: &Client, stream: &str, log: &Written, skip: &str) {
     let mut seen = HashSet::new();
     for shard in client.list_shards(stream).await.unwrap() {
         let mut it = client
@@ -364,4 +369,74 @@ async fn a_joined_node_receives_replicas_and_a_decommissioned_node_leaves() {
         log.acked.len()
     );
     check(&client, "ops", &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_whole_zone_keeps_every_shard_writable_and_readable() {
+    let mut cluster =
+        Cluster::start_zoned("zone-outage", &["a", "a", "b", "b", "c", "c"], &[]).await;
+    let client = cluster.client();
+    client.create_stream("zones", 3).await.expect("create");
+    let d = client
+        .wait_for_active("zones", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let zone_of = |n: u64| ["a", "a", "b", "b", "c", "c"][(n - 1) as usize];
+    for s in &d.shards {
+        let z: HashSet<&str> = s.replica_node_ids.iter().map(|n| zone_of(*n)).collect();
+        assert_eq!(z.len(), 3, "{} has one replica per zone", s.shard_id);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Written::default()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(writer(
+        client.clone(),
+        "zones",
+        stop.clone(),
+        log.clone(),
+        calls.clone(),
+    ));
+    wait_calls(&calls, 10).await;
+
+    // Zone a goes away: nodes 1 and 2.
+    cluster.kill(1);
+    cluster.kill(2);
+    let survivors = Client::with_config(
+        cluster.nodes[2..]
+            .iter()
+            .map(|n| format!("http://{}", n.grpc)),
+        common::test_client_config(),
+    )
+    .unwrap();
+    // Every shard takes writes again (explicit hash keys pin one record per shard).
+    wait_until(Duration::from_secs(60), "every shard takes writes without zone a", || {
+        let (survivors, shards) = (survivors.clone(), d.shards.clone());
+        async move {
+            let batch: Vec<PutRecord> = shards
+                .iter()
+                .map(|s| PutRecord {
+                    explicit_hash_key: Some(s.hash_key_range.clone().unwrap().starting_hash_key),
+                    ..PutRecord::new("probe", b"probe".to_vec())
+                })
+                .collect();
+            matches!(survivors.put_records("zones", batch).await, Ok(r) if r.iter().all(|r| r.is_ok()))
+        }
+    })
+    .await;
+    let start = calls.load(Ordering::Relaxed);
+    wait_until(Duration::from_secs(60), "the writer goes on", || {
+        let n = calls.load(Ordering::Relaxed);
+        async move { n >= start + 10 }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let mut log = std::mem::take(&mut *log.lock().unwrap());
+    log.unknown.insert("probe".into());
+    assert!(
+        log.acked.len() > 50,
+        "writes went on ({} acknowledged)",
+        log.acked.len()
+    );
+    check_except(&survivors, "zones", &log, "probe").await;
 }

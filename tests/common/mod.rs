@@ -45,6 +45,16 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `MILLRACE_*` settings for every node.
     pub async fn start_with_env(name: &str, n: usize, env: &[(&str, &str)]) -> Cluster {
+        let zones: Vec<String> = (0..n)
+            .map(|i| ((b'a' + i as u8) as char).to_string())
+            .collect();
+        let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
+        Cluster::start_zoned(name, &zones, env).await
+    }
+
+    /// One node per entry of `zones` (node i+1 in `zones[i]`), all initial metadata voters.
+    pub async fn start_zoned(name: &str, zones: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let n = zones.len();
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("clusters")
             .join(format!("{name}-{}", std::process::id()));
@@ -56,7 +66,7 @@ impl Cluster {
                 id,
                 grpc: format!("127.0.0.1:{}", free_port()),
                 http: format!("127.0.0.1:{}", free_port()),
-                zone: ((b'a' + (id - 1) as u8) as char).to_string(),
+                zone: zones[(id - 1) as usize].to_string(),
                 data_dir: root.join(format!("node-{id}")),
                 child: None,
             })
