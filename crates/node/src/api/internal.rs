@@ -160,6 +160,27 @@ impl Internal for InternalService {
         Ok(Response::new(reply))
     }
 
+    async fn transfer_leadership(
+        &self,
+        req: Request<ipb::TransferLeadershipRequest>,
+    ) -> Result<Response<ipb::TransferLeadershipReply>, Status> {
+        let req = req.into_inner();
+        let reply = match self.node.groups.get(req.group_id) {
+            Some(h) if h.raft.is_leader() => match h.raft.trigger().transfer_leader(req.to).await {
+                Ok(()) => ipb::TransferLeadershipReply::default(),
+                Err(e) => ipb::TransferLeadershipReply {
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            },
+            _ => ipb::TransferLeadershipReply {
+                not_leader: Some(self.not_leader(self.node.local_leader(req.group_id))),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
     async fn node_report(
         &self,
         req: Request<ipb::NodeReportRequest>,
@@ -168,10 +189,19 @@ impl Internal for InternalService {
             let leader = self.node.metadata_leader();
             return Ok(Response::new(ipb::NodeReportReply {
                 not_leader: Some(self.not_leader(leader)),
+                ..Default::default()
             }));
         }
-        self.node.record_report(req.into_inner());
-        Ok(Response::new(ipb::NodeReportReply::default()))
+        let req = req.into_inner();
+        let member = self
+            .node
+            .meta
+            .read(|s| s.members.contains_key(&req.node_id));
+        self.node.record_report(req);
+        Ok(Response::new(ipb::NodeReportReply {
+            not_a_member: !member,
+            ..Default::default()
+        }))
     }
 
     async fn cluster_status(

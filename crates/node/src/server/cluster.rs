@@ -24,6 +24,8 @@ pub const DOWN_AFTER: Duration = Duration::from_secs(3);
 pub struct Liveness {
     seen: HashMap<u64, (Instant, Vec<GroupReport>)>,
     leader_since: Option<Instant>,
+    /// When leaderships were last rebalanced (the next reports must reflect it first).
+    last_leader_balance: Option<Instant>,
 }
 
 impl Liveness {
@@ -246,7 +248,14 @@ pub async fn report_loop(node: Arc<Node>) {
             continue;
         };
         if let Ok(mut client) = node.groups.transport().client(&addr) {
-            let _ = tokio::time::timeout(REPORT_INTERVAL, client.node_report(report)).await;
+            let reply = tokio::time::timeout(REPORT_INTERVAL, client.node_report(report)).await;
+            // A decommissioned node may be cut off from the metadata before it applies its own
+            // removal; the leader's answer tells it.
+            if let Ok(Ok(r)) = reply {
+                if r.into_inner().not_a_member && node.is_registered() {
+                    node.leave.notify_one();
+                }
+            }
         }
     }
 }
@@ -285,6 +294,15 @@ pub async fn heal_and_balance(node: &Arc<Node>) {
         }
     }
     replace_metadata_voters(node, &unavailable).await;
+    let idle = node.meta.read(|s| {
+        s.streams
+            .values()
+            .flat_map(|st| &st.shards)
+            .all(|sh| sh.moving.is_none())
+    });
+    if idle {
+        balance_leaders(node, &unavailable).await;
+    }
     for n in leaving {
         let holds = node.meta.read(|s| {
             s.shards_on(n)
@@ -307,6 +325,79 @@ pub async fn heal_and_balance(node: &Arc<Node>) {
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot remove the node yet"),
             }
+        }
+    }
+}
+
+/// Evens out shard leaderships: when a live node leads at least two more shards than another,
+/// one of its groups that has a replica on the other node hands its leadership over.
+async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
+    let reports: Vec<(u64, Vec<GroupReport>)> = {
+        let l = node.liveness.lock().expect("liveness lock");
+        l.seen
+            .iter()
+            .filter(|(n, (t, _))| !unavailable.contains(n) && t.elapsed() < DOWN_AFTER)
+            .map(|(n, (_, g))| (*n, g.clone()))
+            .collect()
+    };
+    if reports.len() < 2 {
+        return;
+    }
+    {
+        let mut l = node.liveness.lock().expect("liveness lock");
+        if l.last_leader_balance
+            .is_some_and(|t| t.elapsed() < 3 * REPORT_INTERVAL)
+        {
+            return;
+        }
+        l.last_leader_balance = Some(Instant::now());
+    }
+    let led = |groups: &[GroupReport]| -> Vec<u64> {
+        groups
+            .iter()
+            .filter(|g| g.group_id != METADATA_GROUP_ID && g.state == "Leader")
+            .map(|g| g.group_id)
+            .collect()
+    };
+    let (max_node, max_groups) = reports
+        .iter()
+        .map(|(n, g)| (*n, led(g)))
+        .max_by_key(|(n, g)| (g.len(), std::cmp::Reverse(*n)))
+        .expect("reports");
+    let (min_node, min_count) = reports
+        .iter()
+        .map(|(n, g)| (*n, led(g).len()))
+        .min_by_key(|(n, c)| (*c, *n))
+        .expect("reports");
+    if max_groups.len() < min_count + 2 {
+        return;
+    }
+    let hosts_min = |group: u64| {
+        node.meta.read(|s| {
+            s.group(group)
+                .is_some_and(|(_, sh)| sh.replicas.contains(&min_node))
+        })
+    };
+    let Some(group) = max_groups.into_iter().find(|g| hosts_min(*g)) else {
+        return;
+    };
+    let Some(addr) = node.addr_of(max_node) else {
+        return;
+    };
+    if let Ok(mut client) = node.groups.transport().client(&addr) {
+        let req = millrace_proto::internal::TransferLeadershipRequest {
+            group_id: group,
+            to: min_node,
+        };
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), client.transfer_leadership(req)).await
+        {
+            tracing::info!(
+                group,
+                from = max_node,
+                to = min_node,
+                "balancing leaderships"
+            );
         }
     }
 }
