@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idle cost of a 3-node cluster (one machine) with N idle shards: CPU (% of one core, summed over
+# the three node processes) and resident memory, measured from /proc over a quiet window.
+# Usage: tests/bench/idle-cost.sh [SHARDS...]   (default: 10 100 1000)
+# Needs the release binary: cargo build --release --bin millrace
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=target/release/millrace
+WINDOW=${WINDOW:-20}
+[ -x "$BIN" ] || { echo "build first: cargo build --release --bin millrace" >&2; exit 1; }
+ticks=$(getconf CLK_TCK)
+for shards in "${@:-10 100 1000}"; do
+  for n in $shards; do
+    dir=$(mktemp -d)
+    "$BIN" dev --data-dir "$dir" > "$dir/dev.out" 2>&1 &
+    dev=$!
+    trap 'kill -INT $dev 2>/dev/null || true' EXIT
+    for _ in $(seq 1 100); do grep -q MILLRACE_ENDPOINT "$dir/dev.out" 2>/dev/null && break; sleep 0.2; done
+    pids=$(grep -o 'pid [0-9]*' "$dir/dev.out" | awk '{print $2}')
+    export MILLRACE_ENDPOINT=http://127.0.0.1:7101,http://127.0.0.1:7102,http://127.0.0.1:7103
+    for _ in $(seq 1 150); do curl -sf http://127.0.0.1:4567/readyz >/dev/null && break; sleep 0.2; done
+    start=$(date +%s)
+    "$BIN" stream create idle --shards "$n" > /dev/null
+    created=$(( $(date +%s) - start ))
+    sleep 10   # let elections and catch-up settle
+    cpu() { local t=0; for p in $pids; do set -- $(cut -d' ' -f14,15 /proc/$p/stat); t=$((t + $1 + $2)); done; echo $t; }
+    c0=$(cpu); sleep "$WINDOW"; c1=$(cpu)
+    rss=0; for p in $pids; do rss=$((rss + $(awk '/VmRSS/ {print $2}' /proc/$p/status))); done
+    pct=$(awk -v d=$((c1 - c0)) -v t="$ticks" -v w="$WINDOW" 'BEGIN { printf "%.1f", 100 * d / t / w }')
+    echo "{\"shards\": $n, \"create_seconds\": $created, \"idle_cpu_percent_of_one_core\": $pct, \"rss_mib_total\": $((rss / 1024))}"
+    kill -INT $dev; wait $dev 2>/dev/null || true
+    trap - EXIT
+    rm -rf "$dir"
+  done
+done
