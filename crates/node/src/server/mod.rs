@@ -3,7 +3,6 @@
 pub mod cluster;
 pub mod config;
 pub mod node;
-mod quiesce;
 mod reconcile;
 mod retention;
 pub mod routing;
