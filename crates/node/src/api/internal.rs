@@ -181,6 +181,16 @@ impl Internal for InternalService {
         Ok(Response::new(reply))
     }
 
+    async fn ping(
+        &self,
+        req: Request<ipb::PingRequest>,
+    ) -> Result<Response<ipb::PingReply>, Status> {
+        let req = req.into_inner();
+        self.node.peer_alive(req.from_node_id);
+        self.node.nudge(&req.nudge_groups).await;
+        Ok(Response::new(ipb::PingReply {}))
+    }
+
     async fn node_report(
         &self,
         req: Request<ipb::NodeReportRequest>,

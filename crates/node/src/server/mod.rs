@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod config;
 pub mod node;
+mod quiesce;
 mod reconcile;
 mod retention;
 pub mod routing;

@@ -39,6 +39,7 @@ pub struct Node {
     pub(super) liveness: Mutex<super::cluster::Liveness>,
     /// Fired when this node has been decommissioned and removed: the process exits cleanly.
     pub(super) leave: tokio::sync::Notify,
+    pub(super) quiet: Mutex<super::quiesce::Quiet>,
 }
 
 /// Outcome of a local write attempt.
@@ -241,9 +242,15 @@ impl Node {
         };
         match h.raft.client_write(Request(cmd.encode_to_vec())).await {
             Ok(resp) if resp.data.0 == APPLY_CLOSED => Ok(LocalWrite::Closed),
-            Ok(resp) => Ok(LocalWrite::Done(resp.log_id.index)),
+            Ok(resp) => {
+                self.announce_commit(group_id);
+                Ok(LocalWrite::Done(resp.log_id.index))
+            }
             Err(e) => match not_leader(&e) {
-                Some(hint) => Ok(LocalWrite::NotLeader(hint)),
+                Some(hint) => {
+                    refresh_lease(&h.raft).await;
+                    Ok(LocalWrite::NotLeader(hint))
+                }
                 None => Err(write_error(e)),
             },
         }
@@ -268,7 +275,10 @@ impl Node {
                 shared.sealed_at().unwrap_or(resp.log_id.index),
             )),
             Err(e) => match not_leader(&e) {
-                Some(hint) => Ok(LocalWrite::NotLeader(hint)),
+                Some(hint) => {
+                    refresh_lease(&h.raft).await;
+                    Ok(LocalWrite::NotLeader(hint))
+                }
                 None => Err(write_error(e)),
             },
         }
@@ -444,7 +454,10 @@ impl Node {
                 .await;
             if let Err(e) = added {
                 return match not_leader(&e) {
-                    Some(hint) => Ok(Err(hint)),
+                    Some(hint) => {
+                        refresh_lease(&h.raft).await;
+                        Ok(Err(hint))
+                    }
                     None => Err(ApiError::Unavailable(format!(
                         "adding learner {learner}: {e}"
                     ))),
@@ -453,9 +466,15 @@ impl Node {
         }
         let voters: std::collections::BTreeSet<u64> = voters.iter().copied().collect();
         match h.raft.change_membership(voters, false).await {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => {
+                self.announce_commit(group_id);
+                Ok(Ok(()))
+            }
             Err(e) => match not_leader(&e) {
-                Some(hint) => Ok(Err(hint)),
+                Some(hint) => {
+                    refresh_lease(&h.raft).await;
+                    Ok(Err(hint))
+                }
                 None => Err(ApiError::Unavailable(format!("changing voters: {e}"))),
             },
         }
@@ -464,6 +483,15 @@ impl Node {
     /// Members with their addresses, for DescribeCluster.
     pub fn members(&self) -> BTreeMap<u64, crate::metadata::state::Member> {
         self.meta.read(|s| s.members.clone())
+    }
+}
+
+/// A quiet shard group sends no periodic heartbeats, so an idle leader's lease runs out and
+/// openraft refuses writes (`LeaseExpired`) until a quorum acknowledges it again: one heartbeat
+/// round renews it, and the caller's retry goes through.
+async fn refresh_lease(raft: &millrace_raft::Raft) {
+    if raft.is_leader() {
+        let _ = raft.trigger().heartbeat().await;
     }
 }
 

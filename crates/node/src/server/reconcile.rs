@@ -181,6 +181,7 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
         .lock()
         .expect("shards lock")
         .insert(group_id, shared);
+    super::quiesce::quiet_group(&handle.raft);
     if replicas.first() == Some(&node.id)
         && !handle
             .raft
@@ -201,6 +202,8 @@ async fn ensure_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Re
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(group_id, ?replicas, "initialized shard group");
+        // Election timers are off for shard groups: elect the first leader explicitly.
+        let _ = handle.raft.trigger().elect(false).await;
     }
     Ok(())
 }

@@ -90,6 +90,7 @@ async fn propose_mark(h: &GroupHandle, shared: &ShardShared, cutoff_ms: i64) -> 
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(group_id = h.group_id, upto, "retention mark appended");
+    let _ = h.raft.trigger().heartbeat().await;
     Ok(())
 }
 

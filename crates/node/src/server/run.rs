@@ -80,6 +80,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         registered: AtomicBool::new(false),
         liveness: Mutex::new(Default::default()),
         leave: tokio::sync::Notify::new(),
+        quiet: Mutex::new(Default::default()),
     });
 
     let grpc = tonic::transport::Server::builder()
@@ -122,6 +123,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(reconcile::leader_loop(node.clone()));
     tokio::spawn(super::retention::retention_loop(node.clone()));
     tokio::spawn(super::cluster::report_loop(node.clone()));
+    tokio::spawn(super::quiesce::quiesce_loop(node.clone()));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

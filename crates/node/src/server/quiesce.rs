@@ -1,0 +1,212 @@
+//! Quiet shard groups: thousands of idle shards must cost little (issue: many shards).
+//!
+//! Shard groups run with openraft's periodic heartbeats and election timers *off*. Instead:
+//! * every node pings each peer node (one call per peer, whatever the number of groups);
+//! * after a write commits, the leader sends one heartbeat for the group (coalesced every 100 ms),
+//!   so followers learn the commit point and apply;
+//! * a follower whose leader's node has not answered pings for a while, or that knows no leader,
+//!   first nudges the group's replicas (a live leader answers with a heartbeat) and only then
+//!   starts a pre-vote election.
+//!
+//! Raft's safety does not depend on heartbeats; only how fast a dead leader is replaced does.
+//! The metadata group keeps ordinary heartbeats.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+
+use super::node::Node;
+use crate::metadata::state::METADATA_GROUP_ID;
+
+/// How often peers are pinged and quiet groups checked.
+const TICK: Duration = Duration::from_millis(250);
+/// A leader whose node has not answered pings for this long (plus per-group jitter) is replaced.
+const LEADER_SILENT_AFTER: Duration = Duration::from_millis(1500);
+/// Nudges sent before a follower that knows no leader starts an election.
+const NUDGES_BEFORE_ELECTION: u32 = 4;
+
+/// Liveness of peer nodes and groups with commits to announce.
+#[derive(Default)]
+pub struct Quiet {
+    peer_seen: HashMap<u64, Instant>,
+    dirty: HashSet<u64>,
+    /// Per group: nudges sent without finding a leader, and when it last elected.
+    nudges: HashMap<u64, u32>,
+    last_election: HashMap<u64, Instant>,
+}
+
+impl Node {
+    /// Marks a group whose leader committed something followers should learn about.
+    pub fn announce_commit(&self, group_id: u64) {
+        self.quiet
+            .lock()
+            .expect("quiet lock")
+            .dirty
+            .insert(group_id);
+    }
+
+    /// A peer node answered (or pinged us).
+    pub fn peer_alive(&self, node_id: u64) {
+        self.quiet
+            .lock()
+            .expect("quiet lock")
+            .peer_seen
+            .insert(node_id, Instant::now());
+    }
+
+    /// Heartbeats for the listed groups this node leads.
+    pub async fn nudge(&self, groups: &[u64]) {
+        for g in groups {
+            if let Some(h) = self.groups.get(*g) {
+                if h.raft.is_leader() {
+                    let _ = h.raft.trigger().heartbeat().await;
+                }
+            }
+        }
+    }
+}
+
+/// Turns periodic heartbeats and election timers off for a shard group replica.
+pub fn quiet_group(raft: &millrace_raft::Raft) {
+    raft.runtime_config().heartbeat(false);
+    raft.runtime_config().elect(false);
+}
+
+pub async fn quiesce_loop(node: Arc<Node>) {
+    loop {
+        tokio::time::sleep(TICK / 2).await;
+        announce(&node).await;
+        tokio::time::sleep(TICK / 2).await;
+        announce(&node).await;
+        let nudges = watch_leaders(&node).await;
+        ping_peers(&node, &nudges).await;
+    }
+}
+
+/// One heartbeat per group that committed since the last round.
+async fn announce(node: &Node) {
+    let dirty: Vec<u64> = std::mem::take(&mut node.quiet.lock().expect("quiet lock").dirty)
+        .into_iter()
+        .collect();
+    for g in dirty {
+        if let Some(h) = node.groups.get(g) {
+            if h.raft.is_leader() {
+                let _ = h.raft.trigger().heartbeat().await;
+            }
+        }
+    }
+}
+
+/// Per-group jitter so that replicas of one group do not all elect at once.
+fn jitter(node_id: u64, group_id: u64) -> Duration {
+    Duration::from_millis((node_id.wrapping_mul(7919) ^ group_id.wrapping_mul(104_729)) % 1500)
+}
+
+/// Checks every local shard group; returns, per peer, the groups to nudge.
+async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
+    let mut nudges: HashMap<u64, Vec<u64>> = HashMap::new();
+    let now = Instant::now();
+    for g in node.groups.group_ids() {
+        if g == METADATA_GROUP_ID {
+            continue;
+        }
+        let Some(h) = node.groups.get(g) else {
+            continue;
+        };
+        let m = h.raft.metrics().borrow_watched().clone();
+        if m.state == ServerState::Leader || m.state == ServerState::Learner {
+            continue;
+        }
+        let voters: Vec<u64> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != node.id)
+            .collect();
+        if voters.is_empty() {
+            continue;
+        }
+        let (leader_silent, sent) = {
+            let q = node.quiet.lock().expect("quiet lock");
+            let silent = match m.current_leader {
+                // A leader removed from the group (a replica move) leads nothing any more.
+                Some(l) if l != node.id && !voters.contains(&l) => true,
+                Some(l) if l != node.id => q.peer_seen.get(&l).is_none_or(|t| {
+                    now.duration_since(*t) > LEADER_SILENT_AFTER + jitter(node.id, g)
+                }),
+                _ => true,
+            };
+            (silent, q.nudges.get(&g).copied().unwrap_or(0))
+        };
+        if !leader_silent {
+            node.quiet.lock().expect("quiet lock").nudges.remove(&g);
+            continue;
+        }
+        if m.current_leader.is_none() && sent < NUDGES_BEFORE_ELECTION {
+            // Maybe a live leader just has had nothing to say: ask the replicas to speak up.
+            for v in &voters {
+                nudges.entry(*v).or_default().push(g);
+            }
+            *node
+                .quiet
+                .lock()
+                .expect("quiet lock")
+                .nudges
+                .entry(g)
+                .or_default() += 1;
+            continue;
+        }
+        let recently = node
+            .quiet
+            .lock()
+            .expect("quiet lock")
+            .last_election
+            .get(&g)
+            .is_some_and(|t| now.duration_since(*t) < 2 * LEADER_SILENT_AFTER);
+        if !recently {
+            node.quiet
+                .lock()
+                .expect("quiet lock")
+                .last_election
+                .insert(g, now);
+            tracing::info!(group_id = g, leader = ?m.current_leader, "shard leader silent: starting an election");
+            let _ = h.raft.trigger().elect(true).await;
+        }
+    }
+    nudges
+}
+
+/// Pings every peer member (carrying nudges) and records who answered.
+async fn ping_peers(node: &Arc<Node>, nudges: &HashMap<u64, Vec<u64>>) {
+    let peers: Vec<(u64, String)> = node
+        .members()
+        .values()
+        .filter(|m| m.node_id != node.id)
+        .map(|m| (m.node_id, m.grpc_addr.clone()))
+        .collect();
+    let answered: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let pings = peers.into_iter().map(|(id, addr)| {
+        let answered = answered.clone();
+        let groups = nudges.get(&id).cloned().unwrap_or_default();
+        let node = node.clone();
+        async move {
+            let Ok(mut client) = node.groups.transport().client(&addr) else {
+                return;
+            };
+            let req = millrace_proto::internal::PingRequest {
+                from_node_id: node.id,
+                nudge_groups: groups,
+            };
+            if let Ok(Ok(_)) = tokio::time::timeout(TICK * 2, client.ping(req)).await {
+                answered.lock().expect("answered lock").push(id);
+            }
+        }
+    });
+    futures::future::join_all(pings).await;
+    for id in answered.lock().expect("answered lock").drain(..) {
+        node.peer_alive(id);
+    }
+}
