@@ -29,6 +29,8 @@ for shards in "${@:-10 100 1000}"; do
     pct=$(awk -v d=$((c1 - c0)) -v t="$ticks" -v w="$WINDOW" 'BEGIN { printf "%.1f", 100 * d / t / w }')
     echo "{\"shards\": $n, \"create_seconds\": $created, \"idle_cpu_percent_of_one_core\": $pct, \"rss_mib_total\": $((rss / 1024))}"
     kill -INT $dev; wait $dev 2>/dev/null || true
+    # The nodes shut down gracefully after dev exits; wait until their ports are free.
+    for p in $pids; do while kill -0 "$p" 2>/dev/null; do sleep 0.2; done; done
     trap - EXIT
     rm -rf "$dir"
   done

@@ -30,11 +30,21 @@ pub struct Cluster {
     env: Vec<(String, String)>,
 }
 
+/// A free port below the kernel's ephemeral range (32768+), so that the outgoing connections of
+/// running nodes cannot take it between this check and the node's bind. Ports are handed out
+/// from a per-process counter, offset by the process id, so parallel tests do not collide.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 100) as u16 * 100;
+    for _ in 0..10_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 impl Cluster {

@@ -73,6 +73,8 @@ impl Node {
 pub fn quiet_group(raft: &millrace_raft::Raft) {
     raft.runtime_config().heartbeat(false);
     raft.runtime_config().elect(false);
+    // The tick only drives those two timers: stop it too, so an idle group's task sleeps.
+    raft.runtime_config().tick(false);
 }
 
 pub async fn quiesce_loop(node: Arc<Node>) {
@@ -145,7 +147,11 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
             node.quiet.lock().expect("quiet lock").nudges.remove(&g);
             continue;
         }
-        if m.current_leader.is_none() && sent < NUDGES_BEFORE_ELECTION {
+        // Replicas that know no leader nudge for a while (jittered per replica), so that they do
+        // not all start elections at once and split the vote.
+        let patience =
+            NUDGES_BEFORE_ELECTION + (jitter(node.id, g).as_millis() / TICK.as_millis()) as u32;
+        if m.current_leader.is_none() && sent < patience {
             // Maybe a live leader just has had nothing to say: ask the replicas to speak up.
             for v in &voters {
                 nudges.entry(*v).or_default().push(g);
@@ -165,7 +171,7 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
             .expect("quiet lock")
             .last_election
             .get(&g)
-            .is_some_and(|t| now.duration_since(*t) < 2 * LEADER_SILENT_AFTER);
+            .is_some_and(|t| now.duration_since(*t) < 2 * LEADER_SILENT_AFTER + jitter(node.id, g));
         if !recently {
             node.quiet
                 .lock()
@@ -173,7 +179,9 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
                 .last_election
                 .insert(g, now);
             tracing::info!(group_id = g, leader = ?m.current_leader, "shard leader silent: starting an election");
-            let _ = h.raft.trigger().elect(true).await;
+            // With a known (now silent) leader, pre-vote first so a healthy leader is not deposed;
+            // with none known (a new group, or after a leader left), a plain election.
+            let _ = h.raft.trigger().elect(m.current_leader.is_some()).await;
         }
     }
     nudges
