@@ -20,7 +20,12 @@ for shards in "${@:-10 100 1000}"; do
     export MILLRACE_ENDPOINT=http://127.0.0.1:7101,http://127.0.0.1:7102,http://127.0.0.1:7103
     for _ in $(seq 1 150); do curl -sf http://127.0.0.1:4567/readyz >/dev/null && break; sleep 0.2; done
     start=$(date +%s)
-    "$BIN" stream create idle --shards "$n" > /dev/null
+    # Many shards can take longer than the CLI's 60 s wait: keep waiting for ACTIVE (10 min max).
+    "$BIN" stream create idle --shards "$n" > /dev/null 2>&1 || true
+    for _ in $(seq 1 600); do
+      "$BIN" stream describe idle 2>/dev/null | grep -q '"status": "ACTIVE"' && break
+      sleep 1
+    done
     created=$(( $(date +%s) - start ))
     sleep 10   # let elections and catch-up settle
     cpu() { local t=0; for p in $pids; do set -- $(cut -d' ' -f14,15 /proc/$p/stat); t=$((t + $1 + $2)); done; echo $t; }
