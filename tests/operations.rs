@@ -63,6 +63,35 @@ async fn writer(
     }
 }
 
+/// A background writer and what it saw.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Written>>,
+    calls: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(client: &Client, stream: &'static str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Written::default()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(writer(
+            client.clone(),
+            stream,
+            stop.clone(),
+            log.clone(),
+            calls.clone(),
+        ));
+        Writer {
+            stop,
+            log,
+            calls,
+            task,
+        }
+    }
+}
+
 /// Every acknowledged record is read exactly once; nothing unwritten appears.
 async fn check(client: &Client, stream: &str, log: &Written) {
     check_except(client, stream, log, "").await
@@ -135,16 +164,12 @@ async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
     let held_before = cluster.group_dirs(victim);
     assert!(!held_before.is_empty());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Written::default()));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(writer(
-        client.clone(),
-        "heal",
-        stop.clone(),
-        log.clone(),
-        calls.clone(),
-    ));
+    let Writer {
+        stop,
+        log,
+        calls,
+        task,
+    } = Writer::start(&client, "heal");
     wait_calls(&calls, 10).await;
     cluster.kill(victim);
 
@@ -257,16 +282,12 @@ async fn rolling_restart_under_load_loses_nothing() {
         .wait_for_active("roll", Duration::from_secs(60))
         .await
         .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Written::default()));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(writer(
-        client.clone(),
-        "roll",
-        stop.clone(),
-        log.clone(),
-        calls.clone(),
-    ));
+    let Writer {
+        stop,
+        log,
+        calls,
+        task,
+    } = Writer::start(&client, "roll");
     wait_calls(&calls, 10).await;
     for id in 1..=3 {
         cluster.stop(id).await; // SIGTERM: leaderships move away first, then a clean exit
@@ -301,16 +322,12 @@ async fn a_joined_node_receives_replicas_and_a_decommissioned_node_leaves() {
         .wait_for_active("ops", Duration::from_secs(60))
         .await
         .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Written::default()));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(writer(
-        client.clone(),
-        "ops",
-        stop.clone(),
-        log.clone(),
-        calls.clone(),
-    ));
+    let Writer {
+        stop,
+        log,
+        calls,
+        task,
+    } = Writer::start(&client, "ops");
     wait_calls(&calls, 10).await;
 
     // Node 4 joins (zone d) and existing replicas are rebalanced onto it: 12 replicas, 3 each.
@@ -391,16 +408,12 @@ async fn losing_a_whole_zone_keeps_every_shard_writable_and_readable() {
         let z: HashSet<&str> = s.replica_node_ids.iter().map(|n| zone_of(*n)).collect();
         assert_eq!(z.len(), 3, "{} has one replica per zone", s.shard_id);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Written::default()));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(writer(
-        client.clone(),
-        "zones",
-        stop.clone(),
-        log.clone(),
-        calls.clone(),
-    ));
+    let Writer {
+        stop,
+        log,
+        calls,
+        task,
+    } = Writer::start(&client, "zones");
     wait_calls(&calls, 10).await;
 
     // Zone a goes away: nodes 1 and 2.
