@@ -203,6 +203,30 @@ async fn dev_cluster_and_cli_contract() {
     assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
     assert!(err.contains("nope"), "{err}");
 
+    // The stream and cluster administration commands the README shows.
+    let tagged = json_lines(&cli(
+        &["stream", "tag", "clitest", "--add", "team=payments"],
+        None,
+    ));
+    assert_eq!(tagged[0]["team"], "payments");
+    let kept = json_lines(&cli(
+        &["stream", "retention", "clitest", "--hours", "48"],
+        None,
+    ));
+    assert_eq!(kept[0]["retention_period_hours"], 48);
+    let split = json_lines(&cli(
+        &["stream", "split", "clitest", "--shard", &shard],
+        None,
+    ));
+    assert_eq!(
+        split[0]["shards"], 4,
+        "two children next to the two parents' records"
+    );
+    let status = json_lines(&cli(&["cluster", "status", "--json"], None));
+    assert_eq!(status[0]["nodes"].as_array().unwrap().len(), 3);
+    let text = cli(&["cluster", "status"], None);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("under-replicated shards: 0"));
+
     // Fail-over: the first endpoint refuses connections.
     let out = Command::new(BIN)
         .args([

@@ -130,7 +130,6 @@ impl Node {
                     .map_err(ApiError::Internal)?;
                 let req = ShardAppendRequest {
                     group_id,
-                    records: Vec::new(),
                     seal: records.is_none(),
                     batch: records.unwrap_or_default(),
                 };
