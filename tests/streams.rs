@@ -50,13 +50,14 @@ async fn stream_lifecycle_tags_retention_and_limits() {
         Err(ClientError::Server {
             symbol, message, ..
         }) => {
-            assert_eq!(symbol, "INVALID_ARGUMENT");
+            // As in Kinesis: a count above the limit is LimitExceeded.
+            assert_eq!(symbol, "LIMIT_EXCEEDED");
             assert!(
                 message.contains("ShardCount") && message.contains('4'),
                 "{message}"
             );
         }
-        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        other => panic!("expected LIMIT_EXCEEDED, got {other:?}"),
     }
 
     let before = std::time::SystemTime::now()

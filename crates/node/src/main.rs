@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use millrace_client::cli::{self, ClientCommand};
-use millrace_node::server::config::parse_peers;
+use millrace_node::server::config::{parse_peers, AccessKeys, KinesisConfig};
 use millrace_node::server::{serve, ServeConfig};
 
 #[derive(Parser)]
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local cluster of N nodes as child processes.
     Dev {
         #[arg(long, default_value_t = 3)]
@@ -97,6 +97,21 @@ struct ServeArgs {
     /// A node unreachable for longer than this has its replicas re-created on live nodes.
     #[arg(long, env = "MILLRACE_DEAD_NODE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     dead_node_timeout: std::time::Duration,
+    /// The region that StreamARNs name (Kinesis HTTP API).
+    #[arg(long, env = "MILLRACE_REGION", default_value = "us-east-1")]
+    region: String,
+    /// The account id that StreamARNs name (Kinesis HTTP API).
+    #[arg(long, env = "MILLRACE_ACCOUNT_ID", default_value = "123456789012")]
+    account_id: String,
+    /// SigV4 access keys the Kinesis HTTP API accepts: KEY_ID:SECRET,… (prefer the environment
+    /// variable to keep secrets out of `ps`). Without any, every signature is accepted.
+    #[arg(
+        long,
+        env = "MILLRACE_ACCESS_KEYS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    access_keys: String,
 }
 
 fn init_tracing() {
@@ -123,6 +138,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(a) => {
                 let peers = parse_peers(&a.peers).map_err(anyhow::Error::msg)?;
+                let access_keys = AccessKeys::parse(&a.access_keys).map_err(anyhow::Error::msg)?;
                 serve(ServeConfig {
                     node_id: a.node_id,
                     data_dir: a.data_dir,
@@ -143,6 +159,11 @@ fn main() -> std::process::ExitCode {
                     segment_bytes_max: a.segment_bytes_max,
                     shard_throttling: a.shard_throttling,
                     dead_node_timeout: a.dead_node_timeout,
+                    kinesis: KinesisConfig {
+                        region: a.region,
+                        account_id: a.account_id,
+                        access_keys,
+                    },
                 })
                 .await
             }

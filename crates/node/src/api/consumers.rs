@@ -9,10 +9,11 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::error::ApiError;
-use super::grpc::{meta_result, stream_arn, stream_name_from, MillraceService};
+use super::grpc::{meta_result, stream_name_from, MillraceService};
 use super::iterator::IteratorToken;
 use super::records::{child_shards, records_proto, GET_RECORDS_BYTES_MAX, GET_RECORDS_RECORDS_MAX};
 use crate::metadata::state::{ConsumerMeta, MetaCommand, StreamMeta};
+use crate::server::config::KinesisConfig;
 use crate::server::now_ms;
 use crate::shard::read::ReadBounds;
 use crate::shard::sequence::SequenceNumber;
@@ -30,17 +31,17 @@ pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<pb::SubscribeToShardEvent, Status>> + Send>>;
 
 /// `arn:aws:kinesis:REGION:ACCOUNT:stream/STREAM/consumer/NAME:CREATED_SECONDS`.
-fn consumer_arn(stream: &StreamMeta, c: &ConsumerMeta) -> String {
+pub(super) fn consumer_arn(k: &KinesisConfig, stream: &StreamMeta, c: &ConsumerMeta) -> String {
     format!(
         "{}/consumer/{}:{}",
-        stream_arn(&stream.name),
+        k.stream_arn(&stream.name),
         c.name,
         c.created_ms / 1000
     )
 }
 
 /// (stream name, consumer name) from a consumer ARN.
-fn parse_consumer_arn(arn: &str) -> Result<(String, String), ApiError> {
+pub(super) fn parse_consumer_arn(arn: &str) -> Result<(String, String), ApiError> {
     let invalid =
         || ApiError::InvalidArgument(format!("ConsumerARN {arn:?} is not a consumer ARN"));
     let (stream_part, consumer_part) = arn.split_once("/consumer/").ok_or_else(invalid)?;
@@ -50,13 +51,13 @@ fn parse_consumer_arn(arn: &str) -> Result<(String, String), ApiError> {
     Ok((stream_name_from(stream_part)?, name.to_string()))
 }
 
-fn consumer_proto(stream: &StreamMeta, c: &ConsumerMeta) -> pb::Consumer {
+fn consumer_proto(k: &KinesisConfig, stream: &StreamMeta, c: &ConsumerMeta) -> pb::Consumer {
     pb::Consumer {
         consumer_name: c.name.clone(),
-        consumer_arn: consumer_arn(stream, c),
+        consumer_arn: consumer_arn(k, stream, c),
         consumer_status: "ACTIVE".into(),
         consumer_creation_timestamp_ms: c.created_ms,
-        stream_arn: stream_arn(&stream.name),
+        stream_arn: k.stream_arn(&stream.name),
     }
 }
 
@@ -96,7 +97,7 @@ impl MillraceService {
         let c = s.consumers.get(consumer).ok_or_else(|| {
             ApiError::ResourceNotFound(format!("Consumer {consumer} not found on {stream}"))
         })?;
-        Ok(consumer_proto(&s, c))
+        Ok(consumer_proto(&self.node.config.kinesis, &s, c))
     }
 
     /// (stream, consumer) named by an ARN, or by a stream and a consumer name.
@@ -146,7 +147,7 @@ impl MillraceService {
             .await?;
         Ok(s.consumers
             .values()
-            .map(|c| consumer_proto(&s, c))
+            .map(|c| consumer_proto(&self.node.config.kinesis, &s, c))
             .collect())
     }
 
@@ -161,7 +162,7 @@ impl MillraceService {
         let registered = stream
             .consumers
             .get(&consumer)
-            .map(|c| consumer_arn(&stream, c));
+            .map(|c| consumer_arn(&self.node.config.kinesis, &stream, c));
         if registered.as_deref() != Some(req.consumer_arn.as_str()) {
             return Err(ApiError::ResourceNotFound(format!(
                 "Consumer {} is not registered on {stream_name}",

@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::records::RECORD_DATA_BYTES_MAX;
-use crate::metadata::state::{MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamStatus};
+use crate::metadata::state::{
+    MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamMode, StreamStatus,
+};
 use crate::metadata::tags::TAGS_PER_STREAM_MAX;
 use crate::server::node::Node;
 use crate::server::now_ms;
@@ -40,11 +42,6 @@ pub fn stream_name_from(input: &str) -> Result<String, ApiError> {
         )));
     }
     Ok(name.to_string())
-}
-
-/// The StreamARN of a stream (region and account fixed until the HTTP API makes them config).
-pub fn stream_arn(name: &str) -> String {
-    format!("arn:aws:kinesis:us-east-1:123456789012:stream/{name}")
 }
 
 impl MillraceService {
@@ -105,12 +102,21 @@ impl MillraceService {
         }
     }
 
-    async fn create_stream(&self, req: pb::CreateStreamRequest) -> Result<(), ApiError> {
+    pub(super) async fn create_stream_impl(
+        &self,
+        req: pb::CreateStreamRequest,
+        req_mode: StreamMode,
+    ) -> Result<(), ApiError> {
         let name = stream_name_from(&req.stream_name)?;
         let max = self.node.config.shards_per_stream_max;
-        if req.shard_count == 0 || req.shard_count > max {
-            return Err(ApiError::InvalidArgument(format!(
-                "ShardCount {} must be between 1 and {max}",
+        if req.shard_count == 0 {
+            return Err(ApiError::InvalidArgument(
+                "ShardCount must be at least 1".into(),
+            ));
+        }
+        if req.shard_count > max {
+            return Err(ApiError::LimitExceeded(format!(
+                "ShardCount {} exceeds the limit of {max} shards per stream",
                 req.shard_count
             )));
         }
@@ -149,13 +155,14 @@ impl MillraceService {
             retention_period_hours: DEFAULT_RETENTION_HOURS,
             replication_factor: rf,
             placements,
+            stream_mode: req_mode,
         };
         meta_result(self.node.propose_meta(&cmd).await?)
     }
 }
 
 impl MillraceService {
-    async fn set_retention(
+    pub(super) async fn set_retention(
         &self,
         req: pb::UpdateRetentionPeriodRequest,
         increase: bool,
@@ -277,7 +284,8 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::CreateStreamRequest>,
     ) -> Reply<pb::CreateStreamResponse> {
-        self.create_stream(req.into_inner()).await?;
+        self.create_stream_impl(req.into_inner(), StreamMode::Provisioned)
+            .await?;
         Ok(Response::new(pb::CreateStreamResponse {}))
     }
 
@@ -288,7 +296,7 @@ impl Millrace for MillraceService {
         let s = self.stream_fresh(&req.into_inner().stream_name).await?;
         Ok(Response::new(pb::DescribeStreamResponse {
             stream: Some(pb::StreamDescription {
-                stream_arn: stream_arn(&s.name),
+                stream_arn: self.node.config.kinesis.stream_arn(&s.name),
                 stream_name: s.name.clone(),
                 status: status_proto(s.status),
                 shards: s.shards.iter().map(|sh| self.shard_proto(sh)).collect(),

@@ -1,4 +1,4 @@
-//! The HTTP port: health and readiness now; the Kinesis API and metrics come later.
+//! The HTTP port: health, readiness and status (GET), and the Kinesis API (`POST /`).
 
 use std::sync::Arc;
 
@@ -17,7 +17,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/node/status", get(status))
         .route("/v1/cluster/status", get(cluster_status))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(super::kinesis::router(super::kinesis::KinesisApi::new(
+            node,
+        )))
 }
 
 /// Ready once this node is registered and knows the metadata leader.

@@ -1,4 +1,5 @@
-//! The API layer: public gRPC, node-to-node gRPC and the HTTP port.
+//! The API layer: public gRPC, node-to-node gRPC and the HTTP port (health, status and the
+//! Kinesis API).
 
 pub mod consumers;
 pub mod error;
@@ -6,5 +7,6 @@ pub mod grpc;
 pub mod http;
 pub mod internal;
 pub mod iterator;
+pub mod kinesis;
 pub mod records;
 pub mod shards;

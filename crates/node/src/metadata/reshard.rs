@@ -280,6 +280,7 @@ mod tests {
             replication_factor: 1,
             placements: vec![vec![1]; shards],
             max_record_bytes: 1 << 20,
+            stream_mode: Default::default(),
         });
         st.apply(&MetaCommand::SetStreamStatus {
             name: "s".into(),

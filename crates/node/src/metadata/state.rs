@@ -1,7 +1,7 @@
 //! The metadata state machine: members, streams, shards and their placement. Pure: applying a
 //! command is a function of the state and the command, so every replica computes the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +100,45 @@ pub struct StreamMeta {
     /// Registered (enhanced fan-out) consumers by name.
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerMeta>,
+    /// Kinesis capacity mode, recorded and reported (Millrace does not bill or autoscale).
+    #[serde(default)]
+    pub stream_mode: StreamMode,
+    /// Kinesis enhanced monitoring: the shard-level metrics enabled (recorded and reported).
+    #[serde(default)]
+    pub shard_level_metrics: BTreeSet<String>,
+    /// Kinesis server-side encryption: the KMS key id while enabled (recorded and reported;
+    /// Millrace does not encrypt with it).
+    #[serde(default)]
+    pub encryption_key_id: Option<String>,
 }
+
+/// Kinesis capacity modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamMode {
+    #[default]
+    Provisioned,
+    OnDemand,
+}
+
+impl StreamMode {
+    pub fn as_kinesis(self) -> &'static str {
+        match self {
+            StreamMode::Provisioned => "PROVISIONED",
+            StreamMode::OnDemand => "ON_DEMAND",
+        }
+    }
+}
+
+/// The shard-level metrics enhanced monitoring knows (Kinesis names).
+pub const SHARD_LEVEL_METRICS: [&str; 7] = [
+    "IncomingBytes",
+    "IncomingRecords",
+    "OutgoingBytes",
+    "OutgoingRecords",
+    "WriteProvisionedThroughputExceeded",
+    "ReadProvisionedThroughputExceeded",
+    "IteratorAgeMilliseconds",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumerMeta {
@@ -152,6 +190,8 @@ pub enum MetaCommand {
         placements: Vec<Vec<NodeId>>,
         #[serde(default = "default_max_record_bytes")]
         max_record_bytes: usize,
+        #[serde(default)]
+        stream_mode: StreamMode,
     },
     SetStreamStatus {
         name: String,
@@ -235,6 +275,22 @@ pub enum MetaCommand {
         hours: u32,
         increase: bool,
     },
+    /// UpdateStreamMode.
+    SetStreamMode {
+        name: String,
+        mode: StreamMode,
+    },
+    /// Enable/DisableEnhancedMonitoring ("ALL" stands for every metric).
+    SetShardLevelMetrics {
+        name: String,
+        metrics: Vec<String>,
+        enable: bool,
+    },
+    /// Start (`Some(key id)`) or stop (`None`) stream encryption.
+    SetEncryption {
+        name: String,
+        key_id: Option<String>,
+    },
 }
 
 /// Retention bounds (Kinesis: 24 hours to 365 days).
@@ -306,6 +362,7 @@ impl MetaState {
                 replication_factor,
                 placements,
                 max_record_bytes,
+                stream_mode,
             } => {
                 if self.streams.contains_key(name) {
                     return MetaResponse::ResourceInUse(format!("Stream {name} already exists"));
@@ -357,6 +414,9 @@ impl MetaState {
                         tags: BTreeMap::new(),
                         consumers: BTreeMap::new(),
                         max_record_bytes: *max_record_bytes,
+                        stream_mode: *stream_mode,
+                        shard_level_metrics: BTreeSet::new(),
+                        encryption_key_id: None,
                     },
                 );
                 MetaResponse::Ok
@@ -517,6 +577,53 @@ impl MetaState {
                 }
                 Err(r) => r,
             },
+            MetaCommand::SetStreamMode { name, mode } => match self.live_stream(name) {
+                Ok(s) if s.status != StreamStatus::Active => MetaResponse::ResourceInUse(format!(
+                    "Stream {name} is not ACTIVE; its mode can change once it is"
+                )),
+                Ok(s) => {
+                    s.stream_mode = *mode;
+                    MetaResponse::Ok
+                }
+                Err(r) => r,
+            },
+            MetaCommand::SetShardLevelMetrics {
+                name,
+                metrics,
+                enable,
+            } => {
+                let s = match self.live_stream(name) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                if let Some(bad) = metrics
+                    .iter()
+                    .find(|m| *m != "ALL" && !SHARD_LEVEL_METRICS.contains(&m.as_str()))
+                {
+                    return MetaResponse::InvalidArgument(format!(
+                        "ShardLevelMetrics {bad:?} is not one of ALL, {}",
+                        SHARD_LEVEL_METRICS.join(", ")
+                    ));
+                }
+                let named: BTreeSet<String> = if metrics.iter().any(|m| m == "ALL") {
+                    SHARD_LEVEL_METRICS.iter().map(|m| m.to_string()).collect()
+                } else {
+                    metrics.iter().cloned().collect()
+                };
+                if *enable {
+                    s.shard_level_metrics.extend(named);
+                } else {
+                    s.shard_level_metrics.retain(|m| !named.contains(m));
+                }
+                MetaResponse::Ok
+            }
+            MetaCommand::SetEncryption { name, key_id } => match self.live_stream(name) {
+                Ok(s) => {
+                    s.encryption_key_id = key_id.clone();
+                    MetaResponse::Ok
+                }
+                Err(r) => r,
+            },
             MetaCommand::SetRetention {
                 name,
                 hours,
@@ -661,6 +768,7 @@ mod tests {
             replication_factor: 3,
             placements: vec![vec![1, 2, 3]; 4],
             max_record_bytes: 1 << 20,
+            stream_mode: StreamMode::Provisioned,
         };
         assert_eq!(st.apply(&create("s")), MetaResponse::Ok);
         assert!(matches!(
@@ -690,6 +798,7 @@ mod tests {
             replication_factor: 1,
             placements: vec![vec![1]; 2],
             max_record_bytes: 1 << 20,
+            stream_mode: StreamMode::OnDemand,
         };
         assert_eq!(st.apply(&create), MetaResponse::Ok);
         let tags: BTreeMap<String, String> = [("team".into(), "x".into())].into();
@@ -742,6 +851,79 @@ mod tests {
     }
 
     #[test]
+    fn stream_mode_monitoring_and_encryption_are_recorded() {
+        let mut st = MetaState::default();
+        st.apply(&MetaCommand::RegisterNode(Member {
+            node_id: 1,
+            zone: "a".into(),
+            grpc_addr: "x".into(),
+            http_addr: "y".into(),
+            decommissioning: false,
+        }));
+        st.apply(&MetaCommand::CreateStream {
+            name: "s".into(),
+            creation_timestamp_ms: 1,
+            retention_period_hours: 24,
+            replication_factor: 1,
+            placements: vec![vec![1]],
+            max_record_bytes: 1 << 20,
+            stream_mode: StreamMode::OnDemand,
+        });
+        assert_eq!(st.streams["s"].stream_mode, StreamMode::OnDemand);
+        let mode = MetaCommand::SetStreamMode {
+            name: "s".into(),
+            mode: StreamMode::Provisioned,
+        };
+        // Not while CREATING.
+        assert!(matches!(st.apply(&mode), MetaResponse::ResourceInUse(_)));
+        st.apply(&MetaCommand::SetStreamStatus {
+            name: "s".into(),
+            status: StreamStatus::Active,
+        });
+        assert_eq!(st.apply(&mode), MetaResponse::Ok);
+        assert_eq!(st.streams["s"].stream_mode, StreamMode::Provisioned);
+        let metrics = |metrics: &[&str], enable| MetaCommand::SetShardLevelMetrics {
+            name: "s".into(),
+            metrics: metrics.iter().map(|m| m.to_string()).collect(),
+            enable,
+        };
+        assert_eq!(st.apply(&metrics(&["ALL"], true)), MetaResponse::Ok);
+        assert_eq!(
+            st.streams["s"].shard_level_metrics.len(),
+            SHARD_LEVEL_METRICS.len()
+        );
+        assert_eq!(
+            st.apply(&metrics(&["IncomingBytes"], false)),
+            MetaResponse::Ok
+        );
+        assert!(!st.streams["s"]
+            .shard_level_metrics
+            .contains("IncomingBytes"));
+        assert!(matches!(
+            st.apply(&metrics(&["Bogus"], true)),
+            MetaResponse::InvalidArgument(_)
+        ));
+        let enc = MetaCommand::SetEncryption {
+            name: "s".into(),
+            key_id: Some("alias/aws/kinesis".into()),
+        };
+        assert_eq!(st.apply(&enc), MetaResponse::Ok);
+        assert_eq!(
+            st.streams["s"].encryption_key_id.as_deref(),
+            Some("alias/aws/kinesis")
+        );
+        // Older state (without these fields) still loads.
+        let mut json = serde_json::to_value(&st.streams["s"]).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("stream_mode");
+        obj.remove("shard_level_metrics");
+        obj.remove("encryption_key_id");
+        let old: StreamMeta = serde_json::from_value(json).unwrap();
+        assert_eq!(old.stream_mode, StreamMode::Provisioned);
+        assert!(old.shard_level_metrics.is_empty() && old.encryption_key_id.is_none());
+    }
+
+    #[test]
     fn unknown_placement_nodes_are_rejected() {
         let mut st = MetaState::default();
         let r = st.apply(&MetaCommand::CreateStream {
@@ -751,6 +933,7 @@ mod tests {
             replication_factor: 1,
             placements: vec![vec![9]],
             max_record_bytes: 1 << 20,
+            stream_mode: StreamMode::Provisioned,
         });
         assert!(matches!(r, MetaResponse::InvalidArgument(_)));
         assert!(st.streams.is_empty());

@@ -39,6 +39,72 @@ pub struct ServeConfig {
     pub shard_throttling: bool,
     /// A node silent for longer than this has its replicas re-created elsewhere.
     pub dead_node_timeout: std::time::Duration,
+    /// The Kinesis HTTP API: ARNs and request authentication.
+    pub kinesis: KinesisConfig,
+}
+
+/// What the Kinesis HTTP API needs beyond the cluster: the region and account that ARNs name,
+/// and the access keys whose SigV4 signatures it accepts (none: any signature is accepted).
+#[derive(Debug, Clone)]
+pub struct KinesisConfig {
+    pub region: String,
+    pub account_id: String,
+    pub access_keys: AccessKeys,
+}
+
+impl Default for KinesisConfig {
+    fn default() -> Self {
+        KinesisConfig {
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+            access_keys: AccessKeys::default(),
+        }
+    }
+}
+
+impl KinesisConfig {
+    /// `arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`.
+    pub fn stream_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:kinesis:{}:{}:stream/{name}",
+            self.region, self.account_id
+        )
+    }
+}
+
+/// Access key id → secret access key. Its `Debug` shows the key ids only, never a secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AccessKeys(BTreeMap<String, String>);
+
+impl AccessKeys {
+    /// Parses `KEY_ID:SECRET,KEY_ID:SECRET`.
+    pub fn parse(text: &str) -> Result<AccessKeys, String> {
+        let mut keys = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, secret) = part
+                .split_once(':')
+                .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
+                .ok_or("--access-keys entries must be KEY_ID:SECRET")?;
+            if keys.insert(id.to_string(), secret.to_string()).is_some() {
+                return Err(format!("--access-keys names key {id} twice"));
+            }
+        }
+        Ok(AccessKeys(keys))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn secret(&self, key_id: &str) -> Option<&str> {
+        self.0.get(key_id).map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for AccessKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 impl ServeConfig {
@@ -96,6 +162,20 @@ impl ServeConfig {
         if !matches!(self.default_replication_factor, 1 | 3 | 5) {
             return Err("replication factor must be 1, 3 or 5".into());
         }
+        let k = &self.kinesis;
+        let region_ok = !k.region.is_empty()
+            && k.region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Err(format!(
+                "--region {:?} must be lowercase letters, digits and '-'",
+                k.region
+            ));
+        }
+        if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("--account-id {:?} must be 12 digits", k.account_id));
+        }
         Ok(())
     }
 }
@@ -151,7 +231,23 @@ mod tests {
             segment_bytes_max: 64 * 1024 * 1024,
             shard_throttling: false,
             dead_node_timeout: std::time::Duration::from_secs(300),
+            kinesis: KinesisConfig::default(),
         };
         assert!(cfg.validate().unwrap_err().contains("--peers must include"));
+    }
+
+    #[test]
+    fn access_keys_parse_and_never_show_secrets() {
+        let keys = AccessKeys::parse("AKID1:s3cret, AKID2:other").unwrap();
+        assert_eq!(keys.secret("AKID1"), Some("s3cret"));
+        assert_eq!(keys.secret("nope"), None);
+        let shown = format!("{keys:?}");
+        assert!(
+            shown.contains("AKID1") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(AccessKeys::parse("AKID1").is_err());
+        assert!(AccessKeys::parse("A:1,A:2").is_err());
+        assert!(AccessKeys::parse("").unwrap().is_empty());
     }
 }

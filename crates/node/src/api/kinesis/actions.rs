@@ -1,0 +1,1141 @@
+//! The Kinesis actions: each reads its input (validated as Kinesis validates it), calls the
+//! native handler, and shapes the answer as Kinesis does.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures::StreamExt;
+use millrace_proto::v1 as pb;
+use serde_json::{Map, Value};
+
+use super::input::{is_stream_arn, Input, STREAM_ARN_PATTERN};
+use super::wire::{Encoding, Out};
+use super::{eventstream, unknown_operation, KinesisApi, KinesisError, Reply};
+use crate::api::consumers::parse_consumer_arn;
+use crate::api::error::ApiError;
+use crate::api::grpc::{meta_result, stream_name_from, MillraceService};
+use crate::metadata::state::{
+    MetaCommand, ShardStatus, StreamMeta, StreamMode, StreamStatus, SHARD_LEVEL_METRICS,
+};
+use crate::metadata::tags::TAGS_PER_STREAM_MAX;
+
+type Result<T> = std::result::Result<T, KinesisError>;
+
+const ITERATOR_TYPES: [&str; 5] = [
+    "AT_SEQUENCE_NUMBER",
+    "AFTER_SEQUENCE_NUMBER",
+    "TRIM_HORIZON",
+    "LATEST",
+    "AT_TIMESTAMP",
+];
+const SHARD_FILTER_TYPES: [&str; 6] = [
+    "AFTER_SHARD_ID",
+    "AT_TRIM_HORIZON",
+    "FROM_TRIM_HORIZON",
+    "AT_LATEST",
+    "AT_TIMESTAMP",
+    "FROM_TIMESTAMP",
+];
+const STREAM_MODES: [&str; 2] = ["PROVISIONED", "ON_DEMAND"];
+/// Shards of an ON_DEMAND stream created without a ShardCount (Kinesis starts at 4).
+const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
+/// Largest record Kinesis can be configured for (a stream's own limit is checked later).
+const RECORD_BYTES_MAX: usize = 10 * 1024 * 1024;
+
+fn hash_key_pattern(s: &str) -> bool {
+    s == "0"
+        || (!s.is_empty()
+            && s.len() <= 39
+            && !s.starts_with('0')
+            && s.bytes().all(|b| b.is_ascii_digit()))
+}
+const HASH_KEY_PATTERN: &str = "0|([1-9]\\d{0,38})";
+
+fn sequence_pattern(s: &str) -> bool {
+    s == "0"
+        || (!s.is_empty()
+            && s.len() <= 129
+            && !s.starts_with('0')
+            && s.bytes().all(|b| b.is_ascii_digit()))
+}
+const SEQUENCE_PATTERN: &str = "0|([1-9]\\d{0,128})";
+
+/// Runs one action.
+pub(super) async fn dispatch(
+    api: &KinesisApi,
+    action: &str,
+    body: &Map<String, Value>,
+    encoding: Encoding,
+) -> Result<Reply> {
+    let svc = &api.svc;
+    let mut i = Input::new(body, encoding == Encoding::Cbor);
+    let out = match action {
+        "CreateStream" => create_stream(svc, i).await?,
+        "DeleteStream" => delete_stream(svc, i).await?,
+        "DescribeStream" => describe_stream(svc, i).await?,
+        "DescribeStreamSummary" => describe_stream_summary(svc, i).await?,
+        "ListStreams" => list_streams(svc, i).await?,
+        "ListShards" => list_shards(svc, i).await?,
+        "PutRecord" => put_record(svc, i).await?,
+        "PutRecords" => put_records(svc, i).await?,
+        "GetShardIterator" => get_shard_iterator(svc, i).await?,
+        "GetRecords" => get_records(svc, i).await?,
+        "SplitShard" => split_shard(svc, i).await?,
+        "MergeShards" => merge_shards(svc, i).await?,
+        "UpdateShardCount" => update_shard_count(svc, i).await?,
+        "IncreaseStreamRetentionPeriod" => retention(svc, i, true).await?,
+        "DecreaseStreamRetentionPeriod" => retention(svc, i, false).await?,
+        "AddTagsToStream" => {
+            let stream = i.stream();
+            let tags = i.string_map("Tags", true, (1, 10));
+            i.finish()?;
+            add_tags(svc, required_stream(stream)?, tags.unwrap_or_default()).await?
+        }
+        "TagResource" => {
+            let arn = resource_arn(&mut i);
+            let tags = i.string_map("Tags", true, (1, TAGS_PER_STREAM_MAX));
+            i.finish()?;
+            add_tags(svc, stream_of_resource(arn)?, tags.unwrap_or_default()).await?
+        }
+        "RemoveTagsFromStream" => {
+            let stream = i.stream();
+            let keys = i.strings("TagKeys", true, (1, TAGS_PER_STREAM_MAX));
+            i.finish()?;
+            remove_tags(svc, required_stream(stream)?, keys.unwrap_or_default()).await?
+        }
+        "UntagResource" => {
+            let arn = resource_arn(&mut i);
+            let keys = i.strings("TagKeys", true, (1, TAGS_PER_STREAM_MAX));
+            i.finish()?;
+            remove_tags(svc, stream_of_resource(arn)?, keys.unwrap_or_default()).await?
+        }
+        "ListTagsForStream" => list_tags_for_stream(svc, i).await?,
+        "ListTagsForResource" => {
+            let arn = resource_arn(&mut i);
+            i.finish()?;
+            let s = svc.stream_fresh(&stream_of_resource(arn)?).await?;
+            Out::map(vec![("Tags", tags_out(s.tags.into_iter()))])
+        }
+        "DescribeLimits" => {
+            i.finish()?;
+            describe_limits(svc).await?
+        }
+        "RegisterStreamConsumer" => register_consumer(svc, i).await?,
+        "DeregisterStreamConsumer" => deregister_consumer(svc, i).await?,
+        "ListStreamConsumers" => list_consumers(svc, i).await?,
+        "DescribeStreamConsumer" => describe_consumer(svc, i).await?,
+        "SubscribeToShard" => return subscribe_to_shard(svc, i, encoding).await,
+        "UpdateStreamMode" => update_stream_mode(svc, i).await?,
+        "EnableEnhancedMonitoring" => monitoring(svc, i, true).await?,
+        "DisableEnhancedMonitoring" => monitoring(svc, i, false).await?,
+        "StartStreamEncryption" => encryption(svc, i, true).await?,
+        "StopStreamEncryption" => encryption(svc, i, false).await?,
+        other => return Err(unknown_operation(&format!("Kinesis_20131202.{other}"))),
+    };
+    Ok(Reply::Body(out))
+}
+
+fn required_stream(stream: Option<String>) -> Result<String> {
+    stream.ok_or_else(|| {
+        KinesisError::client(
+            "InvalidArgumentException",
+            "Either StreamName or StreamARN must be provided",
+        )
+    })
+}
+
+fn resource_arn(i: &mut Input<'_>) -> Option<String> {
+    i.string("ResourceARN", true, (1, 2048), None)
+}
+
+/// The stream a ResourceARN names (tags are kept on streams only).
+fn stream_of_resource(arn: Option<String>) -> Result<String> {
+    let arn = arn.unwrap_or_default();
+    if arn.contains("/consumer/") {
+        return Err(KinesisError::client(
+            "InvalidArgumentException",
+            "ResourceARN names a consumer; Millrace keeps tags on streams only",
+        ));
+    }
+    if !is_stream_arn(&arn) {
+        return Err(KinesisError::client(
+            "InvalidArgumentException",
+            format!("ResourceARN {arn:?} must match {STREAM_ARN_PATTERN}"),
+        ));
+    }
+    Ok(stream_name_from(&arn)?)
+}
+
+fn no_output() -> Out {
+    Out::map(Vec::new())
+}
+
+fn status_name(s: StreamStatus) -> &'static str {
+    match s {
+        StreamStatus::Creating => "CREATING",
+        StreamStatus::Active => "ACTIVE",
+        StreamStatus::Updating => "UPDATING",
+        StreamStatus::Deleting => "DELETING",
+    }
+}
+
+fn mode_out(mode: StreamMode) -> Out {
+    Out::map(vec![("StreamMode", Out::str(mode.as_kinesis()))])
+}
+
+fn mode_from(name: &str) -> StreamMode {
+    if name == "ON_DEMAND" {
+        StreamMode::OnDemand
+    } else {
+        StreamMode::Provisioned
+    }
+}
+
+fn hash_range_out(r: Option<pb::HashKeyRange>) -> Out {
+    let r = r.unwrap_or_default();
+    Out::map(vec![
+        ("StartingHashKey", Out::str(r.starting_hash_key)),
+        ("EndingHashKey", Out::str(r.ending_hash_key)),
+    ])
+}
+
+fn shard_out(s: pb::Shard) -> Out {
+    let seq = s.sequence_number_range.unwrap_or_default();
+    Out::map(vec![
+        ("ShardId", Out::str(s.shard_id)),
+        ("ParentShardId", Out::opt_str(&s.parent_shard_id)),
+        (
+            "AdjacentParentShardId",
+            Out::opt_str(&s.adjacent_parent_shard_id),
+        ),
+        ("HashKeyRange", hash_range_out(s.hash_key_range)),
+        (
+            "SequenceNumberRange",
+            Out::map(vec![
+                (
+                    "StartingSequenceNumber",
+                    Out::str(seq.starting_sequence_number),
+                ),
+                (
+                    "EndingSequenceNumber",
+                    Out::opt_str(&seq.ending_sequence_number),
+                ),
+            ]),
+        ),
+    ])
+}
+
+fn child_shards_out(children: Vec<pb::ChildShard>) -> Out {
+    Out::List(
+        children
+            .into_iter()
+            .map(|c| {
+                Out::map(vec![
+                    ("ShardId", Out::str(c.shard_id)),
+                    ("ParentShards", Out::strs(c.parent_shards)),
+                    ("HashKeyRange", hash_range_out(c.hash_key_range)),
+                ])
+            })
+            .collect(),
+    )
+}
+
+fn records_out(records: Vec<pb::Record>) -> Out {
+    Out::List(
+        records
+            .into_iter()
+            .map(|r| {
+                Out::map(vec![
+                    ("SequenceNumber", Out::str(r.sequence_number)),
+                    (
+                        "ApproximateArrivalTimestamp",
+                        Out::Timestamp(r.approximate_arrival_timestamp_ms),
+                    ),
+                    ("Data", Out::Blob(r.data)),
+                    ("PartitionKey", Out::str(r.partition_key)),
+                ])
+            })
+            .collect(),
+    )
+}
+
+fn tags_out(tags: impl Iterator<Item = (String, String)>) -> Out {
+    Out::List(
+        tags.map(|(k, v)| Out::map(vec![("Key", Out::Str(k)), ("Value", Out::Str(v))]))
+            .collect(),
+    )
+}
+
+fn monitoring_out(s: &StreamMeta) -> Out {
+    Out::List(vec![Out::map(vec![(
+        "ShardLevelMetrics",
+        Out::strs(s.shard_level_metrics.iter().cloned()),
+    )])])
+}
+
+fn encryption_type(s: &StreamMeta) -> Out {
+    Out::str(if s.encryption_key_id.is_some() {
+        "KMS"
+    } else {
+        "NONE"
+    })
+}
+
+fn key_id(s: &StreamMeta) -> Out {
+    s.encryption_key_id.as_deref().map_or(Out::Null, Out::str)
+}
+
+async fn create_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let name = i.name("StreamName", true, 128);
+    let count = i.int("ShardCount", false, (1, 100_000));
+    let mode = i.nested("StreamModeDetails", false, |m| {
+        m.enumeration("StreamMode", true, &STREAM_MODES)
+    });
+    let tags = i.string_map("Tags", false, (0, TAGS_PER_STREAM_MAX));
+    let max_kib = i.int("MaxRecordSizeInKiB", false, (1024, 10240));
+    i.finish()?;
+    let name = name.unwrap_or_default();
+    let mode = mode_from(mode.flatten().as_deref().unwrap_or("PROVISIONED"));
+    let shard_count = match (count, mode) {
+        (Some(n), _) => n as u32,
+        (None, StreamMode::OnDemand) => ON_DEMAND_INITIAL_SHARDS,
+        (None, StreamMode::Provisioned) => {
+            return Err(KinesisError::client(
+                "InvalidArgumentException",
+                "ShardCount is required for a PROVISIONED stream",
+            ))
+        }
+    };
+    let req = pb::CreateStreamRequest {
+        stream_name: name.clone(),
+        shard_count,
+        replication_factor: 0,
+        max_record_size_kib: max_kib.unwrap_or(0) as u32,
+    };
+    svc.create_stream_impl(req, mode).await?;
+    if let Some(tags) = tags.filter(|t| !t.is_empty()) {
+        add_tags(svc, name, tags).await?;
+    }
+    Ok(no_output())
+}
+
+async fn delete_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let enforce = i.boolean("EnforceConsumerDeletion").unwrap_or(false);
+    i.finish()?;
+    let s = svc.stream_fresh(&required_stream(stream)?).await?;
+    if !enforce && !s.consumers.is_empty() {
+        return Err(KinesisError::client(
+            "ResourceInUseException",
+            format!(
+                "Stream {} has {} registered consumers; deregister them or set EnforceConsumerDeletion",
+                s.name,
+                s.consumers.len()
+            ),
+        ));
+    }
+    let cmd = MetaCommand::DeleteStream { name: s.name };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    Ok(no_output())
+}
+
+async fn describe_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let limit = i.int("Limit", false, (1, 10_000)).unwrap_or(100) as usize;
+    let after = i.name("ExclusiveStartShardId", false, 128);
+    i.finish()?;
+    let s = svc.stream_fresh(&required_stream(stream)?).await?;
+    let mut shards = s
+        .shards
+        .iter()
+        .filter(|sh| sh.status != ShardStatus::Pending)
+        .filter(|sh| after.as_ref().is_none_or(|a| sh.shard_id > *a));
+    let page: Vec<Out> = shards
+        .by_ref()
+        .take(limit)
+        .map(|sh| shard_out(svc.shard_proto(sh)))
+        .collect();
+    let more = shards.next().is_some();
+    Ok(Out::map(vec![(
+        "StreamDescription",
+        Out::map(vec![
+            ("StreamName", Out::str(&s.name)),
+            (
+                "StreamARN",
+                Out::str(svc.node.config.kinesis.stream_arn(&s.name)),
+            ),
+            ("StreamStatus", Out::str(status_name(s.status))),
+            ("StreamModeDetails", mode_out(s.stream_mode)),
+            ("Shards", Out::List(page)),
+            ("HasMoreShards", Out::Bool(more)),
+            (
+                "RetentionPeriodHours",
+                Out::Int(s.retention_period_hours.into()),
+            ),
+            (
+                "StreamCreationTimestamp",
+                Out::Timestamp(s.creation_timestamp_ms),
+            ),
+            ("EnhancedMonitoring", monitoring_out(&s)),
+            ("EncryptionType", encryption_type(&s)),
+            ("KeyId", key_id(&s)),
+        ]),
+    )]))
+}
+
+async fn describe_stream_summary(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    i.finish()?;
+    let s = svc.stream_fresh(&required_stream(stream)?).await?;
+    let open = s.shards.iter().filter(|sh| sh.is_current()).count();
+    Ok(Out::map(vec![(
+        "StreamDescriptionSummary",
+        Out::map(vec![
+            ("StreamName", Out::str(&s.name)),
+            (
+                "StreamARN",
+                Out::str(svc.node.config.kinesis.stream_arn(&s.name)),
+            ),
+            ("StreamStatus", Out::str(status_name(s.status))),
+            ("StreamModeDetails", mode_out(s.stream_mode)),
+            (
+                "RetentionPeriodHours",
+                Out::Int(s.retention_period_hours.into()),
+            ),
+            (
+                "StreamCreationTimestamp",
+                Out::Timestamp(s.creation_timestamp_ms),
+            ),
+            ("EnhancedMonitoring", monitoring_out(&s)),
+            ("EncryptionType", encryption_type(&s)),
+            ("KeyId", key_id(&s)),
+            ("OpenShardCount", Out::Int(open as i64)),
+            ("ConsumerCount", Out::Int(s.consumers.len() as i64)),
+        ]),
+    )]))
+}
+
+fn invalid_token(what: &str) -> KinesisError {
+    KinesisError::client(
+        "InvalidArgumentException",
+        format!("{what} is not a valid token"),
+    )
+}
+
+async fn list_streams(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let limit = i.int("Limit", false, (1, 10_000)).unwrap_or(100) as usize;
+    let start = i.name("ExclusiveStartStreamName", false, 128);
+    let token = i.string("NextToken", false, (1, 1_048_576), None);
+    i.finish()?;
+    // The NextToken is the last stream name listed, base64url.
+    let after = match token {
+        Some(t) => {
+            let raw = URL_SAFE_NO_PAD
+                .decode(&t)
+                .map_err(|_| invalid_token("NextToken"))?;
+            Some(String::from_utf8(raw).map_err(|_| invalid_token("NextToken"))?)
+        }
+        None => start,
+    };
+    svc.node.sync_meta().await?;
+    let streams: Vec<StreamMeta> = svc.node.meta.read(|st| {
+        st.streams
+            .values()
+            .filter(|s| after.as_ref().is_none_or(|a| s.name > *a))
+            .take(limit + 1)
+            .cloned()
+            .collect()
+    });
+    let more = streams.len() > limit;
+    let page = &streams[..streams.len().min(limit)];
+    let k = &svc.node.config.kinesis;
+    Ok(Out::map(vec![
+        (
+            "StreamNames",
+            Out::strs(page.iter().map(|s| s.name.clone())),
+        ),
+        ("HasMoreStreams", Out::Bool(more)),
+        (
+            "NextToken",
+            match (more, page.last()) {
+                (true, Some(last)) => Out::str(URL_SAFE_NO_PAD.encode(&last.name)),
+                _ => Out::Null,
+            },
+        ),
+        (
+            "StreamSummaries",
+            Out::List(
+                page.iter()
+                    .map(|s| {
+                        Out::map(vec![
+                            ("StreamName", Out::str(&s.name)),
+                            ("StreamARN", Out::str(k.stream_arn(&s.name))),
+                            ("StreamStatus", Out::str(status_name(s.status))),
+                            ("StreamModeDetails", mode_out(s.stream_mode)),
+                            (
+                                "StreamCreationTimestamp",
+                                Out::Timestamp(s.creation_timestamp_ms),
+                            ),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+    ]))
+}
+
+async fn list_shards(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let token = i.string("NextToken", false, (1, 1_048_576), None);
+    let after = i.name("ExclusiveStartShardId", false, 128);
+    let max = i.int("MaxResults", false, (1, 10_000));
+    let _created = i.timestamp("StreamCreationTimestamp", false);
+    let filter = i.nested("ShardFilter", false, |f| {
+        let kind = f.enumeration("Type", true, &SHARD_FILTER_TYPES);
+        let shard_id = f.name("ShardId", false, 128);
+        let ts = f.timestamp("Timestamp", false);
+        (kind, shard_id, ts)
+    });
+    i.finish()?;
+    if token.is_none() && stream.is_none() {
+        return Err(required_stream(None).unwrap_err());
+    }
+    let shard_filter = filter.map(|(kind, shard_id, ts)| {
+        use pb::ShardFilterType as F;
+        let t = match kind.as_deref() {
+            Some("AFTER_SHARD_ID") => F::AfterShardId,
+            Some("AT_TRIM_HORIZON") => F::AtTrimHorizon,
+            Some("FROM_TRIM_HORIZON") => F::FromTrimHorizon,
+            Some("AT_LATEST") => F::AtLatest,
+            Some("AT_TIMESTAMP") => F::AtTimestampFilter,
+            Some("FROM_TIMESTAMP") => F::FromTimestamp,
+            _ => F::Unspecified,
+        };
+        pb::ShardFilter {
+            r#type: t as i32,
+            shard_id: shard_id.unwrap_or_default(),
+            timestamp_ms: ts.unwrap_or(0),
+        }
+    });
+    let resp = svc
+        .list_shards_impl(pb::ListShardsRequest {
+            stream_name: stream.unwrap_or_default(),
+            next_token: token.unwrap_or_default(),
+            exclusive_start_shard_id: after.unwrap_or_default(),
+            max_results: max.unwrap_or(0) as u32,
+            shard_filter,
+        })
+        .await?;
+    Ok(Out::map(vec![
+        (
+            "Shards",
+            Out::List(resp.shards.into_iter().map(shard_out).collect()),
+        ),
+        ("NextToken", Out::opt_str(&resp.next_token)),
+    ]))
+}
+
+fn put_entry(r: &mut Input<'_>) -> Option<pb::PutRecordsRequestEntry> {
+    let data = r.blob("Data", true, RECORD_BYTES_MAX);
+    let key = r.string("PartitionKey", true, (1, 256), None);
+    let explicit = r.string(
+        "ExplicitHashKey",
+        false,
+        (0, 39),
+        Some((HASH_KEY_PATTERN, hash_key_pattern)),
+    );
+    Some(pb::PutRecordsRequestEntry {
+        partition_key: key?,
+        data: data?,
+        explicit_hash_key: explicit.unwrap_or_default(),
+    })
+}
+
+/// A failed record's error as Kinesis names it.
+fn record_error(r: &pb::PutRecordsResultEntry) -> KinesisError {
+    ApiError::from_symbol(&r.error_code, r.error_message.clone()).into()
+}
+
+async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let entry = put_entry(&mut i);
+    let _ordering = i.string(
+        "SequenceNumberForOrdering",
+        false,
+        (0, 129),
+        Some((SEQUENCE_PATTERN, sequence_pattern)),
+    );
+    i.finish()?;
+    let (Some(stream), Some(entry)) = (stream, entry) else {
+        return Err(required_stream(None).unwrap_err());
+    };
+    let resp = svc
+        .put_records_impl(pb::PutRecordsRequest {
+            stream_name: stream.clone(),
+            records: vec![entry],
+        })
+        .await?;
+    let r = resp.records.into_iter().next().unwrap_or_default();
+    if !r.error_code.is_empty() {
+        return Err(record_error(&r));
+    }
+    let s = svc.stream(&stream).await?;
+    Ok(Out::map(vec![
+        ("ShardId", Out::str(r.shard_id)),
+        ("SequenceNumber", Out::str(r.sequence_number)),
+        ("EncryptionType", encryption_type(&s)),
+    ]))
+}
+
+async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let entries = match i.list("Records", true, (1, 500)) {
+        Some(items) => i.each("Records", items, put_entry),
+        None => Vec::new(),
+    };
+    i.finish()?;
+    let stream = required_stream(stream)?;
+    let records: Vec<pb::PutRecordsRequestEntry> = entries.into_iter().flatten().collect();
+    let resp = svc
+        .put_records_impl(pb::PutRecordsRequest {
+            stream_name: stream.clone(),
+            records,
+        })
+        .await?;
+    let s = svc.stream(&stream).await?;
+    let results = resp
+        .records
+        .into_iter()
+        .map(|r| {
+            if r.error_code.is_empty() {
+                Out::map(vec![
+                    ("SequenceNumber", Out::str(r.sequence_number)),
+                    ("ShardId", Out::str(r.shard_id)),
+                ])
+            } else {
+                let e = record_error(&r);
+                Out::map(vec![
+                    ("ErrorCode", Out::str(e.type_name)),
+                    ("ErrorMessage", Out::str(e.message)),
+                ])
+            }
+        })
+        .collect();
+    Ok(Out::map(vec![
+        (
+            "FailedRecordCount",
+            Out::Int(resp.failed_record_count.into()),
+        ),
+        ("Records", Out::List(results)),
+        ("EncryptionType", encryption_type(&s)),
+    ]))
+}
+
+fn iterator_type(name: Option<&str>) -> pb::ShardIteratorType {
+    use pb::ShardIteratorType as T;
+    match name {
+        Some("AT_SEQUENCE_NUMBER") => T::AtSequenceNumber,
+        Some("AFTER_SEQUENCE_NUMBER") => T::AfterSequenceNumber,
+        Some("TRIM_HORIZON") => T::TrimHorizon,
+        Some("LATEST") => T::Latest,
+        Some("AT_TIMESTAMP") => T::AtTimestamp,
+        _ => T::Unspecified,
+    }
+}
+
+/// Checks that a position's type has what it needs (Kinesis: InvalidArgumentException).
+fn check_position(
+    kind: pb::ShardIteratorType,
+    seq: &Option<String>,
+    ts: Option<i64>,
+) -> Result<()> {
+    use pb::ShardIteratorType as T;
+    let invalid = |m: &str| {
+        Err(KinesisError::client(
+            "InvalidArgumentException",
+            m.to_string(),
+        ))
+    };
+    match kind {
+        T::AtSequenceNumber | T::AfterSequenceNumber if seq.is_none() => invalid(
+            "StartingSequenceNumber is required for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER",
+        ),
+        T::AtTimestamp if ts.is_none() => invalid("Timestamp is required for AT_TIMESTAMP"),
+        _ => Ok(()),
+    }
+}
+
+async fn get_shard_iterator(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let shard_id = i.name("ShardId", true, 128);
+    let kind = i.enumeration("ShardIteratorType", true, &ITERATOR_TYPES);
+    let seq = i.string(
+        "StartingSequenceNumber",
+        false,
+        (1, 129),
+        Some((SEQUENCE_PATTERN, sequence_pattern)),
+    );
+    let ts = i.timestamp("Timestamp", false);
+    i.finish()?;
+    let kind = iterator_type(kind.as_deref());
+    check_position(kind, &seq, ts)?;
+    let resp = svc
+        .get_shard_iterator_impl(pb::GetShardIteratorRequest {
+            stream_name: required_stream(stream)?,
+            shard_id: shard_id.unwrap_or_default(),
+            shard_iterator_type: kind as i32,
+            starting_sequence_number: seq.unwrap_or_default(),
+            timestamp_ms: ts.unwrap_or(0),
+        })
+        .await?;
+    Ok(Out::map(vec![(
+        "ShardIterator",
+        Out::str(resp.shard_iterator),
+    )]))
+}
+
+async fn get_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let iterator = i.string("ShardIterator", true, (1, 4096), None);
+    let limit = i.int("Limit", false, (1, 10_000));
+    let _arn = i.string(
+        "StreamARN",
+        false,
+        (1, 2048),
+        Some((STREAM_ARN_PATTERN, is_stream_arn)),
+    );
+    i.finish()?;
+    let resp = svc
+        .get_records_impl(pb::GetRecordsRequest {
+            shard_iterator: iterator.unwrap_or_default(),
+            limit: limit.unwrap_or(0) as u32,
+        })
+        .await?;
+    let at_end = resp.next_shard_iterator.is_empty();
+    Ok(Out::map(vec![
+        ("Records", records_out(resp.records)),
+        ("NextShardIterator", Out::opt_str(&resp.next_shard_iterator)),
+        ("MillisBehindLatest", Out::Int(resp.millis_behind_latest)),
+        (
+            "ChildShards",
+            if at_end {
+                child_shards_out(resp.child_shards)
+            } else {
+                Out::Null
+            },
+        ),
+    ]))
+}
+
+async fn split_shard(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let shard = i.name("ShardToSplit", true, 128);
+    let key = i.string(
+        "NewStartingHashKey",
+        true,
+        (1, 39),
+        Some((HASH_KEY_PATTERN, hash_key_pattern)),
+    );
+    i.finish()?;
+    svc.split_shard_impl(pb::SplitShardRequest {
+        stream_name: required_stream(stream)?,
+        shard_to_split: shard.unwrap_or_default(),
+        new_starting_hash_key: key.unwrap_or_default(),
+    })
+    .await?;
+    Ok(no_output())
+}
+
+async fn merge_shards(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let shard = i.name("ShardToMerge", true, 128);
+    let adjacent = i.name("AdjacentShardToMerge", true, 128);
+    i.finish()?;
+    svc.merge_shards_impl(pb::MergeShardsRequest {
+        stream_name: required_stream(stream)?,
+        shard_to_merge: shard.unwrap_or_default(),
+        adjacent_shard_to_merge: adjacent.unwrap_or_default(),
+    })
+    .await?;
+    Ok(no_output())
+}
+
+async fn update_shard_count(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let target = i.int("TargetShardCount", true, (1, 100_000));
+    let _scaling = i.enumeration("ScalingType", true, &["UNIFORM_SCALING"]);
+    i.finish()?;
+    let resp = svc
+        .update_shard_count_impl(pb::UpdateShardCountRequest {
+            stream_name: required_stream(stream)?,
+            target_shard_count: target.unwrap_or(0) as u32,
+            scaling_type: pb::ScalingType::UniformScaling as i32,
+        })
+        .await?;
+    Ok(Out::map(vec![
+        ("StreamName", Out::str(&resp.stream_name)),
+        (
+            "CurrentShardCount",
+            Out::Int(resp.current_shard_count.into()),
+        ),
+        ("TargetShardCount", Out::Int(resp.target_shard_count.into())),
+        (
+            "StreamARN",
+            Out::str(svc.node.config.kinesis.stream_arn(&resp.stream_name)),
+        ),
+    ]))
+}
+
+async fn retention(svc: &MillraceService, mut i: Input<'_>, increase: bool) -> Result<Out> {
+    let stream = i.stream();
+    let hours = i.int("RetentionPeriodHours", true, (1, 8760));
+    i.finish()?;
+    let req = pb::UpdateRetentionPeriodRequest {
+        stream_name: required_stream(stream)?,
+        retention_period_hours: hours.unwrap_or(0) as u32,
+    };
+    svc.set_retention(req, increase).await?;
+    Ok(no_output())
+}
+
+async fn add_tags(
+    svc: &MillraceService,
+    stream: String,
+    tags: Vec<(String, String)>,
+) -> Result<Out> {
+    let cmd = MetaCommand::AddTags {
+        name: stream_name_from(&stream)?,
+        tags: tags.into_iter().collect(),
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    Ok(no_output())
+}
+
+async fn remove_tags(svc: &MillraceService, stream: String, keys: Vec<String>) -> Result<Out> {
+    let cmd = MetaCommand::RemoveTags {
+        name: stream_name_from(&stream)?,
+        keys,
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    Ok(no_output())
+}
+
+async fn list_tags_for_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let start = i.string("ExclusiveStartTagKey", false, (1, 128), None);
+    let limit = i.int("Limit", false, (1, 50)).unwrap_or(50) as usize;
+    i.finish()?;
+    let s = svc.stream_fresh(&required_stream(stream)?).await?;
+    let mut tags = s
+        .tags
+        .into_iter()
+        .filter(|(k, _)| start.as_ref().is_none_or(|st| k > st));
+    let page: Vec<(String, String)> = tags.by_ref().take(limit).collect();
+    Ok(Out::map(vec![
+        ("Tags", tags_out(page.into_iter())),
+        ("HasMoreTags", Out::Bool(tags.next().is_some())),
+    ]))
+}
+
+async fn describe_limits(svc: &MillraceService) -> Result<Out> {
+    svc.node.sync_meta().await?;
+    let (open, on_demand) = svc.node.meta.read(|st| {
+        let open = st
+            .streams
+            .values()
+            .flat_map(|s| &s.shards)
+            .filter(|sh| sh.is_current())
+            .count();
+        let on_demand = st
+            .streams
+            .values()
+            .filter(|s| s.stream_mode == StreamMode::OnDemand)
+            .count();
+        (open, on_demand)
+    });
+    let shard_limit = i64::from(svc.node.config.shards_per_cluster_max);
+    Ok(Out::map(vec![
+        ("ShardLimit", Out::Int(shard_limit)),
+        ("OpenShardCount", Out::Int(open as i64)),
+        ("OnDemandStreamCount", Out::Int(on_demand as i64)),
+        // On-demand streams are not limited separately; every stream needs a shard.
+        ("OnDemandStreamCountLimit", Out::Int(shard_limit)),
+    ]))
+}
+
+fn consumer_out(c: pb::Consumer, with_stream: bool) -> Out {
+    Out::map(vec![
+        ("ConsumerName", Out::str(c.consumer_name)),
+        ("ConsumerARN", Out::str(c.consumer_arn)),
+        ("ConsumerStatus", Out::str(c.consumer_status)),
+        (
+            "ConsumerCreationTimestamp",
+            Out::Timestamp(c.consumer_creation_timestamp_ms),
+        ),
+        (
+            "StreamARN",
+            if with_stream {
+                Out::str(c.stream_arn)
+            } else {
+                Out::Null
+            },
+        ),
+    ])
+}
+
+fn consumer_arn_member(i: &mut Input<'_>, required: bool) -> Option<String> {
+    i.string("ConsumerARN", required, (1, 2048), None)
+}
+
+fn stream_arn_member(i: &mut Input<'_>, required: bool) -> Option<String> {
+    i.string(
+        "StreamARN",
+        required,
+        (1, 2048),
+        Some((STREAM_ARN_PATTERN, is_stream_arn)),
+    )
+}
+
+async fn register_consumer(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = stream_arn_member(&mut i, true);
+    let name = i.name("ConsumerName", true, 128);
+    i.finish()?;
+    let c = svc
+        .register_consumer_impl(pb::RegisterStreamConsumerRequest {
+            stream_arn: stream.unwrap_or_default(),
+            consumer_name: name.unwrap_or_default(),
+        })
+        .await?;
+    Ok(Out::map(vec![("Consumer", consumer_out(c, false))]))
+}
+
+async fn deregister_consumer(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = stream_arn_member(&mut i, false);
+    let name = i.name("ConsumerName", false, 128);
+    let arn = consumer_arn_member(&mut i, false);
+    i.finish()?;
+    svc.deregister_consumer_impl(pb::DeregisterStreamConsumerRequest {
+        stream_arn: stream.unwrap_or_default(),
+        consumer_name: name.unwrap_or_default(),
+        consumer_arn: arn.unwrap_or_default(),
+    })
+    .await?;
+    Ok(no_output())
+}
+
+async fn describe_consumer(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = stream_arn_member(&mut i, false);
+    let name = i.name("ConsumerName", false, 128);
+    let arn = consumer_arn_member(&mut i, false);
+    i.finish()?;
+    let c = svc
+        .describe_consumer_impl(pb::DescribeStreamConsumerRequest {
+            stream_arn: stream.unwrap_or_default(),
+            consumer_name: name.unwrap_or_default(),
+            consumer_arn: arn.unwrap_or_default(),
+        })
+        .await?;
+    Ok(Out::map(vec![(
+        "ConsumerDescription",
+        consumer_out(c, true),
+    )]))
+}
+
+async fn list_consumers(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = stream_arn_member(&mut i, true);
+    let token = i.string("NextToken", false, (1, 1_048_576), None);
+    let max = i.int("MaxResults", false, (1, 10_000)).unwrap_or(100) as usize;
+    let _created = i.timestamp("StreamCreationTimestamp", false);
+    i.finish()?;
+    let after = match token {
+        Some(t) => {
+            let raw = URL_SAFE_NO_PAD
+                .decode(&t)
+                .map_err(|_| invalid_token("NextToken"))?;
+            Some(String::from_utf8(raw).map_err(|_| invalid_token("NextToken"))?)
+        }
+        None => None,
+    };
+    let all = svc
+        .list_consumers_impl(pb::ListStreamConsumersRequest {
+            stream_arn: stream.unwrap_or_default(),
+        })
+        .await?;
+    let mut rest = all
+        .into_iter()
+        .filter(|c| after.as_ref().is_none_or(|a| c.consumer_name > *a));
+    let page: Vec<pb::Consumer> = rest.by_ref().take(max).collect();
+    let next = match (rest.next(), page.last()) {
+        (Some(_), Some(last)) => Out::str(URL_SAFE_NO_PAD.encode(&last.consumer_name)),
+        _ => Out::Null,
+    };
+    Ok(Out::map(vec![
+        (
+            "Consumers",
+            Out::List(page.into_iter().map(|c| consumer_out(c, false)).collect()),
+        ),
+        ("NextToken", next),
+    ]))
+}
+
+async fn update_stream_mode(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = stream_arn_member(&mut i, true);
+    let mode = i.nested("StreamModeDetails", true, |m| {
+        m.enumeration("StreamMode", true, &STREAM_MODES)
+    });
+    i.finish()?;
+    let cmd = MetaCommand::SetStreamMode {
+        name: stream_name_from(&stream.unwrap_or_default())?,
+        mode: mode_from(mode.flatten().as_deref().unwrap_or("PROVISIONED")),
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    Ok(no_output())
+}
+
+async fn monitoring(svc: &MillraceService, mut i: Input<'_>, enable: bool) -> Result<Out> {
+    let stream = i.stream();
+    let metrics = i.strings("ShardLevelMetrics", true, (1, 7));
+    i.finish()?;
+    let metrics = metrics.unwrap_or_default();
+    if let Some(bad) = metrics
+        .iter()
+        .find(|m| *m != "ALL" && !SHARD_LEVEL_METRICS.contains(&m.as_str()))
+    {
+        return Err(KinesisError::client(
+            "ValidationException",
+            format!(
+                "1 validation error detected: Value '[{bad}]' at 'shardLevelMetrics' failed to satisfy constraint: Member must satisfy constraint: [Member must satisfy enum value set: [ALL, {}]]",
+                SHARD_LEVEL_METRICS.join(", ")
+            ),
+        ));
+    }
+    let name = stream_name_from(&required_stream(stream)?)?;
+    let current = svc.stream_fresh(&name).await?.shard_level_metrics;
+    let cmd = MetaCommand::SetShardLevelMetrics {
+        name: name.clone(),
+        metrics,
+        enable,
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    let desired = svc.stream_fresh(&name).await?.shard_level_metrics;
+    Ok(Out::map(vec![
+        ("StreamName", Out::str(&name)),
+        ("CurrentShardLevelMetrics", Out::strs(current)),
+        ("DesiredShardLevelMetrics", Out::strs(desired)),
+        (
+            "StreamARN",
+            Out::str(svc.node.config.kinesis.stream_arn(&name)),
+        ),
+    ]))
+}
+
+async fn encryption(svc: &MillraceService, mut i: Input<'_>, start: bool) -> Result<Out> {
+    let stream = i.stream();
+    let kind = i.enumeration("EncryptionType", true, &["NONE", "KMS"]);
+    let key = i.string("KeyId", true, (1, 2048), None);
+    i.finish()?;
+    if kind.as_deref() != Some("KMS") {
+        return Err(KinesisError::client(
+            "InvalidArgumentException",
+            "EncryptionType must be KMS",
+        ));
+    }
+    let cmd = MetaCommand::SetEncryption {
+        name: stream_name_from(&required_stream(stream)?)?,
+        key_id: if start { key } else { None },
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    Ok(no_output())
+}
+
+fn event_out(e: pb::SubscribeToShardEvent, at_end: bool) -> Out {
+    Out::map(vec![
+        ("Records", records_out(e.records)),
+        (
+            "ContinuationSequenceNumber",
+            Out::str(e.continuation_sequence_number),
+        ),
+        ("MillisBehindLatest", Out::Int(e.millis_behind_latest)),
+        (
+            "ChildShards",
+            if at_end {
+                child_shards_out(e.child_shards)
+            } else {
+                Out::Null
+            },
+        ),
+    ])
+}
+
+/// SubscribeToShard: an `initial-response` message, then one `SubscribeToShardEvent` message
+/// per event; an error after the start is an exception message that ends the stream.
+async fn subscribe_to_shard(
+    svc: &MillraceService,
+    mut i: Input<'_>,
+    encoding: Encoding,
+) -> Result<Reply> {
+    let consumer = consumer_arn_member(&mut i, true);
+    let shard_id = i.name("ShardId", true, 128);
+    let start = i.nested("StartingPosition", true, |p| {
+        let kind = p.enumeration("Type", true, &ITERATOR_TYPES);
+        let seq = p.string(
+            "SequenceNumber",
+            false,
+            (1, 129),
+            Some((SEQUENCE_PATTERN, sequence_pattern)),
+        );
+        let ts = p.timestamp("Timestamp", false);
+        (kind, seq, ts)
+    });
+    i.finish()?;
+    let (kind, seq, ts) = start.unwrap_or_default();
+    let kind = iterator_type(kind.as_deref());
+    check_position(kind, &seq, ts)?;
+    let consumer = consumer.unwrap_or_default();
+    parse_consumer_arn(&consumer)?;
+    let events = svc
+        .subscribe_impl(pb::SubscribeToShardRequest {
+            consumer_arn: consumer,
+            shard_id: shard_id.unwrap_or_default(),
+            starting_position: Some(pb::StartingPosition {
+                r#type: kind as i32,
+                sequence_number: seq.unwrap_or_default(),
+                timestamp_ms: ts.unwrap_or(0),
+            }),
+        })
+        .await?;
+    // Event payloads are in the request's encoding; JSON events say plain application/json.
+    let event_ct = match encoding {
+        Encoding::Json => "application/json",
+        Encoding::Cbor => encoding.content_type(),
+    };
+    let initial = eventstream::event("initial-response", event_ct, &encoding.encode(&no_output()));
+    let frames = events.map(move |item| {
+        let frame = match item {
+            Ok(e) => {
+                let at_end = !e.child_shards.is_empty();
+                eventstream::event(
+                    "SubscribeToShardEvent",
+                    event_ct,
+                    &encoding.encode(&event_out(e, at_end)),
+                )
+            }
+            Err(status) => {
+                let symbol = status
+                    .metadata()
+                    .get(millrace_proto::ERROR_METADATA_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("INTERNAL_FAILURE")
+                    .to_string();
+                let e: KinesisError =
+                    ApiError::from_symbol(&symbol, status.message().to_string()).into();
+                let body = Out::map(vec![("message", Out::str(e.message))]);
+                eventstream::exception(&e.type_name, event_ct, &encoding.encode(&body))
+            }
+        };
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(frame))
+    });
+    let stream = futures::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(initial))
+    })
+    .chain(frames);
+    Ok(Reply::Events(axum::body::Body::from_stream(stream)))
+}

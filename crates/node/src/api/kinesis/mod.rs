@@ -1,0 +1,191 @@
+//! The Kinesis Data Streams HTTP API on the node's HTTP port: `POST /` with
+//! `X-Amz-Target: Kinesis_20131202.<Action>`, bodies in `application/x-amz-json-1.1` or
+//! `application/x-amz-cbor-1.1`, over HTTP/1.1 or cleartext HTTP/2. Each action validates its
+//! input as Kinesis does and calls the same handlers as the native gRPC API.
+
+mod actions;
+pub mod eventstream;
+mod input;
+pub mod sigv4;
+pub mod wire;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+
+use super::error::ApiError;
+use super::grpc::MillraceService;
+use crate::server::node::Node;
+use wire::{Encoding, Out};
+
+/// The target prefix of every Kinesis action.
+pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
+/// Largest request body: a 10 MiB record in base64 plus its envelope.
+const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// An error as Kinesis reports it: the exception name (`__type`), a message, an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisError {
+    pub type_name: Cow<'static, str>,
+    pub message: String,
+    pub status: StatusCode,
+}
+
+impl KinesisError {
+    /// A client error (HTTP 400).
+    pub fn client(type_name: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        KinesisError {
+            type_name: type_name.into(),
+            message: message.into(),
+            status: StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn body(&self) -> Out {
+        Out::map(vec![
+            ("__type", Out::str(self.type_name.clone())),
+            ("message", Out::str(self.message.clone())),
+        ])
+    }
+}
+
+impl From<ApiError> for KinesisError {
+    fn from(e: ApiError) -> Self {
+        let status = match e.kinesis_name() {
+            "InternalFailure" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        KinesisError {
+            type_name: Cow::Borrowed(e.kinesis_name()),
+            message: e.to_string(),
+            status,
+        }
+    }
+}
+
+/// What an action answers: a body, or an event stream (SubscribeToShard).
+pub enum Reply {
+    Body(Out),
+    Events(Body),
+}
+
+pub struct KinesisApi {
+    pub(crate) svc: MillraceService,
+}
+
+impl KinesisApi {
+    pub fn new(node: Arc<Node>) -> Arc<KinesisApi> {
+        Arc::new(KinesisApi {
+            svc: MillraceService { node },
+        })
+    }
+}
+
+/// `POST /`, the Kinesis API.
+pub fn router(api: Arc<KinesisApi>) -> Router {
+    Router::new()
+        .route("/", post(handle))
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(api)
+}
+
+fn request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let h = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+async fn handle(
+    State(api): State<Arc<KinesisApi>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let encoding =
+        Encoding::from_content_type(headers.get("content-type").and_then(|v| v.to_str().ok()));
+    let id = request_id();
+    let result = serve(&api, encoding, &method, &uri, &headers, &body).await;
+    let mut response = match result {
+        Ok(Reply::Body(out)) => {
+            let mut r = Response::new(Body::from(encoding.encode(&out)));
+            set_content_type(&mut r, encoding.content_type());
+            r
+        }
+        Ok(Reply::Events(body)) => {
+            let mut r = Response::new(body);
+            set_content_type(&mut r, eventstream::CONTENT_TYPE);
+            r
+        }
+        Err(e) => {
+            tracing::debug!(error = %e.type_name, message = %e.message, "Kinesis request failed");
+            let mut r = Response::new(Body::from(encoding.encode(&e.body())));
+            *r.status_mut() = e.status;
+            set_content_type(&mut r, encoding.content_type());
+            if let Ok(v) = HeaderValue::from_str(&e.type_name) {
+                r.headers_mut().insert("x-amzn-errortype", v);
+            }
+            r
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-amzn-requestid", v);
+    }
+    response
+}
+
+fn set_content_type(r: &mut Response, ct: &'static str) {
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static(ct));
+}
+
+async fn serve(
+    api: &KinesisApi,
+    encoding: Encoding,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reply, KinesisError> {
+    let kinesis = &api.svc.node.config.kinesis;
+    let signed = sigv4::SignedRequest {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    let now_secs = crate::server::now_ms() / 1000;
+    sigv4::verify(&kinesis.access_keys, &kinesis.region, &signed, now_secs)?;
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(action) = target.strip_prefix(TARGET_PREFIX) else {
+        return Err(unknown_operation(target));
+    };
+    let input = encoding
+        .decode(body)
+        .map_err(|m| KinesisError::client("SerializationException", m))?;
+    tracing::debug!(action, "Kinesis request");
+    actions::dispatch(api, action, &input, encoding).await
+}
+
+fn unknown_operation(target: &str) -> KinesisError {
+    KinesisError::client(
+        "UnknownOperationException",
+        format!("{target:?} is not a Kinesis_20131202 operation"),
+    )
+}

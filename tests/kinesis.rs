@@ -1,0 +1,1068 @@
+//! The Kinesis HTTP API through the official Rust SDK (`aws-sdk-kinesis`, unmodified, pointed at
+//! a node's HTTP port), against real node processes; plus raw-protocol checks (unknown actions,
+//! CBOR bodies, cleartext HTTP/2) that the SDK does not exercise.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::primitives::{Blob, DateTime};
+use aws_sdk_kinesis::types::{
+    EncryptionType, MetricsName, PutRecordsRequestEntry, ScalingType, ShardFilter, ShardFilterType,
+    ShardIteratorType, StartingPosition, StreamMode, StreamModeDetails, StreamStatus,
+    SubscribeToShardEventStream,
+};
+use aws_sdk_kinesis::Client;
+use common::{wait_until, Cluster};
+
+fn sdk(http: &str, key: &str, secret: &str) -> Client {
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{http}"))
+        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
+        .build();
+    Client::from_conf(conf)
+}
+
+fn client(cluster: &Cluster, node: usize) -> Client {
+    sdk(&cluster.nodes[node].http, "AKIDTEST", "secret")
+}
+
+/// The error code (`__type`) of a failed SDK call.
+fn code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(r: Result<T, E>) -> String {
+    match r {
+        Err(e) => e.code().unwrap_or("<no code>").to_string(),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+fn message<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    r: Result<T, E>,
+) -> String {
+    match r {
+        Err(e) => e.message().unwrap_or("").to_string(),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+async fn wait_active(c: &Client, name: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{name} ACTIVE"),
+        || async {
+            c.describe_stream_summary()
+                .stream_name(name)
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.stream_description_summary)
+                .is_some_and(|s| s.stream_status == StreamStatus::Active)
+        },
+    )
+    .await;
+}
+
+/// Reads a shard from `iterator` until `want` records arrived (or the shard ended).
+async fn read_records(
+    c: &Client,
+    mut iterator: String,
+    want: usize,
+) -> Vec<(String, Vec<u8>, String)> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < want && std::time::Instant::now() < deadline {
+        let out = c
+            .get_records()
+            .shard_iterator(&iterator)
+            .send()
+            .await
+            .expect("get records");
+        for r in out.records {
+            got.push((
+                r.sequence_number,
+                r.data.into_inner(),
+                r.partition_key.unwrap_or_default(),
+            ));
+        }
+        match out.next_shard_iterator {
+            Some(next) => iterator = next,
+            None => break,
+        }
+        if got.len() < want {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    got
+}
+
+async fn iterator(
+    c: &Client,
+    stream: &str,
+    shard: &str,
+    kind: ShardIteratorType,
+    seq: Option<&str>,
+) -> String {
+    c.get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(kind)
+        .set_starting_sequence_number(seq.map(String::from))
+        .send()
+        .await
+        .expect("get shard iterator")
+        .shard_iterator
+        .expect("an iterator")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_streams_records_iterators_tags_and_settings() {
+    let cluster = Cluster::start("kinesis-sdk", 3).await;
+    let c = client(&cluster, 0);
+    // Another node serves the same cluster.
+    let c2 = client(&cluster, 2);
+
+    // CreateStream: provisioned with tags, and on-demand without a shard count.
+    c.create_stream()
+        .stream_name("orders")
+        .shard_count(2)
+        .tags("team", "payments")
+        .send()
+        .await
+        .expect("create orders");
+    c.create_stream()
+        .stream_name("clicks")
+        .stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create clicks");
+    assert_eq!(
+        code(
+            c.create_stream()
+                .stream_name("orders")
+                .shard_count(1)
+                .send()
+                .await
+        ),
+        "ResourceInUseException"
+    );
+    wait_active(&c, "orders").await;
+    wait_active(&c2, "clicks").await;
+
+    // Validation errors name the member and the constraint, as Kinesis words them.
+    let bad = c
+        .create_stream()
+        .stream_name("bad name")
+        .shard_count(1)
+        .send()
+        .await;
+    let msg = message(bad);
+    assert!(
+        msg.contains("at 'streamName' failed to satisfy constraint: Member must satisfy regular expression pattern"),
+        "{msg}"
+    );
+    assert_eq!(
+        code(
+            c.create_stream()
+                .stream_name("x")
+                .shard_count(0)
+                .send()
+                .await
+        ),
+        "ValidationException"
+    );
+    assert_eq!(
+        code(c.describe_stream().stream_name("missing").send().await),
+        "ResourceNotFoundException"
+    );
+
+    // DescribeStreamSummary by StreamARN; DescribeStream pagination.
+    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks";
+    let summary = c
+        .describe_stream_summary()
+        .stream_arn(arn)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary
+        .unwrap();
+    assert_eq!(summary.stream_name, "clicks");
+    assert_eq!(summary.stream_arn, arn);
+    assert_eq!(summary.open_shard_count, 4);
+    assert_eq!(
+        summary.stream_mode_details.unwrap().stream_mode,
+        StreamMode::OnDemand
+    );
+    let page = c
+        .describe_stream()
+        .stream_name("clicks")
+        .limit(3)
+        .send()
+        .await
+        .unwrap()
+        .stream_description
+        .unwrap();
+    assert_eq!(page.shards.len(), 3);
+    assert!(page.has_more_shards);
+    let rest = c
+        .describe_stream()
+        .stream_name("clicks")
+        .exclusive_start_shard_id(page.shards[2].shard_id.clone())
+        .send()
+        .await
+        .unwrap()
+        .stream_description
+        .unwrap();
+    assert_eq!(rest.shards.len(), 1);
+    assert!(!rest.has_more_shards);
+    assert_eq!(rest.retention_period_hours, 24);
+
+    // ListStreams with a page of one, followed through NextToken; summaries carry ARNs.
+    let first = c.list_streams().limit(1).send().await.unwrap();
+    assert_eq!(first.stream_names, vec!["clicks"]);
+    assert!(first.has_more_streams);
+    let second = c
+        .list_streams()
+        .next_token(first.next_token.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.stream_names, vec!["orders"]);
+    assert!(!second.has_more_streams && second.next_token.is_none());
+    let summaries = second.stream_summaries.unwrap();
+    assert_eq!(
+        summaries[0].stream_arn,
+        "arn:aws:kinesis:us-east-1:123456789012:stream/orders"
+    );
+
+    // ListShards: pages, and a filter.
+    let shards = c
+        .list_shards()
+        .stream_name("orders")
+        .max_results(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shards.shards().len(), 1);
+    let more = c
+        .list_shards()
+        .next_token(shards.next_token.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(more.shards().len(), 1);
+    assert!(more.next_token.is_none());
+    let after = c
+        .list_shards()
+        .stream_name("orders")
+        .shard_filter(
+            ShardFilter::builder()
+                .r#type(ShardFilterType::AfterShardId)
+                .shard_id("shardId-000000000000")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after
+            .shards()
+            .iter()
+            .map(|s| s.shard_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["shardId-000000000001"]
+    );
+
+    // PutRecord and PutRecords; every record is read back in order per shard.
+    let before_puts = DateTime::from_millis(common_now_ms() - 1000);
+    let one = c
+        .put_record()
+        .stream_name("orders")
+        .partition_key("k0")
+        .data(Blob::new(b"first".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let entries: Vec<PutRecordsRequestEntry> = (1..=40)
+        .map(|i| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(format!("k{i}"))
+                .data(Blob::new(format!("record-{i}").into_bytes()))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let put = c2
+        .put_records()
+        .stream_name("orders")
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.failed_record_count, Some(0));
+    assert_eq!(put.records.len(), 40);
+    let mut expected: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    expected
+        .entry(one.shard_id.clone())
+        .or_default()
+        .push(b"first".to_vec());
+    for (i, r) in put.records.iter().enumerate() {
+        expected
+            .entry(r.shard_id.clone().unwrap())
+            .or_default()
+            .push(format!("record-{}", i + 1).into_bytes());
+    }
+    assert_eq!(expected.len(), 2, "40 keys spread over both shards");
+    for (shard, want) in &expected {
+        let it = iterator(&c, "orders", shard, ShardIteratorType::TrimHorizon, None).await;
+        let got = read_records(&c, it, want.len()).await;
+        let data: Vec<Vec<u8>> = got.iter().map(|(_, d, _)| d.clone()).collect();
+        assert_eq!(&data, want, "shard {shard} in order");
+        // AT_SEQUENCE_NUMBER / AFTER_SEQUENCE_NUMBER from the second record.
+        let at = iterator(
+            &c,
+            "orders",
+            shard,
+            ShardIteratorType::AtSequenceNumber,
+            Some(&got[1].0),
+        )
+        .await;
+        assert_eq!(
+            read_records(&c, at, want.len() - 1).await.len(),
+            want.len() - 1
+        );
+        let after = iterator(
+            &c,
+            "orders",
+            shard,
+            ShardIteratorType::AfterSequenceNumber,
+            Some(&got[1].0),
+        )
+        .await;
+        let after_got = read_records(&c, after, want.len() - 2).await;
+        assert_eq!(after_got.first().map(|r| r.1.clone()), want.get(2).cloned());
+        // AT_TIMESTAMP before the writes: everything.
+        let ts = c
+            .get_shard_iterator()
+            .stream_name("orders")
+            .shard_id(shard)
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(before_puts)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator
+            .unwrap();
+        assert_eq!(read_records(&c, ts, want.len()).await.len(), want.len());
+    }
+    // LATEST sees only what comes after it.
+    let shard0 = one.shard_id.clone();
+    let latest = iterator(&c, "orders", &shard0, ShardIteratorType::Latest, None).await;
+    let empty = c
+        .get_records()
+        .shard_iterator(&latest)
+        .send()
+        .await
+        .unwrap();
+    assert!(empty.records.is_empty());
+    let next = empty.next_shard_iterator.unwrap();
+    c.put_record()
+        .stream_name("orders")
+        .partition_key("k0")
+        .data(Blob::new(b"late".to_vec()))
+        .explicit_hash_key("0")
+        .send()
+        .await
+        .unwrap();
+    let late = read_records(&c, next, 1).await;
+    assert_eq!(late[0].1, b"late");
+    // Iterator and position errors.
+    assert_eq!(
+        code(
+            c.get_shard_iterator()
+                .stream_name("orders")
+                .shard_id(&shard0)
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .send()
+                .await
+        ),
+        "InvalidArgumentException"
+    );
+    assert_eq!(
+        code(
+            c.get_records()
+                .shard_iterator("not-an-iterator")
+                .send()
+                .await
+        ),
+        "InvalidArgumentException"
+    );
+    assert_eq!(
+        code(
+            c.get_shard_iterator()
+                .stream_name("orders")
+                .shard_id("shardId-000000000009")
+                .shard_iterator_type(ShardIteratorType::Latest)
+                .send()
+                .await
+        ),
+        "ResourceNotFoundException"
+    );
+    // A record over the stream's 1 MiB limit is refused, naming the limit.
+    let big = c
+        .put_record()
+        .stream_name("orders")
+        .partition_key("k")
+        .data(Blob::new(vec![0u8; 1024 * 1024 + 1]))
+        .send()
+        .await;
+    assert!(message(big).contains("1048576"));
+
+    // Tags: stream calls and resource (ARN) calls see the same tags.
+    c.add_tags_to_stream()
+        .stream_name("orders")
+        .tags("env", "test")
+        .send()
+        .await
+        .unwrap();
+    let tags = c
+        .list_tags_for_stream()
+        .stream_name("orders")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = tags.tags.iter().map(|t| t.key.as_str()).collect();
+    assert_eq!(keys, vec!["env", "team"]);
+    let orders_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/orders";
+    c.tag_resource()
+        .resource_arn(orders_arn)
+        .tags("tier", "gold")
+        .send()
+        .await
+        .unwrap();
+    c.untag_resource()
+        .resource_arn(orders_arn)
+        .tag_keys("env")
+        .send()
+        .await
+        .unwrap();
+    c.remove_tags_from_stream()
+        .stream_name("orders")
+        .tag_keys("team")
+        .send()
+        .await
+        .unwrap();
+    let res_tags = c
+        .list_tags_for_resource()
+        .resource_arn(orders_arn)
+        .send()
+        .await
+        .unwrap();
+    let pairs: Vec<(String, Option<String>)> = res_tags
+        .tags
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.key, t.value))
+        .collect();
+    assert_eq!(pairs, vec![("tier".to_string(), Some("gold".to_string()))]);
+
+    // Retention, mode, monitoring and encryption are recorded and reported.
+    c.increase_stream_retention_period()
+        .stream_name("orders")
+        .retention_period_hours(48)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            c.decrease_stream_retention_period()
+                .stream_name("orders")
+                .retention_period_hours(72)
+                .send()
+                .await
+        ),
+        "InvalidArgumentException"
+    );
+    c.decrease_stream_retention_period()
+        .stream_name("orders")
+        .retention_period_hours(36)
+        .send()
+        .await
+        .unwrap();
+    c.update_stream_mode()
+        .stream_arn(orders_arn)
+        .stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mon = c
+        .enable_enhanced_monitoring()
+        .stream_name("orders")
+        .shard_level_metrics(MetricsName::IncomingBytes)
+        .shard_level_metrics(MetricsName::OutgoingRecords)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mon.current_shard_level_metrics.unwrap_or_default().len(), 0);
+    assert_eq!(mon.desired_shard_level_metrics.unwrap().len(), 2);
+    let mon = c
+        .disable_enhanced_monitoring()
+        .stream_name("orders")
+        .shard_level_metrics(MetricsName::IncomingBytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        mon.desired_shard_level_metrics.unwrap(),
+        vec![MetricsName::OutgoingRecords]
+    );
+    c.start_stream_encryption()
+        .stream_name("orders")
+        .encryption_type(EncryptionType::Kms)
+        .key_id("alias/aws/kinesis")
+        .send()
+        .await
+        .unwrap();
+    let s = c
+        .describe_stream_summary()
+        .stream_name("orders")
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary
+        .unwrap();
+    assert_eq!(s.retention_period_hours, 36);
+    assert_eq!(
+        s.stream_mode_details.unwrap().stream_mode,
+        StreamMode::OnDemand
+    );
+    assert_eq!(s.encryption_type, Some(EncryptionType::Kms));
+    assert_eq!(s.key_id.as_deref(), Some("alias/aws/kinesis"));
+    assert_eq!(
+        s.enhanced_monitoring[0]
+            .shard_level_metrics
+            .clone()
+            .unwrap(),
+        vec![MetricsName::OutgoingRecords]
+    );
+    c.stop_stream_encryption()
+        .stream_name("orders")
+        .encryption_type(EncryptionType::Kms)
+        .key_id("alias/aws/kinesis")
+        .send()
+        .await
+        .unwrap();
+    let s = c
+        .describe_stream_summary()
+        .stream_name("orders")
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary
+        .unwrap();
+    assert_eq!(s.encryption_type, Some(EncryptionType::None));
+
+    // DescribeLimits counts open shards and on-demand streams.
+    let limits = c.describe_limits().send().await.unwrap();
+    assert_eq!(limits.open_shard_count, 6);
+    assert_eq!(limits.on_demand_stream_count, 2);
+    assert!(limits.shard_limit >= 6);
+
+    // DeleteStream.
+    c.delete_stream()
+        .stream_name("clicks")
+        .send()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "clicks deleted", || async {
+        let r = c
+            .describe_stream_summary()
+            .stream_name("clicks")
+            .send()
+            .await;
+        r.is_err_and(|e| e.code() == Some("ResourceNotFoundException"))
+    })
+    .await;
+}
+
+fn common_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_resharding_returns_child_shards() {
+    let cluster = Cluster::start("kinesis-reshard", 3).await;
+    let c = client(&cluster, 1);
+    c.create_stream()
+        .stream_name("s")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    wait_active(&c, "s").await;
+    c.put_record()
+        .stream_name("s")
+        .partition_key("a")
+        .data(Blob::new(b"before".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    // Split the one shard in the middle of the hash range.
+    let middle = (u128::MAX / 2 + 1).to_string();
+    c.split_shard()
+        .stream_name("s")
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key(&middle)
+        .send()
+        .await
+        .unwrap();
+    wait_active(&c, "s").await;
+    // The parent, read to its end, hands over to its children.
+    let mut it = iterator(
+        &c,
+        "s",
+        "shardId-000000000000",
+        ShardIteratorType::TrimHorizon,
+        None,
+    )
+    .await;
+    let mut data = Vec::new();
+    let children = loop {
+        let out = c.get_records().shard_iterator(&it).send().await.unwrap();
+        data.extend(out.records.into_iter().map(|r| r.data.into_inner()));
+        match out.next_shard_iterator {
+            Some(next) => it = next,
+            None => break out.child_shards.expect("child shards at the end"),
+        }
+    };
+    assert_eq!(data, vec![b"before".to_vec()]);
+    let ids: BTreeSet<String> = children.iter().map(|c| c.shard_id.clone()).collect();
+    assert_eq!(ids.len(), 2);
+    for child in &children {
+        assert_eq!(child.parent_shards, vec!["shardId-000000000000"]);
+    }
+    let described = c
+        .describe_stream()
+        .stream_name("s")
+        .send()
+        .await
+        .unwrap()
+        .stream_description
+        .unwrap();
+    let parent = described
+        .shards
+        .iter()
+        .find(|s| s.shard_id == "shardId-000000000000")
+        .unwrap();
+    assert!(parent
+        .sequence_number_range
+        .as_ref()
+        .unwrap()
+        .ending_sequence_number
+        .is_some());
+    let kids: Vec<_> = described
+        .shards
+        .iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some("shardId-000000000000"))
+        .collect();
+    assert_eq!(kids.len(), 2);
+    // Merge the children back; then scale to 2 (UpdateShardCount may at most double).
+    let mut kid_ids: Vec<String> = kids.iter().map(|k| k.shard_id.clone()).collect();
+    kid_ids.sort();
+    c.merge_shards()
+        .stream_name("s")
+        .shard_to_merge(&kid_ids[0])
+        .adjacent_shard_to_merge(&kid_ids[1])
+        .send()
+        .await
+        .unwrap();
+    wait_active(&c, "s").await;
+    let scaled = c
+        .update_shard_count()
+        .stream_name("s")
+        .target_shard_count(2)
+        .scaling_type(ScalingType::UniformScaling)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scaled.current_shard_count, Some(1));
+    assert_eq!(scaled.target_shard_count, Some(2));
+    wait_active(&c, "s").await;
+    let open = c
+        .list_shards()
+        .stream_name("s")
+        .shard_filter(
+            ShardFilter::builder()
+                .r#type(ShardFilterType::AtLatest)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.shards().len(), 2);
+    // A closed shard cannot be split again (Kinesis: InvalidArgumentException).
+    assert_eq!(
+        code(
+            c.split_shard()
+                .stream_name("s")
+                .shard_to_split("shardId-000000000000")
+                .new_starting_hash_key("1")
+                .send()
+                .await
+        ),
+        "InvalidArgumentException"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_consumers_and_subscribe_to_shard() {
+    let cluster = Cluster::start("kinesis-efo", 3).await;
+    let c = client(&cluster, 0);
+    c.create_stream()
+        .stream_name("s")
+        .shard_count(1)
+        .send()
+        .await
+        .unwrap();
+    wait_active(&c, "s").await;
+    let stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/s";
+    let consumer = c
+        .register_stream_consumer()
+        .stream_arn(stream_arn)
+        .consumer_name("app")
+        .send()
+        .await
+        .unwrap()
+        .consumer
+        .unwrap();
+    assert!(consumer
+        .consumer_arn
+        .starts_with(&format!("{stream_arn}/consumer/app:")));
+    let listed = c
+        .list_stream_consumers()
+        .stream_arn(stream_arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.consumers.unwrap().len(), 1);
+    let described = c
+        .describe_stream_consumer()
+        .consumer_arn(&consumer.consumer_arn)
+        .send()
+        .await
+        .unwrap()
+        .consumer_description
+        .unwrap();
+    assert_eq!(described.consumer_name, "app");
+    assert_eq!(described.stream_arn, stream_arn);
+
+    for i in 0..3 {
+        c.put_record()
+            .stream_name("s")
+            .partition_key("k")
+            .data(Blob::new(format!("r{i}").into_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut sub = c
+        .subscribe_to_shard()
+        .consumer_arn(&consumer.consumer_arn)
+        .shard_id("shardId-000000000000")
+        .starting_position(
+            StartingPosition::builder()
+                .r#type(ShardIteratorType::TrimHorizon)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("subscribe");
+    // Records written while subscribed arrive too.
+    let writer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 3..6 {
+                c.put_record()
+                    .stream_name("s")
+                    .partition_key("k")
+                    .data(Blob::new(format!("r{i}").into_bytes()))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let mut last_continuation = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 6 {
+        let event = tokio::time::timeout_at(deadline, sub.event_stream.recv())
+            .await
+            .expect("events before the deadline")
+            .expect("a good event")
+            .expect("the stream stays open");
+        if let SubscribeToShardEventStream::SubscribeToShardEvent(e) = event {
+            got.extend(
+                e.records
+                    .into_iter()
+                    .map(|r| String::from_utf8(r.data.into_inner()).unwrap()),
+            );
+            last_continuation = e.continuation_sequence_number;
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(got, (0..6).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert!(!last_continuation.is_empty());
+    drop(sub);
+
+    // Errors: an unknown consumer is refused before the stream starts.
+    let bad = c
+        .subscribe_to_shard()
+        .consumer_arn(format!("{stream_arn}/consumer/nobody:1"))
+        .shard_id("shardId-000000000000")
+        .starting_position(
+            StartingPosition::builder()
+                .r#type(ShardIteratorType::Latest)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await;
+    assert_eq!(code(bad.map(|_| ())), "ResourceNotFoundException");
+    // A stream with consumers is not deleted unless asked to.
+    assert_eq!(
+        code(c.delete_stream().stream_name("s").send().await),
+        "ResourceInUseException"
+    );
+    c.deregister_stream_consumer()
+        .consumer_arn(&consumer.consumer_arn)
+        .send()
+        .await
+        .unwrap();
+    let listed = c
+        .list_stream_consumers()
+        .stream_arn(stream_arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.consumers.unwrap_or_default().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigv4_signatures_are_verified_when_keys_are_configured() {
+    let env = [
+        ("MILLRACE_ACCESS_KEYS", "AKIDGOOD:right-secret"),
+        ("MILLRACE_REPLICATION_FACTOR", "1"),
+    ];
+    let cluster = Cluster::start_with_env("kinesis-sigv4", 1, &env).await;
+    let http = cluster.nodes[0].http.clone();
+    let good = sdk(&http, "AKIDGOOD", "right-secret");
+    good.create_stream()
+        .stream_name("s")
+        .shard_count(1)
+        .send()
+        .await
+        .expect("signed correctly");
+    assert_eq!(
+        good.list_streams().send().await.unwrap().stream_names,
+        vec!["s"]
+    );
+    let wrong_secret = sdk(&http, "AKIDGOOD", "wrong-secret");
+    assert_eq!(
+        code(wrong_secret.list_streams().send().await),
+        "InvalidSignatureException"
+    );
+    let unknown_key = sdk(&http, "AKIDOTHER", "right-secret");
+    assert_eq!(
+        code(unknown_key.list_streams().send().await),
+        "UnrecognizedClientException"
+    );
+    // An unsigned request.
+    let (status, body) = raw_post(&http, "ListStreams", "application/x-amz-json-1.1", b"{}");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("MissingAuthenticationTokenException"));
+}
+
+/// A minimal HTTP/1.1 POST of a Kinesis action: (status, body).
+fn raw_post(addr: &str, action: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: Kinesis_20131202.{action}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16)
+            .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
+        raw = &raw[line_end + 2 + size + 2..];
+    }
+}
+
+fn cbor(v: &ciborium::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(v, &mut out).unwrap();
+    out
+}
+
+fn cbor_get<'a>(v: &'a ciborium::Value, key: &str) -> Option<&'a ciborium::Value> {
+    v.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raw_protocol_unknown_actions_cbor_and_h2c() {
+    use ciborium::Value as V;
+    let cluster = Cluster::start("kinesis-raw", 3).await;
+    let http = cluster.nodes[1].http.clone();
+
+    // An unknown action.
+    let (status, body) = raw_post(&http, "FlyToTheMoon", "application/x-amz-json-1.1", b"{}");
+    assert_eq!(status, 400);
+    let err: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(err["__type"], "UnknownOperationException");
+    // A body that is not JSON.
+    let (status, body) = raw_post(&http, "ListStreams", "application/x-amz-json-1.1", b"{nope");
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("SerializationException"));
+
+    // CBOR (the Java SDK's default): blobs as byte strings, timestamps as tag 1 over epoch ms.
+    let ct = "application/x-amz-cbor-1.1";
+    let create = V::Map(vec![
+        (V::Text("StreamName".into()), V::Text("c".into())),
+        (V::Text("ShardCount".into()), V::Integer(1.into())),
+    ]);
+    let (status, _) = raw_post(&http, "CreateStream", ct, &cbor(&create));
+    assert_eq!(status, 200);
+    let c = client(&cluster, 1);
+    wait_active(&c, "c").await;
+    let started_ms = common_now_ms() - 1000;
+    let put = V::Map(vec![
+        (V::Text("StreamName".into()), V::Text("c".into())),
+        (V::Text("PartitionKey".into()), V::Text("k".into())),
+        (V::Text("Data".into()), V::Bytes(vec![0, 1, 2, 255])),
+    ]);
+    let (status, body) = raw_post(&http, "PutRecord", ct, &cbor(&put));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let put_out: V = ciborium::de::from_reader(body.as_slice()).unwrap();
+    assert!(cbor_get(&put_out, "SequenceNumber")
+        .and_then(V::as_text)
+        .is_some());
+    let it_req = V::Map(vec![
+        (V::Text("StreamName".into()), V::Text("c".into())),
+        (
+            V::Text("ShardId".into()),
+            V::Text("shardId-000000000000".into()),
+        ),
+        (
+            V::Text("ShardIteratorType".into()),
+            V::Text("AT_TIMESTAMP".into()),
+        ),
+        (
+            V::Text("Timestamp".into()),
+            V::Tag(1, Box::new(V::Integer(started_ms.into()))),
+        ),
+    ]);
+    let (status, body) = raw_post(&http, "GetShardIterator", ct, &cbor(&it_req));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let it: V = ciborium::de::from_reader(body.as_slice()).unwrap();
+    let iterator = cbor_get(&it, "ShardIterator")
+        .and_then(V::as_text)
+        .unwrap()
+        .to_string();
+    let get = V::Map(vec![(V::Text("ShardIterator".into()), V::Text(iterator))]);
+    let (status, body) = raw_post(&http, "GetRecords", ct, &cbor(&get));
+    assert_eq!(status, 200);
+    let out: V = ciborium::de::from_reader(body.as_slice()).unwrap();
+    let records = cbor_get(&out, "Records").and_then(V::as_array).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        cbor_get(&records[0], "Data").and_then(V::as_bytes),
+        Some(&vec![0, 1, 2, 255])
+    );
+    match cbor_get(&records[0], "ApproximateArrivalTimestamp") {
+        Some(V::Tag(1, ms)) => {
+            let ms: i128 = ms.as_integer().unwrap().into();
+            assert!(
+                (ms as i64 - common_now_ms()).abs() < 60_000,
+                "epoch milliseconds: {ms}"
+            );
+        }
+        other => panic!("timestamp not tag 1: {other:?}"),
+    }
+    // CBOR errors are CBOR too.
+    let missing = V::Map(vec![(V::Text("StreamName".into()), V::Text("nope".into()))]);
+    let (status, body) = raw_post(&http, "DescribeStreamSummary", ct, &cbor(&missing));
+    assert_eq!(status, 400);
+    let err: V = ciborium::de::from_reader(body.as_slice()).unwrap();
+    assert_eq!(
+        cbor_get(&err, "__type").and_then(V::as_text),
+        Some("ResourceNotFoundException")
+    );
+
+    // Cleartext HTTP/2 (prior knowledge) on the same port.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = hyper::Request::post(format!("http://{http}/"))
+        .header("x-amz-target", "Kinesis_20131202.ListStreams")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let resp = h2.request(req).await.expect("h2c request");
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listed["StreamNames"], serde_json::json!(["c"]));
+}
