@@ -18,6 +18,7 @@ use aws_sdk_kinesis::types::{
 };
 use aws_sdk_kinesis::Client;
 use common::{wait_until, Cluster};
+use millrace_node::api::kinesis::eventstream;
 
 fn sdk(http: &str, key: &str, secret: &str) -> Client {
     let conf = aws_sdk_kinesis::Config::builder()
@@ -1065,4 +1066,60 @@ async fn raw_protocol_unknown_actions_cbor_and_h2c() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(listed["StreamNames"], serde_json::json!(["c"]));
+
+    // SubscribeToShard over h2c: an initial-response message, then events with the record.
+    let consumer = c
+        .register_stream_consumer()
+        .stream_arn("arn:aws:kinesis:us-east-1:123456789012:stream/c")
+        .consumer_name("h2")
+        .send()
+        .await
+        .unwrap()
+        .consumer
+        .unwrap();
+    let sub = serde_json::json!({
+        "ConsumerARN": consumer.consumer_arn,
+        "ShardId": "shardId-000000000000",
+        "StartingPosition": {"Type": "TRIM_HORIZON"},
+    });
+    let req = hyper::Request::post(format!("http://{http}/"))
+        .header("x-amz-target", "Kinesis_20131202.SubscribeToShard")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            sub.to_string(),
+        )))
+        .unwrap();
+    let resp = h2.request(req).await.expect("h2c subscribe");
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.amazon.eventstream"
+    );
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while messages.len() < 2 {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("frames before the deadline")
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        while let Some((m, used)) = eventstream::decode(&buf).expect("well-formed frames") {
+            buf.drain(..used);
+            messages.push(m);
+        }
+    }
+    assert_eq!(messages[0].header(":event-type"), Some("initial-response"));
+    assert_eq!(messages[1].header(":message-type"), Some("event"));
+    assert_eq!(
+        messages[1].header(":event-type"),
+        Some("SubscribeToShardEvent")
+    );
+    let event: serde_json::Value = serde_json::from_slice(&messages[1].payload).unwrap();
+    assert_eq!(event["Records"][0]["Data"], "AAEC/w==");
+    assert!(event["ContinuationSequenceNumber"].is_string());
 }
