@@ -14,6 +14,8 @@
 //! earlier value after a crash.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,6 +31,47 @@ const FORMAT_KEY: &str = "format_version";
 pub struct NodeMeta {
     db: sled::Db,
     node: sled::Tree,
+    flusher: Arc<SledFlusher>,
+}
+
+/// Group commit for sled flushes: one flush runs at a time, and every caller whose writes came
+/// before a flush started is answered by that flush.
+///
+/// Without it, many concurrent flushes (one per vote save, e.g. when hundreds of new shard
+/// groups elect at once) occupy sled's I/O threads together, and sled's batch writes spin on
+/// its concurrency control while they run: a node was seen burning two cores for minutes.
+struct SledFlusher {
+    db: sled::Db,
+    /// Flush requests so far (a request's ticket is the count after it).
+    requested: AtomicU64,
+    /// Every request with a ticket up to this is durable.
+    durable: AtomicU64,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl SledFlusher {
+    async fn flush(&self) -> StorageResult<()> {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _running = self.running.lock().await;
+        if self.durable.load(Ordering::SeqCst) >= ticket {
+            return Ok(()); // a flush that started after our writes has finished
+        }
+        // Everything requested so far was written before this flush starts.
+        let covers = self.requested.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StorageError::Meta {
+                verb: "flush",
+                source: sled::Error::Io(std::io::Error::other(e.to_string())),
+            })?
+            .map_err(|source| StorageError::Meta {
+                verb: "flush",
+                source,
+            })?;
+        self.durable.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl NodeMeta {
@@ -48,7 +91,13 @@ impl NodeMeta {
                 verb: "open tree",
                 source,
             })?;
-        let meta = NodeMeta { db, node };
+        let flusher = Arc::new(SledFlusher {
+            db: db.clone(),
+            requested: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            running: tokio::sync::Mutex::new(()),
+        });
+        let meta = NodeMeta { db, node, flusher };
         match meta
             .node
             .get(FORMAT_KEY)
@@ -90,7 +139,7 @@ impl NodeMeta {
             })?;
         Ok(GroupMeta {
             tree: KvTree { tree },
-            db: self.db.clone(),
+            flusher: self.flusher.clone(),
         })
     }
 
@@ -135,14 +184,7 @@ impl NodeMeta {
     }
 
     pub async fn flush(&self) -> StorageResult<()> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|source| StorageError::Meta {
-                verb: "flush",
-                source,
-            })
+        self.flusher.flush().await
     }
 }
 
@@ -191,7 +233,7 @@ impl KvTree {
 #[derive(Clone)]
 pub struct GroupMeta {
     tree: KvTree,
-    db: sled::Db,
+    flusher: Arc<SledFlusher>,
 }
 
 impl GroupMeta {
@@ -232,20 +274,39 @@ impl GroupMeta {
     }
 
     pub async fn flush(&self) -> StorageResult<()> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|source| StorageError::Meta {
-                verb: "flush",
-                source,
-            })
+        self.flusher.flush().await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn concurrent_flushes_are_coalesced_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+            let writers = (1..=40u64).map(|g| {
+                let group = meta.group(g).unwrap();
+                tokio::spawn(async move {
+                    group.put("vote", &g).unwrap();
+                    group.flush().await.unwrap();
+                })
+            });
+            for w in writers.collect::<Vec<_>>() {
+                w.await.unwrap();
+            }
+            // Fewer flushes ran than were asked for, and every request is covered.
+            let f = &meta.flusher;
+            assert_eq!(f.requested.load(Ordering::SeqCst), 40);
+            assert_eq!(f.durable.load(Ordering::SeqCst), 40);
+        }
+        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        for g in 1..=40u64 {
+            assert_eq!(meta.group(g).unwrap().get::<u64>("vote").unwrap(), Some(g));
+        }
+    }
 
     #[tokio::test]
     async fn values_survive_reopen_after_flush() {

@@ -187,7 +187,12 @@ impl Internal for InternalService {
     ) -> Result<Response<ipb::PingReply>, Status> {
         let req = req.into_inner();
         self.node.peer_alive(req.from_node_id);
-        self.node.nudge(&req.nudge_groups).await;
+        // Answer at once: a ping's round trip is the failure detector, and nudging many groups
+        // must not delay it.
+        if !req.nudge_groups.is_empty() {
+            let node = self.node.clone();
+            tokio::spawn(async move { node.nudge(&req.nudge_groups).await });
+        }
         Ok(Response::new(ipb::PingReply {}))
     }
 

@@ -293,7 +293,7 @@ pub async fn heal_and_balance(node: &Arc<Node>) {
             Err(e) => tracing::debug!(error = %e, "cannot start a replica move yet"),
         }
     }
-    replace_metadata_voters(node, &unavailable).await;
+    shape_metadata_voters(node, &unavailable).await;
     let idle = node.meta.read(|s| {
         s.streams
             .values()
@@ -499,43 +499,169 @@ pub fn plan_moves(
     out
 }
 
-/// Replaces metadata voters that are dead or leaving with live learners, preferring zones the
+/// How many metadata voters a cluster with `members` eligible members should have: 3, or 5 once
+/// there are five members (all of them below three).
+pub fn metadata_voter_target(members: usize) -> usize {
+    match members {
+        0..=2 => members,
+        3 | 4 => 3,
+        _ => 5,
+    }
+}
+
+/// The metadata voters a cluster should have: `target` members spread over as many zones as
+/// possible, keeping current voters where they fit (so a healthy set never churns), then the
+/// lowest node ids. `keep` are current voters that may stay; `add` are members that may become
+/// voters. Returns fewer than `target` only when there are not enough candidates.
+pub fn choose_metadata_voters(
+    target: usize,
+    keep: &BTreeSet<u64>,
+    add: &BTreeSet<u64>,
+    zone_of: &BTreeMap<u64, String>,
+) -> BTreeSet<u64> {
+    // Candidates per zone, current voters first, then by id.
+    let mut by_zone: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for n in keep.iter().chain(add.iter().filter(|n| !keep.contains(n))) {
+        if let Some(z) = zone_of.get(n) {
+            by_zone.entry(z.as_str()).or_default().push(*n);
+        }
+    }
+    for list in by_zone.values_mut() {
+        list.sort_by_key(|n| (!keep.contains(n), *n));
+        list.reverse(); // pop() takes the best
+    }
+    // Zones with a current voter first, so a spread set stays as it is.
+    let mut zones: Vec<&str> = by_zone.keys().copied().collect();
+    zones.sort_by_key(|z| {
+        let best = by_zone[z].last().copied();
+        (!best.is_some_and(|b| keep.contains(&b)), best)
+    });
+    let mut chosen = BTreeSet::new();
+    while chosen.len() < target {
+        let before = chosen.len();
+        for z in &zones {
+            if chosen.len() == target {
+                break;
+            }
+            if let Some(n) = by_zone.get_mut(z).and_then(Vec::pop) {
+                chosen.insert(n);
+            }
+        }
+        if chosen.len() == before {
+            break;
+        }
+    }
+    chosen
+}
+
+/// Keeps the metadata group at 3 or 5 voters spread over zones, the other members learners:
+/// demotes extra voters (e.g. when `--peers` lists more nodes), promotes learners when members
+/// join, and replaces voters that are dead or leaving with live members, preferring zones the
 /// remaining voters do not cover.
-async fn replace_metadata_voters(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
+async fn shape_metadata_voters(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
     let m = node.meta_group.raft.metrics().borrow_watched().clone();
     let membership = m.membership_config.membership().clone();
+    if m.membership_config.membership().get_joint_config().len() > 1 {
+        return; // a change is in progress
+    }
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let Some(gone) = voters.iter().copied().find(|v| unavailable.contains(v)) else {
-        return;
-    };
+    let learners: BTreeSet<u64> = membership.learner_ids().collect();
     let members = node.members();
-    let covered: BTreeSet<String> = voters
+    // While initial peers are still registering, their zones are unknown: wait.
+    if voters
         .iter()
-        .filter(|v| **v != gone)
-        .filter_map(|v| members.get(v).map(|m| m.zone.clone()))
-        .collect();
-    let candidate = membership
-        .learner_ids()
-        .filter(|l| !unavailable.contains(l) && node.silent_for(*l) < DOWN_AFTER)
-        .filter_map(|l| members.get(&l))
-        .min_by_key(|m| (covered.contains(&m.zone), m.node_id))
-        .map(|m| m.node_id);
-    let Some(candidate) = candidate else {
+        .any(|v| !members.contains_key(v) && node.config.peers.contains_key(v))
+    {
         return;
-    };
-    let new_voters: BTreeSet<u64> = voters
+    }
+    let zone_of: BTreeMap<u64, String> = members
+        .values()
+        .map(|m| (m.node_id, m.zone.clone()))
+        .collect();
+    let eligible = |n: &u64| members.contains_key(n) && !unavailable.contains(n);
+    let live = |n: &u64| *n == node.id || node.silent_for(*n) < DOWN_AFTER;
+    let keep: BTreeSet<u64> = voters.iter().copied().filter(eligible).collect();
+    let add: BTreeSet<u64> = learners
         .iter()
         .copied()
-        .filter(|v| *v != gone)
-        .chain([candidate])
+        .filter(|n| eligible(n) && live(n))
         .collect();
+    let target = metadata_voter_target(members.keys().filter(|n| eligible(n)).count());
+    let desired = choose_metadata_voters(target, &keep, &add, &zone_of);
+    // Only a full set replaces the current one: with too few candidates, keep what there is
+    // (removing a dead voter without a replacement would not make the group any safer).
+    if desired == voters || desired.len() < target || desired.is_empty() {
+        return;
+    }
     match node
         .meta_group
         .raft
-        .change_membership(new_voters, true)
+        .change_membership(desired.clone(), true)
         .await
     {
-        Ok(_) => tracing::warn!(gone, candidate, "replaced a metadata voter"),
-        Err(e) => tracing::debug!(error = %e, "cannot replace the metadata voter yet"),
+        Ok(_) => tracing::warn!(?voters, ?desired, "changed the metadata voters"),
+        Err(e) => tracing::debug!(error = %e, "cannot change the metadata voters yet"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zones(z: &[(u64, &str)]) -> BTreeMap<u64, String> {
+        z.iter().map(|(n, z)| (*n, z.to_string())).collect()
+    }
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn voter_targets_are_three_or_five() {
+        let targets: Vec<usize> = (0..8).map(metadata_voter_target).collect();
+        assert_eq!(targets, vec![0, 1, 2, 3, 3, 5, 5, 5]);
+    }
+
+    #[test]
+    fn extra_voters_are_demoted_keeping_the_zone_spread() {
+        // Four initial voters in zones a, b, c, d: three stay, one per zone, lowest ids.
+        let z = zones(&[(1, "a"), (2, "b"), (3, "c"), (4, "d")]);
+        assert_eq!(
+            choose_metadata_voters(3, &set(&[1, 2, 3, 4]), &set(&[]), &z),
+            set(&[1, 2, 3])
+        );
+        // Six nodes in three zones, two each: five voters cover all three zones.
+        let z = zones(&[(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"), (6, "c")]);
+        let chosen = choose_metadata_voters(5, &set(&[1, 2, 3, 4, 5, 6]), &set(&[]), &z);
+        assert_eq!(chosen.len(), 5);
+        let covered: BTreeSet<&String> = chosen.iter().map(|n| &z[n]).collect();
+        assert_eq!(covered.len(), 3);
+    }
+
+    #[test]
+    fn a_lost_voter_is_replaced_from_an_uncovered_zone_and_healthy_sets_stay() {
+        let z = zones(&[(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b"), (6, "c")]);
+        // Voter 2 (zone b) is gone: 5 (zone b) replaces it rather than 4 (zone a).
+        assert_eq!(
+            choose_metadata_voters(3, &set(&[1, 3]), &set(&[4, 5, 6]), &z),
+            set(&[1, 3, 5])
+        );
+        // A healthy, spread set is kept even when lower ids are learners.
+        let z = zones(&[(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b"), (6, "c")]);
+        assert_eq!(
+            choose_metadata_voters(3, &set(&[4, 5, 6]), &set(&[1, 2, 3]), &z),
+            set(&[4, 5, 6])
+        );
+        // Two voters in one zone while another zone has a learner: the set spreads.
+        let z = zones(&[(1, "a"), (2, "a"), (3, "b"), (4, "c")]);
+        assert_eq!(
+            choose_metadata_voters(3, &set(&[1, 2, 3]), &set(&[4]), &z),
+            set(&[1, 3, 4])
+        );
+        // Too few candidates: fewer than the target come back.
+        assert_eq!(
+            choose_metadata_voters(3, &set(&[1]), &set(&[]), &z),
+            set(&[1])
+        );
     }
 }
