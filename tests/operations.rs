@@ -147,6 +147,29 @@ async fn wait_calls(calls: &Arc<AtomicUsize>, more: usize) {
     .await;
 }
 
+/// The metadata group's voters as the first answering node sees them.
+fn metadata_voters(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .running()
+        .into_iter()
+        .find_map(|id| {
+            let status = cluster.status(id)?;
+            let meta = status["groups"]
+                .as_array()?
+                .iter()
+                .find(|g| g["group_id"] == 0)?
+                .clone();
+            Some(
+                meta["voters"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|v| v.as_u64())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
     let env = [("MILLRACE_DEAD_NODE_TIMEOUT", "3s")];
@@ -157,10 +180,20 @@ async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
         .wait_for_active("heal", Duration::from_secs(60))
         .await
         .unwrap();
-    // The victim: a node with replicas that is not the metadata leader (node 1 bootstraps it).
-    let victim = (2..=4u64)
+    // Four initial peers, but the metadata group keeps three voters (one per zone); the fourth
+    // node is a learner.
+    wait_until(Duration::from_secs(30), "three metadata voters", || {
+        let voters = metadata_voters(&cluster);
+        async move { voters.len() == 3 }
+    })
+    .await;
+    let leader = cluster.status(1).unwrap()["metadata_leader"].as_u64().unwrap();
+    // The victim: a metadata voter with replicas that is not the metadata leader.
+    let victim = metadata_voters(&cluster)
+        .into_iter()
+        .filter(|n| *n != leader)
         .find(|n| d.shards.iter().any(|s| s.replica_node_ids.contains(n)))
-        .expect("a replica holder");
+        .expect("a voter holding replicas");
     let held_before = cluster.group_dirs(victim);
     assert!(!held_before.is_empty());
 
@@ -226,6 +259,12 @@ async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
         assert_eq!(z.len(), 3, "{} replicas on distinct zones", s.shard_id);
     }
     wait_calls(&calls, 10).await;
+    // The lost metadata voter is replaced by the live learner: three voters, none of them dead.
+    wait_until(Duration::from_secs(30), "the dead metadata voter replaced", || {
+        let voters = metadata_voters(&cluster);
+        async move { voters.len() == 3 && !voters.contains(&victim) }
+    })
+    .await;
 
     // It comes back: its stale replicas are deleted and it stays a member.
     cluster.spawn(victim);
