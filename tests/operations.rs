@@ -187,7 +187,9 @@ async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
         async move { voters.len() == 3 }
     })
     .await;
-    let leader = cluster.status(1).unwrap()["metadata_leader"].as_u64().unwrap();
+    let leader = cluster.status(1).unwrap()["metadata_leader"]
+        .as_u64()
+        .unwrap();
     // The victim: a metadata voter with replicas that is not the metadata leader.
     let victim = metadata_voters(&cluster)
         .into_iter()
@@ -260,10 +262,14 @@ async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
     }
     wait_calls(&calls, 10).await;
     // The lost metadata voter is replaced by the live learner: three voters, none of them dead.
-    wait_until(Duration::from_secs(30), "the dead metadata voter replaced", || {
-        let voters = metadata_voters(&cluster);
-        async move { voters.len() == 3 && !voters.contains(&victim) }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the dead metadata voter replaced",
+        || {
+            let voters = metadata_voters(&cluster);
+            async move { voters.len() == 3 && !voters.contains(&victim) }
+        },
+    )
     .await;
 
     // It comes back: its stale replicas are deleted and it stays a member.
