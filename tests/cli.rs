@@ -197,6 +197,69 @@ async fn dev_cluster_and_cli_contract() {
         "all shards by default"
     );
 
+    // tail: every shard through SubscribeToShard; without --follow it stops once caught up.
+    let tailed = json_lines(&cli(&["tail", "clitest", "--from", "trim-horizon"], None));
+    let mut datas: Vec<&str> = tailed.iter().map(|r| r["data"].as_str().unwrap()).collect();
+    datas.sort_unstable();
+    assert_eq!(datas, vec!["a", "b", "c", "hello"]);
+    // tail --follow prints records written while it runs (here from a point in time, so the
+    // puts cannot race its subscription), and `put --file --rate` writes them.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 1000;
+    let mut follower = Command::new(BIN)
+        .env("MILLRACE_ENDPOINT", ENDPOINTS)
+        .args(["tail", "clitest", "--follow", "--limit", "3"])
+        .args(["--from", &format!("at-timestamp:{since}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tail");
+    let file = dir.join("records.txt");
+    std::fs::write(&file, "x\ny\nz\n").unwrap();
+    let put = json_lines(&cli(
+        &[
+            "put",
+            "clitest",
+            "--partition-key",
+            "f",
+            "--rate",
+            "20",
+            "--file",
+        ]
+        .iter()
+        .copied()
+        .chain([file.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+        None,
+    ));
+    assert_eq!(put.len(), 3);
+    wait_until(
+        Duration::from_secs(30),
+        "tail --follow exits after 3 records",
+        || {
+            let done = matches!(follower.try_wait(), Ok(Some(_)));
+            async move { done }
+        },
+    )
+    .await;
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let followed = json_lines(&out);
+    let datas: Vec<&str> = followed
+        .iter()
+        .map(|r| r["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(datas, vec!["x", "y", "z"], "one key, one shard, in order");
+    let bad_rate = cli(
+        &["put", "clitest", "--partition-key", "k", "--rate", "0"],
+        Some("a\n"),
+    );
+    assert!(!bad_rate.status.success());
+    assert!(String::from_utf8_lossy(&bad_rate.stderr).contains("--rate"));
+
     let missing = cli(&["stream", "describe", "nope"], None);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
@@ -258,7 +321,7 @@ async fn dev_cluster_and_cli_contract() {
     // Run again on the same data dir: the cluster resumes with its data.
     let (mut dev, pids) = start_dev(&dir);
     wait_ready().await;
-    assert_eq!(json_lines(&cli(&["read", "clitest"], None)).len(), 4);
+    assert_eq!(json_lines(&cli(&["read", "clitest"], None)).len(), 7);
     Command::new("kill")
         .args(["-INT", &dev.id().to_string()])
         .status()

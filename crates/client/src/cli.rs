@@ -129,13 +129,32 @@ pub enum ClientCommand {
     /// Manage streams.
     #[command(subcommand)]
     Stream(StreamCommand),
-    /// Write records: `--data TEXT` writes one; without it, one record per line of stdin.
+    /// Write records: `--data TEXT` writes one; without it, one record per line of stdin (or of
+    /// `--file`), at most `--rate` records per second when given.
     Put {
         stream: String,
         #[arg(long)]
         partition_key: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "file")]
         data: Option<String>,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Records per second at most (default: as fast as the cluster takes them).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Print records as they are written (SubscribeToShard on every shard, following resharding),
+    /// as JSON lines like `read`. Without `--follow`, stops once caught up.
+    Tail {
+        stream: String,
+        #[arg(long)]
+        follow: bool,
+        /// trim-horizon | latest | at:SEQ | after:SEQ | at-timestamp:MS
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
     },
     /// Read records as JSON lines until caught up (or `--limit` records).
     Read {
@@ -321,7 +340,32 @@ pub async fn run(
             stream,
             partition_key,
             data,
-        } => put(client, &stream, &partition_key, data, out).await?,
+            file,
+            rate,
+        } => {
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                return Err(CliError::Usage("--rate must be a positive number".into()));
+            }
+            let source: Option<Box<dyn BufRead>> = match (data.is_some(), file) {
+                (true, _) => None,
+                (false, Some(path)) => Some(Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&path).map_err(|e| {
+                        CliError::Usage(format!("cannot read {}: {e}", path.display()))
+                    })?,
+                ))),
+                (false, None) => Some(Box::new(std::io::BufReader::new(std::io::stdin()))),
+            };
+            put(client, &stream, &partition_key, data, source, rate, out).await?
+        }
+        ClientCommand::Tail {
+            stream,
+            follow,
+            from,
+            limit,
+        } => {
+            let from: StartPosition = from.parse().map_err(CliError::Usage)?;
+            crate::tail::tail(client, &stream, from, follow, limit, out).await?
+        }
         ClientCommand::Read {
             stream,
             shard,
@@ -340,18 +384,32 @@ async fn put(
     stream: &str,
     partition_key: &str,
     data: Option<String>,
+    source: Option<Box<dyn BufRead>>,
+    rate: Option<f64>,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let mut pending = Vec::new();
-    if let Some(d) = data {
-        pending.push(PutRecord::new(partition_key, d.into_bytes()));
+    let Some(source) = source else {
+        pending.push(PutRecord::new(
+            partition_key,
+            data.unwrap_or_default().into_bytes(),
+        ));
         return flush_puts(client, stream, &mut pending, out).await;
-    }
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
+    };
+    // With a rate, batches are a tenth of a second's worth, sent on schedule.
+    let batch_max = rate.map_or(PUT_BATCH_RECORDS_MAX, |r| {
+        ((r / 10.0).ceil() as usize).clamp(1, PUT_BATCH_RECORDS_MAX)
+    });
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    for line in source.lines() {
         pending.push(PutRecord::new(partition_key, line?.into_bytes()));
-        if pending.len() == PUT_BATCH_RECORDS_MAX {
+        if pending.len() == batch_max {
+            sent += pending.len() as u64;
             flush_puts(client, stream, &mut pending, out).await?;
+            if let Some(r) = rate {
+                tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / r)).await;
+            }
         }
     }
     flush_puts(client, stream, &mut pending, out).await

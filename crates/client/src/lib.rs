@@ -34,6 +34,7 @@ pub mod bench;
 pub mod cli;
 mod connection;
 mod error;
+mod tail;
 
 pub use connection::{Client, ClientConfig};
 pub use error::ClientError;
