@@ -21,6 +21,30 @@ pub struct ProduceOptions {
     pub shards: u32,
 }
 
+/// A live progress bar on stderr (drawn only on a terminal, never with `--json`): a bar
+/// towards `total`, or a counter when the total is unknown.
+fn progress(json_out: bool, total: Option<u64>) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if json_out {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match total {
+        Some(n) => (
+            ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+            "{bar:40} {pos}/{len} records  {per_sec}  eta {eta}",
+        ),
+        None => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            "{spinner} {pos} records  {per_sec}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
 /// Latency percentile in milliseconds from sorted microsecond samples.
 fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     if sorted_us.is_empty() {
@@ -63,14 +87,16 @@ pub async fn produce(
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let payload = Arc::new(vec![b'x'; opts.record_bytes]);
+    let bar = progress(json_out, Some(opts.records));
     let started = Instant::now();
     let workers = (0..opts.in_flight).map(|w| {
-        let (client, next, failed, payload, opts) = (
+        let (client, next, failed, payload, opts, bar) = (
             client.clone(),
             next.clone(),
             failed.clone(),
             payload.clone(),
             opts.clone(),
+            bar.clone(),
         );
         tokio::spawn(async move {
             let mut latencies_us = Vec::new();
@@ -94,6 +120,7 @@ pub async fn produce(
                     }
                 }
                 latencies_us.push(t.elapsed().as_micros() as u64);
+                bar.inc(n);
             }
         })
     });
@@ -101,6 +128,7 @@ pub async fn produce(
     for w in futures::future::join_all(workers).await {
         latencies.extend(w.map_err(|e| CliError::Usage(format!("bench worker failed: {e}")))?);
     }
+    bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let failed = failed.load(Ordering::Relaxed);
@@ -141,6 +169,7 @@ pub async fn consume(
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    let bar = progress(json_out, None);
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
     for shard in client.list_shards(stream).await? {
@@ -151,6 +180,7 @@ pub async fn consume(
             let page = client.get_records(&it, 10_000).await?;
             let done = page.records.is_empty() && page.millis_behind_latest == 0;
             records += page.records.len() as u64;
+            bar.inc(page.records.len() as u64);
             bytes += page
                 .records
                 .iter()
@@ -162,6 +192,7 @@ pub async fn consume(
             }
         }
     }
+    bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let summary = json!({
         "records": records,
