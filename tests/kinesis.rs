@@ -51,6 +51,17 @@ fn message<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// DescribeStreamSummary of a stream that must exist.
+async fn summary(c: &Client, name: &str) -> aws_sdk_kinesis::types::StreamDescriptionSummary {
+    c.describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+        .expect("describe stream summary")
+        .stream_description_summary
+        .expect("a summary")
+}
+
 async fn wait_active(c: &Client, name: &str) {
     wait_until(
         Duration::from_secs(60),
@@ -188,7 +199,7 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
 
     // DescribeStreamSummary by StreamARN; DescribeStream pagination.
     let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks";
-    let summary = c
+    let by_arn = c
         .describe_stream_summary()
         .stream_arn(arn)
         .send()
@@ -196,11 +207,11 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
         .unwrap()
         .stream_description_summary
         .unwrap();
-    assert_eq!(summary.stream_name, "clicks");
-    assert_eq!(summary.stream_arn, arn);
-    assert_eq!(summary.open_shard_count, 4);
+    assert_eq!(by_arn.stream_name, "clicks");
+    assert_eq!(by_arn.stream_arn, arn);
+    assert_eq!(by_arn.open_shard_count, 4);
     assert_eq!(
-        summary.stream_mode_details.unwrap().stream_mode,
+        by_arn.stream_mode_details.unwrap().stream_mode,
         StreamMode::OnDemand
     );
     let page = c
@@ -539,14 +550,7 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
         .send()
         .await
         .unwrap();
-    let s = c
-        .describe_stream_summary()
-        .stream_name("orders")
-        .send()
-        .await
-        .unwrap()
-        .stream_description_summary
-        .unwrap();
+    let s = summary(&c, "orders").await;
     assert_eq!(s.retention_period_hours, 36);
     assert_eq!(
         s.stream_mode_details.unwrap().stream_mode,
@@ -568,14 +572,7 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
         .send()
         .await
         .unwrap();
-    let s = c
-        .describe_stream_summary()
-        .stream_name("orders")
-        .send()
-        .await
-        .unwrap()
-        .stream_description_summary
-        .unwrap();
+    let s = summary(&c, "orders").await;
     assert_eq!(s.encryption_type, Some(EncryptionType::None));
 
     // DescribeLimits counts open shards and on-demand streams.
