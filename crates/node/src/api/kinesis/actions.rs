@@ -1065,6 +1065,19 @@ fn event_out(e: pb::SubscribeToShardEvent, at_end: bool) -> Out {
     ])
 }
 
+/// An error after a subscription started: an exception message with the Kinesis name of the
+/// error (from the status's error symbol) and `{"message": …}` in the stream's encoding.
+fn exception_frame(status: &tonic::Status, encoding: Encoding, content_type: &str) -> Vec<u8> {
+    let symbol = status
+        .metadata()
+        .get(millrace_proto::ERROR_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("INTERNAL_FAILURE");
+    let e: KinesisError = ApiError::from_symbol(symbol, status.message().to_string()).into();
+    let body = Out::map(vec![("message", Out::str(e.message))]);
+    eventstream::exception(&e.type_name, content_type, &encoding.encode(&body))
+}
+
 /// SubscribeToShard: an `initial-response` message, then one `SubscribeToShardEvent` message
 /// per event; an error after the start is an exception message that ends the stream.
 async fn subscribe_to_shard(
@@ -1118,18 +1131,7 @@ async fn subscribe_to_shard(
                     &encoding.encode(&event_out(e, at_end)),
                 )
             }
-            Err(status) => {
-                let symbol = status
-                    .metadata()
-                    .get(millrace_proto::ERROR_METADATA_KEY)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("INTERNAL_FAILURE")
-                    .to_string();
-                let e: KinesisError =
-                    ApiError::from_symbol(&symbol, status.message().to_string()).into();
-                let body = Out::map(vec![("message", Out::str(e.message))]);
-                eventstream::exception(&e.type_name, event_ct, &encoding.encode(&body))
-            }
+            Err(status) => exception_frame(&status, encoding, event_ct),
         };
         Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(frame))
     });
@@ -1138,4 +1140,33 @@ async fn subscribe_to_shard(
     })
     .chain(frames);
     Ok(Reply::Events(axum::body::Body::from_stream(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_after_the_start_are_exception_messages_with_kinesis_names() {
+        let status: tonic::Status =
+            ApiError::ResourceNotFound("Shard shardId-000000000009 not found".into()).into();
+        let frame = exception_frame(&status, Encoding::Json, "application/json");
+        let (msg, used) = eventstream::decode(&frame).unwrap().unwrap();
+        assert_eq!(used, frame.len());
+        assert_eq!(msg.header(":message-type"), Some("exception"));
+        assert_eq!(
+            msg.header(":exception-type"),
+            Some("ResourceNotFoundException")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(body["message"], "Shard shardId-000000000009 not found");
+        // A status without a symbol (e.g. a transport failure) is an InternalFailure.
+        let frame = exception_frame(&tonic::Status::unavailable("gone"), Encoding::Cbor, CBOR);
+        let (msg, _) = eventstream::decode(&frame).unwrap().unwrap();
+        assert_eq!(msg.header(":exception-type"), Some("InternalFailure"));
+        let body: ciborium::Value = ciborium::de::from_reader(msg.payload.as_slice()).unwrap();
+        assert!(matches!(body, ciborium::Value::Map(_)));
+    }
+
+    const CBOR: &str = super::super::wire::CBOR_CONTENT_TYPE;
 }
