@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Errors from the client. `outcome_unknown()` tells a caller whether a failed write may
 /// nevertheless have been applied (and so must not be blindly retried).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error; the operation did not happen.
     #[error("{symbol}: {message}")]

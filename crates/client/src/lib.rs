@@ -34,11 +34,13 @@ pub mod bench;
 pub mod cli;
 mod connection;
 mod error;
+mod producer;
 mod tail;
 
 pub use connection::{Client, ClientConfig};
 pub use error::ClientError;
 pub use millrace_proto::v1 as proto;
+pub use producer::{ProduceError, Producer, ProducerConfig, RecordFuture};
 
 /// One record to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
