@@ -342,7 +342,24 @@ impl Client {
         stream: &str,
         records: Vec<PutRecord>,
     ) -> Result<Vec<Result<PutResult, RecordError>>, ClientError> {
+        self.put_records_as(stream, records, None).await
+    }
+
+    /// PutRecords as an idempotent producer: `(producer id, sequence of the first record)`,
+    /// counted per (producer, shard). Sending the same call again (after an unknown outcome)
+    /// never writes its records twice; the answer then carries the first write's sequence
+    /// numbers.
+    pub async fn put_records_as(
+        &self,
+        stream: &str,
+        records: Vec<PutRecord>,
+        producer: Option<(&str, u64)>,
+    ) -> Result<Vec<Result<PutResult, RecordError>>, ClientError> {
+        let (producer_id, producer_sequence) =
+            producer.map_or((String::new(), 0), |(id, seq)| (id.to_string(), seq));
         let req = pb::PutRecordsRequest {
+            producer_id,
+            producer_sequence,
             stream_name: stream.into(),
             records: records
                 .into_iter()

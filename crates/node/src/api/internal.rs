@@ -86,7 +86,11 @@ impl Internal for InternalService {
         let local = if req.seal {
             self.node.seal_local(req.group_id).await
         } else {
-            self.node.append_local(req.group_id, req.batch).await
+            let producer =
+                (!req.producer_id.is_empty()).then_some((req.producer_id, req.producer_sequence));
+            self.node
+                .append_local(req.group_id, req.batch, producer)
+                .await
         };
         let reply = match local {
             Ok(LocalWrite::Done(log_index)) => ipb::ShardAppendReply {

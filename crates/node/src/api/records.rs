@@ -35,6 +35,27 @@ fn hash_of(r: &BatchRecord) -> u128 {
     u128::from_be_bytes(b)
 }
 
+/// Idempotent producers' ids are 1-128 characters.
+pub const PRODUCER_ID_CHARS_MAX: usize = 128;
+
+/// The idempotent producer a PutRecords call names, if any.
+fn producer_of(req: &pb::PutRecordsRequest) -> Result<Option<(String, u64)>, ApiError> {
+    if req.producer_id.is_empty() {
+        if req.producer_sequence != 0 {
+            return Err(ApiError::InvalidArgument(
+                "ProducerSequence needs a ProducerId".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if req.producer_id.chars().count() > PRODUCER_ID_CHARS_MAX {
+        return Err(ApiError::InvalidArgument(format!(
+            "ProducerId has more than {PRODUCER_ID_CHARS_MAX} characters"
+        )));
+    }
+    Ok(Some((req.producer_id.clone(), req.producer_sequence)))
+}
+
 /// Validates and routes every record before anything is written: a bad record fails the
 /// whole call, naming the record and the limit.
 fn validate(
@@ -99,12 +120,15 @@ impl MillraceService {
                 stream.name
             )));
         }
+        let producer = producer_of(&req)?;
         let records = validate(req, stream.max_record_bytes)?;
         let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
         let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
         loop {
-            pending = self.write_round(&stream, pending, &mut results).await;
+            pending = self
+                .write_round(&stream, pending, &producer, &mut results)
+                .await;
             if pending.is_empty() {
                 break;
             }
@@ -132,6 +156,7 @@ impl MillraceService {
         &self,
         stream: &StreamMeta,
         pending: Vec<(usize, BatchRecord)>,
+        producer: &Option<(String, u64)>,
         results: &mut [pb::PutRecordsResultEntry],
     ) -> Vec<(usize, BatchRecord)> {
         let mut per_shard: BTreeMap<usize, Vec<(usize, BatchRecord)>> = BTreeMap::new();
@@ -154,7 +179,7 @@ impl MillraceService {
                 let batch: Vec<BatchRecord> = recs.iter().map(|(_, r)| r.clone()).collect();
                 let r = self
                     .node
-                    .shard_append(sh.group_id, &sh.replicas, batch)
+                    .shard_append(sh.group_id, &sh.replicas, batch, producer.clone())
                     .await;
                 (sh, recs, r)
             }

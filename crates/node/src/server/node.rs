@@ -18,7 +18,7 @@ use super::now_ms;
 use crate::api::error::ApiError;
 use crate::metadata::machine::{decode_response, encode_command, MetaShared};
 use crate::metadata::state::{MetaCommand, MetaResponse};
-use crate::shard::machine::{ShardShared, APPLY_CLOSED};
+use crate::shard::machine::{ShardShared, APPLY_CLOSED, APPLY_DUPLICATE_OF};
 use crate::shard::read::{read_records, ReadBounds, ReadOutcome};
 
 /// How long a request keeps looking for a leader before giving up (nothing was applied).
@@ -214,6 +214,7 @@ impl Node {
         &self,
         group_id: u64,
         records: Vec<BatchRecord>,
+        producer: Option<(String, u64)>,
     ) -> Result<LocalWrite, ApiError> {
         let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
         else {
@@ -238,10 +239,25 @@ impl Node {
             command: Some(shard_command::Command::Put(RecordBatch {
                 arrival_timestamp_ms: now_ms(),
                 records,
+                producer_id: producer.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                producer_sequence: producer.as_ref().map_or(0, |p| p.1),
             })),
         };
         match h.raft.client_write(Request(cmd.encode_to_vec())).await {
             Ok(resp) if resp.data.0 == APPLY_CLOSED => Ok(LocalWrite::Closed),
+            // An idempotent producer's retry: answer with the batch it repeats.
+            Ok(resp) if resp.data.0.starts_with(APPLY_DUPLICATE_OF) => {
+                let original = std::str::from_utf8(&resp.data.0[APPLY_DUPLICATE_OF.len()..])
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+                match original {
+                    Some(index) => Ok(LocalWrite::Done(index)),
+                    None => Err(ApiError::InvalidArgument(
+                        "ProducerSequence repeats a batch too old to name; it was not written again"
+                            .into(),
+                    )),
+                }
+            }
             Ok(resp) => {
                 self.announce_commit(group_id);
                 Ok(LocalWrite::Done(resp.log_id.index))
@@ -313,7 +329,8 @@ impl Node {
         }
         let outcome = match readable {
             Some(readable) if bounds.max_records > 0 => {
-                read_records(&h.log, readable, bounds).map_err(ApiError::Internal)?
+                let is_duplicate = |index| shared.is_duplicate(index);
+                read_records(&h.log, readable, bounds, &is_duplicate).map_err(ApiError::Internal)?
             }
             _ => ReadOutcome {
                 records: Vec::<StoredRecord>::new(),

@@ -23,6 +23,10 @@ enum Attempt<T> {
     Retry(Option<u64>),
 }
 
+/// An idempotent producer's id and the sequence of a batch's first record (see
+/// `storage.proto` RecordBatch); `None` for plain writes.
+pub type ProducerTag = Option<(String, u64)>;
+
 /// What appending to a shard achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -90,8 +94,10 @@ impl Node {
         group_id: u64,
         replicas: &[u64],
         records: Vec<BatchRecord>,
+        producer: ProducerTag,
     ) -> Result<Appended, ApiError> {
-        self.shard_write(group_id, replicas, Some(records)).await
+        self.shard_write(group_id, replicas, Some((records, producer)))
+            .await
     }
 
     /// Appends the shard's seal at its leader; `Appended::At` the seal's log index.
@@ -99,19 +105,22 @@ impl Node {
         self.shard_write(group_id, replicas, None).await
     }
 
-    /// Appends `records`, or the seal when `None`.
+    /// Appends `records` (as an idempotent producer's batch when it names one), or the seal
+    /// when `None`.
     async fn shard_write(
         &self,
         group_id: u64,
         replicas: &[u64],
-        records: Option<Vec<BatchRecord>>,
+        records: Option<(Vec<BatchRecord>, ProducerTag)>,
     ) -> Result<Appended, ApiError> {
         self.route(group_id, replicas, |target| {
             let records = records.clone();
             async move {
                 if target == self.id {
                     let local = match records {
-                        Some(records) => self.append_local(group_id, records).await?,
+                        Some((records, producer)) => {
+                            self.append_local(group_id, records, producer).await?
+                        }
                         None => self.seal_local(group_id).await?,
                     };
                     return Ok(match local {
@@ -128,10 +137,15 @@ impl Node {
                     .transport()
                     .client(&addr)
                     .map_err(ApiError::Internal)?;
+                let seal = records.is_none();
+                let (batch, producer) = records.unwrap_or_default();
+                let (producer_id, producer_sequence) = producer.unwrap_or_default();
                 let req = ShardAppendRequest {
                     group_id,
-                    seal: records.is_none(),
-                    batch: records.unwrap_or_default(),
+                    seal,
+                    batch,
+                    producer_id,
+                    producer_sequence,
                 };
                 let reply = match client.shard_append(req).await {
                     Ok(r) => r.into_inner(),

@@ -78,11 +78,13 @@ const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Reads committed records from `bounds` up to and including `applied` (the caller passes the
 /// seal's index instead when the shard is sealed: nothing after it belongs to the shard).
-/// Purged positions are skipped forward to the oldest retained entry.
+/// Purged positions are skipped forward to the oldest retained entry, and entries that
+/// `is_duplicate` names (idempotent producers' retries) are skipped whole.
 pub fn read_records(
     log: &GroupLogStore,
     applied: u64,
     bounds: ReadBounds,
+    is_duplicate: &dyn Fn(u64) -> bool,
 ) -> Result<ReadOutcome, String> {
     let (first, _) = log.bounds();
     let mut out = ReadOutcome {
@@ -107,7 +109,11 @@ pub fn read_records(
         for (index, raw) in frames {
             debug_assert_eq!(index, out.next_index);
             let entry = decode_entry(index, &raw)?;
-            if let EntryPayload::Normal(req) = entry.payload {
+            let payload = match entry.payload {
+                EntryPayload::Normal(req) if !is_duplicate(index) => Some(req),
+                _ => None,
+            };
+            if let Some(req) = payload {
                 let cmd = ShardCommand::decode(req.0.as_slice())
                     .map_err(|e| format!("entry {index}: bad shard command: {e}"))?;
                 if let Some(Command::Put(batch)) = cmd.command {

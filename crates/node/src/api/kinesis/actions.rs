@@ -572,6 +572,7 @@ async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
         .put_records_impl(pb::PutRecordsRequest {
             stream_name: stream.clone(),
             records: vec![entry],
+            ..Default::default()
         })
         .await?;
     let r = resp.records.into_iter().next().unwrap_or_default();
@@ -599,6 +600,7 @@ async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
         .put_records_impl(pb::PutRecordsRequest {
             stream_name: stream.clone(),
             records,
+            ..Default::default()
         })
         .await?;
     let s = svc.stream(&stream).await?;
