@@ -109,3 +109,107 @@ async fn batched_records_keep_per_key_order_across_a_reshard() {
         assert_eq!(numbers, &expected, "{key}: every record once, in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotent_producer_writes_each_record_once_while_leaders_are_killed() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = Cluster::start("idempotent", 3).await;
+    let client = cluster.client();
+    client.create_stream("i", 1).await.unwrap();
+    client
+        .wait_for_active("i", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        batch_records_max: 20,
+        in_flight_per_shard: 2,
+        retries: 40,
+        idempotent: true,
+        ..ProducerConfig::default()
+    };
+    let producer = Arc::new(Producer::new(client.clone(), "i", config).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent_count = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (producer, stop, sent_count) = (producer.clone(), stop.clone(), sent_count.clone());
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            let mut sent: BTreeMap<String, u32> = BTreeMap::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("key-{}", i % 8);
+                let n = sent.entry(key.clone()).or_default();
+                let record = PutRecord::new(key.clone(), format!("{key}:{n}").into_bytes());
+                *n += 1;
+                pending.push(producer.send(record).await.expect("send"));
+                sent_count.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            (pending, sent)
+        })
+    };
+
+    // Kill the shard's leader three times while the producer writes; each comes back.
+    for round in 0..3 {
+        let before = sent_count.load(Ordering::Relaxed);
+        common::wait_until(
+            Duration::from_secs(30),
+            "the producer makes progress",
+            || {
+                let now = sent_count.load(Ordering::Relaxed);
+                async move { now >= before + 200 }
+            },
+        )
+        .await;
+        let mut leader = None;
+        common::wait_until(Duration::from_secs(30), "the shard has a leader", || {
+            leader = cluster
+                .running()
+                .into_iter()
+                .find(|id| !cluster.shard_leaderships(*id).is_empty());
+            let found = leader.is_some();
+            async move { found }
+        })
+        .await;
+        let victim = leader.unwrap();
+        eprintln!("round {round}: killing shard leader {victim}");
+        cluster.kill(victim);
+        common::wait_until(Duration::from_secs(30), "a new shard leader", || {
+            let new = cluster
+                .running()
+                .into_iter()
+                .any(|id| !cluster.shard_leaderships(id).is_empty());
+            async move { new }
+        })
+        .await;
+        cluster.spawn(victim);
+        cluster.wait_ready(Duration::from_secs(60)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (pending, sent) = writer.await.unwrap();
+    producer.flush().await.unwrap();
+    let total = pending.len();
+    for p in pending {
+        p.await.expect("an idempotent producer writes every record");
+    }
+
+    // Every record exactly once, each key in order: no duplicates, no losses.
+    let mut seen: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let records = read_all(&client, "i").await;
+    assert_eq!(records.len(), total, "each acknowledged record once");
+    for (key, data) in records {
+        let (k, n) = data.split_once(':').unwrap();
+        assert_eq!(k, key);
+        seen.entry(key).or_default().push(n.parse().unwrap());
+    }
+    for (key, numbers) in &seen {
+        let expected: Vec<u32> = (0..sent[key]).collect();
+        assert_eq!(numbers, &expected, "{key}: every record once, in order");
+    }
+}

@@ -8,6 +8,11 @@
 //! So records of one partition key are written in the order they were sent. When the shard map
 //! changes (a reshard), the producer waits for every call in flight before using the new map.
 //!
+//! Idempotent mode ([`ProducerConfig::idempotent`]): each lane's calls carry the producer's id
+//! and the sequence number of their first record, so a call whose outcome is unknown is sent
+//! again as it was and the shard writes its records once (a retry is answered with the first
+//! write's sequence numbers). Without it, an unknown outcome is reported for those records.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use millrace_client::{Client, Producer, ProducerConfig, PutRecord};
@@ -50,6 +55,10 @@ pub struct ProducerConfig {
     pub retries: u32,
     /// First pause before such a retry; doubled each time, with jitter.
     pub retry_backoff: Duration,
+    /// Idempotent mode: every call carries this producer's id and a per-(shard, lane) sequence,
+    /// so a call whose outcome is unknown (a leader died mid-write, a connection dropped) is
+    /// simply sent again — the cluster never writes its records twice.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -62,6 +71,7 @@ impl Default for ProducerConfig {
             buffer_records: 10_000,
             retries: 10,
             retry_backoff: Duration::from_millis(50),
+            idempotent: false,
         }
     }
 }
@@ -126,10 +136,13 @@ impl Producer {
         }
         let map = ShardMap::load(&client, stream).await?;
         let (tx, rx) = mpsc::channel(config.buffer_records);
+        let producer_id = format!("{:016x}", rand::random::<u64>());
         let dispatcher = Dispatcher {
             client,
             stream: stream.to_string(),
             config,
+            producer_id,
+            sequences: BTreeMap::new(),
             map,
             lanes: BTreeMap::new(),
             in_flight: 0,
@@ -230,6 +243,10 @@ struct Dispatcher {
     client: Client,
     stream: String,
     config: ProducerConfig,
+    /// This producer's id (idempotent mode; one per lane: `<id>-<lane>`).
+    producer_id: String,
+    /// Next sequence per (shard id, lane) (idempotent mode).
+    sequences: BTreeMap<(String, usize), u64>,
     map: ShardMap,
     /// (shard index, lane) → lane.
     lanes: BTreeMap<(usize, usize), Lane>,
@@ -348,10 +365,22 @@ impl Dispatcher {
             lane.busy = true;
             self.in_flight += 1;
             let known: Vec<String> = self.map.ranges.iter().map(|r| r.2.clone()).collect();
+            let tag = config.idempotent.then(|| {
+                let shard = self
+                    .map
+                    .ranges
+                    .get(key.0)
+                    .map(|r| r.2.clone())
+                    .unwrap_or_default();
+                let next = self.sequences.entry((shard, key.1)).or_default();
+                let sequence = *next;
+                *next += batch.len() as u64;
+                (format!("{}-{}", self.producer_id, key.1), sequence)
+            });
             let (client, stream, done_tx) =
                 (self.client.clone(), self.stream.clone(), done_tx.clone());
             tokio::spawn(async move {
-                let stale_map = write_batch(&client, &stream, batch, &config, &known).await;
+                let stale_map = write_batch(&client, &stream, batch, &config, &known, tag).await;
                 let _ = done_tx
                     .send(Done {
                         lane: key,
@@ -379,13 +408,22 @@ async fn write_batch(
     mut batch: Vec<(PutRecord, Waiter)>,
     config: &ProducerConfig,
     known_shards: &[String],
+    tag: Option<(String, u64)>,
 ) -> bool {
     let mut stale_map = false;
     let mut attempt = 0u32;
     loop {
         let records: Vec<PutRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
-        let results = match client.put_records(stream, records).await {
+        let producer = tag.as_ref().map(|(id, seq)| (id.as_str(), *seq));
+        let results = match client.put_records_as(stream, records, producer).await {
             Ok(results) => results,
+            // Idempotent: whatever happened, sending the same call again is safe.
+            Err(e) if tag.is_some() && attempt < config.retries && resendable(&e) => {
+                tracing::debug!(error = %e, attempt, "resending an idempotent batch");
+                pause(config, attempt).await;
+                attempt += 1;
+                continue;
+            }
             Err(e) => {
                 for (_, waiter) in batch {
                     let _ = waiter.send(Err(ProduceError::Client(e.clone())));
@@ -400,7 +438,11 @@ async fn write_batch(
                     stale_map |= !known_shards.contains(&put.shard_id);
                     let _ = waiter.send(Ok(put));
                 }
-                Err(e) if retryable(&e.code) && attempt < config.retries => {
+                // Idempotent: a record whose outcome is unknown is sent again as it was.
+                Err(e)
+                    if (retryable(&e.code) || (tag.is_some() && e.code == "UNKNOWN_OUTCOME"))
+                        && attempt < config.retries =>
+                {
                     again.push((record, waiter))
                 }
                 Err(e) => {
@@ -411,10 +453,28 @@ async fn write_batch(
         if again.is_empty() {
             return stale_map;
         }
-        let backoff = config.retry_backoff * 2u32.saturating_pow(attempt.min(6));
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        pause(config, attempt).await;
         attempt += 1;
         batch = again;
+    }
+}
+
+/// Backoff before retry `attempt`: doubling from `retry_backoff`, with jitter.
+async fn pause(config: &ProducerConfig, attempt: u32) {
+    let backoff = config.retry_backoff * 2u32.saturating_pow(attempt.min(6));
+    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+}
+
+/// May an idempotent call that failed this way be sent again? Everything but a refusal of the
+/// request itself (which would fail again).
+fn resendable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Server { symbol, .. } => !matches!(
+            symbol.as_str(),
+            "INVALID_ARGUMENT" | "RESOURCE_NOT_FOUND" | "VALIDATION" | "LIMIT_EXCEEDED"
+        ),
+        ClientError::InvalidArgument(_) => false,
+        _ => true,
     }
 }
