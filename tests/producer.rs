@@ -147,7 +147,7 @@ async fn idempotent_producer_writes_each_record_once_while_leaders_are_killed() 
                 pending.push(producer.send(record).await.expect("send"));
                 sent_count.fetch_add(1, Ordering::Relaxed);
                 i += 1;
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
