@@ -1,5 +1,6 @@
-//! The batching producer against a real 3-node cluster: every record acknowledged once, and
-//! records of one partition key read back in the order they were sent — also across a reshard.
+//! The client library against real 3-node clusters: the batching producer (every record
+//! acknowledged once, per-key order, also across a reshard; the idempotent producer while
+//! leaders are killed) and the shard readers (resuming, expired iterators, subscriptions).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -8,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::Cluster;
-use millrace_client::{Client, Producer, ProducerConfig, PutRecord, StartPosition};
+use millrace_client::{
+    Client, Producer, ProducerConfig, PutRecord, ShardReader, ShardSubscription, StartPosition,
+};
 
 /// Every record of the stream: shards in id order (parents before their children), each from
 /// its start to its end.
@@ -212,4 +215,80 @@ async fn idempotent_producer_writes_each_record_once_while_leaders_are_killed() 
         let expected: Vec<u32> = (0..sent[key]).collect();
         assert_eq!(numbers, &expected, "{key}: every record once, in order");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shard_readers_resume_and_survive_expired_iterators() {
+    let env = [("MILLRACE_TEST_ITERATOR_TTL_MS", "1500")];
+    let cluster = Cluster::start_with_env("readers", 3, &env).await;
+    let client = cluster.client();
+    client.create_stream("r", 1).await.unwrap();
+    client
+        .wait_for_active("r", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let records: Vec<PutRecord> = (0..30)
+        .map(|i| PutRecord::new("k", format!("{i}").into_bytes()))
+        .collect();
+    client.put_records("r", records).await.unwrap();
+    let shard = "shardId-000000000000";
+    let data = |page: &millrace_client::RecordsPage| -> Vec<String> {
+        page.records
+            .iter()
+            .map(|r| String::from_utf8(r.data.clone()).unwrap())
+            .collect()
+    };
+
+    let mut reader = ShardReader::new(client.clone(), "r", shard, StartPosition::TrimHorizon)
+        .await
+        .unwrap();
+    let first = reader.next_page(10).await.unwrap().unwrap();
+    assert_eq!(
+        data(&first),
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    // Let the iterator expire (1.5 s here, 5 minutes in production): the reader carries on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let second = reader.next_page(10).await.unwrap().unwrap();
+    assert_eq!(
+        data(&second),
+        (10..20).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    // A new reader resumes exactly after the last record handed out.
+    let mut resumed = ShardReader::new(client.clone(), "r", shard, reader.resume_position())
+        .await
+        .unwrap();
+    let third = resumed.next_page(100).await.unwrap().unwrap();
+    assert_eq!(
+        data(&third),
+        (20..30).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+
+    // The push reader sees the same records.
+    let consumer = client.register_consumer("r", "lib").await.unwrap();
+    let mut sub = ShardSubscription::new(
+        client.clone(),
+        &consumer.consumer_arn,
+        shard,
+        StartPosition::TrimHorizon,
+    );
+    let mut pushed = Vec::new();
+    while pushed.len() < 30 {
+        let event = tokio::time::timeout(Duration::from_secs(20), sub.next_event())
+            .await
+            .expect("an event")
+            .unwrap()
+            .expect("the shard is open");
+        pushed.extend(
+            event
+                .records
+                .into_iter()
+                .map(|r| String::from_utf8(r.data).unwrap()),
+        );
+    }
+    assert_eq!(pushed, (0..30).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert!(matches!(
+        sub.resume_position(),
+        StartPosition::AfterSequenceNumber(_)
+    ));
 }

@@ -33,11 +33,13 @@
 pub mod bench;
 pub mod cli;
 mod connection;
+mod consumer;
 mod error;
 mod producer;
 mod tail;
 
 pub use connection::{Client, ClientConfig};
+pub use consumer::{ShardEvent, ShardReader, ShardSubscription};
 pub use error::ClientError;
 pub use millrace_proto::v1 as proto;
 pub use producer::{ProduceError, Producer, ProducerConfig, RecordFuture};

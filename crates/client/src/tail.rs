@@ -8,12 +8,11 @@ use std::io::Write;
 use tokio::sync::mpsc;
 
 use crate::cli::{record_json, CliError};
-use crate::proto as pb;
-use crate::{Client, ClientError, Record, StartPosition};
+use crate::{Client, ClientError, ShardEvent, ShardSubscription, StartPosition};
 
 /// What a shard's subscription task reports.
 enum Update {
-    Event(pb::SubscribeToShardEvent),
+    Event(ShardEvent),
     Failed(ClientError),
 }
 
@@ -97,14 +96,8 @@ async fn follow_shards(
             Update::Failed(e) => return Err(e.into()),
         };
         let quiet = event.records.is_empty() && event.millis_behind_latest == 0;
-        for r in event.records {
-            let record = Record {
-                sequence_number: r.sequence_number,
-                partition_key: r.partition_key,
-                data: r.data,
-                approximate_arrival_timestamp_ms: r.approximate_arrival_timestamp_ms,
-            };
-            writeln!(out, "{}", record_json(&shard, &record))?;
+        for record in &event.records {
+            writeln!(out, "{}", record_json(&shard, record))?;
             printed += 1;
             if limit.is_some_and(|l| printed >= l) {
                 out.flush()?;
@@ -112,14 +105,14 @@ async fn follow_shards(
             }
         }
         out.flush()?;
-        if !event.child_shards.is_empty() {
+        if !event.child_shard_ids.is_empty() {
             // The shard is closed and read to its end: its children take over.
             caught_up.remove(&shard);
-            for child in event.child_shards {
-                if started.insert(child.shard_id.clone()) {
+            for child in event.child_shard_ids {
+                if started.insert(child.clone()) {
                     let at = StartPosition::TrimHorizon;
-                    spawn_subscription(client, consumer_arn, &child.shard_id, at, tx.clone());
-                    caught_up.insert(child.shard_id, false);
+                    spawn_subscription(client, consumer_arn, &child, at, tx.clone());
+                    caught_up.insert(child, false);
                 }
             }
         } else if quiet {
@@ -132,8 +125,8 @@ async fn follow_shards(
     Ok(())
 }
 
-/// One shard's subscription, renewed at its 5-minute end from the continuation point, until
-/// the shard's end (an event with child shards) or an error.
+/// One shard's subscription (renewed at its 5-minute ends), until the shard's end (an event
+/// with child shards) or an error.
 fn spawn_subscription(
     client: &Client,
     consumer_arn: &str,
@@ -141,43 +134,26 @@ fn spawn_subscription(
     from: StartPosition,
     tx: mpsc::Sender<(String, Update)>,
 ) {
-    let (client, arn, shard) = (client.clone(), consumer_arn.to_string(), shard.to_string());
+    let mut subscription = ShardSubscription::new(client.clone(), consumer_arn, shard, from);
+    let shard = shard.to_string();
     tokio::spawn(async move {
-        let mut position = from;
         loop {
-            let mut events = match client
-                .subscribe_to_shard(&arn, &shard, position.clone())
-                .await
-            {
-                Ok(s) => s,
+            match subscription.next_event().await {
+                Ok(Some(event)) => {
+                    let ended = !event.child_shard_ids.is_empty();
+                    if tx
+                        .send((shard.clone(), Update::Event(event)))
+                        .await
+                        .is_err()
+                        || ended
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => return,
                 Err(e) => {
                     let _ = tx.send((shard, Update::Failed(e))).await;
                     return;
-                }
-            };
-            loop {
-                match events.message().await {
-                    Ok(Some(event)) => {
-                        let ended = !event.child_shards.is_empty();
-                        position = StartPosition::AtSequenceNumber(
-                            event.continuation_sequence_number.clone(),
-                        );
-                        if tx
-                            .send((shard.clone(), Update::Event(event)))
-                            .await
-                            .is_err()
-                            || ended
-                        {
-                            return;
-                        }
-                    }
-                    // The subscription's time is up: renew it where it stopped.
-                    Ok(None) => break,
-                    Err(status) => {
-                        let e = ClientError::from_status(status);
-                        let _ = tx.send((shard, Update::Failed(e))).await;
-                        return;
-                    }
                 }
             }
         }
