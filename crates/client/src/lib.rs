@@ -29,6 +29,71 @@
 //! `NOT_LEADER` answer) are retried on the next endpoint with exponential backoff and jitter;
 //! a call whose outcome is unknown returns [`ClientError::Unknown`] and is never retried
 //! blindly.
+//!
+//! ## Producing: batches, backpressure, and exactly-once writes
+//!
+//! Calling `put_records` yourself is fine for a few records. For a steady flow, a [`Producer`]
+//! groups records per shard (up to `batch_records_max` records or `batch_bytes_max` bytes,
+//! waiting at most `linger`), keeps a few calls in flight per shard without ever reordering the
+//! records of one partition key, makes `send` wait when its buffer is full, and hands back one
+//! result per record. With `idempotent: true` every call carries a producer id and sequence, so
+//! a call whose outcome is unknown (its shard's leader died mid-write) is simply sent again and
+//! the cluster writes its records once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use millrace_client::{Client, Producer, ProducerConfig, PutRecord};
+//!
+//! let client = Client::connect(["http://127.0.0.1:7101"])?;
+//! let config = ProducerConfig { idempotent: true, ..ProducerConfig::default() };
+//! let producer = Producer::new(client, "orders", config).await?;
+//! let mut results = Vec::new();
+//! for i in 0..1000 {
+//!     let record = PutRecord::new(format!("customer-{}", i % 10), format!("order {i}").into_bytes());
+//!     results.push(producer.send(record).await?); // waits only if the buffer is full
+//! }
+//! producer.flush().await?;
+//! for r in results {
+//!     let written = r.await?; // the record's shard and sequence number
+//!     # let _ = written;
+//! }
+//! producer.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Consuming one shard
+//!
+//! A [`ShardReader`] pulls pages through shard iterators (replacing expired ones itself); a
+//! [`ShardSubscription`] is pushed records as they commit, for a registered consumer
+//! (`register_consumer`). Both end at a closed shard's end, naming its children, and both tell
+//! where to resume (`resume_position`): store it, and a new reader continues exactly after the
+//! last record you saw.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), millrace_client::ClientError> {
+//! use millrace_client::{Client, ShardSubscription, StartPosition};
+//!
+//! let client = Client::connect(["http://127.0.0.1:7101"])?;
+//! let consumer = client.register_consumer("orders", "billing").await?;
+//! let mut sub = ShardSubscription::new(
+//!     client.clone(),
+//!     &consumer.consumer_arn,
+//!     "shardId-000000000000",
+//!     StartPosition::TrimHorizon,
+//! );
+//! while let Some(event) = sub.next_event().await? {
+//!     for record in &event.records {
+//!         println!("{} {}", record.sequence_number, String::from_utf8_lossy(&record.data));
+//!     }
+//!     if !event.child_shard_ids.is_empty() {
+//!         println!("shard closed; continue with {:?}", event.child_shard_ids);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Runnable versions of both are in `crates/client/examples/` (`cargo run -p millrace-client
+//! --example producer` against `millrace dev`).
 
 pub mod bench;
 pub mod cli;
