@@ -129,9 +129,21 @@ pub async fn produce(
         latencies.extend(w.map_err(|e| CliError::Usage(format!("bench worker failed: {e}")))?);
     }
     bar.finish_and_clear();
+    let failed = failed.load(Ordering::Relaxed);
+    report_produce(&opts, started, latencies, failed, json_out, out)
+}
+
+/// Prints `bench produce`'s summary (one JSON object with `--json`).
+fn report_produce(
+    opts: &ProduceOptions,
+    started: Instant,
+    mut latencies: Vec<u64>,
+    failed: u64,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let failed = failed.load(Ordering::Relaxed);
     let ok = opts.records - failed;
     let summary = json!({
         "records": ok,
@@ -160,6 +172,69 @@ pub async fn produce(
         )?;
     }
     Ok(())
+}
+
+/// Writes through the batching, idempotent [`crate::Producer`]; latency is per record, from
+/// `send` to its acknowledgement.
+pub async fn produce_batched(
+    client: &Client,
+    opts: ProduceOptions,
+    linger: Duration,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    ensure_stream(client, &opts.stream, opts.shards).await?;
+    let shards = client.list_shards(&opts.stream).await?.len().max(1);
+    let config = crate::ProducerConfig {
+        linger,
+        batch_records_max: opts.batch_records.clamp(1, 500),
+        in_flight_per_shard: opts.in_flight.div_ceil(shards).max(1),
+        idempotent: true,
+        ..crate::ProducerConfig::default()
+    };
+    let producer = crate::Producer::new(client.clone(), &opts.stream, config)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let bar = progress(json_out, Some(opts.records));
+    let payload = vec![b'x'; opts.record_bytes];
+    let started = Instant::now();
+    // Acknowledgements are awaited by a second task, so sending never waits on them.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let (mut latencies, mut failed) = (Vec::new(), 0u64);
+            while let Some((sent_at, pending)) = rx.recv().await {
+                let pending: crate::RecordFuture = pending;
+                let sent_at: Instant = sent_at;
+                match pending.await {
+                    Ok(_) => latencies.push(sent_at.elapsed().as_micros() as u64),
+                    Err(_) => failed += 1,
+                }
+                bar.inc(1);
+            }
+            (latencies, failed)
+        })
+    };
+    for i in 0..opts.records {
+        let record = PutRecord::new(format!("bench-{i}"), payload.clone());
+        let sent_at = Instant::now();
+        let pending = producer
+            .send(record)
+            .await
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let _ = tx.send((sent_at, pending));
+    }
+    drop(tx);
+    producer
+        .close()
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let (latencies, failed) = collector
+        .await
+        .map_err(|e| CliError::Usage(format!("bench collector failed: {e}")))?;
+    bar.finish_and_clear();
+    report_produce(&opts, started, latencies, failed, json_out, out)
 }
 
 /// Reads every shard of a stream from TRIM_HORIZON to the tip and reports the rate.

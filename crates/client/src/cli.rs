@@ -88,6 +88,13 @@ pub enum BenchCommand {
         /// Shards of the stream if the bench creates it.
         #[arg(long, default_value_t = 4)]
         shards: u32,
+        /// Write through the batching, idempotent `Producer` (records grouped per shard, up to
+        /// --batch-records each, waiting at most --linger-ms; --in-flight calls in all) instead
+        /// of one PutRecords call per --batch-records records; latency is then per record.
+        #[arg(long)]
+        producer: bool,
+        #[arg(long, default_value_t = 5)]
+        linger_ms: u64,
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
@@ -216,6 +223,8 @@ pub async fn run(
             in_flight,
             batch_records,
             shards,
+            producer,
+            linger_ms,
             json,
         }) => {
             let opts = crate::bench::ProduceOptions {
@@ -226,7 +235,12 @@ pub async fn run(
                 batch_records,
                 shards,
             };
-            crate::bench::produce(client, opts, json, out).await?
+            if producer {
+                let linger = Duration::from_millis(linger_ms);
+                crate::bench::produce_batched(client, opts, linger, json, out).await?
+            } else {
+                crate::bench::produce(client, opts, json, out).await?
+            }
         }
         ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
             crate::bench::consume(client, &stream, json, out).await?
