@@ -292,3 +292,79 @@ async fn shard_readers_resume_and_survive_expired_iterators() {
         StartPosition::AfterSequenceNumber(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_group_leases_are_shared_fenced_and_released() {
+    let cluster = Cluster::start("groups", 3).await;
+    let client = cluster.client();
+    client.create_stream("g", 4).await.unwrap();
+    client
+        .wait_for_active("g", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A lone worker takes every lease; a second one takes over half, one per heartbeat.
+    let w1 = client
+        .group_heartbeat("g", "app", "w1", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(w1.len(), 4);
+    client
+        .group_heartbeat("g", "app", "w2", 5_000)
+        .await
+        .unwrap();
+    client
+        .group_heartbeat("g", "app", "w1", 5_000)
+        .await
+        .unwrap();
+    let w2 = client
+        .group_heartbeat("g", "app", "w2", 5_000)
+        .await
+        .unwrap();
+    let w1 = client
+        .group_heartbeat("g", "app", "w1", 5_000)
+        .await
+        .unwrap();
+    assert_eq!((w1.len(), w2.len()), (2, 2));
+    // w1's stale copy of a lease w2 took over is fenced: its checkpoint is refused.
+    let moved = w2[0].clone();
+    let stale = pb_lease(&moved.shard_id, moved.epoch - 1);
+    let fenced = client
+        .checkpoint_lease("g", "app", "w1", &stale, "123", false)
+        .await
+        .unwrap_err();
+    assert_eq!(fenced.symbol(), Some("RESOURCE_IN_USE"));
+    client
+        .checkpoint_lease("g", "app", "w2", &moved, "123", false)
+        .await
+        .unwrap();
+    // w2 leaves: its leases are free at once and w1 takes them, checkpoint and all.
+    client.release_leases("g", "app", "w2").await.unwrap();
+    let w1 = client
+        .group_heartbeat("g", "app", "w1", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(w1.len(), 4);
+    let described = client.describe_consumer_group("g", "app").await.unwrap();
+    assert_eq!(described.workers, vec!["w1"]);
+    let lease = described
+        .leases
+        .iter()
+        .find(|l| l.shard_id == moved.shard_id)
+        .unwrap();
+    assert_eq!(lease.owner, "w1");
+    assert_eq!(lease.checkpoint, "123");
+    assert!(lease.epoch > moved.epoch);
+    let missing = client
+        .describe_consumer_group("g", "nope")
+        .await
+        .unwrap_err();
+    assert_eq!(missing.symbol(), Some("RESOURCE_NOT_FOUND"));
+}
+
+fn pb_lease(shard_id: &str, epoch: u64) -> millrace_client::proto::ShardLease {
+    millrace_client::proto::ShardLease {
+        shard_id: shard_id.into(),
+        epoch,
+        ..Default::default()
+    }
+}

@@ -684,6 +684,95 @@ impl Client {
         .await
     }
 
+    /// A consumer-group worker's heartbeat: renews its leases and takes free or fair-share
+    /// ones; answers the leases it holds now.
+    pub async fn group_heartbeat(
+        &self,
+        stream: &str,
+        group: &str,
+        worker_id: &str,
+        lease_ms: u32,
+    ) -> Result<Vec<pb::ShardLease>, ClientError> {
+        let req = pb::ConsumerGroupHeartbeatRequest {
+            stream_name: stream.into(),
+            group: group.into(),
+            worker_id: worker_id.into(),
+            lease_ms,
+        };
+        let resp = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.consumer_group_heartbeat(req).await }
+            })
+            .await?;
+        Ok(resp.leases)
+    }
+
+    /// Stores a checkpoint for a held lease; refused (`RESOURCE_IN_USE`) once the lease moved
+    /// on to another owner or epoch.
+    pub async fn checkpoint_lease(
+        &self,
+        stream: &str,
+        group: &str,
+        worker_id: &str,
+        lease: &pb::ShardLease,
+        sequence_number: &str,
+        shard_finished: bool,
+    ) -> Result<(), ClientError> {
+        let req = pb::CheckpointLeaseRequest {
+            stream_name: stream.into(),
+            group: group.into(),
+            worker_id: worker_id.into(),
+            shard_id: lease.shard_id.clone(),
+            epoch: lease.epoch,
+            sequence_number: sequence_number.into(),
+            shard_finished,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.checkpoint_lease(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Frees every lease a worker holds (when it shuts down).
+    pub async fn release_leases(
+        &self,
+        stream: &str,
+        group: &str,
+        worker_id: &str,
+    ) -> Result<(), ClientError> {
+        let req = pb::ReleaseLeasesRequest {
+            stream_name: stream.into(),
+            group: group.into(),
+            worker_id: worker_id.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.release_leases(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every lease of a group (owner, epoch, expiry, checkpoint) and its live workers.
+    pub async fn describe_consumer_group(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Result<pb::DescribeConsumerGroupResponse, ClientError> {
+        let req = pb::DescribeConsumerGroupRequest {
+            stream_name: stream.into(),
+            group: group.into(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.describe_consumer_group(req).await }
+        })
+        .await
+    }
+
     pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {
         self.call(|mut c| async move { c.describe_cluster(pb::DescribeClusterRequest {}).await })
             .await

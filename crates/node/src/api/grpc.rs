@@ -487,6 +487,40 @@ impl Millrace for MillraceService {
         Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
     }
 
+    async fn consumer_group_heartbeat(
+        &self,
+        req: Request<pb::ConsumerGroupHeartbeatRequest>,
+    ) -> Reply<pb::ConsumerGroupHeartbeatResponse> {
+        Ok(Response::new(
+            self.group_heartbeat_impl(req.into_inner()).await?,
+        ))
+    }
+
+    async fn checkpoint_lease(
+        &self,
+        req: Request<pb::CheckpointLeaseRequest>,
+    ) -> Reply<pb::CheckpointLeaseResponse> {
+        self.checkpoint_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::CheckpointLeaseResponse {}))
+    }
+
+    async fn release_leases(
+        &self,
+        req: Request<pb::ReleaseLeasesRequest>,
+    ) -> Reply<pb::ReleaseLeasesResponse> {
+        self.release_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::ReleaseLeasesResponse {}))
+    }
+
+    async fn describe_consumer_group(
+        &self,
+        req: Request<pb::DescribeConsumerGroupRequest>,
+    ) -> Reply<pb::DescribeConsumerGroupResponse> {
+        Ok(Response::new(
+            self.describe_group_impl(req.into_inner()).await?,
+        ))
+    }
+
     async fn describe_cluster(
         &self,
         _req: Request<pb::DescribeClusterRequest>,

@@ -3,6 +3,7 @@
 
 pub mod consumers;
 pub mod error;
+pub mod groups;
 pub mod grpc;
 pub mod http;
 pub mod internal;

@@ -1,5 +1,6 @@
 //! The metadata group: members, streams, shards and placement.
 
+pub mod groups;
 pub mod machine;
 pub mod placement;
 pub mod reshard;

@@ -22,15 +22,16 @@ pub struct Member {
     pub decommissioning: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamStatus {
+    #[default]
     Creating,
     Active,
     Updating,
     Deleting,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMeta {
     /// `shardId-000000000000`, Kinesis style.
     pub shard_id: String,
@@ -84,7 +85,7 @@ impl ShardMeta {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamMeta {
     pub name: String,
     pub status: StreamStatus,
@@ -291,6 +292,31 @@ pub enum MetaCommand {
         name: String,
         key_id: Option<String>,
     },
+    /// A consumer-group worker's heartbeat: renew, take free or fair-share leases. `now_ms` is
+    /// the metadata leader's clock when it proposed the command.
+    GroupHeartbeat {
+        stream: String,
+        group: String,
+        worker: String,
+        now_ms: i64,
+        lease_ms: i64,
+    },
+    /// A checkpoint (and, at a closed shard's end, `finished`), fenced by the lease epoch.
+    GroupCheckpoint {
+        stream: String,
+        group: String,
+        shard_id: String,
+        worker: String,
+        epoch: u64,
+        sequence: Option<String>,
+        finished: bool,
+    },
+    /// A worker leaving its group: its leases are free at once.
+    GroupRelease {
+        stream: String,
+        group: String,
+        worker: String,
+    },
 }
 
 /// Retention bounds (Kinesis: 24 hours to 365 days).
@@ -316,6 +342,9 @@ pub struct MetaState {
     /// Key of the shard iterators' MAC (hex), created once by the first metadata leader.
     #[serde(default)]
     pub cluster_secret: Option<String>,
+    /// Consumer groups by `stream/group` (leases and checkpoints).
+    #[serde(default)]
+    pub consumer_groups: BTreeMap<String, super::groups::ConsumerGroup>,
 }
 
 impl MetaState {
@@ -441,6 +470,7 @@ impl MetaState {
             MetaCommand::RemoveStream { name } => match self.streams.get(name) {
                 Some(s) if s.status == StreamStatus::Deleting => {
                     self.streams.remove(name);
+                    self.consumer_groups.retain(|_, g| g.stream != *name);
                     MetaResponse::Ok
                 }
                 Some(_) => {
@@ -614,6 +644,58 @@ impl MetaState {
                     s.shard_level_metrics.extend(named);
                 } else {
                     s.shard_level_metrics.retain(|m| !named.contains(m));
+                }
+                MetaResponse::Ok
+            }
+            MetaCommand::GroupHeartbeat {
+                stream,
+                group,
+                worker,
+                now_ms,
+                lease_ms,
+            } => {
+                let s = match self.live_stream(stream) {
+                    Ok(s) => s.clone(),
+                    Err(r) => return r,
+                };
+                let key = super::groups::group_key(stream, group);
+                let g = self.consumer_groups.entry(key).or_insert_with(|| {
+                    super::groups::ConsumerGroup {
+                        stream: stream.clone(),
+                        name: group.clone(),
+                        ..Default::default()
+                    }
+                });
+                g.heartbeat(&s, worker, *now_ms, *lease_ms);
+                MetaResponse::Ok
+            }
+            MetaCommand::GroupCheckpoint {
+                stream,
+                group,
+                shard_id,
+                worker,
+                epoch,
+                sequence,
+                finished,
+            } => match self
+                .consumer_groups
+                .get_mut(&super::groups::group_key(stream, group))
+            {
+                Some(g) => g.checkpoint(shard_id, worker, *epoch, sequence.clone(), *finished),
+                None => MetaResponse::ResourceNotFound(format!(
+                    "consumer group {group} of {stream} not found"
+                )),
+            },
+            MetaCommand::GroupRelease {
+                stream,
+                group,
+                worker,
+            } => {
+                if let Some(g) = self
+                    .consumer_groups
+                    .get_mut(&super::groups::group_key(stream, group))
+                {
+                    g.release(worker);
                 }
                 MetaResponse::Ok
             }
