@@ -368,3 +368,142 @@ fn pb_lease(shard_id: &str, epoch: u64) -> millrace_client::proto::ShardLease {
         ..Default::default()
     }
 }
+
+/// A `millrace group consume` worker process printing to a file.
+fn spawn_worker(cluster: &Cluster, worker: &str, out: &std::path::Path) -> std::process::Child {
+    let endpoints: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.grpc))
+        .collect();
+    std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .env("MILLRACE_ENDPOINT", endpoints.join(","))
+        .args([
+            "group",
+            "consume",
+            "gc",
+            "--group",
+            "app",
+            "--lease-ms",
+            "3000",
+        ])
+        .args(["--worker-id", worker])
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start a group worker")
+}
+
+fn printed(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
+    let cluster = Cluster::start("group-workers", 3).await;
+    let client = cluster.client();
+    client.create_stream("gc", 8).await.unwrap();
+    client
+        .wait_for_active("gc", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let put = |from: u32, to: u32| {
+        let client = client.clone();
+        async move {
+            let records: Vec<PutRecord> = (from..to)
+                .map(|i| PutRecord::new(format!("k{}", i % 100), format!("r{i}").into_bytes()))
+                .collect();
+            for chunk in records.chunks(200) {
+                let results = client.put_records("gc", chunk.to_vec()).await.unwrap();
+                assert!(results.iter().all(|r| r.is_ok()));
+            }
+        }
+    };
+    put(0, 800).await;
+    let dir = cluster.root.join("workers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outs: Vec<std::path::PathBuf> = (1..=3).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
+    let mut workers: Vec<std::process::Child> = (1..=3)
+        .map(|i| spawn_worker(&cluster, &format!("w{i}"), &outs[i - 1]))
+        .collect();
+    // All three share the eight leases.
+    common::wait_until(
+        Duration::from_secs(30),
+        "three workers hold every lease",
+        || {
+            let client = client.clone();
+            async move {
+                let Ok(g) = client.describe_consumer_group("gc", "app").await else {
+                    return false;
+                };
+                let owners: std::collections::BTreeSet<&str> =
+                    g.leases.iter().map(|l| l.owner.as_str()).collect();
+                g.leases.len() == 8 && owners.len() == 3 && !owners.contains("")
+            }
+        },
+    )
+    .await;
+    // Kill one for real; write more; the others take its leases once they expire.
+    workers[0].kill().unwrap();
+    workers[0].wait().unwrap();
+    put(800, 1600).await;
+    common::wait_until(
+        Duration::from_secs(40),
+        "the survivors hold every lease and caught up",
+        || {
+            let client = client.clone();
+            async move {
+                let Ok(g) = client.describe_consumer_group("gc", "app").await else {
+                    return false;
+                };
+                let mut caught_up = true;
+                for l in &g.leases {
+                    if l.owner != "w2" && l.owner != "w3" {
+                        return false;
+                    }
+                    let from = if l.checkpoint.is_empty() {
+                        StartPosition::TrimHorizon
+                    } else {
+                        StartPosition::AfterSequenceNumber(l.checkpoint.clone())
+                    };
+                    let it = client
+                        .get_shard_iterator("gc", &l.shard_id, from)
+                        .await
+                        .unwrap();
+                    caught_up &= client.get_records(&it, 1).await.unwrap().records.is_empty();
+                }
+                caught_up
+            }
+        },
+    )
+    .await;
+    // SIGTERM: the survivors release their leases and exit 0.
+    for w in &mut workers[1..] {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+    }
+    for w in &mut workers[1..] {
+        assert!(w.wait().unwrap().success(), "a worker exits 0 on SIGTERM");
+    }
+    let g = client.describe_consumer_group("gc", "app").await.unwrap();
+    assert!(
+        g.leases.iter().all(|l| l.owner.is_empty()),
+        "leases released"
+    );
+    // At least once: every record was printed by some worker.
+    let mut seen = std::collections::BTreeSet::new();
+    for out in &outs {
+        for line in printed(out) {
+            seen.insert(line["data"].as_str().unwrap().to_string());
+        }
+    }
+    let missing: Vec<u32> = (0..1600)
+        .filter(|i| !seen.contains(&format!("r{i}")))
+        .collect();
+    assert!(missing.is_empty(), "records never processed: {missing:?}");
+}

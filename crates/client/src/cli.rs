@@ -109,6 +109,29 @@ pub enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Join the group as a worker and print its records as JSON lines (the fields of `read`),
+    /// checkpointing as it goes; on SIGTERM/Ctrl-C release the leases and exit 0.
+    Consume {
+        stream: String,
+        #[arg(long)]
+        group: String,
+        /// This worker's id (default: process id and a random suffix).
+        #[arg(long)]
+        worker_id: Option<String>,
+        /// Lease lifetime without a heartbeat (1000-300000 ms).
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u32,
+    },
+    /// The group's leases: owner, epoch, checkpoint and lag per shard (JSON).
+    Describe {
+        stream: String,
+        #[arg(long)]
+        group: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Move every replica and leadership off a node; it then leaves and exits. Waits until the
     /// node has left unless --no-wait.
@@ -133,6 +156,9 @@ pub enum ClientCommand {
     /// Load generators.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Consumer groups: leases per shard, checkpoints, workers.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Manage streams.
     #[command(subcommand)]
     Stream(StreamCommand),
@@ -241,6 +267,15 @@ pub async fn run(
             } else {
                 crate::bench::produce(client, opts, json, out).await?
             }
+        }
+        ClientCommand::Group(GroupCommand::Consume {
+            stream,
+            group,
+            worker_id,
+            lease_ms,
+        }) => crate::group::consume(client, &stream, &group, worker_id, lease_ms, out).await?,
+        ClientCommand::Group(GroupCommand::Describe { stream, group }) => {
+            crate::group::describe(client, &stream, &group, out).await?
         }
         ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
             crate::bench::consume(client, &stream, json, out).await?

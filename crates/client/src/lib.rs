@@ -100,12 +100,14 @@ pub mod cli;
 mod connection;
 mod consumer;
 mod error;
+pub mod group;
 mod producer;
 mod tail;
 
 pub use connection::{Client, ClientConfig};
 pub use consumer::{ShardEvent, ShardReader, ShardSubscription};
 pub use error::ClientError;
+pub use group::GroupWorker;
 pub use millrace_proto::v1 as proto;
 pub use producer::{ProduceError, Producer, ProducerConfig, RecordFuture};
 
