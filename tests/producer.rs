@@ -371,6 +371,15 @@ fn pb_lease(shard_id: &str, epoch: u64) -> millrace_client::proto::ShardLease {
 
 /// A `millrace group consume` worker process printing to a file.
 fn spawn_worker(cluster: &Cluster, worker: &str, out: &std::path::Path) -> std::process::Child {
+    spawn_worker_on(cluster, "gc", worker, out)
+}
+
+fn spawn_worker_on(
+    cluster: &Cluster,
+    stream: &str,
+    worker: &str,
+    out: &std::path::Path,
+) -> std::process::Child {
     let endpoints: Vec<String> = cluster
         .nodes
         .iter()
@@ -381,7 +390,7 @@ fn spawn_worker(cluster: &Cluster, worker: &str, out: &std::path::Path) -> std::
         .args([
             "group",
             "consume",
-            "gc",
+            stream,
             "--group",
             "app",
             "--lease-ms",
@@ -506,4 +515,109 @@ async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
         .filter(|i| !seen.contains(&format!("r{i}")))
         .collect();
     assert!(missing.is_empty(), "records never processed: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reshard_during_group_consumption_hands_out_children_after_their_parent() {
+    let cluster = Cluster::start("group-reshard", 3).await;
+    let client = cluster.client();
+    client.create_stream("rs", 1).await.unwrap();
+    client
+        .wait_for_active("rs", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let put = |from: u32, to: u32| {
+        let client = client.clone();
+        async move {
+            let records: Vec<PutRecord> = (from..to)
+                .map(|i| PutRecord::new(format!("k{}", i % 50), format!("r{i}").into_bytes()))
+                .collect();
+            let results = client.put_records("rs", records).await.unwrap();
+            assert!(results.iter().all(|r| r.is_ok()));
+        }
+    };
+    put(0, 300).await;
+    let dir = cluster.root.join("workers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outs: Vec<std::path::PathBuf> = (1..=2).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
+    let mut workers: Vec<std::process::Child> = (1..=2)
+        .map(|i| spawn_worker_on(&cluster, "rs", &format!("w{i}"), &outs[i - 1]))
+        .collect();
+    common::wait_until(Duration::from_secs(30), "the parent is leased", || {
+        let client = client.clone();
+        async move {
+            client
+                .describe_consumer_group("rs", "app")
+                .await
+                .is_ok_and(|g| g.leases.iter().any(|l| !l.owner.is_empty()))
+        }
+    })
+    .await;
+    client
+        .split_shard("rs", "shardId-000000000000", &(u128::MAX / 2).to_string())
+        .await
+        .unwrap();
+    // Once the split completes, new records go to the children.
+    client
+        .wait_for_active("rs", Duration::from_secs(60))
+        .await
+        .unwrap();
+    put(300, 600).await;
+    // Until the parent is finished, its children are not handed out to anyone.
+    let parent = "shardId-000000000000";
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let g = client.describe_consumer_group("rs", "app").await.unwrap();
+        let parent_done = g.leases.iter().any(|l| l.shard_id == parent && l.finished);
+        let children: Vec<_> = g.leases.iter().filter(|l| l.shard_id != parent).collect();
+        if !parent_done {
+            for c in &children {
+                assert!(
+                    c.owner.is_empty() && c.checkpoint.is_empty(),
+                    "child {} handed out before its parent finished: {c:?}",
+                    c.shard_id
+                );
+            }
+        } else if children.len() == 2 && children.iter().all(|c| !c.checkpoint.is_empty()) {
+            break; // children are being consumed, after the parent
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children never consumed: {g:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    common::wait_until(Duration::from_secs(30), "every record printed", || {
+        let mut seen = std::collections::BTreeSet::new();
+        for out in &outs {
+            for line in printed(out) {
+                seen.insert(line["data"].as_str().unwrap().to_string());
+            }
+        }
+        let all = (0..600).all(|i| seen.contains(&format!("r{i}")));
+        async move { all }
+    })
+    .await;
+    for w in &mut workers {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &w.id().to_string()])
+            .status();
+        assert!(w.wait().unwrap().success());
+    }
+    // Within each worker's output, no child record comes before a parent record.
+    for out in &outs {
+        let shards: Vec<String> = printed(out)
+            .iter()
+            .map(|l| l["shard_id"].as_str().unwrap().to_string())
+            .collect();
+        let first_child = shards.iter().position(|s| s != parent);
+        let last_parent = shards.iter().rposition(|s| s == parent);
+        if let (Some(c), Some(p)) = (first_child, last_parent) {
+            assert!(
+                p < c,
+                "{}: a child record before a parent record",
+                out.display()
+            );
+        }
+    }
 }
