@@ -133,7 +133,12 @@ async fn idempotent_producer_writes_each_record_once_while_leaders_are_killed() 
         idempotent: true,
         ..ProducerConfig::default()
     };
-    let producer = Arc::new(Producer::new(client.clone(), "i", config).await.unwrap());
+    // A client that knows every node by id, so batches go straight to the shard leader.
+    let seed = format!("http://{}", cluster.nodes[1].grpc);
+    let routed = Client::discover([seed.as_str()], common::test_client_config())
+        .await
+        .unwrap();
+    let producer = Arc::new(Producer::new(routed, "i", config).await.unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let sent_count = Arc::new(AtomicUsize::new(0));
     let writer = {
@@ -620,4 +625,26 @@ async fn a_reshard_during_group_consumption_hands_out_children_after_their_paren
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_discovers_the_cluster_from_one_seed_and_survives_its_loss() {
+    let mut cluster = Cluster::start("discovery", 3).await;
+    let seed = format!("http://{}", cluster.nodes[0].grpc);
+    let client = Client::discover([seed.as_str()], common::test_client_config())
+        .await
+        .unwrap();
+    assert_eq!(client.endpoints().len(), 3, "{:?}", client.endpoints());
+    client.create_stream("d", 1).await.unwrap();
+    client
+        .wait_for_active("d", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The seed goes away; the discovered members still serve.
+    cluster.kill(1);
+    let results = client
+        .put_records("d", vec![PutRecord::new("k", b"after".to_vec())])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
 }

@@ -47,6 +47,8 @@ struct Inner {
     channels: Vec<Channel>,
     current: AtomicUsize,
     config: ClientConfig,
+    /// Node id → index in `channels`, when known (a client built by [`Client::discover`]).
+    nodes: BTreeMap<u64, usize>,
 }
 
 impl Client {
@@ -93,6 +95,7 @@ impl Client {
                 channels,
                 current: AtomicUsize::new(start),
                 config,
+                nodes: BTreeMap::new(),
             }),
         })
     }
@@ -101,20 +104,79 @@ impl Client {
         &self.inner.urls
     }
 
+    /// Connects through the seed endpoints, then to every member of the cluster: the returned
+    /// client knows each node's gRPC address (DescribeCluster), so it keeps working when the
+    /// seeds are down. The seeds stay in the list too.
+    pub async fn discover<I, S>(seeds: I, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let seeds: Vec<String> = seeds
+            .into_iter()
+            .map(|s| s.as_ref().trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let seed_client = Client::with_config(&seeds, config.clone())?;
+        let cluster = seed_client.describe_cluster().await?;
+        let mut all: Vec<String> = seed_client.inner.urls.clone();
+        let mut nodes = BTreeMap::new();
+        for node in cluster.nodes {
+            if node.grpc_addr.is_empty() {
+                continue;
+            }
+            let url = format!("http://{}", node.grpc_addr);
+            let index = match all.iter().position(|u| *u == url) {
+                Some(i) => i,
+                None => {
+                    all.push(url);
+                    all.len() - 1
+                }
+            };
+            nodes.insert(node.node_id, index);
+        }
+        let client = Client::with_config(all, config)?;
+        let mut inner = Arc::try_unwrap(client.inner)
+            .map_err(|_| ClientError::Unknown("the new client is shared already".into()))?;
+        inner.nodes = nodes;
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The endpoint index of a node, when this client knows node ids (see [`Client::discover`]).
+    fn node_index(&self, node_id: u64) -> Option<usize> {
+        self.inner.nodes.get(&node_id).copied()
+    }
+
     /// Runs `f` against the current endpoint, moving to the next one and backing off (with
     /// jitter) on failures that cannot have had an effect, until `call_timeout`.
-    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
         F: FnMut(MillraceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_at(None, f).await
+    }
+
+    /// Like [`Client::call`], with the first attempt at endpoint `first` when given (a shard
+    /// leader's node: no forwarding hop).
+    async fn call_at<T, F, Fut>(&self, first: Option<usize>, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(MillraceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut first = first;
         let cfg = &self.inner.config;
         let deadline = Instant::now() + cfg.call_timeout;
         let mut backoff = cfg.backoff_initial;
         let n = self.inner.channels.len();
         let mut attempts = 0usize;
         loop {
-            let idx = self.inner.current.load(Ordering::Relaxed) % n;
+            let idx = first
+                .take()
+                .unwrap_or_else(|| self.inner.current.load(Ordering::Relaxed))
+                % n;
             let client = MillraceClient::new(self.inner.channels[idx].clone())
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);
@@ -355,6 +417,19 @@ impl Client {
         records: Vec<PutRecord>,
         producer: Option<(&str, u64)>,
     ) -> Result<Vec<Result<PutResult, RecordError>>, ClientError> {
+        self.put_records_via(stream, records, producer, None).await
+    }
+
+    /// [`Client::put_records_as`], sent first to `leader`'s node when this client knows it
+    /// (the shard leader: the write then needs no forwarding hop).
+    pub async fn put_records_via(
+        &self,
+        stream: &str,
+        records: Vec<PutRecord>,
+        producer: Option<(&str, u64)>,
+        leader: Option<u64>,
+    ) -> Result<Vec<Result<PutResult, RecordError>>, ClientError> {
+        let first = leader.and_then(|l| self.node_index(l));
         let (producer_id, producer_sequence) =
             producer.map_or((String::new(), 0), |(id, seq)| (id.to_string(), seq));
         let req = pb::PutRecordsRequest {
@@ -371,7 +446,7 @@ impl Client {
                 .collect(),
         };
         let resp = self
-            .call(|mut c| {
+            .call_at(first, |mut c| {
                 let req = req.clone();
                 async move { c.put_records(req).await }
             })

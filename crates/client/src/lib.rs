@@ -92,8 +92,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Runnable versions of both are in `crates/client/examples/` (`cargo run -p millrace-client
-//! --example producer` against `millrace dev`).
+//! ## Consumer groups
+//!
+//! A group shares a stream's shards among its workers: the cluster keeps one lease per shard
+//! (owner, epoch, expiry on the server's clock) and its checkpoint. A [`GroupWorker`]
+//! heartbeats (renewing its leases, taking free ones and its fair share from busier workers),
+//! reads each leased shard from its checkpoint, checkpoints after each page it hands out (a
+//! checkpoint from a worker whose lease moved on is refused), starts a closed shard's children
+//! only after the shard is finished, and releases its leases when it stops. Delivery is
+//! at-least-once. `millrace group consume` and `millrace group describe` are built on it.
+//!
+//! ## Finding the cluster
+//!
+//! [`Client::discover`] connects through one or more seeds and learns every member's address
+//! (and node id), so the client survives the loss of its seeds and the producer sends each
+//! shard's batches straight to the shard leader's node.
+//!
+//! Runnable versions are in `crates/client/examples/` (`producer`, `consumer`, `group_worker`;
+//! e.g. `cargo run -p millrace-client --example producer` against `millrace dev`).
 
 pub mod bench;
 pub mod cli;

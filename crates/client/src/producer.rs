@@ -182,17 +182,23 @@ impl Producer {
     }
 }
 
-/// The open shards' hash ranges.
+/// The open shards' hash ranges and leaders.
 struct ShardMap {
     /// (starting hash key, ending hash key, shard id), by starting key.
     ranges: Vec<(u128, u128, String)>,
+    /// Shard id → the node that led it when the map was read (0: unknown). Calls go there
+    /// first; a stale leader only costs the cluster one forwarding hop.
+    leaders: BTreeMap<String, u64>,
 }
 
 impl ShardMap {
     async fn load(client: &Client, stream: &str) -> Result<ShardMap, ClientError> {
-        let mut ranges: Vec<(u128, u128, String)> = client
-            .list_shards(stream)
-            .await?
+        let shards = client.list_shards(stream).await?;
+        let leaders = shards
+            .iter()
+            .map(|s| (s.shard_id.clone(), s.leader_node_id))
+            .collect();
+        let mut ranges: Vec<(u128, u128, String)> = shards
             .into_iter()
             .filter(|s| {
                 s.sequence_number_range
@@ -209,7 +215,7 @@ impl ShardMap {
             })
             .collect();
         ranges.sort();
-        Ok(ShardMap { ranges })
+        Ok(ShardMap { ranges, leaders })
     }
 
     /// Index of the shard owning `hash` (the last shard if the map has a gap).
@@ -377,10 +383,22 @@ impl Dispatcher {
                 *next += batch.len() as u64;
                 (format!("{}-{}", self.producer_id, key.1), sequence)
             });
+            let leader = self
+                .map
+                .ranges
+                .get(key.0)
+                .and_then(|r| self.map.leaders.get(&r.2))
+                .copied()
+                .filter(|l| *l != 0);
             let (client, stream, done_tx) =
                 (self.client.clone(), self.stream.clone(), done_tx.clone());
             tokio::spawn(async move {
-                let stale_map = write_batch(&client, &stream, batch, &config, &known, tag).await;
+                let target = Target {
+                    known_shards: &known,
+                    leader,
+                    tag,
+                };
+                let stale_map = write_batch(&client, &stream, batch, &config, target).await;
                 let _ = done_tx
                     .send(Done {
                         lane: key,
@@ -390,6 +408,14 @@ impl Dispatcher {
             });
         }
     }
+}
+
+/// Where a batch goes: the shards the map knows (to notice a reshard), the shard leader's node
+/// (tried first), and the idempotent producer's id and sequence.
+struct Target<'a> {
+    known_shards: &'a [String],
+    leader: Option<u64>,
+    tag: Option<(String, u64)>,
 }
 
 /// Is a per-record error worth sending again (nothing was written)?
@@ -407,15 +433,22 @@ async fn write_batch(
     stream: &str,
     mut batch: Vec<(PutRecord, Waiter)>,
     config: &ProducerConfig,
-    known_shards: &[String],
-    tag: Option<(String, u64)>,
+    target: Target<'_>,
 ) -> bool {
+    let Target {
+        known_shards,
+        leader,
+        tag,
+    } = target;
     let mut stale_map = false;
     let mut attempt = 0u32;
     loop {
         let records: Vec<PutRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
         let producer = tag.as_ref().map(|(id, seq)| (id.as_str(), *seq));
-        let results = match client.put_records_as(stream, records, producer).await {
+        let results = match client
+            .put_records_via(stream, records, producer, leader)
+            .await
+        {
             Ok(results) => results,
             // Idempotent: whatever happened, sending the same call again is safe.
             Err(e) if tag.is_some() && attempt < config.retries && resendable(&e) => {
