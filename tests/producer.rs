@@ -509,6 +509,20 @@ async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
         g.leases.iter().all(|l| l.owner.is_empty()),
         "leases released"
     );
+    // What was printed was checkpointed: each shard's checkpoint is the last record printed.
+    let mut last_printed: BTreeMap<String, u128> = BTreeMap::new();
+    for out in &outs {
+        for line in printed(out) {
+            let seq: u128 = line["sequence_number"].as_str().unwrap().parse().unwrap();
+            let shard = line["shard_id"].as_str().unwrap().to_string();
+            let e = last_printed.entry(shard).or_default();
+            *e = (*e).max(seq);
+        }
+    }
+    for l in &g.leases {
+        let checkpoint: u128 = l.checkpoint.parse().unwrap();
+        assert_eq!(checkpoint, last_printed[&l.shard_id], "{}", l.shard_id);
+    }
     // At least once: every record was printed by some worker.
     let mut seen = std::collections::BTreeSet::new();
     for out in &outs {

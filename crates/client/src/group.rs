@@ -143,11 +143,20 @@ pub async fn consume(
         .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), rand::random::<u32>()));
     let mut worker = GroupWorker::new(client.clone(), stream, group, &worker_id, lease_ms);
     let beat_every = Duration::from_millis(u64::from(lease_ms.max(1000)) / 3);
-    let stop = crate::tail::interrupted();
-    tokio::pin!(stop);
+    // A signal only sets a flag: a step (print a page, then checkpoint it) is never cut short,
+    // so everything printed is checkpointed before the worker leaves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            crate::tail::interrupted().await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let stopped = || stop.load(std::sync::atomic::Ordering::Relaxed);
     let mut next_beat = tokio::time::Instant::now();
     let result: Result<(), CliError> = async {
-        loop {
+        while !stopped() {
             if tokio::time::Instant::now() >= next_beat {
                 worker.heartbeat().await?;
                 next_beat = tokio::time::Instant::now() + beat_every;
@@ -156,20 +165,16 @@ pub async fn consume(
                 writeln!(out, "{}", record_json(shard, r))?;
                 Ok(())
             };
-            let handed = tokio::select! {
-                r = worker.step(&mut print) => r?,
-                _ = &mut stop => return Ok(()),
-            };
+            let handed = worker.step(&mut print).await?;
             out.flush()?;
             if handed == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = &mut stop => return Ok(()),
-                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        Ok(())
     }
     .await;
+    watcher.abort();
     // Everything printed was checkpointed page by page; leave the group.
     let released = worker.release().await;
     result?;
