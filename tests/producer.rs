@@ -374,6 +374,17 @@ fn pb_lease(shard_id: &str, epoch: u64) -> millrace_client::proto::ShardLease {
     }
 }
 
+/// Writes records `r{i}` for `i` in `range`, keyed `k{i % keys}`, checking each was written.
+async fn put_numbered(client: &Client, stream: &str, range: std::ops::Range<u32>, keys: u32) {
+    let records: Vec<PutRecord> = range
+        .map(|i| PutRecord::new(format!("k{}", i % keys), format!("r{i}").into_bytes()))
+        .collect();
+    for chunk in records.chunks(200) {
+        let results = client.put_records(stream, chunk.to_vec()).await.unwrap();
+        assert!(results.iter().all(|r| r.is_ok()));
+    }
+}
+
 /// A `millrace group consume` worker process printing to a file.
 fn spawn_worker(cluster: &Cluster, worker: &str, out: &std::path::Path) -> std::process::Child {
     spawn_worker_on(cluster, "gc", worker, out)
@@ -425,19 +436,7 @@ async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
         .wait_for_active("gc", Duration::from_secs(60))
         .await
         .unwrap();
-    let put = |from: u32, to: u32| {
-        let client = client.clone();
-        async move {
-            let records: Vec<PutRecord> = (from..to)
-                .map(|i| PutRecord::new(format!("k{}", i % 100), format!("r{i}").into_bytes()))
-                .collect();
-            for chunk in records.chunks(200) {
-                let results = client.put_records("gc", chunk.to_vec()).await.unwrap();
-                assert!(results.iter().all(|r| r.is_ok()));
-            }
-        }
-    };
-    put(0, 800).await;
+    put_numbered(&client, "gc", 0..800, 100).await;
     let dir = cluster.root.join("workers");
     std::fs::create_dir_all(&dir).unwrap();
     let outs: Vec<std::path::PathBuf> = (1..=3).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
@@ -464,7 +463,7 @@ async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
     // Kill one for real; write more; the others take its leases once they expire.
     workers[0].kill().unwrap();
     workers[0].wait().unwrap();
-    put(800, 1600).await;
+    put_numbered(&client, "gc", 800..1600, 100).await;
     common::wait_until(
         Duration::from_secs(40),
         "the survivors hold every lease and caught up",
@@ -545,17 +544,7 @@ async fn a_reshard_during_group_consumption_hands_out_children_after_their_paren
         .wait_for_active("rs", Duration::from_secs(60))
         .await
         .unwrap();
-    let put = |from: u32, to: u32| {
-        let client = client.clone();
-        async move {
-            let records: Vec<PutRecord> = (from..to)
-                .map(|i| PutRecord::new(format!("k{}", i % 50), format!("r{i}").into_bytes()))
-                .collect();
-            let results = client.put_records("rs", records).await.unwrap();
-            assert!(results.iter().all(|r| r.is_ok()));
-        }
-    };
-    put(0, 300).await;
+    put_numbered(&client, "rs", 0..300, 50).await;
     let dir = cluster.root.join("workers");
     std::fs::create_dir_all(&dir).unwrap();
     let outs: Vec<std::path::PathBuf> = (1..=2).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
@@ -581,7 +570,7 @@ async fn a_reshard_during_group_consumption_hands_out_children_after_their_paren
         .wait_for_active("rs", Duration::from_secs(60))
         .await
         .unwrap();
-    put(300, 600).await;
+    put_numbered(&client, "rs", 300..600, 50).await;
     // Until the parent is finished, its children are not handed out to anyone.
     let parent = "shardId-000000000000";
     let deadline = std::time::Instant::now() + Duration::from_secs(40);

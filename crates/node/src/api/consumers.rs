@@ -62,12 +62,7 @@ fn consumer_proto(k: &KinesisConfig, stream: &StreamMeta, c: &ConsumerMeta) -> p
 }
 
 fn validate_consumer_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= CONSUMER_NAME_CHARS_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if crate::metadata::groups::is_resource_name(name, CONSUMER_NAME_CHARS_MAX) {
         Ok(())
     } else {
         Err(ApiError::InvalidArgument(format!(

@@ -31,12 +31,7 @@ pub fn stream_name_from(input: &str) -> Result<String, ApiError> {
         Some((prefix, name)) if prefix.starts_with("arn:") => name,
         _ => input,
     };
-    let valid = !name.is_empty()
-        && name.len() <= STREAM_NAME_CHARS_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !valid {
+    if !crate::metadata::groups::is_resource_name(name, STREAM_NAME_CHARS_MAX) {
         return Err(ApiError::InvalidArgument(format!(
             "StreamName {input:?} must be 1-{STREAM_NAME_CHARS_MAX} characters of [a-zA-Z0-9_.-]"
         )));

@@ -42,13 +42,17 @@ pub fn group_key(stream: &str, group: &str) -> String {
     format!("{stream}/{group}")
 }
 
-pub fn validate_group_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= GROUP_NAME_CHARS_MAX
+/// Names of streams, consumers and groups: 1-`max` characters of `[a-zA-Z0-9_.-]`.
+pub fn is_resource_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+pub fn validate_group_name(name: &str) -> Result<(), String> {
+    if is_resource_name(name, GROUP_NAME_CHARS_MAX) {
         Ok(())
     } else {
         Err(format!(
