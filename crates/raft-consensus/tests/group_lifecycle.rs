@@ -29,7 +29,18 @@ impl GroupStateMachine for Counter {
 }
 
 fn manager(dir: &std::path::Path) -> GroupManager {
-    let meta = NodeMeta::open(&dir.join("meta")).expect("sled");
+    // A manager dropped just before may still be shutting its groups' tasks down, which hold
+    // the database (and its file lock) until they finish: wait for the lock, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let meta = loop {
+        match NodeMeta::open(&dir.join("meta")) {
+            Ok(meta) => break meta,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("sled: {e:?}"),
+        }
+    };
     GroupManager::new(
         1,
         dir.to_path_buf(),
