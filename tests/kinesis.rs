@@ -833,6 +833,58 @@ async fn sdk_consumers_and_subscribe_to_shard() {
     assert!(!last_continuation.is_empty());
     drop(sub);
 
+    // ListStreamConsumers pages with MaxResults and NextToken.
+    for name in ["app2", "app3"] {
+        c.register_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .unwrap();
+    }
+    let page = c
+        .list_stream_consumers()
+        .stream_arn(stream_arn)
+        .max_results(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.consumers.unwrap().len(), 2);
+    let rest = c
+        .list_stream_consumers()
+        .stream_arn(stream_arn)
+        .next_token(page.next_token.expect("a next page"))
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<String> = rest
+        .consumers
+        .unwrap()
+        .into_iter()
+        .map(|c| c.consumer_name)
+        .collect();
+    assert_eq!(names, vec!["app3"]);
+    assert!(rest.next_token.is_none());
+    for name in ["app2", "app3"] {
+        c.deregister_stream_consumer()
+            .stream_arn(stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .unwrap();
+    }
+    // Tags are kept on streams only: a consumer ARN is refused.
+    assert_eq!(
+        code(
+            c.tag_resource()
+                .resource_arn(&consumer.consumer_arn)
+                .tags("a", "b")
+                .send()
+                .await
+        ),
+        "InvalidArgumentException"
+    );
+
     // Errors: an unknown consumer is refused before the stream starts.
     let bad = c
         .subscribe_to_shard()

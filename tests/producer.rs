@@ -386,10 +386,6 @@ async fn put_numbered(client: &Client, stream: &str, range: std::ops::Range<u32>
 }
 
 /// A `millrace group consume` worker process printing to a file.
-fn spawn_worker(cluster: &Cluster, worker: &str, out: &std::path::Path) -> std::process::Child {
-    spawn_worker_on(cluster, "gc", worker, out)
-}
-
 fn spawn_worker_on(
     cluster: &Cluster,
     stream: &str,
@@ -427,6 +423,30 @@ fn printed(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Starts `n` workers `w1`..`wn` of group `app` on `stream`; returns their output files and
+/// processes.
+fn start_workers(
+    cluster: &Cluster,
+    stream: &str,
+    n: usize,
+) -> (Vec<std::path::PathBuf>, Vec<std::process::Child>) {
+    let dir = cluster.root.join("workers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outs: Vec<std::path::PathBuf> = (1..=n).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
+    let workers = (1..=n)
+        .map(|i| spawn_worker_on(cluster, stream, &format!("w{i}"), &outs[i - 1]))
+        .collect();
+    (outs, workers)
+}
+
+/// The data of every record the workers printed.
+fn printed_data(outs: &[std::path::PathBuf]) -> std::collections::BTreeSet<String> {
+    outs.iter()
+        .flat_map(|out| printed(out))
+        .map(|line| line["data"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
     let cluster = Cluster::start("group-workers", 3).await;
@@ -437,12 +457,7 @@ async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
         .await
         .unwrap();
     put_numbered(&client, "gc", 0..800, 100).await;
-    let dir = cluster.root.join("workers");
-    std::fs::create_dir_all(&dir).unwrap();
-    let outs: Vec<std::path::PathBuf> = (1..=3).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
-    let mut workers: Vec<std::process::Child> = (1..=3)
-        .map(|i| spawn_worker(&cluster, &format!("w{i}"), &outs[i - 1]))
-        .collect();
+    let (outs, mut workers) = start_workers(&cluster, "gc", 3);
     // All three share the eight leases.
     common::wait_until(
         Duration::from_secs(30),
@@ -523,12 +538,7 @@ async fn group_workers_share_leases_and_take_over_from_a_killed_one() {
         assert_eq!(checkpoint, last_printed[&l.shard_id], "{}", l.shard_id);
     }
     // At least once: every record was printed by some worker.
-    let mut seen = std::collections::BTreeSet::new();
-    for out in &outs {
-        for line in printed(out) {
-            seen.insert(line["data"].as_str().unwrap().to_string());
-        }
-    }
+    let seen = printed_data(&outs);
     let missing: Vec<u32> = (0..1600)
         .filter(|i| !seen.contains(&format!("r{i}")))
         .collect();
@@ -545,12 +555,7 @@ async fn a_reshard_during_group_consumption_hands_out_children_after_their_paren
         .await
         .unwrap();
     put_numbered(&client, "rs", 0..300, 50).await;
-    let dir = cluster.root.join("workers");
-    std::fs::create_dir_all(&dir).unwrap();
-    let outs: Vec<std::path::PathBuf> = (1..=2).map(|i| dir.join(format!("w{i}.jsonl"))).collect();
-    let mut workers: Vec<std::process::Child> = (1..=2)
-        .map(|i| spawn_worker_on(&cluster, "rs", &format!("w{i}"), &outs[i - 1]))
-        .collect();
+    let (outs, mut workers) = start_workers(&cluster, "rs", 2);
     common::wait_until(Duration::from_secs(30), "the parent is leased", || {
         let client = client.clone();
         async move {
@@ -596,12 +601,7 @@ async fn a_reshard_during_group_consumption_hands_out_children_after_their_paren
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     common::wait_until(Duration::from_secs(30), "every record printed", || {
-        let mut seen = std::collections::BTreeSet::new();
-        for out in &outs {
-            for line in printed(out) {
-                seen.insert(line["data"].as_str().unwrap().to_string());
-            }
-        }
+        let seen = printed_data(&outs);
         let all = (0..600).all(|i| seen.contains(&format!("r{i}")));
         async move { all }
     })
@@ -643,6 +643,30 @@ async fn a_client_discovers_the_cluster_from_one_seed_and_survives_its_loss() {
         .wait_for_active("d", Duration::from_secs(60))
         .await
         .unwrap();
+    // An idempotent call sent twice is written once; the retry gets the first write's sequence
+    // numbers.
+    let batch = || {
+        vec![
+            PutRecord::new("k", b"once-a".to_vec()),
+            PutRecord::new("k", b"once-b".to_vec()),
+        ]
+    };
+    let first = client
+        .put_records_as("d", batch(), Some(("p1", 0)))
+        .await
+        .unwrap();
+    let again = client
+        .put_records_as("d", batch(), Some(("p1", 0)))
+        .await
+        .unwrap();
+    assert!(first.iter().all(|r| r.is_ok()));
+    assert_eq!(first, again);
+    let data: Vec<String> = read_all(&client, "d")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(data, vec!["once-a", "once-b"]);
     // The seed goes away; the discovered members still serve (once any leadership it held has
     // moved, a write goes through again).
     cluster.kill(1);

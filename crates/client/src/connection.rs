@@ -516,16 +516,7 @@ impl Client {
             })
             .await?;
         Ok(RecordsPage {
-            records: resp
-                .records
-                .into_iter()
-                .map(|r| Record {
-                    sequence_number: r.sequence_number,
-                    partition_key: r.partition_key,
-                    data: r.data,
-                    approximate_arrival_timestamp_ms: r.approximate_arrival_timestamp_ms,
-                })
-                .collect(),
+            records: resp.records.into_iter().map(Record::from).collect(),
             next_shard_iterator: resp.next_shard_iterator,
             millis_behind_latest: resp.millis_behind_latest,
             child_shard_ids: resp.child_shards.into_iter().map(|c| c.shard_id).collect(),

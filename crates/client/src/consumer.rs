@@ -25,6 +25,14 @@
 use crate::proto as pb;
 use crate::{Client, ClientError, Record, RecordsPage, StartPosition};
 
+/// Just after the last record handed out, or `otherwise` before the first.
+fn resume_after(last_sequence: &Option<String>, otherwise: &StartPosition) -> StartPosition {
+    match last_sequence {
+        Some(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
+        None => otherwise.clone(),
+    }
+}
+
 /// A pull reader of one shard over shard iterators. An expired iterator is replaced
 /// transparently, from just after the last record returned.
 pub struct ShardReader {
@@ -64,10 +72,7 @@ impl ShardReader {
 
     /// Where to start a new reader so that it continues exactly after this one.
     pub fn resume_position(&self) -> StartPosition {
-        match &self.last_sequence {
-            Some(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
-            None => self.start.clone(),
-        }
+        resume_after(&self.last_sequence, &self.start)
     }
 
     /// The next page (possibly empty when caught up); `None` once the shard is closed and read
@@ -156,10 +161,7 @@ impl ShardSubscription {
 
     /// Where to start again to continue right after the last record returned.
     pub fn resume_position(&self) -> StartPosition {
-        match &self.last_sequence {
-            Some(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
-            None => self.position.clone(),
-        }
+        resume_after(&self.last_sequence, &self.position)
     }
 
     /// The next event; `None` after the closed shard's last event.
@@ -190,17 +192,7 @@ impl ShardSubscription {
                     }
                     self.ended = !e.child_shards.is_empty();
                     return Ok(Some(ShardEvent {
-                        records: e
-                            .records
-                            .into_iter()
-                            .map(|r| Record {
-                                sequence_number: r.sequence_number,
-                                partition_key: r.partition_key,
-                                data: r.data,
-                                approximate_arrival_timestamp_ms: r
-                                    .approximate_arrival_timestamp_ms,
-                            })
-                            .collect(),
+                        records: e.records.into_iter().map(Record::from).collect(),
                         millis_behind_latest: e.millis_behind_latest,
                         child_shard_ids: e.child_shards.into_iter().map(|c| c.shard_id).collect(),
                     }));

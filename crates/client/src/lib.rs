@@ -205,6 +205,17 @@ pub struct Record {
     pub approximate_arrival_timestamp_ms: i64,
 }
 
+impl From<proto::Record> for Record {
+    fn from(r: proto::Record) -> Record {
+        Record {
+            sequence_number: r.sequence_number,
+            partition_key: r.partition_key,
+            data: r.data,
+            approximate_arrival_timestamp_ms: r.approximate_arrival_timestamp_ms,
+        }
+    }
+}
+
 /// One GetRecords answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordsPage {

@@ -26,9 +26,9 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
 /// Replica opens a reconcile pass runs at once.
 const GROUP_OPENS_IN_FLIGHT: usize = 16;
 /// Group initializations (each followed by the group's first election) a pass runs at once.
-/// One: many first elections at once flood the peers with vote saves, votes time out and the
-/// groups re-elect at ever higher terms (seen with 16 on a 100-shard stream: no leaders after
-/// 10 minutes).
+/// Kept at one: first elections then reach peers one group at a time. (With 16, a 100-shard
+/// stream once got no leaders in 10 minutes; the cause turned out to be concurrent sled
+/// flushes spinning, since fixed in `storage/src/meta.rs`, so more may now be safe — unmeasured.)
 const GROUP_INITS_IN_FLIGHT: usize = 1;
 /// Leader probes the activation of a new stream runs at once.
 const ACTIVATION_PROBES_IN_FLIGHT: usize = 32;

@@ -421,6 +421,15 @@ fn invalid_token(what: &str) -> KinesisError {
     )
 }
 
+/// The name a listing's NextToken continues after (the token is that name, base64url).
+fn name_after(token: &str) -> Result<String> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(|| invalid_token("NextToken"))
+}
+
 async fn list_streams(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let limit = i.int("Limit", false, (1, 10_000)).unwrap_or(100) as usize;
     let start = i.name("ExclusiveStartStreamName", false, 128);
@@ -428,12 +437,7 @@ async fn list_streams(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     i.finish()?;
     // The NextToken is the last stream name listed, base64url.
     let after = match token {
-        Some(t) => {
-            let raw = URL_SAFE_NO_PAD
-                .decode(&t)
-                .map_err(|_| invalid_token("NextToken"))?;
-            Some(String::from_utf8(raw).map_err(|_| invalid_token("NextToken"))?)
-        }
+        Some(t) => Some(name_after(&t)?),
         None => start,
     };
     svc.node.sync_meta().await?;
@@ -947,15 +951,7 @@ async fn list_consumers(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> 
     let max = i.int("MaxResults", false, (1, 10_000)).unwrap_or(100) as usize;
     let _created = i.timestamp("StreamCreationTimestamp", false);
     i.finish()?;
-    let after = match token {
-        Some(t) => {
-            let raw = URL_SAFE_NO_PAD
-                .decode(&t)
-                .map_err(|_| invalid_token("NextToken"))?;
-            Some(String::from_utf8(raw).map_err(|_| invalid_token("NextToken"))?)
-        }
-        None => None,
-    };
+    let after = token.as_deref().map(name_after).transpose()?;
     let all = svc
         .list_consumers_impl(pb::ListStreamConsumersRequest {
             stream_arn: stream.unwrap_or_default(),
