@@ -1,9 +1,21 @@
 //! `millrace-jepsen`: fault injection and history checking for Millrace, black-box, after
 //! Jepsen's Kafka/queue workload (see `shared/jepsen-checker.md` and `jepsen/README.md`).
 //!
-//! Built so far: the history format ([`history`]) and the checker ([`checker`]) with a fixture
-//! per anomaly. The cluster runner (network namespaces, nemeses, workloads, report) is the
-//! next step.
+//! * [`net`]: one network namespace per node on a bridge of the run's own; partitions with
+//!   iptables.
+//! * [`cluster`]: real `millrace serve` processes in those namespaces (libfaketime for clocks).
+//! * [`nemesis`]: kill, pause, partition and clock faults on a schedule, with evidence.
+//! * [`api`] and [`workload`]: the `log` workload through the native client or the Kinesis
+//!   HTTP API, recorded as a [`history`].
+//! * [`checker`]: every anomaly of the queue workload, a fixture per anomaly.
+//! * [`run`] and [`report`]: one test run end to end, and its report with plots.
 
+pub mod api;
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod workload;

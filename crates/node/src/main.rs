@@ -112,6 +112,11 @@ struct ServeArgs {
         hide_env_values = true
     )]
     access_keys: String,
+    /// NOT A FEATURE. Injects a known bug (ack-before-fsync, skip-sequence-number,
+    /// uncommitted-reads) to prove the jepsen harness catches it. Only debug builds and builds
+    /// with the `calibration-bugs` feature accept it.
+    #[arg(long, env = "MILLRACE_CALIBRATION_INJECT_BUG_UNSAFE", hide = true)]
+    calibration_inject_bug_unsafe: Option<String>,
 }
 
 fn init_tracing() {
@@ -139,6 +144,15 @@ fn main() -> std::process::ExitCode {
             Command::Serve(a) => {
                 let peers = parse_peers(&a.peers).map_err(anyhow::Error::msg)?;
                 let access_keys = AccessKeys::parse(&a.access_keys).map_err(anyhow::Error::msg)?;
+                if let Some(bug) = &a.calibration_inject_bug_unsafe {
+                    use millrace_storage::calibration;
+                    let bug: calibration::InjectedBug = bug.parse().map_err(anyhow::Error::msg)?;
+                    calibration::inject(bug).map_err(anyhow::Error::msg)?;
+                    tracing::warn!(
+                        bug = bug.name(),
+                        "CALIBRATION BUG INJECTED: this node is deliberately broken and will lose or misreport data"
+                    );
+                }
                 serve(ServeConfig {
                     node_id: a.node_id,
                     data_dir: a.data_dir,

@@ -15,6 +15,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use millrace_storage::calibration::{self, InjectedBug};
 use millrace_storage::{FlushCoordinator, GroupMeta, SegmentLog, SegmentLogConfig};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
@@ -24,6 +25,10 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
+/// Calibration only ([`InjectedBug::AckBeforeFsync`]): the last index really fsynced.
+const KEY_CALIBRATION_SYNCED: &str = "calibration-synced";
+/// Calibration only: how long an acknowledged append waits before it is synced.
+const CALIBRATION_LAZY_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The log store of one group replica. Clones share the same log (reader handles).
 #[derive(Clone)]
@@ -66,6 +71,20 @@ impl GroupLogStore {
         if let Some(p) = last_purged {
             segments.drop_prefix(p.index).map_err(io_err)?;
         }
+        if calibration::is(InjectedBug::AckBeforeFsync) {
+            // What a power cut would have left of the lazily synced tail.
+            let synced: Option<u64> = meta.get(KEY_CALIBRATION_SYNCED).map_err(io_err)?;
+            let floor = last_purged.map_or(0, |p| p.index);
+            if let (Some(synced), Some(last)) = (synced, segments.last_index()) {
+                if synced < last && synced >= floor {
+                    tracing::warn!(
+                        dir = %dir.display(), synced, last,
+                        "CALIBRATION BUG ack-before-fsync: dropping entries that were acknowledged but never synced"
+                    );
+                    segments.truncate_from(synced + 1).map_err(io_err)?;
+                }
+            }
+        }
         // Whatever survived is now made durable, so "the log" means "the durable log".
         segments.sync_all().map_err(io_err)?;
         let last_log_id = match segments.last_index() {
@@ -88,6 +107,28 @@ impl GroupLogStore {
                 flusher,
             }),
         })
+    }
+
+    /// The calibration bug [`InjectedBug::AckBeforeFsync`]: reports the append durable now and
+    /// syncs it later, remembering how far the log was really synced.
+    fn ack_before_fsync(
+        &self,
+        files: Vec<Arc<std::fs::File>>,
+        last: Option<u64>,
+        callback: IOFlushed<TypeConfig>,
+    ) {
+        callback.io_completed(Ok(()));
+        let flusher = self.inner.flusher.clone();
+        let meta = self.inner.meta.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CALIBRATION_LAZY_SYNC).await;
+            let done = Box::new(move |r: Result<(), _>| {
+                if let (Ok(()), Some(last)) = (r, last) {
+                    let _ = meta.put(KEY_CALIBRATION_SYNCED, &last);
+                }
+            });
+            let _ = flusher.submit(files, done).await;
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState2> {
@@ -240,6 +281,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         };
         if files.is_empty() {
             callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        if calibration::is(InjectedBug::AckBeforeFsync) {
+            self.ack_before_fsync(files, last.map(|l| l.index), callback);
             return Ok(());
         }
         self.inner

@@ -10,6 +10,7 @@
 //! The formats are documented in `docs/storage-format.md`; changing them means bumping the
 //! version constants in this crate.
 
+pub mod calibration;
 pub mod error;
 pub mod flush;
 pub mod meta;

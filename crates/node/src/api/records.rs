@@ -177,6 +177,7 @@ impl MillraceService {
             let sh = stream.shards[shard].clone();
             async move {
                 let batch: Vec<BatchRecord> = recs.iter().map(|(_, r)| r.clone()).collect();
+                let _dirty = crate::shard::dirty::begin(sh.group_id, &batch);
                 let r = self
                     .node
                     .shard_append(sh.group_id, &sh.replicas, batch, producer.clone())

@@ -1,5 +1,6 @@
 //! The node: its Raft groups, the applied metadata, and the operations the API layer calls.
 
+use millrace_storage::calibration::{self, InjectedBug};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -316,6 +317,12 @@ impl Node {
         let readable = match (applied, sealed_at) {
             (Some(a), Some(s)) => Some(a.min(s)),
             (a, _) => a,
+        };
+        let readable = if calibration::is(InjectedBug::UncommittedReads) {
+            // Calibration bug: the whole local log, committed or not.
+            h.log.bounds().1.or(readable)
+        } else {
+            readable
         };
         let mut bounds = bounds;
         if let Some(ts) = bounds.at_timestamp_ms {

@@ -1,6 +1,7 @@
 //! Routing shard operations to the shard's leader: local when this node leads, otherwise one
 //! forwarded hop to the leader (found from hints, local Raft metrics, or by asking replicas).
 
+use millrace_storage::calibration::{self, InjectedBug};
 use std::future::Future;
 use std::time::Duration;
 
@@ -229,6 +230,20 @@ impl Node {
         replicas: &[u64],
         bounds: ReadBounds,
     ) -> Result<ShardRead, ApiError> {
+        if calibration::is(InjectedBug::UncommittedReads) && self.groups.get(group_id).is_some() {
+            // Calibration bug: the local replica, leader or not, and at its end the writes
+            // still in flight here, before they commit.
+            let mut read = self.read_local(group_id, bounds)?;
+            if read.outcome.records.len() < bounds.max_records {
+                let dirty = crate::shard::dirty::records(
+                    group_id,
+                    read.outcome.next_index,
+                    crate::server::now_ms(),
+                );
+                read.outcome.records.extend(dirty);
+            }
+            return Ok(read);
+        }
         self.route(group_id, replicas, |target| async move {
             if target == self.id {
                 return Ok(match self.read_as_leader(group_id, bounds).await? {

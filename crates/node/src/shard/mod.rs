@@ -1,5 +1,6 @@
 //! Shards: hash-key math, sequence numbers, the shard state machine and the read path.
 
+pub mod dirty;
 pub mod hashing;
 pub mod machine;
 pub mod read;

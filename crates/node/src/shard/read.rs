@@ -122,7 +122,7 @@ pub fn read_records(
                         let full = out.records.len() >= bounds.max_records
                             || (!out.records.is_empty() && bytes + r.data.len() > bounds.max_bytes);
                         if full {
-                            out.next_position = pos as u32;
+                            out.next_position = pos as u32 + calibration_skip();
                             return Ok(out);
                         }
                         bytes += r.data.len();
@@ -139,9 +139,17 @@ pub fn read_records(
             out.next_index = index + 1;
             out.next_position = 0;
             if out.records.len() >= bounds.max_records {
+                out.next_position = calibration_skip();
                 return Ok(out);
             }
         }
     }
     Ok(out)
+}
+
+/// Records skipped where a page is cut short: 1 under the calibration bug
+/// `skip-sequence-number` (the harness must catch it), else 0.
+fn calibration_skip() -> u32 {
+    use millrace_storage::calibration::{self, InjectedBug};
+    u32::from(calibration::is(InjectedBug::SkipSequenceNumber))
 }

@@ -1,0 +1,384 @@
+//! The cluster under test: real `millrace serve` processes, one per network namespace, that
+//! the nemeses kill, pause, restart and skew the clocks of.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::net::Net;
+
+/// libfaketime (Debian `libfaketime`): fakes the wall clock of a node from a file it re-reads.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+pub const GRPC_PORT: u16 = 7101;
+pub const HTTP_PORT: u16 = 4567;
+
+/// How nodes are started.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub binary: PathBuf,
+    pub dir: PathBuf,
+    pub nodes: usize,
+    /// Start nodes under libfaketime so the clock nemesis can skew them.
+    pub faketime: bool,
+    /// A calibration bug every node injects (`--calibration-inject-bug-unsafe`).
+    pub inject_bug: Option<String>,
+}
+
+struct NodeProc {
+    id: u64,
+    zone: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    clock_file: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+pub struct Cluster {
+    pub net: Net,
+    config: ClusterConfig,
+    nodes: Vec<NodeProc>,
+}
+
+/// Zones: nodes spread round-robin over three (or fewer when there are fewer nodes).
+fn zone_of(i: usize, n: usize) -> String {
+    format!("z{}", i % n.min(3) + 1)
+}
+
+impl Cluster {
+    /// Creates the network and starts every node.
+    pub fn start(config: ClusterConfig) -> anyhow::Result<Cluster> {
+        let net = Net::create(config.nodes)?;
+        std::fs::create_dir_all(&config.dir)?;
+        let nodes = (0..config.nodes)
+            .map(|i| NodeProc {
+                id: i as u64 + 1,
+                zone: zone_of(i, config.nodes),
+                data_dir: config.dir.join(format!("n{}", i + 1)),
+                log: config.dir.join(format!("n{}.log", i + 1)),
+                clock_file: config.dir.join(format!("n{}.faketime", i + 1)),
+                child: None,
+                paused: false,
+            })
+            .collect();
+        let mut cluster = Cluster { net, config, nodes };
+        for i in 0..cluster.nodes.len() {
+            cluster.set_clock_offset(i, 0)?;
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        format!("n{}", self.nodes[i].id)
+    }
+
+    pub fn zone(&self, i: usize) -> &str {
+        &self.nodes[i].zone
+    }
+
+    pub fn grpc_url(&self, i: usize) -> String {
+        format!("http://{}:{GRPC_PORT}", self.net.hosts[i].ip)
+    }
+
+    pub fn http_addr(&self, i: usize) -> String {
+        format!("{}:{HTTP_PORT}", self.net.hosts[i].ip)
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    pub fn running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    pub fn paused(&self, i: usize) -> bool {
+        self.nodes[i].paused
+    }
+
+    fn peers(&self) -> String {
+        self.net
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{}={}:{GRPC_PORT}", i + 1, h.ip))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts node `i` (again): the same data directory, a new process.
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<u32> {
+        if self.nodes[i].child.is_some() {
+            bail!("{} is already running", self.name(i));
+        }
+        let peers = self.peers();
+        let host = self.net.hosts[i].clone();
+        let node = &self.nodes[i];
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("opening {}", node.log.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns])
+            .arg(&self.config.binary)
+            .arg("serve")
+            .args(["--node-id", &node.id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--grpc-addr", &format!("{}:{GRPC_PORT}", host.ip)])
+            .args(["--http-addr", &format!("{}:{HTTP_PORT}", host.ip)])
+            .args(["--zone", &node.zone])
+            .args(["--peers", &peers])
+            // A dead node's replicas are not moved during a run: every fault here heals.
+            .args(["--dead-node-timeout", "1h"])
+            .env(
+                "MILLRACE_LOG",
+                "info,openraft=warn,h2=warn,tower=warn,hyper=warn",
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(bug) = &self.config.inject_bug {
+            cmd.args(["--calibration-inject-bug-unsafe", bug]);
+        }
+        if self.config.faketime {
+            // Only the wall clock is faked, as a stepped system clock would be: monotonic
+            // time (timers, Raft elections) keeps running true.
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", &node.clock_file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.name(i)))?;
+        let pid = child.id();
+        self.nodes[i].child = Some(child);
+        self.nodes[i].paused = false;
+        Ok(pid)
+    }
+
+    /// `kill -9`: returns the pid and how it ended (evidence).
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<(u32, String)> {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            bail!("{} is not running", self.name(i));
+        };
+        let pid = child.id();
+        signal(pid, libc::SIGKILL)?;
+        if self.nodes[i].paused {
+            let _ = signal(pid, libc::SIGCONT);
+        }
+        self.nodes[i].paused = false;
+        let status = child.wait()?;
+        Ok((pid, format!("{status}")))
+    }
+
+    /// SIGSTOP; returns the pid and the process state read back from /proc (evidence).
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<(u32, String)> {
+        let pid = self.pid(i).context("not running")?;
+        signal(pid, libc::SIGSTOP)?;
+        self.nodes[i].paused = true;
+        Ok((pid, wait_state(pid, |s| s == "T")))
+    }
+
+    /// SIGCONT; returns the pid and the process state read back.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<(u32, String)> {
+        let pid = self.pid(i).context("not running")?;
+        signal(pid, libc::SIGCONT)?;
+        self.nodes[i].paused = false;
+        Ok((pid, wait_state(pid, |s| s != "T")))
+    }
+
+    /// Sets node `i`'s wall clock `seconds` off true time (libfaketime re-reads the file).
+    pub fn set_clock_offset(&self, i: usize, seconds: i64) -> anyhow::Result<()> {
+        let spec = if seconds >= 0 {
+            format!("+{seconds}\n")
+        } else {
+            format!("{seconds}\n")
+        };
+        let path = &self.nodes[i].clock_file;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, spec)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// The node's wall clock minus true time, in seconds, from the `Date` header of its HTTP
+    /// API (evidence that a clock fault took effect).
+    pub fn observed_clock_offset(&self, i: usize) -> Option<i64> {
+        let date = http_date(&self.http_addr(i))?;
+        let theirs = httpdate_to_unix(&date)?;
+        let ours = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as i64;
+        Some(theirs - ours)
+    }
+
+    /// Node `i`'s `/v1/node/status` JSON, if it answers within a second.
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let (_, body) = http_get(&self.http_addr(i), "/v1/node/status")?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// Waits until every running, unpaused node answers its status page.
+    pub fn wait_ready(&self, deadline: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + deadline;
+        for i in 0..self.nodes.len() {
+            if !self.running(i) || self.paused(i) {
+                continue;
+            }
+            while self.status(i).is_none() {
+                if Instant::now() > until {
+                    bail!("{} did not answer within {deadline:?}", self.name(i));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data directory of the run (node logs live beside it).
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Stops every node (SIGCONT first where paused).
+    pub fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.running(i) {
+                let _ = self.kill(i);
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn signal(pid: u32, sig: i32) -> anyhow::Result<()> {
+    // SAFETY: kill(2) with a pid this harness spawned and still owns (not yet reaped).
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    if rc != 0 {
+        bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The state letter of `/proc/PID/stat`, once `ok` accepts it or after a second.
+fn wait_state(pid: u32, ok: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + Duration::from_secs(1);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1.trim_start().to_string();
+                after.split_whitespace().next().map(str::to_string)
+            })
+            .unwrap_or_else(|| "?".into());
+        if ok(&state) || Instant::now() > until {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A blocking HTTP/1.1 GET with a one-second deadline: (head, body).
+fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some((head.to_string(), body.to_string()))
+}
+
+fn http_date(addr: &str) -> Option<String> {
+    let (head, _) = http_get(addr, "/v1/node/status")?;
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("date: ")
+                .or_else(|| l.strip_prefix("Date: "))
+        })
+        .map(str::to_string)
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
+pub fn httpdate_to_unix(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: i64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as i64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<i64> = time.split(':').filter_map(|t| t.parse().ok()).collect();
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(
+            httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            httpdate_to_unix("Thu, 26 Nov 2026 11:27:10 GMT"),
+            Some(1_795_692_430)
+        );
+        assert_eq!(httpdate_to_unix("yesterday"), None);
+    }
+
+    #[test]
+    fn zones_spread_round_robin() {
+        let zones: Vec<String> = (0..5).map(|i| zone_of(i, 5)).collect();
+        assert_eq!(zones, ["z1", "z2", "z3", "z1", "z2"]);
+    }
+}

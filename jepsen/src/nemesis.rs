@@ -1,0 +1,527 @@
+//! Nemeses: faults applied to the cluster on a schedule, each recorded in the history (start
+//! and stop) with evidence that it took effect, and all healed before the final read.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::cluster::Cluster;
+use crate::history::{Kind, Op};
+use crate::net::{shapes, Grudge};
+use crate::workload::Recorder;
+
+/// The nemesis process id in the history.
+pub const NEMESIS_PROCESS: u64 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Partition,
+    Clock,
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            "clock" => Ok(FaultKind::Clock),
+            other => Err(format!(
+                "unknown nemesis {other:?}; one of kill, pause, partition, clock"
+            )),
+        }
+    }
+}
+
+/// One fault, from start to heal: what the report shades and lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub action: String,
+    pub start_s: f64,
+    pub end_s: f64,
+    /// The evidence says the fault took effect (and was healed).
+    pub applied: bool,
+    pub evidence: Value,
+}
+
+/// An active fault and how to undo it.
+enum Undo {
+    Restart(Vec<usize>),
+    Resume(Vec<usize>),
+    Heal,
+    ClockReset(Vec<usize>),
+}
+
+struct Active {
+    kind: FaultKind,
+    action: String,
+    start_s: f64,
+    applied: bool,
+    evidence: Value,
+    undo: Undo,
+}
+
+/// Schedule settings.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub kinds: Vec<FaultKind>,
+    /// Quiet time between faults, and how long a fault holds (seconds, uniform).
+    pub quiet_s: (f64, f64),
+    pub hold_s: (f64, f64),
+    pub seed: u64,
+    /// Which nodes kill and pause may target: `one`, `shard-leader`, `minority`, `majority`,
+    /// `all`. Empty: any.
+    pub targets: Vec<String>,
+    /// Which partitions: `halves`, `leader`, `zone`, `one-way`, `ring`. Empty: any.
+    pub partitions: Vec<String>,
+}
+
+/// Target shapes of kill and pause.
+pub const TARGETS: [&str; 5] = ["one", "shard-leader", "minority", "majority", "all"];
+/// Partition shapes.
+pub const PARTITIONS: [&str; 5] = ["halves", "leader", "zone", "one-way", "ring"];
+
+/// Checks a list of shape names against the known ones.
+pub fn check_shapes(names: &[String], known: &[&str], what: &str) -> Result<(), String> {
+    match names.iter().find(|n| !known.contains(&n.as_str())) {
+        Some(bad) => Err(format!(
+            "unknown {what} {bad:?}; one of {}",
+            known.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A random shape among `allowed` (any of `known` when empty).
+fn pick<'a>(rng: &mut StdRng, allowed: &'a [String], known: &'a [&'a str]) -> &'a str {
+    if allowed.is_empty() {
+        known.choose(rng).expect("shapes")
+    } else {
+        allowed.choose(rng).expect("shapes")
+    }
+}
+
+pub struct Nemesis {
+    cluster: Cluster,
+    targets: Vec<String>,
+    partitions: Vec<String>,
+    recorder: Arc<Recorder>,
+    rng: StdRng,
+    pub faults: Vec<Fault>,
+}
+
+impl Nemesis {
+    pub fn new(cluster: Cluster, recorder: Arc<Recorder>, schedule: &Schedule) -> Nemesis {
+        let seed = schedule.seed;
+        Nemesis {
+            cluster,
+            targets: schedule.targets.clone(),
+            partitions: schedule.partitions.clone(),
+            recorder,
+            rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65),
+            faults: Vec::new(),
+        }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The cluster back, with every fault applied.
+    pub fn into_cluster_with_faults(self) -> (Cluster, Vec<Fault>) {
+        (self.cluster, self.faults)
+    }
+
+    /// Applies faults until `stop`, then heals everything.
+    pub fn run(&mut self, schedule: &Schedule, stop: &AtomicBool) {
+        if schedule.kinds.is_empty() {
+            return;
+        }
+        while !stop.load(Ordering::SeqCst) {
+            let quiet = self
+                .rng
+                .random_range(schedule.quiet_s.0..=schedule.quiet_s.1);
+            if sleep_unless(stop, quiet) {
+                break;
+            }
+            // Now and then two kinds of fault at once.
+            let mut kinds = vec![*schedule.kinds.choose(&mut self.rng).expect("kinds")];
+            if schedule.kinds.len() > 1 && self.rng.random_bool(0.3) {
+                let other = *schedule.kinds.choose(&mut self.rng).expect("kinds");
+                if other != kinds[0] {
+                    kinds.push(other);
+                }
+            }
+            let active: Vec<Active> = kinds.into_iter().map(|k| self.start(k)).collect();
+            let hold = self.rng.random_range(schedule.hold_s.0..=schedule.hold_s.1);
+            sleep_unless(stop, hold);
+            for a in active.into_iter().rev() {
+                self.stop(a);
+            }
+        }
+    }
+
+    fn now_s(&self) -> f64 {
+        self.recorder.elapsed().as_secs_f64()
+    }
+
+    fn record(&self, kind: Kind, action: &str, evidence: Value) {
+        self.recorder.record(
+            NEMESIS_PROCESS,
+            kind,
+            Op::Nemesis {
+                action: action.to_string(),
+                evidence,
+            },
+        );
+    }
+
+    /// Nodes up and not paused.
+    fn live(&self) -> Vec<usize> {
+        (0..self.cluster.len())
+            .filter(|i| self.cluster.running(*i) && !self.cluster.paused(*i))
+            .collect()
+    }
+
+    /// The node leading the newest shard group (the highest group id: the stream the workload
+    /// writes now), if any answers.
+    fn a_shard_leader(&mut self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for i in self.live() {
+            let Some(st) = self.cluster.status(i) else {
+                continue;
+            };
+            for g in st["groups"].as_array().into_iter().flatten() {
+                let id = g["group_id"].as_u64().unwrap_or(0);
+                if id != 0 && g["state"] == "Leader" && best.is_none_or(|(b, _)| id > b) {
+                    best = Some((id, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Targets for kill and pause: one node, a shard leader, a minority, a majority or all.
+    fn targets(&mut self) -> (String, Vec<usize>) {
+        let mut live = self.live();
+        live.shuffle(&mut self.rng);
+        let n = self.cluster.len();
+        let allowed = self.targets.clone();
+        let shape = pick(&mut self.rng, &allowed, &TARGETS).to_string();
+        let count = match shape.as_str() {
+            "shard-leader" => {
+                if let Some(l) = self.a_shard_leader() {
+                    return (shape, vec![l]);
+                }
+                1
+            }
+            "minority" => ((n - 1) / 2).max(1),
+            "majority" => n / 2 + 1,
+            "all" => n,
+            _ => 1,
+        };
+        live.truncate(count.min(live.len()));
+        live.sort();
+        (shape, live)
+    }
+
+    fn names(&self, nodes: &[usize]) -> String {
+        nodes
+            .iter()
+            .map(|i| self.cluster.name(*i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start(&mut self, kind: FaultKind) -> Active {
+        let start_s = self.now_s();
+        let (action, applied, evidence, undo) = match kind {
+            FaultKind::Kill => {
+                let (shape, nodes) = self.targets();
+                let action = format!("kill -9 {} ({shape})", self.names(&nodes));
+                self.record(Kind::Invoke, &action, Value::Null);
+                let mut ev = Vec::new();
+                let mut applied = !nodes.is_empty();
+                for &i in &nodes {
+                    match self.cluster.kill(i) {
+                        Ok((pid, status)) => {
+                            applied &= status.contains("signal: 9");
+                            ev.push(
+                                json!({"node": self.cluster.name(i), "pid": pid, "exit": status}),
+                            );
+                        }
+                        Err(e) => {
+                            applied = false;
+                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}));
+                        }
+                    }
+                }
+                (action, applied, json!(ev), Undo::Restart(nodes))
+            }
+            FaultKind::Pause => {
+                let (shape, nodes) = self.targets();
+                let action = format!("SIGSTOP {} ({shape})", self.names(&nodes));
+                self.record(Kind::Invoke, &action, Value::Null);
+                let mut ev = Vec::new();
+                let mut applied = !nodes.is_empty();
+                for &i in &nodes {
+                    match self.cluster.pause(i) {
+                        Ok((pid, state)) => {
+                            applied &= state == "T";
+                            ev.push(
+                                json!({"node": self.cluster.name(i), "pid": pid, "state": state}),
+                            );
+                        }
+                        Err(e) => {
+                            applied = false;
+                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}));
+                        }
+                    }
+                }
+                (action, applied, json!(ev), Undo::Resume(nodes))
+            }
+            FaultKind::Partition => {
+                let (shape, grudge) = self.grudge();
+                let action = format!("partition {shape}");
+                self.record(Kind::Invoke, &action, Value::Null);
+                let rules: Vec<Value> = grudge
+                    .iter()
+                    .map(|(i, from)| {
+                        json!({"node": self.cluster.name(*i), "drops_from": self.names(&from.iter().copied().collect::<Vec<_>>())})
+                    })
+                    .collect();
+                let result = self.cluster.net.partition(&grudge);
+                let applied = result.is_ok() && !grudge.is_empty();
+                let ev = json!({"rules": rules, "error": result.err().map(|e| e.to_string())});
+                (action, applied, ev, Undo::Heal)
+            }
+            FaultKind::Clock => {
+                let mut live = self.live();
+                live.shuffle(&mut self.rng);
+                let count = self
+                    .rng
+                    .random_range(1..=((self.cluster.len() - 1) / 2).max(1));
+                live.truncate(count);
+                live.sort();
+                let mut ev = Vec::new();
+                let mut applied = !live.is_empty();
+                let mut parts = Vec::new();
+                for &i in &live {
+                    let magnitude = self.rng.random_range(2..=300i64);
+                    let offset = if self.rng.random_bool(0.5) {
+                        magnitude
+                    } else {
+                        -magnitude
+                    };
+                    parts.push(format!("{}{offset:+}s", self.cluster.name(i)));
+                    let _ = self.cluster.set_clock_offset(i, offset);
+                    let seen = self.wait_clock(i, offset);
+                    applied &= seen.is_some_and(|s| (s - offset).abs() <= 2);
+                    ev.push(json!({"node": self.cluster.name(i), "offset_s": offset, "observed_offset_s": seen}));
+                }
+                let action = format!("clock {}", parts.join(" "));
+                self.record(Kind::Invoke, &action, Value::Null);
+                (action, applied, json!(ev), Undo::ClockReset(live))
+            }
+        };
+        self.record(
+            Kind::Info,
+            &action,
+            json!({"applied": applied, "evidence": evidence}),
+        );
+        Active {
+            kind,
+            action,
+            start_s,
+            applied,
+            evidence,
+            undo,
+        }
+    }
+
+    /// The node's observed clock offset once it is within two seconds of `want` (or the last
+    /// seen after five seconds): libfaketime re-reads its file about once a second.
+    fn wait_clock(&self, i: usize, want: i64) -> Option<i64> {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = self.cluster.observed_clock_offset(i);
+            if seen.is_some_and(|s| (s - want).abs() <= 2) || std::time::Instant::now() > until {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A partition shape: random halves, the leader of a shard alone, a zone alone, one-way,
+    /// or the majorities ring.
+    fn grudge(&mut self) -> (String, Grudge) {
+        let n = self.cluster.len();
+        let mut all: Vec<usize> = (0..n).collect();
+        let allowed = self.partitions.clone();
+        let mut shape = pick(&mut self.rng, &allowed, &PARTITIONS).to_string();
+        if shape == "ring" && n < 5 {
+            // Fewer than five nodes make no ring of distinct majorities.
+            shape = "one-way".into();
+        }
+        match shape.as_str() {
+            "halves" => {
+                all.shuffle(&mut self.rng);
+                let (a, b) = all.split_at(n / 2);
+                (
+                    format!("halves {} | {}", self.names(a), self.names(b)),
+                    shapes::split(a, b),
+                )
+            }
+            "leader" => {
+                let l = self.a_shard_leader().unwrap_or(0);
+                let rest: Vec<usize> = all.iter().copied().filter(|i| *i != l).collect();
+                (
+                    format!("isolate shard leader {}", self.cluster.name(l)),
+                    shapes::split(&[l], &rest),
+                )
+            }
+            "zone" => {
+                let zones: BTreeSet<String> =
+                    (0..n).map(|i| self.cluster.zone(i).to_string()).collect();
+                let zones: Vec<String> = zones.into_iter().collect();
+                let zone = zones.choose(&mut self.rng).expect("a zone").clone();
+                let (a, b): (Vec<usize>, Vec<usize>) =
+                    all.iter().partition(|i| self.cluster.zone(**i) == zone);
+                (
+                    format!("isolate zone {zone} ({})", self.names(&a)),
+                    shapes::split(&a, &b),
+                )
+            }
+            "one-way" => {
+                all.shuffle(&mut self.rng);
+                let (a, b) = all.split_at(1);
+                (
+                    format!(
+                        "one-way: {} hears nobody, the rest still hear it",
+                        self.names(a)
+                    ),
+                    shapes::one_way(a, b),
+                )
+            }
+            _ => ("majorities ring".into(), shapes::ring(n)),
+        }
+    }
+
+    fn stop(&mut self, a: Active) {
+        let action = format!("heal: {}", a.action);
+        self.record(Kind::Invoke, &action, Value::Null);
+        let (healed, ev) = match &a.undo {
+            Undo::Restart(nodes) => {
+                let mut ev = Vec::new();
+                let mut ok = true;
+                for &i in nodes {
+                    match self.cluster.spawn(i) {
+                        Ok(pid) => ev.push(json!({"node": self.cluster.name(i), "pid": pid})),
+                        Err(e) => {
+                            ok = false;
+                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}))
+                        }
+                    }
+                }
+                let ready = self.cluster.wait_ready(Duration::from_secs(30));
+                ok &= ready.is_ok();
+                (ok, json!({"restarted": ev, "ready": ready.is_ok()}))
+            }
+            Undo::Resume(nodes) => {
+                let mut ev = Vec::new();
+                let mut ok = true;
+                for &i in nodes {
+                    match self.cluster.resume(i) {
+                        Ok((pid, state)) => {
+                            ok &= state != "T";
+                            ev.push(
+                                json!({"node": self.cluster.name(i), "pid": pid, "state": state}),
+                            )
+                        }
+                        Err(e) => {
+                            ok = false;
+                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}))
+                        }
+                    }
+                }
+                (ok, json!(ev))
+            }
+            Undo::Heal => {
+                let dropped = self.cluster.net.dropped_packets();
+                let total: u64 = dropped.iter().sum();
+                let healed = self.cluster.net.heal();
+                // The cut bit only if packets were actually dropped.
+                (
+                    healed.is_ok() && total > 0,
+                    json!({"dropped_packets": dropped, "healed": healed.is_ok()}),
+                )
+            }
+            Undo::ClockReset(nodes) => {
+                let mut ev = Vec::new();
+                let mut ok = true;
+                for &i in nodes {
+                    let _ = self.cluster.set_clock_offset(i, 0);
+                    let seen = self.wait_clock(i, 0);
+                    ok &= seen.is_some_and(|s| s.abs() <= 2);
+                    ev.push(json!({"node": self.cluster.name(i), "observed_offset_s": seen}));
+                }
+                (ok, json!(ev))
+            }
+        };
+        self.record(
+            Kind::Info,
+            &action,
+            json!({"healed": healed, "evidence": ev}),
+        );
+        self.faults.push(Fault {
+            kind: a.kind,
+            action: a.action,
+            start_s: a.start_s,
+            end_s: self.now_s(),
+            applied: a.applied && healed,
+            evidence: json!({"start": a.evidence, "stop": ev}),
+        });
+    }
+
+    /// Heals whatever is left: every node running and resumed, the network whole, clocks true.
+    pub fn heal_all(&mut self) -> anyhow::Result<()> {
+        self.record(Kind::Invoke, "heal all", Value::Null);
+        self.cluster.net.heal()?;
+        for i in 0..self.cluster.len() {
+            if self.cluster.paused(i) {
+                self.cluster.resume(i)?;
+            }
+            if !self.cluster.running(i) {
+                self.cluster.spawn(i)?;
+            }
+            self.cluster.set_clock_offset(i, 0)?;
+        }
+        self.cluster.wait_ready(Duration::from_secs(60))?;
+        self.record(Kind::Info, "heal all", json!({"healed": true}));
+        Ok(())
+    }
+}
+
+/// Sleeps `secs` unless `stop` is raised first; true if it was.
+fn sleep_unless(stop: &AtomicBool, secs: f64) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+    while std::time::Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.load(Ordering::SeqCst)
+}

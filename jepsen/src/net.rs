@@ -1,0 +1,243 @@
+//! The test network: one network namespace per node, each with its own address on a bridge
+//! this harness creates, so a partition is a real cut (iptables in the node's namespace).
+//! Everything is named after a per-run tag and removed again on drop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// One node's host: its namespace and address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// The bridge and the namespaces of a run.
+pub struct Net {
+    tag: String,
+    bridge: String,
+    /// The bridge's own address: where the harness (clients, probes) talks from.
+    pub gateway: Ipv4Addr,
+    pub hosts: Vec<Host>,
+    forward_rule: Vec<String>,
+}
+
+/// Runs a command; its stderr is the error when it fails.
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Which nodes drop packets from which (index → sources it drops), the shape of a partition.
+pub type Grudge = BTreeMap<usize, BTreeSet<usize>>;
+
+impl Net {
+    /// Creates the bridge and `nodes` namespaces. Needs root, `ip` and `iptables`
+    /// (`jepsen/scripts/setup.sh` installs them).
+    pub fn create(nodes: usize) -> anyhow::Result<Net> {
+        let pid = std::process::id();
+        let tag = format!("mj{}", pid % 100_000);
+        let subnet = (pid % 200) as u8 + 20;
+        let gateway = Ipv4Addr::new(10, 213, subnet, 1);
+        let bridge = format!("{tag}br");
+        let mut net = Net {
+            tag: tag.clone(),
+            bridge: bridge.clone(),
+            gateway,
+            hosts: Vec::new(),
+            forward_rule: vec![
+                "FORWARD".into(),
+                "-i".into(),
+                bridge.clone(),
+                "-o".into(),
+                bridge.clone(),
+                "-j".into(),
+                "ACCEPT".into(),
+            ],
+        };
+        net.destroy_leftovers();
+        sh("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        sh(
+            "ip",
+            &["addr", "add", &format!("{gateway}/24"), "dev", &bridge],
+        )?;
+        sh("ip", &["link", "set", &bridge, "up"])?;
+        // Bridged traffic crosses the host's FORWARD chain (Docker sets its policy to DROP).
+        let mut insert = vec!["-I"];
+        insert.extend(net.forward_rule.iter().map(String::as_str));
+        sh("iptables", &insert)?;
+        for i in 0..nodes {
+            let ns = format!("{tag}n{}", i + 1);
+            let veth = format!("{tag}v{}", i + 1);
+            let ip = Ipv4Addr::new(10, 213, subnet, 11 + i as u8);
+            sh("ip", &["netns", "add", &ns])?;
+            sh(
+                "ip",
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            )?;
+            sh("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
+            sh(
+                "ip",
+                &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            )?;
+            sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+            sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+            net.hosts.push(Host { ns, ip });
+        }
+        Ok(net)
+    }
+
+    /// Namespaces and a bridge left by an earlier run with the same tag (a killed harness).
+    fn destroy_leftovers(&self) {
+        if let Ok(list) = sh("ip", &["netns", "list"]) {
+            for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                if ns.starts_with(&format!("{}n", self.tag)) {
+                    let _ = sh("ip", &["netns", "del", ns]);
+                }
+            }
+        }
+        let _ = sh("ip", &["link", "del", &self.bridge]);
+        let mut delete = vec!["-D"];
+        delete.extend(self.forward_rule.iter().map(String::as_str));
+        while sh("iptables", &delete).is_ok() {}
+    }
+
+    /// Runs a command inside node `i`'s namespace.
+    pub fn exec(&self, i: usize, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", &self.hosts[i].ns, program];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// Cuts the network as `grudge` says: node `i` drops every packet from each node it holds
+    /// a grudge against. Replaces any earlier partition.
+    pub fn partition(&self, grudge: &Grudge) -> anyhow::Result<()> {
+        self.heal()?;
+        for (i, sources) in grudge {
+            for j in sources {
+                let src = self.hosts[*j].ip.to_string();
+                self.exec(*i, "iptables", &["-A", "INPUT", "-s", &src, "-j", "DROP"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets dropped so far by the partition rules of each node (evidence the cut bit).
+    pub fn dropped_packets(&self) -> Vec<u64> {
+        (0..self.hosts.len())
+            .map(|i| {
+                self.exec(i, "iptables", &["-L", "INPUT", "-v", "-n", "-x"])
+                    .map(|out| {
+                        out.lines()
+                            .filter(|l| l.contains("DROP"))
+                            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                            .sum()
+                    })
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Removes every partition rule.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        for i in 0..self.hosts.len() {
+            self.exec(i, "iptables", &["-F", "INPUT"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = sh("ip", &["netns", "del", &h.ns]);
+        }
+        self.destroy_leftovers();
+    }
+}
+
+/// Partition shapes over `n` nodes.
+pub mod shapes {
+    use super::Grudge;
+    use std::collections::BTreeSet;
+
+    /// Every node of `a` drops packets from every node of `b` and back: a clean cut.
+    pub fn split(a: &[usize], b: &[usize]) -> Grudge {
+        let mut g = Grudge::new();
+        for &x in a {
+            g.entry(x).or_default().extend(b.iter().copied());
+        }
+        for &y in b {
+            g.entry(y).or_default().extend(a.iter().copied());
+        }
+        g
+    }
+
+    /// Only `a` drops packets from `b`: `b` still hears `a`.
+    pub fn one_way(a: &[usize], b: &[usize]) -> Grudge {
+        let mut g = Grudge::new();
+        for &x in a {
+            g.entry(x).or_default().extend(b.iter().copied());
+        }
+        g
+    }
+
+    /// The majorities ring: node `i` hears only its ring neighbours within `n / 2` steps, so
+    /// every node sees a majority, and no two see the same one.
+    pub fn ring(n: usize) -> Grudge {
+        let reach = n / 2;
+        let mut g = Grudge::new();
+        for i in 0..n {
+            let near: BTreeSet<usize> = (1..=reach / 2 + reach % 2)
+                .flat_map(|d| [(i + d) % n, (i + n - d) % n])
+                .collect();
+            let far: BTreeSet<usize> = (0..n).filter(|j| *j != i && !near.contains(j)).collect();
+            if !far.is_empty() {
+                g.insert(i, far);
+            }
+        }
+        g
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ring_of_five_lets_each_node_see_a_majority_of_its_own() {
+            let g = ring(5);
+            let mut views = BTreeSet::new();
+            for i in 0..5 {
+                let cut = g.get(&i).cloned().unwrap_or_default();
+                let sees: BTreeSet<usize> = (0..5).filter(|j| !cut.contains(j)).collect();
+                assert_eq!(sees.len(), 3, "node {i} sees {sees:?}");
+                assert!(sees.contains(&i));
+                views.insert(sees);
+            }
+            assert_eq!(views.len(), 5, "five different majorities");
+        }
+
+        #[test]
+        fn split_is_symmetric_and_one_way_is_not() {
+            let g = split(&[0], &[1, 2]);
+            assert!(g[&0].contains(&1) && g[&1].contains(&0) && g[&2].contains(&0));
+            let g = one_way(&[0], &[1, 2]);
+            assert!(g[&0].contains(&1) && !g.contains_key(&1));
+        }
+    }
+}

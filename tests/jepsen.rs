@@ -1,0 +1,178 @@
+//! The jepsen harness against the real system (issue 7): a short mix of fault runs that must
+//! find no anomaly, and calibration runs, each with one deliberately injected bug, that must
+//! find one. Every run starts real nodes in network namespaces (needs root, iptables and
+//! libfaketime; `jepsen/scripts/setup.sh` installs what is missing and runs first).
+//!
+//! `MILLRACE_JEPSEN_SECONDS` sets each run's workload time (default 40).
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use millrace_jepsen::nemesis::FaultKind;
+use millrace_jepsen::run::{run, RunConfig, RunOutcome, Via};
+
+/// One run at a time: each starts its own cluster on the two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn setup() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../jepsen/scripts/setup.sh");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .status()
+            .expect("running jepsen/scripts/setup.sh");
+        assert!(status.success(), "jepsen/scripts/setup.sh failed");
+    });
+}
+
+fn seconds() -> u64 {
+    std::env::var("MILLRACE_JEPSEN_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40)
+}
+
+fn config(nodes: usize, nemeses: &[FaultKind], seed: u64) -> RunConfig {
+    let mut c = RunConfig::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_millrace")),
+        nodes,
+        Duration::from_secs(seconds()),
+        nemeses.to_vec(),
+        60.0,
+        seed,
+    );
+    c.results = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jepsen");
+    c.workers = 6;
+    c.shards_per_stream = 2;
+    c.rotate_after_values = 150;
+    c.quiet_s = (2.0, 5.0);
+    c.hold_s = (4.0, 8.0);
+    c.drain_timeout = Duration::from_secs(60);
+    c
+}
+
+fn go(config: RunConfig) -> RunOutcome {
+    setup();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let outcome = run(&config).expect("the run completes");
+    eprintln!(
+        "{}: anomalies {:?}, vacuous {:?}, ops {}",
+        outcome.dir.display(),
+        outcome.anomalies,
+        outcome.vacuous,
+        outcome.summary["ops"]
+    );
+    outcome
+}
+
+fn assert_valid(outcome: &RunOutcome) {
+    assert!(
+        outcome.anomalies.is_empty(),
+        "anomalies {:?}: see {}",
+        outcome.anomalies,
+        outcome.dir.display()
+    );
+    assert!(
+        outcome.vacuous.is_empty(),
+        "vacuous run {:?}: see {}",
+        outcome.vacuous,
+        outcome.dir.display()
+    );
+    assert!(outcome.valid);
+    let faults = outcome.summary["faults"].as_array().expect("faults").len();
+    let nemeses = outcome.summary["config"]["nemesis"]
+        .as_array()
+        .expect("nemeses")
+        .len();
+    assert!(nemeses == 0 || faults > 0, "no fault was applied");
+}
+
+#[test]
+fn kill() {
+    assert_valid(&go(config(3, &[FaultKind::Kill], 11)));
+}
+
+#[test]
+fn partition() {
+    assert_valid(&go(config(5, &[FaultKind::Partition], 12)));
+}
+
+#[test]
+fn pause() {
+    assert_valid(&go(config(3, &[FaultKind::Pause], 13)));
+}
+
+#[test]
+fn clock() {
+    assert_valid(&go(config(3, &[FaultKind::Clock], 14)));
+}
+
+/// The same workload through the Kinesis HTTP API, under kills and partitions.
+#[test]
+fn kinesis_api_under_kill_and_partition() {
+    let mut c = config(3, &[FaultKind::Kill, FaultKind::Partition], 15);
+    c.via = Via::Kinesis;
+    assert_valid(&go(c));
+}
+
+/// A calibration run: the harness must report one of `expected`.
+fn assert_caught(bug: &str, mut c: RunConfig, expected: &[&str]) {
+    c.inject_bug = Some(bug.into());
+    let outcome = go(c);
+    assert!(
+        outcome.vacuous.is_empty(),
+        "calibration run for {bug} was vacuous: {:?}",
+        outcome.vacuous
+    );
+    assert!(
+        outcome
+            .anomalies
+            .iter()
+            .any(|a| expected.contains(&a.as_str())),
+        "the harness missed the injected bug {bug}: found {:?}, expected one of {expected:?} ({})",
+        outcome.anomalies,
+        outcome.dir.display()
+    );
+}
+
+#[test]
+fn calibration_skip_sequence_number_is_caught() {
+    let c = config(3, &[], 21);
+    assert_caught(
+        "skip-sequence-number",
+        c,
+        &["poll-skip", "int-poll-skip", "lost-write", "unseen"],
+    );
+}
+
+#[test]
+fn calibration_ack_before_fsync_is_caught() {
+    let mut c = config(3, &[FaultKind::Kill], 22);
+    c.targets = vec!["all".into()];
+    assert_caught(
+        "ack-before-fsync",
+        c,
+        &["lost-write", "unseen", "inconsistent-offsets", "duplicate"],
+    );
+}
+
+#[test]
+fn calibration_uncommitted_reads_are_caught() {
+    let mut c = config(3, &[FaultKind::Partition], 23);
+    c.partitions = vec!["leader".into()];
+    assert_caught(
+        "uncommitted-reads",
+        c,
+        &[
+            "inconsistent-offsets",
+            "lost-write",
+            "duplicate",
+            "aborted-read",
+            "poll-skip",
+            "nonmonotonic-poll",
+        ],
+    );
+}
