@@ -118,6 +118,12 @@ fn kinesis_api_under_kill_and_partition() {
     assert_valid(&go(c));
 }
 
+/// Splits and merges of the stream being written, with nodes killed meanwhile.
+#[test]
+fn reshard_under_kill() {
+    assert_valid(&go(config(3, &[FaultKind::Reshard, FaultKind::Kill], 16)));
+}
+
 /// A calibration run: the harness must report one of `expected`.
 fn assert_caught(bug: &str, mut c: RunConfig, expected: &[&str]) {
     c.inject_bug = Some(bug.into());

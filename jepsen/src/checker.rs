@@ -139,10 +139,15 @@ pub fn check(history: &[Event], options: Options) -> Report {
     }
 
     // Who wrote each (key, value), and how it ended.
+    // A send that landed on another key than it named (a reshard moved the hash key to a child
+    // shard) is the writer under both keys; `by_value` finds the writer of a value read under
+    // a key its (ambiguous) send never named.
     let mut writer: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    let mut by_value: BTreeMap<u64, usize> = BTreeMap::new();
     for (i, s) in sends.iter().enumerate() {
-        for v in &s.values {
+        for v in s.values.iter().chain(&s.landed) {
             writer.insert((v.key.clone(), v.value), i);
+            by_value.insert(v.value, i);
         }
     }
     let reads: Vec<&Read> = steps
@@ -235,7 +240,10 @@ pub fn check(history: &[Event], options: Options) -> Report {
 
     // aborted read (G1a) and phantom
     for r in &reads {
-        match writer.get(&(r.key.clone(), r.value)) {
+        let w = writer
+            .get(&(r.key.clone(), r.value))
+            .or_else(|| by_value.get(&r.value));
+        match w {
             None => anomalies
                 .entry("phantom")
                 .or_default()
@@ -275,7 +283,12 @@ pub fn check(history: &[Event], options: Options) -> Report {
 
     // unseen: acknowledged values never read (after the final drain).
     for s in sends.iter().filter(|s| s.outcome == Kind::Ok) {
-        for v in &s.values {
+        let acknowledged = if s.landed.is_empty() {
+            &s.values
+        } else {
+            &s.landed
+        };
+        for v in acknowledged {
             if !read_values.contains(&(v.key.clone(), v.value)) {
                 let lost = anomalies.get("lost-write").is_some_and(|l| {
                     l.iter()
@@ -531,6 +544,47 @@ mod tests {
         h.send_as(1, Kind::Fail, &[("k", 1, 0)])
             .poll(3, &[("k", 10, 1)]);
         only(&h.check(), "aborted-read");
+    }
+
+    /// A send naming key `named` that landed on `landed` (`ok`) or is in doubt (`info`).
+    fn moved(h: &mut H, p: u64, kind: Kind, named: &str, landed: &str, value: u64, offset: u128) {
+        let sent = |key: &str, offset| Sent {
+            key: key.into(),
+            value,
+            offset,
+        };
+        h.ev(
+            p,
+            Kind::Invoke,
+            Op::Send {
+                values: vec![sent(named, None)],
+            },
+        );
+        let done = if kind == Kind::Ok {
+            vec![sent(landed, Some(offset))]
+        } else {
+            Vec::new()
+        };
+        h.ev(p, kind, Op::Send { values: done });
+    }
+
+    #[test]
+    fn a_send_moved_to_a_child_shard_is_read_there() {
+        // A reshard moved the hash key from shard "parent" to "child": acknowledged there, and
+        // an in-doubt send read there too. Neither is a phantom nor unseen.
+        let mut h = H::default();
+        moved(&mut h, 1, Kind::Ok, "parent", "child", 1, 10);
+        moved(&mut h, 2, Kind::Info, "parent", "child", 2, 0);
+        h.poll(3, &[("child", 10, 1), ("child", 11, 2)]);
+        let r = h.check();
+        assert!(r.valid, "{:?}", r.anomalies);
+    }
+
+    #[test]
+    fn a_value_acknowledged_on_one_key_but_read_on_another_is_unseen() {
+        let mut h = H::default();
+        h.send(1, &[("a", 1, 10)]).poll(3, &[("b", 10, 1)]);
+        only(&h.check(), "unseen");
     }
 
     #[test]

@@ -217,16 +217,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// The node's wall clock minus true time, in seconds, from the `Date` header of its HTTP
-    /// API (evidence that a clock fault took effect).
+    /// The node's wall clock minus true time, in seconds, from the `wall_clock_ms` of its
+    /// status page (evidence that a clock fault took effect).
     pub fn observed_clock_offset(&self, i: usize) -> Option<i64> {
-        let date = http_date(&self.http_addr(i))?;
-        let theirs = httpdate_to_unix(&date)?;
-        let ours = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_secs() as i64;
-        Some(theirs - ours)
+        let before = unix_ms();
+        let theirs = self.status(i)?["wall_clock_ms"].as_i64()?;
+        let after = unix_ms();
+        Some(((theirs - (before + after) / 2) as f64 / 1000.0).round() as i64)
     }
 
     /// Node `i`'s `/v1/node/status` JSON, if it answers within a second.
@@ -320,61 +317,15 @@ fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
     Some((head.to_string(), body.to_string()))
 }
 
-fn http_date(addr: &str) -> Option<String> {
-    let (head, _) = http_get(addr, "/v1/node/status")?;
-    head.lines()
-        .find_map(|l| {
-            l.strip_prefix("date: ")
-                .or_else(|| l.strip_prefix("Date: "))
-        })
-        .map(str::to_string)
-}
-
-/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
-pub fn httpdate_to_unix(s: &str) -> Option<i64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: i64 = day.parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == month)? as i64
-        + 1;
-    let year: i64 = year.parse().ok()?;
-    let hms: Vec<i64> = time.split(':').filter_map(|t| t.parse().ok()).collect();
-    let [h, m, sec] = hms.as_slice() else {
-        return None;
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn http_dates_parse() {
-        assert_eq!(
-            httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
-        );
-        assert_eq!(
-            httpdate_to_unix("Thu, 26 Nov 2026 11:27:10 GMT"),
-            Some(1_795_692_430)
-        );
-        assert_eq!(httpdate_to_unix("yesterday"), None);
-    }
 
     #[test]
     fn zones_spread_round_robin() {

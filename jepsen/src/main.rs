@@ -109,14 +109,9 @@ fn release_binary(with_bugs: bool) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = workspace_root();
     let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "millrace-node",
-        "--bin",
-        "millrace",
-    ]);
+    // As the README's `cargo run --release --bin millrace -- dev` builds it.
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--bin", "millrace"]);
     let target = if with_bugs {
         // A separate target dir keeps the calibration build away from the real binary.
         cmd.args(["--features", "calibration-bugs", "--target-dir"])

@@ -27,6 +27,8 @@ pub enum FaultKind {
     Pause,
     Partition,
     Clock,
+    /// Split or merge a shard of the stream being written (no heal: the new shape stays).
+    Reshard,
 }
 
 impl std::str::FromStr for FaultKind {
@@ -37,8 +39,9 @@ impl std::str::FromStr for FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
             "clock" => Ok(FaultKind::Clock),
+            "reshard" => Ok(FaultKind::Reshard),
             other => Err(format!(
-                "unknown nemesis {other:?}; one of kill, pause, partition, clock"
+                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard"
             )),
         }
     }
@@ -62,6 +65,7 @@ enum Undo {
     Resume(Vec<usize>),
     Heal,
     ClockReset(Vec<usize>),
+    Nothing,
 }
 
 struct Active {
@@ -115,6 +119,8 @@ fn pick<'a>(rng: &mut StdRng, allowed: &'a [String], known: &'a [&'a str]) -> &'
 
 pub struct Nemesis {
     cluster: Cluster,
+    /// For the reshard nemesis: the runtime to call the cluster's API on, and a client.
+    admin: Option<(tokio::runtime::Handle, millrace_client::Client)>,
     targets: Vec<String>,
     partitions: Vec<String>,
     recorder: Arc<Recorder>,
@@ -127,12 +133,23 @@ impl Nemesis {
         let seed = schedule.seed;
         Nemesis {
             cluster,
+            admin: None,
             targets: schedule.targets.clone(),
             partitions: schedule.partitions.clone(),
             recorder,
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65),
             faults: Vec::new(),
         }
+    }
+
+    /// Gives the reshard nemesis a client and the runtime to drive it on.
+    pub fn with_admin(
+        mut self,
+        runtime: tokio::runtime::Handle,
+        client: millrace_client::Client,
+    ) -> Nemesis {
+        self.admin = Some((runtime, client));
+        self
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -307,6 +324,18 @@ impl Nemesis {
                 let ev = json!({"rules": rules, "error": result.err().map(|e| e.to_string())});
                 (action, applied, ev, Undo::Heal)
             }
+            FaultKind::Reshard => {
+                let action = "reshard".to_string();
+                self.record(Kind::Invoke, &action, Value::Null);
+                let (action, applied, ev) = match self.reshard() {
+                    Ok((what, ev)) => {
+                        let ok = ev["applied"].as_bool().unwrap_or(false);
+                        (format!("reshard: {what}"), ok, ev)
+                    }
+                    Err(e) => (action, false, json!({"error": e.to_string()})),
+                };
+                (action, applied, ev, Undo::Nothing)
+            }
             FaultKind::Clock => {
                 let mut live = self.live();
                 live.shuffle(&mut self.rng);
@@ -349,6 +378,76 @@ impl Nemesis {
             evidence,
             undo,
         }
+    }
+
+    /// Splits a random open shard of the newest workload stream at the middle of its hash
+    /// range, or merges two adjacent open shards; waits until the stream is ACTIVE again.
+    /// Evidence: the open shards before and after.
+    fn reshard(&mut self) -> anyhow::Result<(String, Value)> {
+        let (rt, client) = self
+            .admin
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the reshard nemesis has no client"))?;
+        let merge = self.rng.random_bool(0.4);
+        let pick: u64 = self.rng.random();
+        rt.block_on(async move {
+            let streams = client.list_streams().await?;
+            let stream = streams
+                .iter()
+                .filter_map(|s| Some((s.strip_prefix("jepsen-")?.parse::<u64>().ok()?, s)))
+                .max()
+                .map(|(_, s)| s.clone())
+                .ok_or_else(|| anyhow::anyhow!("no workload stream"))?;
+            let open = |shards: Vec<millrace_client::proto::Shard>| -> Vec<(u128, u128, String)> {
+                let mut v: Vec<(u128, u128, String)> = shards
+                    .into_iter()
+                    .filter(|s| {
+                        s.sequence_number_range
+                            .as_ref()
+                            .is_none_or(|r| r.ending_sequence_number.is_empty())
+                    })
+                    .filter_map(|s| {
+                        let r = s.hash_key_range?;
+                        Some((
+                            r.starting_hash_key.parse().ok()?,
+                            r.ending_hash_key.parse().ok()?,
+                            s.shard_id,
+                        ))
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            let before = open(client.list_shards(&stream).await?);
+            anyhow::ensure!(!before.is_empty(), "{stream} has no open shard");
+            let adjacent: Vec<usize> = (0..before.len().saturating_sub(1))
+                .filter(|i| before[*i].1.checked_add(1) == Some(before[i + 1].0))
+                .collect();
+            let what = if merge && !adjacent.is_empty() {
+                let i = adjacent[(pick as usize) % adjacent.len()];
+                client
+                    .merge_shards(&stream, &before[i].2, &before[i + 1].2)
+                    .await?;
+                format!("merge {stream} {} + {}", before[i].2, before[i + 1].2)
+            } else {
+                let (lo, hi, id) = &before[(pick as usize) % before.len()];
+                let middle = lo + (hi - lo) / 2 + 1;
+                client.split_shard(&stream, id, &middle.to_string()).await?;
+                format!("split {stream} {id} at {middle}")
+            };
+            client
+                .wait_for_active(&stream, Duration::from_secs(30))
+                .await?;
+            let after = open(client.list_shards(&stream).await?);
+            let names = |v: &[(u128, u128, String)]| -> Vec<String> {
+                v.iter().map(|(_, _, id)| id.clone()).collect()
+            };
+            let applied = names(&before) != names(&after);
+            Ok((
+                what,
+                json!({"open_before": names(&before), "open_after": names(&after), "applied": applied}),
+            ))
+        })
     }
 
     /// The node's observed clock offset once it is within two seconds of `want` (or the last
@@ -468,6 +567,7 @@ impl Nemesis {
                     json!({"dropped_packets": dropped, "healed": healed.is_ok()}),
                 )
             }
+            Undo::Nothing => (true, Value::Null),
             Undo::ClockReset(nodes) => {
                 let mut ev = Vec::new();
                 let mut ok = true;

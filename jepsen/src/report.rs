@@ -52,6 +52,7 @@ fn fault_color(kind: FaultKind) -> RGBColor {
         FaultKind::Pause => RGBColor(181, 137, 0),
         FaultKind::Partition => RGBColor(38, 139, 210),
         FaultKind::Clock => RGBColor(133, 153, 0),
+        FaultKind::Reshard => RGBColor(108, 113, 196),
     }
 }
 

@@ -193,8 +193,11 @@ async fn run_in(config: &RunConfig, dir: &Path) -> anyhow::Result<RunOutcome> {
     };
     let nemesis_stop = stop.clone();
     let nemesis_recorder = recorder.clone();
+    let nemesis_admin = Client::with_config(&grpc, client_config())?;
+    let handle = tokio::runtime::Handle::current();
     let nemesis = tokio::task::spawn_blocking(move || {
-        let mut n = Nemesis::new(cluster, nemesis_recorder, &schedule);
+        let mut n =
+            Nemesis::new(cluster, nemesis_recorder, &schedule).with_admin(handle, nemesis_admin);
         n.run(&schedule, &nemesis_stop);
         let healed = n.heal_all();
         (n, healed)

@@ -151,40 +151,67 @@ impl Workload {
         self.admin
             .wait_for_active(&stream, remaining.max(Duration::from_secs(1)))
             .await?;
-        let shards = self.admin.list_shards(&stream).await?;
+        self.learn_shards(&stream, true).await?;
+        self.streams_created.store(n + 1, Ordering::SeqCst);
+        self.written_active.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The stream the workload writes now.
+    fn active_stream(&self) -> Option<String> {
+        let keys = self.keys.lock().expect("keys lock");
+        let first = keys.active.first()?;
+        keys.all.get(first).map(|k| k.stream.clone())
+    }
+
+    /// Learns `stream`'s shards as keys (a reshard adds children); with `activate`, its open
+    /// shards become the keys sends go to.
+    async fn learn_shards(&self, stream: &str, activate: bool) -> anyhow::Result<()> {
+        let shards = self.admin.list_shards(stream).await?;
         let mut keys = self.keys.lock().expect("keys lock");
-        keys.active.clear();
+        let mut open = Vec::new();
         for s in shards {
             let hash_key = s
                 .hash_key_range
                 .as_ref()
                 .map(|r| r.starting_hash_key.clone())
                 .unwrap_or_default();
-            let name = key_name(&stream, &s.shard_id);
-            keys.all.insert(
-                name.clone(),
-                Key {
-                    name: name.clone(),
-                    stream: stream.clone(),
-                    shard_id: s.shard_id,
-                    hash_key,
-                },
-            );
-            keys.active.push(name);
+            let closed = s
+                .sequence_number_range
+                .as_ref()
+                .is_some_and(|r| !r.ending_sequence_number.is_empty());
+            let name = key_name(stream, &s.shard_id);
+            keys.all.entry(name.clone()).or_insert_with(|| Key {
+                name: name.clone(),
+                stream: stream.to_string(),
+                shard_id: s.shard_id,
+                hash_key,
+            });
+            if !closed {
+                open.push(name);
+            }
         }
-        self.streams_created.store(n + 1, Ordering::SeqCst);
-        self.written_active.store(0, Ordering::SeqCst);
+        if activate && !open.is_empty() {
+            keys.active = open;
+        }
         Ok(())
     }
 
     /// Rotates to fresh keys whenever the active ones have had their share of writes.
     pub async fn rotator(self: Arc<Self>) {
         let per_stream = self.config.rotate_after_values * u64::from(self.config.shards_per_stream);
+        let mut ticks = 0u64;
         while !self.stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            ticks += 1;
             if self.written_active.load(Ordering::SeqCst) >= per_stream {
                 if let Err(e) = self.rotate(Duration::from_secs(20)).await {
                     tracing::info!(error = %e, "rotation to fresh keys failed; trying again");
+                }
+            } else if ticks % 4 == 0 {
+                // Follow reshards of the active stream.
+                if let Some(stream) = self.active_stream() {
+                    let _ = self.learn_shards(&stream, true).await;
                 }
             }
         }
@@ -329,6 +356,10 @@ impl Workload {
         }
         match result {
             Ok(landed) => {
+                if landed.iter().any(|(shard, _)| *shard != key.shard_id) {
+                    // The hash key moved to a child shard: learn the new keys.
+                    let _ = self.learn_shards(&key.stream, false).await;
+                }
                 self.written_active
                     .fetch_add(values.len() as u64, Ordering::SeqCst);
                 self.recorder.record(

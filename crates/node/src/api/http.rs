@@ -62,6 +62,8 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "zone": node.config.zone,
         "registered": node.is_registered(),
         "metadata_leader": node.metadata_leader(),
+        // This node's wall clock (ms since the epoch): skew between nodes shows here.
+        "wall_clock_ms": crate::server::now_ms(),
         "groups": groups,
     }))
 }
