@@ -208,7 +208,7 @@ impl Workload {
                 if let Err(e) = self.rotate(Duration::from_secs(20)).await {
                     tracing::info!(error = %e, "rotation to fresh keys failed; trying again");
                 }
-            } else if ticks % 4 == 0 {
+            } else if ticks.is_multiple_of(4) {
                 // Follow reshards of the active stream.
                 if let Some(stream) = self.active_stream() {
                     let _ = self.learn_shards(&stream, true).await;
