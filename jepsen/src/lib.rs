@@ -7,7 +7,8 @@
 //! * [`nemesis`]: kill, pause, partition and clock faults on a schedule, with evidence.
 //! * [`api`] and [`workload`]: the `log` workload through the native client or the Kinesis
 //!   HTTP API, recorded as a [`history`].
-//! * [`checker`]: every anomaly of the queue workload, a fixture per anomaly.
+//! * [`checker`]: every anomaly of the queue workload, a fixture per anomaly; [`replicas`]:
+//!   replica divergence, from the stopped nodes' logs.
 //! * [`run`] and [`report`]: one test run end to end, and its report with plots.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod replicas;
 pub mod report;
 pub mod run;
 pub mod workload;

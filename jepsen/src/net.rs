@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 
@@ -48,9 +50,13 @@ impl Net {
     /// Creates the bridge and `nodes` namespaces. Needs root, `ip` and `iptables`
     /// (`jepsen/scripts/setup.sh` installs them).
     pub fn create(nodes: usize) -> anyhow::Result<Net> {
+        // Unique per run, also between runs of one process: a deleted namespace's devices
+        // go away asynchronously, so names are never reused at once.
+        static RUNS: AtomicU32 = AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("mj{}", pid % 100_000);
-        let subnet = (pid % 200) as u8 + 20;
+        let tag = format!("mj{}x{}", pid % 100_000, run % 100);
+        let subnet = ((pid + run * 37) % 200) as u8 + 20;
         let gateway = Ipv4Addr::new(10, 213, subnet, 1);
         let bridge = format!("{tag}br");
         let mut net = Net {
@@ -68,6 +74,7 @@ impl Net {
                 "ACCEPT".into(),
             ],
         };
+        Net::destroy_orphans();
         net.destroy_leftovers();
         sh("ip", &["link", "add", &bridge, "type", "bridge"])?;
         sh(
@@ -100,6 +107,46 @@ impl Net {
             net.hosts.push(Host { ns, ip });
         }
         Ok(net)
+    }
+
+    /// Namespaces, bridges and FORWARD rules left by runs whose harness died (its pid is gone).
+    fn destroy_orphans() {
+        let orphan = |name: &str| -> bool {
+            let Some(rest) = name.strip_prefix("mj") else {
+                return false;
+            };
+            let Some((pid, _)) = rest.split_once('x') else {
+                return false;
+            };
+            pid.parse::<u32>()
+                .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        };
+        if let Ok(list) = sh("ip", &["netns", "list"]) {
+            for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+                if orphan(ns) {
+                    let _ = sh("ip", &["netns", "del", ns]);
+                }
+            }
+        }
+        if let Ok(links) = sh("ip", &["-br", "link"]) {
+            for link in links.lines().filter_map(|l| l.split_whitespace().next()) {
+                let link = link.split('@').next().unwrap_or(link);
+                if orphan(link) {
+                    let _ = sh("ip", &["link", "del", link]);
+                }
+            }
+        }
+        if let Ok(rules) = sh("iptables", &["-S", "FORWARD"]) {
+            for rule in rules.lines() {
+                let words: Vec<&str> = rule.split_whitespace().collect();
+                let stale = words.windows(2).any(|w| w[0] == "-i" && orphan(w[1]));
+                if stale && words.first() == Some(&"-A") {
+                    let mut delete = vec!["-D"];
+                    delete.extend_from_slice(&words[1..]);
+                    let _ = sh("iptables", &delete);
+                }
+            }
+        }
     }
 
     /// Namespaces and a bridge left by an earlier run with the same tag (a killed harness).
@@ -164,7 +211,9 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for h in &self.hosts {
+        for (i, h) in self.hosts.iter().enumerate() {
+            // Deleting one end of the veth pair deletes both, at once.
+            let _ = sh("ip", &["link", "del", &format!("{}v{}", self.tag, i + 1)]);
             let _ = sh("ip", &["netns", "del", &h.ns]);
         }
         self.destroy_leftovers();
