@@ -124,24 +124,31 @@ fn reshard_under_kill() {
     assert_valid(&go(config(3, &[FaultKind::Reshard, FaultKind::Kill], 16)));
 }
 
-/// A calibration run: the harness must report one of `expected`.
-fn assert_caught(bug: &str, mut c: RunConfig, expected: &[&str]) {
-    c.inject_bug = Some(bug.into());
-    let outcome = go(c);
-    assert!(
-        outcome.vacuous.is_empty(),
-        "calibration run for {bug} was vacuous: {:?}",
-        outcome.vacuous
-    );
-    assert!(
-        outcome
+/// Calibration: with `bug` injected the harness must report one of `expected` within a few
+/// runs (each with its own seed).
+fn assert_caught(bug: &str, c: RunConfig, expected: &[&str]) {
+    const RUNS: u64 = 3;
+    let mut found = Vec::new();
+    for attempt in 0..RUNS {
+        let mut c = c.clone();
+        c.seed += attempt * 1000;
+        c.inject_bug = Some(bug.into());
+        let outcome = go(c);
+        assert!(
+            outcome.vacuous.is_empty(),
+            "calibration run for {bug} was vacuous: {:?}",
+            outcome.vacuous
+        );
+        if outcome
             .anomalies
             .iter()
-            .any(|a| expected.contains(&a.as_str())),
-        "the harness missed the injected bug {bug}: found {:?}, expected one of {expected:?} ({})",
-        outcome.anomalies,
-        outcome.dir.display()
-    );
+            .any(|a| expected.contains(&a.as_str()))
+        {
+            return;
+        }
+        found.push((outcome.anomalies, outcome.dir));
+    }
+    panic!("the harness missed the injected bug {bug} in {RUNS} runs: found {found:?}, expected one of {expected:?}");
 }
 
 #[test]

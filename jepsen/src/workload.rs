@@ -274,7 +274,14 @@ impl Workload {
             } else if roll < 0.45 {
                 self.send(&mut w, &mut rng).await;
             } else if roll < 0.85 {
-                self.poll(&mut w, rng.random_range(1..=20)).await;
+                // Small pages (cut short: they exercise resuming mid-batch) or large ones (a
+                // reader that keeps up with the tail).
+                let limit = if rng.random_bool(0.5) {
+                    rng.random_range(1..=10)
+                } else {
+                    rng.random_range(100..=500)
+                };
+                self.poll(&mut w, limit).await;
             } else {
                 // A client crash: a fresh client and process, nothing remembered.
                 w = Worker {
