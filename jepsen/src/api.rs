@@ -24,6 +24,15 @@ pub enum Failure {
     Expired,
 }
 
+impl Failure {
+    pub fn text(&self) -> String {
+        match self {
+            Failure::Fail(t) | Failure::Info(t) => t.clone(),
+            Failure::Expired => "iterator expired".into(),
+        }
+    }
+}
+
 /// One record read.
 #[derive(Debug, Clone)]
 pub struct Got {

@@ -412,6 +412,7 @@ mod tests {
                 process,
                 kind,
                 op,
+                error: None,
             });
             self
         }

@@ -95,6 +95,9 @@ pub struct Event {
     pub kind: Kind,
     #[serde(flatten)]
     pub op: Op,
+    /// Why a `fail` or `info` ended so, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Parses a JSON-lines history.

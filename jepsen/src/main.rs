@@ -210,6 +210,19 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         s["ops"]["poll"]["info"],
         s["faults"].as_array().map_or(0, Vec::len),
     );
+    if let Some(keys) = s["drain_incomplete_keys"]
+        .as_array()
+        .filter(|k| !k.is_empty())
+    {
+        eprintln!(
+            "WARNING: the final read could not finish {} key(s) after healing (liveness): {}",
+            keys.len(),
+            s["drain_incomplete_keys"]
+        );
+    }
+    if s["replicas_converged"] == false {
+        eprintln!("WARNING: replicas did not reach the same applied index after healing");
+    }
     if !outcome.anomalies.is_empty() {
         eprintln!("ANOMALIES: {}", outcome.anomalies.join(", "));
     }

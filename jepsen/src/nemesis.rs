@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use millrace_client::open_shard_ranges;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -212,6 +213,33 @@ impl Nemesis {
             .collect()
     }
 
+    /// Applies `act` to each node; evidence per node: its pid and what `act` reports under
+    /// `field`; applied when every node's report satisfies `took`.
+    fn on_each(
+        &mut self,
+        nodes: &[usize],
+        field: &str,
+        act: fn(&mut Cluster, usize) -> anyhow::Result<(u32, String)>,
+        took: impl Fn(&str) -> bool,
+    ) -> (bool, Value) {
+        let mut ev = Vec::new();
+        let mut applied = !nodes.is_empty();
+        for &i in nodes {
+            let name = self.cluster.name(i);
+            match act(&mut self.cluster, i) {
+                Ok((pid, report)) => {
+                    applied &= took(&report);
+                    ev.push(json!({"node": name, "pid": pid, field: report}));
+                }
+                Err(e) => {
+                    applied = false;
+                    ev.push(json!({"node": name, "error": e.to_string()}));
+                }
+            }
+        }
+        (applied, json!(ev))
+    }
+
     /// The node leading the newest shard group (the highest group id: the stream the workload
     /// writes now), if any answers.
     fn a_shard_leader(&mut self) -> Option<usize> {
@@ -269,45 +297,18 @@ impl Nemesis {
                 let (shape, nodes) = self.targets();
                 let action = format!("kill -9 {} ({shape})", self.names(&nodes));
                 self.record(Kind::Invoke, &action, Value::Null);
-                let mut ev = Vec::new();
-                let mut applied = !nodes.is_empty();
-                for &i in &nodes {
-                    match self.cluster.kill(i) {
-                        Ok((pid, status)) => {
-                            applied &= status.contains("signal: 9");
-                            ev.push(
-                                json!({"node": self.cluster.name(i), "pid": pid, "exit": status}),
-                            );
-                        }
-                        Err(e) => {
-                            applied = false;
-                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}));
-                        }
-                    }
-                }
-                (action, applied, json!(ev), Undo::Restart(nodes))
+                let (applied, ev) = self.on_each(&nodes, "exit", Cluster::kill, |exit| {
+                    exit.contains("signal: 9")
+                });
+                (action, applied, ev, Undo::Restart(nodes))
             }
             FaultKind::Pause => {
                 let (shape, nodes) = self.targets();
                 let action = format!("SIGSTOP {} ({shape})", self.names(&nodes));
                 self.record(Kind::Invoke, &action, Value::Null);
-                let mut ev = Vec::new();
-                let mut applied = !nodes.is_empty();
-                for &i in &nodes {
-                    match self.cluster.pause(i) {
-                        Ok((pid, state)) => {
-                            applied &= state == "T";
-                            ev.push(
-                                json!({"node": self.cluster.name(i), "pid": pid, "state": state}),
-                            );
-                        }
-                        Err(e) => {
-                            applied = false;
-                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}));
-                        }
-                    }
-                }
-                (action, applied, json!(ev), Undo::Resume(nodes))
+                let (applied, ev) =
+                    self.on_each(&nodes, "state", Cluster::pause, |state| state == "T");
+                (action, applied, ev, Undo::Resume(nodes))
             }
             FaultKind::Partition => {
                 let (shape, grudge) = self.grudge();
@@ -398,27 +399,7 @@ impl Nemesis {
                 .max()
                 .map(|(_, s)| s.clone())
                 .ok_or_else(|| anyhow::anyhow!("no workload stream"))?;
-            let open = |shards: Vec<millrace_client::proto::Shard>| -> Vec<(u128, u128, String)> {
-                let mut v: Vec<(u128, u128, String)> = shards
-                    .into_iter()
-                    .filter(|s| {
-                        s.sequence_number_range
-                            .as_ref()
-                            .is_none_or(|r| r.ending_sequence_number.is_empty())
-                    })
-                    .filter_map(|s| {
-                        let r = s.hash_key_range?;
-                        Some((
-                            r.starting_hash_key.parse().ok()?,
-                            r.ending_hash_key.parse().ok()?,
-                            s.shard_id,
-                        ))
-                    })
-                    .collect();
-                v.sort();
-                v
-            };
-            let before = open(client.list_shards(&stream).await?);
+            let before = open_shard_ranges(client.list_shards(&stream).await?);
             anyhow::ensure!(!before.is_empty(), "{stream} has no open shard");
             let adjacent: Vec<usize> = (0..before.len().saturating_sub(1))
                 .filter(|i| before[*i].1.checked_add(1) == Some(before[i + 1].0))
@@ -438,7 +419,7 @@ impl Nemesis {
             client
                 .wait_for_active(&stream, Duration::from_secs(30))
                 .await?;
-            let after = open(client.list_shards(&stream).await?);
+            let after = open_shard_ranges(client.list_shards(&stream).await?);
             let names = |v: &[(u128, u128, String)]| -> Vec<String> {
                 v.iter().map(|(_, _, id)| id.clone()).collect()
             };
@@ -539,23 +520,8 @@ impl Nemesis {
                 (ok, json!({"restarted": ev, "ready": ready.is_ok()}))
             }
             Undo::Resume(nodes) => {
-                let mut ev = Vec::new();
-                let mut ok = true;
-                for &i in nodes {
-                    match self.cluster.resume(i) {
-                        Ok((pid, state)) => {
-                            ok &= state != "T";
-                            ev.push(
-                                json!({"node": self.cluster.name(i), "pid": pid, "state": state}),
-                            )
-                        }
-                        Err(e) => {
-                            ok = false;
-                            ev.push(json!({"node": self.cluster.name(i), "error": e.to_string()}))
-                        }
-                    }
-                }
-                (ok, json!(ev))
+                let nodes = nodes.clone();
+                self.on_each(&nodes, "state", Cluster::resume, |state| state != "T")
             }
             Undo::Heal => {
                 let dropped = self.cluster.net.dropped_packets();

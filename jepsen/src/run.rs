@@ -229,6 +229,16 @@ async fn run_in(config: &RunConfig, dir: &Path) -> anyhow::Result<RunOutcome> {
     let incomplete = workload.drain(&drain_api, config.drain_timeout).await;
     let (cluster, faults) = nemesis.into_cluster_with_faults();
     let (applied, converged) = applied_indexes(&cluster, Duration::from_secs(30)).await;
+    if !incomplete.is_empty() || !converged {
+        // Evidence for whoever looks into it: every node's own view at the end.
+        let statuses: Vec<Value> = (0..cluster.len())
+            .map(|i| json!({"node": cluster.name(i), "status": cluster.status(i)}))
+            .collect();
+        std::fs::write(
+            dir.join("status-at-end.json"),
+            serde_json::to_string_pretty(&statuses)?,
+        )?;
+    }
     let names: Vec<(String, PathBuf)> = (0..cluster.len())
         .map(|i| (cluster.name(i), dir.join(cluster.name(i))))
         .collect();

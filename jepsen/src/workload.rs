@@ -2,7 +2,7 @@
 //! explicit hash keys, unique values, sends, polls and assigns by concurrent worker processes,
 //! rotation to fresh keys, client crashes, and a final drain of every key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,11 +52,17 @@ impl Recorder {
     }
 
     pub fn record(&self, process: u64, kind: Kind, op: Op) {
+        self.record_error(process, kind, op, None);
+    }
+
+    /// Records a completion with why it failed.
+    pub fn record_error(&self, process: u64, kind: Kind, op: Op, error: Option<String>) {
         let e = Event {
             time_ns: self.start.elapsed().as_nanos() as u64,
             process,
             kind,
             op,
+            error,
         };
         let mut g = self.events.lock().expect("history lock");
         let _ = writeln!(
@@ -377,16 +383,23 @@ impl Workload {
                     },
                 );
             }
-            Err(Failure::Info(_)) => {
-                self.recorder
-                    .record(w.process, Kind::Info, Op::Send { values: sent(None) });
+            Err(Failure::Info(e)) => {
+                self.recorder.record_error(
+                    w.process,
+                    Kind::Info,
+                    Op::Send { values: sent(None) },
+                    Some(e),
+                );
                 // A process whose op is in doubt continues as a new process.
                 w.process = self.new_process();
                 w.reads.clear();
             }
-            Err(_) => self
-                .recorder
-                .record(w.process, Kind::Fail, Op::Send { values: sent(None) }),
+            Err(e) => self.recorder.record_error(
+                w.process,
+                Kind::Fail,
+                Op::Send { values: sent(None) },
+                Some(e.text()),
+            ),
         }
     }
 
@@ -414,84 +427,93 @@ impl Workload {
                 self.recorder
                     .record(w.process, Kind::Ok, Op::Poll { reads });
             }
-            Err(_) => self
-                .recorder
-                .record(w.process, Kind::Fail, Op::Poll { reads: Vec::new() }),
+            Err(e) => self.recorder.record_error(
+                w.process,
+                Kind::Fail,
+                Op::Poll { reads: Vec::new() },
+                Some(e.text()),
+            ),
         }
     }
 
     /// Reads every key from its start until every value acknowledged for it has been read,
     /// the key is caught up, or `deadline` passes; recorded as `ok` polls of drain processes.
-    pub async fn drain(&self, api: &Api, deadline: Duration) -> usize {
+    /// Keys are drained eight at a time, so one unavailable shard does not starve the rest.
+    /// Returns the keys left incomplete.
+    pub async fn drain(&self, api: &Api, deadline: Duration) -> Vec<String> {
+        use futures::StreamExt;
         let until = Instant::now() + deadline;
-        let events = self.recorder.events();
-        let mut acked: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        for e in &events {
+        let mut acked: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for e in self.recorder.events() {
             if let (Kind::Ok, Op::Send { values }) = (e.kind, &e.op) {
                 for v in values {
-                    acked.entry(v.key.clone()).or_default().push(v.value);
+                    acked.entry(v.key.clone()).or_default().insert(v.value);
                 }
             }
         }
-        let mut incomplete = 0;
-        for key in self.keys() {
-            let process = self.new_process();
-            self.recorder.record(
-                process,
-                Kind::Invoke,
-                Op::Assign {
-                    keys: vec![key.name.clone()],
-                },
-            );
-            self.recorder.record(
-                process,
-                Kind::Ok,
-                Op::Assign {
-                    keys: vec![key.name.clone()],
-                },
-            );
-            let mut missing: std::collections::BTreeSet<u64> = acked
-                .get(&key.name)
-                .into_iter()
-                .flatten()
-                .copied()
-                .collect();
-            let mut pos = ReadPos {
-                iterator: None,
-                after: None,
-            };
-            loop {
-                if Instant::now() > until {
-                    incomplete += 1;
-                    break;
-                }
-                self.recorder
-                    .record(process, Kind::Invoke, Op::Poll { reads: Vec::new() });
-                let mut next = pos.clone();
-                match read_once(api, &key, &mut next, 1000).await {
-                    Ok(reads) => {
-                        pos = next;
-                        let empty = reads.is_empty();
-                        for r in &reads {
-                            missing.remove(&r.value);
-                        }
-                        self.recorder.record(process, Kind::Ok, Op::Poll { reads });
-                        if empty && (missing.is_empty() || pos.iterator.is_none()) {
-                            break;
-                        }
-                        if empty {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
+        let drains = self.keys().into_iter().map(|key| {
+            let missing = acked.remove(&key.name).unwrap_or_default();
+            async move {
+                let complete = self.drain_key(api, &key, missing, until).await;
+                (!complete).then_some(key.name)
+            }
+        });
+        futures::stream::iter(drains)
+            .buffer_unordered(8)
+            .filter_map(|incomplete| async move { incomplete })
+            .collect()
+            .await
+    }
+
+    /// Drains one key as a process of its own; true when it was read to its end.
+    async fn drain_key(
+        &self,
+        api: &Api,
+        key: &Key,
+        mut missing: BTreeSet<u64>,
+        until: Instant,
+    ) -> bool {
+        let process = self.new_process();
+        let assign = Op::Assign {
+            keys: vec![key.name.clone()],
+        };
+        self.recorder.record(process, Kind::Invoke, assign.clone());
+        self.recorder.record(process, Kind::Ok, assign);
+        let mut pos = ReadPos {
+            iterator: None,
+            after: None,
+        };
+        while Instant::now() < until {
+            self.recorder
+                .record(process, Kind::Invoke, Op::Poll { reads: Vec::new() });
+            let mut next = pos.clone();
+            match read_once(api, key, &mut next, 1000).await {
+                Ok(reads) => {
+                    pos = next;
+                    let empty = reads.is_empty();
+                    for r in &reads {
+                        missing.remove(&r.value);
                     }
-                    Err(_) => {
-                        self.recorder
-                            .record(process, Kind::Fail, Op::Poll { reads: Vec::new() });
+                    self.recorder.record(process, Kind::Ok, Op::Poll { reads });
+                    if empty && (missing.is_empty() || pos.iterator.is_none()) {
+                        return true;
+                    }
+                    if empty {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
+                Err(e) => {
+                    self.recorder.record_error(
+                        process,
+                        Kind::Fail,
+                        Op::Poll { reads: Vec::new() },
+                        Some(e.text()),
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
-        incomplete
+        false
     }
 }
 

@@ -196,6 +196,29 @@ impl std::str::FromStr for StartPosition {
     }
 }
 
+/// The open shards of a ListShards answer as (first hash key, last hash key, shard id),
+/// sorted by hash key.
+pub fn open_shard_ranges(shards: Vec<proto::Shard>) -> Vec<(u128, u128, String)> {
+    let mut ranges: Vec<(u128, u128, String)> = shards
+        .into_iter()
+        .filter(|s| {
+            s.sequence_number_range
+                .as_ref()
+                .is_none_or(|r| r.ending_sequence_number.is_empty())
+        })
+        .filter_map(|s| {
+            let r = s.hash_key_range?;
+            Some((
+                r.starting_hash_key.parse().ok()?,
+                r.ending_hash_key.parse().ok()?,
+                s.shard_id,
+            ))
+        })
+        .collect();
+    ranges.sort();
+    ranges
+}
+
 /// A record read from a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

@@ -198,23 +198,7 @@ impl ShardMap {
             .iter()
             .map(|s| (s.shard_id.clone(), s.leader_node_id))
             .collect();
-        let mut ranges: Vec<(u128, u128, String)> = shards
-            .into_iter()
-            .filter(|s| {
-                s.sequence_number_range
-                    .as_ref()
-                    .is_none_or(|r| r.ending_sequence_number.is_empty())
-            })
-            .filter_map(|s| {
-                let r = s.hash_key_range?;
-                Some((
-                    r.starting_hash_key.parse().ok()?,
-                    r.ending_hash_key.parse().ok()?,
-                    s.shard_id,
-                ))
-            })
-            .collect();
-        ranges.sort();
+        let ranges = crate::open_shard_ranges(shards);
         Ok(ShardMap { ranges, leaders })
     }
 
