@@ -686,3 +686,36 @@ async fn a_client_discovers_the_cluster_from_one_seed_and_survives_its_loss() {
     )
     .await;
 }
+
+/// A read whose outcome is unknown (an endpoint that accepts connections but never answers) is
+/// retried at the next endpoint; a client pinned to the silent endpoint first still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_move_on_from_an_endpoint_that_never_answers() {
+    let cluster = Cluster::start("silent", 3).await;
+    // Accepts TCP connections and holds them without a byte in answer.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let config = millrace_client::ClientConfig {
+        request_timeout: Duration::from_millis(500),
+        call_timeout: Duration::from_secs(10),
+        ..common::test_client_config()
+    };
+    // Each client starts at a random endpoint: with eight of them, some start at the silent
+    // one (all eight start at the live one with probability 1/256).
+    let live = cluster.client_for(1).endpoints()[0].clone();
+    for _ in 0..8 {
+        let client = Client::with_config(
+            [format!("http://{silent_addr}"), live.clone()],
+            config.clone(),
+        )
+        .unwrap();
+        let described = client.describe_cluster().await;
+        assert!(described.is_ok(), "{described:?}");
+    }
+}

@@ -159,9 +159,33 @@ impl Client {
         self.call_at(None, f).await
     }
 
+    /// [`Client::call`] for a call that changes nothing (a read): an unknown outcome (no
+    /// answer in time, a connection lost) is retried at the next endpoint too.
+    async fn read_call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(MillraceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.attempts(None, true, f).await
+    }
+
     /// Like [`Client::call`], with the first attempt at endpoint `first` when given (a shard
     /// leader's node: no forwarding hop).
-    async fn call_at<T, F, Fut>(&self, first: Option<usize>, mut f: F) -> Result<T, ClientError>
+    async fn call_at<T, F, Fut>(&self, first: Option<usize>, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(MillraceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.attempts(first, false, f).await
+    }
+
+    /// The retry loop of every call; `read` also retries unknown outcomes.
+    async fn attempts<T, F, Fut>(
+        &self,
+        first: Option<usize>,
+        read: bool,
+        mut f: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(MillraceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -190,7 +214,7 @@ impl Client {
                 )),
             };
             attempts += 1;
-            if !err.retryable() {
+            if !(err.retryable() || (read && err.outcome_unknown())) {
                 return Err(err);
             }
             if Instant::now() + backoff >= deadline {
@@ -244,7 +268,7 @@ impl Client {
             stream_name: name.into(),
         };
         let resp = self
-            .call(|mut c| {
+            .read_call(|mut c| {
                 let req = req.clone();
                 async move { c.describe_stream(req).await }
             })
@@ -283,7 +307,7 @@ impl Client {
                 exclusive_start_stream_name: names.last().cloned().unwrap_or_default(),
             };
             let resp = self
-                .call(|mut c| {
+                .read_call(|mut c| {
                     let req = req.clone();
                     async move { c.list_streams(req).await }
                 })
@@ -336,7 +360,7 @@ impl Client {
         &self,
         req: pb::ListShardsRequest,
     ) -> Result<pb::ListShardsResponse, ClientError> {
-        self.call(|mut c| {
+        self.read_call(|mut c| {
             let req = req.clone();
             async move { c.list_shards(req).await }
         })
@@ -492,7 +516,7 @@ impl Client {
             timestamp_ms: ts,
         };
         let resp = self
-            .call(|mut c| {
+            .read_call(|mut c| {
                 let req = req.clone();
                 async move { c.get_shard_iterator(req).await }
             })
@@ -510,7 +534,7 @@ impl Client {
             limit,
         };
         let resp = self
-            .call(|mut c| {
+            .read_call(|mut c| {
                 let req = req.clone();
                 async move { c.get_records(req).await }
             })
@@ -577,7 +601,7 @@ impl Client {
                 limit: 0,
             };
             let resp = self
-                .call(|mut c| {
+                .read_call(|mut c| {
                     let req = req.clone();
                     async move { c.list_tags_for_stream(req).await }
                 })
@@ -617,7 +641,9 @@ impl Client {
     /// The cluster status as the metadata leader sees it (JSON, see `docs/operations.md`).
     pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
         let resp = self
-            .call(|mut c| async move { c.get_cluster_status(pb::GetClusterStatusRequest {}).await })
+            .read_call(
+                |mut c| async move { c.get_cluster_status(pb::GetClusterStatusRequest {}).await },
+            )
             .await?;
         serde_json::from_str(&resp.status_json)
             .map_err(|e| ClientError::Unknown(format!("bad status JSON: {e}")))
@@ -695,7 +721,7 @@ impl Client {
             stream_arn: stream.into(),
         };
         let resp = self
-            .call(|mut c| {
+            .read_call(|mut c| {
                 let req = req.clone();
                 async move { c.list_stream_consumers(req).await }
             })
@@ -709,7 +735,7 @@ impl Client {
             ..Default::default()
         };
         let resp = self
-            .call(|mut c| {
+            .read_call(|mut c| {
                 let req = req.clone();
                 async move { c.describe_stream_consumer(req).await }
             })
@@ -832,7 +858,7 @@ impl Client {
             stream_name: stream.into(),
             group: group.into(),
         };
-        self.call(|mut c| {
+        self.read_call(|mut c| {
             let req = req.clone();
             async move { c.describe_consumer_group(req).await }
         })
@@ -840,7 +866,9 @@ impl Client {
     }
 
     pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {
-        self.call(|mut c| async move { c.describe_cluster(pb::DescribeClusterRequest {}).await })
-            .await
+        self.read_call(
+            |mut c| async move { c.describe_cluster(pb::DescribeClusterRequest {}).await },
+        )
+        .await
     }
 }

@@ -27,8 +27,10 @@
 //!
 //! Every call has a deadline. Calls that cannot have taken effect (a refused connection, a
 //! `NOT_LEADER` answer) are retried on the next endpoint with exponential backoff and jitter;
-//! a call whose outcome is unknown returns [`ClientError::Unknown`] and is never retried
-//! blindly.
+//! a write whose outcome is unknown returns [`ClientError::Unknown`] and is never retried
+//! blindly. Reads (describe, list, shard iterators, GetRecords) change nothing, so they are
+//! also retried on the next endpoint after an unknown outcome (no answer in time), until the
+//! call's deadline.
 //!
 //! ## Producing: batches, backpressure, and exactly-once writes
 //!
