@@ -82,6 +82,13 @@ fn assert_valid(outcome: &RunOutcome) {
         outcome.dir.display()
     );
     assert!(outcome.valid);
+    // Liveness: after healing, every key reads to its end within the drain's deadline.
+    let undrained = &outcome.summary["drain_incomplete_keys"];
+    assert!(
+        undrained.as_array().is_some_and(Vec::is_empty),
+        "keys not readable after healing: {undrained} (see {}/status-at-end.json)",
+        outcome.dir.display()
+    );
     let faults = outcome.summary["faults"].as_array().expect("faults").len();
     let nemeses = outcome.summary["config"]["nemesis"]
         .as_array()

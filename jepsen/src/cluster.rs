@@ -145,6 +145,9 @@ impl Cluster {
             .args(["--peers", &peers])
             // A dead node's replicas are not moved during a run: every fault here heals.
             .args(["--dead-node-timeout", "1h"])
+            // Retention marks, snapshots and purges every few seconds (not every minute), so
+            // that restarts from a purged log happen within a run.
+            .args(["--retention-check-interval-ms", "5000"])
             .env(
                 "MILLRACE_LOG",
                 "info,openraft=warn,h2=warn,tower=warn,hyper=warn",

@@ -58,6 +58,13 @@ struct Inner {
 }
 
 impl Inner {
+    /// A membership entry was applied: it is the last membership, and part of the history a
+    /// retention snapshot states its membership from.
+    fn record_membership(&mut self, membership: StoredMembership) {
+        self.last_membership = membership.clone();
+        self.membership_history.push(membership);
+    }
+
     fn membership_as_of(&self, index: u64) -> StoredMembership {
         self.membership_history
             .iter()
@@ -215,8 +222,10 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
                     }
                     EntryPayload::Normal(req) => inner.machine.apply(&entry.log_id, &req.0),
                     EntryPayload::Membership(m) => {
-                        inner.last_membership =
-                            StoredMembership::new(Some(entry.log_id), m.clone());
+                        inner.record_membership(StoredMembership::new(
+                            Some(entry.log_id),
+                            m.clone(),
+                        ));
                         inner.machine.apply_empty(&entry.log_id);
                         Vec::new()
                     }
@@ -260,5 +269,59 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
                 meta: meta.clone(),
                 snapshot: data.clone(),
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::storage::RaftSnapshotBuilder;
+    use openraft::Membership;
+
+    use super::*;
+    use crate::types::log_id;
+
+    struct Nothing;
+
+    impl GroupStateMachine for Nothing {
+        fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _last: Option<&LogId>, _data: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Found by the jepsen harness (seed 104): a retention snapshot stated an empty membership
+    /// because applied membership entries never reached the history, so a replica restarted
+    /// from it after the membership entry was purged knew no voters and never rejoined.
+    #[tokio::test]
+    async fn a_retention_snapshot_keeps_the_membership_applied_before_its_point() {
+        let mut sm = GroupSm::new(Box::new(Nothing)).build_only_at_points();
+        let voters = BTreeSet::from([1, 2, 3]);
+        let membership = StoredMembership::new(
+            Some(log_id(1, 1, 1)),
+            Membership::new_with_defaults(vec![voters.clone()], [1, 2, 3]),
+        );
+        {
+            let mut inner = sm.lock();
+            inner.record_membership(membership.clone());
+            inner.last_applied = Some(log_id(1, 1, 5));
+        }
+        sm.set_snapshot_point(log_id(1, 1, 3));
+        let snapshot = sm.build_snapshot().await.expect("snapshot");
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 3)));
+        assert_eq!(snapshot.meta.last_membership, membership);
+        let stated: BTreeSet<u64> = snapshot
+            .meta
+            .last_membership
+            .membership()
+            .voter_ids()
+            .collect();
+        assert_eq!(stated, voters);
     }
 }

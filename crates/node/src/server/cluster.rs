@@ -378,9 +378,13 @@ async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
                 .is_some_and(|(_, sh)| sh.replicas.contains(&min_node))
         })
     };
-    let Some(group) = max_groups.into_iter().find(|g| hosts_min(*g)) else {
+    // A random candidate: one group whose transfer is refused (a lagging replica) must not
+    // hold up the balancing of the others.
+    let candidates: Vec<u64> = max_groups.into_iter().filter(|g| hosts_min(*g)).collect();
+    if candidates.is_empty() {
         return;
-    };
+    }
+    let group = candidates[rand::random_range(0..candidates.len())];
     let Some(addr) = node.addr_of(max_node) else {
         return;
     };
@@ -389,9 +393,14 @@ async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
             group_id: group,
             to: min_node,
         };
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_secs(2), client.transfer_leadership(req)).await
-        {
+        let reply =
+            tokio::time::timeout(Duration::from_secs(2), client.transfer_leadership(req)).await;
+        if let Ok(Ok(r)) = reply {
+            let r = r.into_inner();
+            if !r.error.is_empty() || r.not_leader.is_some() {
+                tracing::debug!(group, to = min_node, error = %r.error, "leadership not moved");
+                return;
+            }
             tracing::info!(
                 group,
                 from = max_node,
