@@ -114,8 +114,12 @@ fn release_binary(with_bugs: bool) -> anyhow::Result<PathBuf> {
         .args(["build", "--release", "--bin", "millrace"]);
     let target = if with_bugs {
         // A separate target dir keeps the calibration build away from the real binary.
-        cmd.args(["--features", "millrace-node/calibration-bugs", "--target-dir"])
-            .arg(root.join("target/calibration"));
+        cmd.args([
+            "--features",
+            "millrace-node/calibration-bugs",
+            "--target-dir",
+        ])
+        .arg(root.join("target/calibration"));
         root.join("target/calibration/release/millrace")
     } else {
         root.join("target/release/millrace")

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use millrace_proto::internal as ipb;
 use millrace_proto::internal::internal_server::Internal;
-use openraft::async_runtime::WatchReceiver;
 use tonic::{Request, Response, Status};
 
 use crate::server::node::{LocalWrite, Node};
@@ -172,37 +171,18 @@ impl Internal for InternalService {
         let req = req.into_inner();
         let reply = match self.node.groups.get(req.group_id) {
             Some(h) if h.raft.is_leader() => {
-                // Only to a replica that holds the whole log: openraft refuses the transfer
-                // otherwise, and the group stops serving while a transfer is pending (found by
-                // the jepsen harness: a balancer retrying such a transfer every few seconds
-                // kept a shard unavailable).
-                let m = h.raft.metrics().borrow_watched().clone();
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&req.to).cloned().flatten())
-                    .map(|l| l.index);
-                if matched.is_none() || matched != m.last_log_index {
-                    ipb::TransferLeadershipReply {
-                        error: format!(
-                            "node {} has the log up to {matched:?}, the leader up to {:?}: not \
-                             transferring",
-                            req.to, m.last_log_index
-                        ),
+                match crate::server::node::ready_for_transfer(&h.raft, req.to).await {
+                    Err(why) => ipb::TransferLeadershipReply {
+                        error: why,
                         ..Default::default()
-                    }
-                } else {
-                    // A quiet group sends no heartbeats: a target restarted since the last
-                    // write has not heard this leader yet and would refuse. Announce first.
-                    let _ = h.raft.trigger().heartbeat().await;
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    match h.raft.trigger().transfer_leader(req.to).await {
+                    },
+                    Ok(()) => match h.raft.trigger().transfer_leader(req.to).await {
                         Ok(()) => ipb::TransferLeadershipReply::default(),
                         Err(e) => ipb::TransferLeadershipReply {
                             error: e.to_string(),
                             ..Default::default()
                         },
-                    }
+                    },
                 }
             }
             _ => ipb::TransferLeadershipReply {

@@ -554,3 +554,46 @@ pub fn transport_error(status: &tonic::Status) -> ApiError {
         ApiError::UnknownOutcome(format!("peer call failed: {}", status.message()))
     }
 }
+
+/// Whether leader `raft` may hand its leadership to `to` now: `to` must hold the leader's
+/// whole log and have answered a heartbeat of this leader. openraft refuses a transfer to a
+/// replica that has not heard this leader (a quiet group sends no heartbeats between writes,
+/// so a replica restarted since the last write has not), and a leader with a transfer pending
+/// proposes nothing until an election: the jepsen harness caught a shard kept unavailable
+/// that way.
+pub async fn ready_for_transfer(raft: &millrace_raft::types::Raft, to: u64) -> Result<(), String> {
+    let heard = |m: &openraft::RaftMetrics<millrace_raft::types::TypeConfig>| {
+        m.heartbeat
+            .as_ref()
+            .and_then(|h| h.get(&to).cloned().flatten())
+    };
+    let before = {
+        let m = raft.metrics().borrow_watched().clone();
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&to).cloned().flatten())
+            .map(|l| l.index);
+        if matched.is_none() || matched != m.last_log_index {
+            return Err(format!(
+                "node {to} has the log up to {matched:?}, the leader up to {:?}",
+                m.last_log_index
+            ));
+        }
+        heard(&m)
+    };
+    raft.trigger()
+        .heartbeat()
+        .await
+        .map_err(|e| e.to_string())?;
+    let answered = raft
+        .wait(Some(std::time::Duration::from_secs(1)))
+        .metrics(
+            |m| heard(m).is_some_and(|t| Some(t) != before),
+            "heartbeat answered",
+        )
+        .await;
+    answered
+        .map(|_| ())
+        .map_err(|_| format!("node {to} did not answer a heartbeat within 1s"))
+}

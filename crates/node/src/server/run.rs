@@ -154,6 +154,12 @@ async fn transfer_leaderships(node: &Node) {
         }
         let voters: Vec<u64> = h.raft.voter_ids().filter(|v| *v != node.id).collect();
         for to in voters {
+            if crate::server::node::ready_for_transfer(&h.raft, to)
+                .await
+                .is_err()
+            {
+                continue;
+            }
             if h.raft.trigger().transfer_leader(to).await.is_err() {
                 break;
             }
