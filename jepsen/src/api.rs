@@ -45,7 +45,6 @@ pub struct Got {
 pub struct Page {
     pub records: Vec<Got>,
     pub next: Option<String>,
-    pub millis_behind: i64,
 }
 
 /// Client timeouts: short, so that an op stuck behind a fault ends (`info`) and the worker
@@ -151,7 +150,6 @@ impl Api {
                         .collect(),
                     next: (!page.next_shard_iterator.is_empty())
                         .then_some(page.next_shard_iterator),
-                    millis_behind: page.millis_behind_latest,
                 })
             }
             Api::Kinesis(k) => k.records(iterator, limit).await,
@@ -312,7 +310,6 @@ impl KinesisHttp {
         Ok(Page {
             records,
             next: v["NextShardIterator"].as_str().map(str::to_string),
-            millis_behind: v["MillisBehindLatest"].as_i64().unwrap_or(0),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! the nemeses kill, pause, restart and skew the clocks of.
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -250,11 +250,6 @@ impl Cluster {
             }
         }
         Ok(())
-    }
-
-    /// The data directory of the run (node logs live beside it).
-    pub fn dir(&self) -> &Path {
-        &self.config.dir
     }
 
     /// Stops every node (SIGCONT first where paused).

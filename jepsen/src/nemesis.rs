@@ -153,10 +153,6 @@ impl Nemesis {
         self
     }
 
-    pub fn cluster(&self) -> &Cluster {
-        &self.cluster
-    }
-
     /// The cluster back, with every fault applied.
     pub fn into_cluster_with_faults(self) -> (Cluster, Vec<Fault>) {
         (self.cluster, self.faults)
