@@ -7,7 +7,7 @@
 //!   append), then writes the vote to sled and flushes sled before returning.
 //! * `truncate_after` syncs before returning; `purge` flushes the purge point to sled before
 //!   deleting any segment.
-//! * `save_committed` is a hint (not flushed); `read_committed` never reports past the durable
+//! * `save_committed` is a hint (not flushed, written at most once a second); `read_committed` never reports past the durable
 //!   tail, so start-up never "cleans a hole" in the log.
 
 use std::io;
@@ -40,6 +40,19 @@ struct Inner {
     log: Mutex<LogState2>,
     meta: GroupMeta,
     flusher: FlushCoordinator,
+    /// The latest commit hint, and when a hint was last written to sled (see `save_committed`).
+    committed: Mutex<CommittedHint>,
+}
+
+/// How often the commit hint is written to sled at most: it is a hint (losing it only means
+/// re-learning the commit point from the leader), and a sled write on every commit advance
+/// cost the write path a serialisation and an insert per entry.
+const COMMITTED_HINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Default)]
+struct CommittedHint {
+    latest: Option<Option<LogId>>,
+    saved_at: Option<std::time::Instant>,
 }
 
 struct LogState2 {
@@ -105,6 +118,7 @@ impl GroupLogStore {
                 }),
                 meta,
                 flusher,
+                committed: Mutex::new(CommittedHint::default()),
             }),
         })
     }
@@ -234,7 +248,20 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // A hint: losing it only means re-learning the commit point from the leader.
+        // A hint: losing it only means re-learning the commit point from the leader, so it is
+        // written at most once per COMMITTED_HINT_INTERVAL, not on every commit advance.
+        let now = std::time::Instant::now();
+        {
+            let mut hint = self.inner.committed.lock().expect("hint lock");
+            hint.latest = Some(committed);
+            if hint
+                .saved_at
+                .is_some_and(|t| now.duration_since(t) < COMMITTED_HINT_INTERVAL)
+            {
+                return Ok(());
+            }
+            hint.saved_at = Some(now);
+        }
         self.inner
             .meta
             .put(KEY_COMMITTED, &committed)
@@ -242,7 +269,11 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        let saved: Option<Option<LogId>> = self.inner.meta.get(KEY_COMMITTED).map_err(io_err)?;
+        let latest = self.inner.committed.lock().expect("hint lock").latest;
+        let saved: Option<Option<LogId>> = match latest {
+            Some(latest) => Some(latest),
+            None => self.inner.meta.get(KEY_COMMITTED).map_err(io_err)?,
+        };
         let saved = saved.flatten();
         let last = self.lock().last_log_id;
         // Never report a commit point past the durable tail of this replica's log.

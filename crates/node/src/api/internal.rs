@@ -93,8 +93,9 @@ impl Internal for InternalService {
                 .await
         };
         let reply = match local {
-            Ok(LocalWrite::Done(log_index)) => ipb::ShardAppendReply {
-                log_index,
+            Ok(LocalWrite::Done { index, position }) => ipb::ShardAppendReply {
+                log_index: index,
+                first_position: position,
                 ..Default::default()
             },
             Ok(LocalWrite::Closed) => ipb::ShardAppendReply {

@@ -188,11 +188,12 @@ impl MillraceService {
         for (sh, recs, r) in futures::future::join_all(writes).await {
             match r {
                 Ok(Appended::Closed) => retry.extend(recs),
-                Ok(Appended::At(log_index)) => {
+                Ok(Appended::At { index, position }) => {
                     for (pos, (i, _)) in recs.into_iter().enumerate() {
+                        let sequence = SequenceNumber::new(index, position + pos as u32);
                         results[i] = pb::PutRecordsResultEntry {
                             shard_id: sh.shard_id.clone(),
-                            sequence_number: SequenceNumber::new(log_index, pos as u32).to_string(),
+                            sequence_number: sequence.to_string(),
                             ..Default::default()
                         };
                     }

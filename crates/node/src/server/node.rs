@@ -7,19 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use millrace_proto::internal::{MetaProposeRequest, StoredRecord};
-use millrace_proto::storage::{shard_command, BatchRecord, RecordBatch, Seal, ShardCommand};
+use millrace_proto::storage::{shard_command, BatchRecord, Seal};
 use millrace_raft::group::GroupHandle;
 use millrace_raft::{GroupManager, Request};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use prost::Message;
 
 use super::config::ServeConfig;
 use super::now_ms;
 use crate::api::error::ApiError;
 use crate::metadata::machine::{decode_response, encode_command, MetaShared};
 use crate::metadata::state::{MetaCommand, MetaResponse};
-use crate::shard::machine::{ShardShared, APPLY_CLOSED, APPLY_DUPLICATE_OF};
+use crate::shard::entry::{self, RequestRecords};
+use crate::shard::machine::{decode_outcomes, RequestOutcome, ShardShared};
+use crate::shard::proposer::{Pending, Proposed};
 use crate::shard::read::{read_records, ReadBounds, ReadOutcome};
 
 /// How long a request keeps looking for a leader before giving up (nothing was applied).
@@ -45,7 +46,12 @@ pub struct Node {
 
 /// Outcome of a local write attempt.
 pub enum LocalWrite {
-    Done(u64),
+    /// Written (or found written, for an idempotent retry): the records are at these positions
+    /// on from `position` in the entry at `index`.
+    Done {
+        index: u64,
+        position: u32,
+    },
     NotLeader(Option<u64>),
     /// The shard is sealed; nothing was appended.
     Closed,
@@ -236,40 +242,34 @@ impl Node {
                 .admit_write(records.len(), bytes, std::time::Instant::now())
                 .map_err(ApiError::ProvisionedThroughputExceeded)?;
         }
-        let cmd = ShardCommand {
-            command: Some(shard_command::Command::Put(RecordBatch {
-                arrival_timestamp_ms: now_ms(),
-                records,
-                producer_id: producer.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
-                producer_sequence: producer.as_ref().map_or(0, |p| p.1),
-            })),
-        };
-        match h.raft.client_write(Request(cmd.encode_to_vec())).await {
-            Ok(resp) if resp.data.0 == APPLY_CLOSED => Ok(LocalWrite::Closed),
-            // An idempotent producer's retry: answer with the batch it repeats.
-            Ok(resp) if resp.data.0.starts_with(APPLY_DUPLICATE_OF) => {
-                let original = std::str::from_utf8(&resp.data.0[APPLY_DUPLICATE_OF.len()..])
-                    .ok()
-                    .and_then(|s| s.parse().ok());
-                match original {
-                    Some(index) => Ok(LocalWrite::Done(index)),
-                    None => Err(ApiError::InvalidArgument(
-                        "ProducerSequence repeats a batch too old to name; it was not written again"
-                            .into(),
-                    )),
+        let (pending, answer) = Pending::new(records, producer);
+        if let Some(entry) = shared.proposer.submit(pending)? {
+            tokio::spawn(propose_entries(h.raft.clone(), shared.clone(), entry));
+        }
+        // The proposing task always answers (a dropped sender means it died: unknown outcome).
+        let proposed = answer.await.map_err(|_| {
+            ApiError::UnknownOutcome("the shard's proposer stopped before answering".into())
+        })?;
+        match proposed {
+            Proposed::Applied { index, outcome } => match outcome {
+                RequestOutcome::Appended { position } => {
+                    if position == 0 {
+                        self.announce_commit(group_id);
+                    }
+                    Ok(LocalWrite::Done { index, position })
                 }
-            }
-            Ok(resp) => {
-                self.announce_commit(group_id);
-                Ok(LocalWrite::Done(resp.log_id.index))
-            }
-            Err(e) => match not_leader(&e) {
-                Some(hint) => {
-                    refresh_lease(&h.raft).await;
-                    Ok(LocalWrite::NotLeader(hint))
+                // An idempotent producer's retry: answer with the request it repeats.
+                RequestOutcome::Duplicate { index, position } => {
+                    Ok(LocalWrite::Done { index, position })
                 }
-                None => Err(write_error(e)),
+                RequestOutcome::DuplicateTooOld => Err(ApiError::InvalidArgument(
+                    "ProducerSequence repeats a batch too old to name; it was not written again"
+                        .into(),
+                )),
+                RequestOutcome::Closed => Ok(LocalWrite::Closed),
             },
+            Proposed::NotLeader(hint) => Ok(LocalWrite::NotLeader(hint)),
+            Proposed::Failed(e) => Err(e),
         }
     }
 
@@ -281,16 +281,18 @@ impl Node {
             return Ok(LocalWrite::NotLeader(None));
         };
         if let Some(at) = shared.sealed_at() {
-            return Ok(LocalWrite::Done(at));
+            return Ok(LocalWrite::Done {
+                index: at,
+                position: 0,
+            });
         }
-        let cmd = ShardCommand {
-            command: Some(shard_command::Command::Seal(Seal {})),
-        };
-        match h.raft.client_write(Request(cmd.encode_to_vec())).await {
+        let seal = entry::encode_command(shard_command::Command::Seal(Seal {}));
+        match h.raft.client_write(Request(seal)).await {
             // The first seal in the log is the shard's end (a retried seal may land later).
-            Ok(resp) => Ok(LocalWrite::Done(
-                shared.sealed_at().unwrap_or(resp.log_id.index),
-            )),
+            Ok(resp) => Ok(LocalWrite::Done {
+                index: shared.sealed_at().unwrap_or(resp.log_id.index),
+                position: 0,
+            }),
             Err(e) => match not_leader(&e) {
                 Some(hint) => {
                     refresh_lease(&h.raft).await;
@@ -336,8 +338,8 @@ impl Node {
         }
         let outcome = match readable {
             Some(readable) if bounds.max_records > 0 => {
-                let is_duplicate = |index| shared.is_duplicate(index);
-                read_records(&h.log, readable, bounds, &is_duplicate).map_err(ApiError::Internal)?
+                let duplicates = |index| shared.duplicate_spans(index);
+                read_records(&h.log, readable, bounds, &duplicates).map_err(ApiError::Internal)?
             }
             _ => ReadOutcome {
                 records: Vec::<StoredRecord>::new(),
@@ -507,6 +509,64 @@ impl Node {
     /// Members with their addresses, for DescribeCluster.
     pub fn members(&self) -> BTreeMap<u64, crate::metadata::state::Member> {
         self.meta.read(|s| s.members.clone())
+    }
+}
+
+/// Proposes coalesced writes on a shard leader, one entry at a time in this slot, until the
+/// proposer has nothing queued (see [`crate::shard::proposer`]); answers every write.
+async fn propose_entries(
+    raft: millrace_raft::Raft,
+    shared: Arc<ShardShared>,
+    mut entry: Vec<Pending>,
+) {
+    loop {
+        let parts: Vec<RequestRecords<'_>> = entry
+            .iter()
+            .map(|p| RequestRecords {
+                records: &p.records,
+                producer: p.producer.as_ref().map(|(id, seq)| (id.as_str(), *seq)),
+            })
+            .collect();
+        let bytes = entry::encode_batch(now_ms(), &parts);
+        drop(parts);
+        match raft.client_write(Request(bytes)).await {
+            Ok(resp) => {
+                let index = resp.log_id.index;
+                match decode_outcomes(&resp.data.0).filter(|o| o.len() == entry.len()) {
+                    Some(outcomes) => {
+                        for (pending, outcome) in entry.drain(..).zip(outcomes) {
+                            pending.answer(Proposed::Applied { index, outcome });
+                        }
+                    }
+                    None => {
+                        tracing::error!(index, "a record batch's apply response does not match it");
+                        for pending in entry.drain(..) {
+                            pending.answer(Proposed::Failed(ApiError::Internal(format!(
+                                "entry {index}: unreadable apply response"
+                            ))));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Either another replica leads (nothing was written) or the outcome is as
+                // `write_error` says: the same for every write of the entry.
+                let failure = match not_leader(&e) {
+                    Some(hint) => {
+                        refresh_lease(&raft).await;
+                        Proposed::NotLeader(hint)
+                    }
+                    None => Proposed::Failed(write_error(e)),
+                };
+                for pending in entry.drain(..) {
+                    pending.answer(failure.clone());
+                }
+            }
+        }
+        match shared.proposer.next() {
+            Some(next) => entry = next,
+            None => return,
+        }
     }
 }
 

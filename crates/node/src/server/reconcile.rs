@@ -331,7 +331,7 @@ async fn complete_reshards(node: &Arc<Node>) {
                 tokio::time::timeout(Duration::from_secs(5), node.shard_seal(group_id, &replicas))
                     .await;
             match seal {
-                Ok(Ok(Appended::At(index))) => seals.push((shard_id, index)),
+                Ok(Ok(Appended::At { index, .. })) => seals.push((shard_id, index)),
                 other => {
                     tracing::debug!(stream = %name, %shard_id, ?other, "seal not done yet");
                     continue 'streams;

@@ -13,12 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use millrace_proto::storage::{shard_command, RetentionMark, ShardCommand};
+use millrace_proto::storage::{shard_command, RetentionMark};
 use millrace_raft::codec::decode_log_id;
 use millrace_raft::group::GroupHandle;
 use millrace_raft::Request;
 use openraft::async_runtime::WatchReceiver;
-use prost::Message;
 
 use super::node::Node;
 use super::now_ms;
@@ -80,13 +79,12 @@ async fn propose_mark(h: &GroupHandle, shared: &ShardShared, cutoff_ms: i64) -> 
     if upto <= done || upto < first {
         return Ok(());
     }
-    let cmd = ShardCommand {
-        command: Some(shard_command::Command::RetentionMark(RetentionMark {
+    let mark =
+        crate::shard::entry::encode_command(shard_command::Command::RetentionMark(RetentionMark {
             upto_index: upto,
-        })),
-    };
+        }));
     h.raft
-        .client_write(Request(cmd.encode_to_vec()))
+        .client_write(Request(mark))
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(group_id = h.group_id, upto, "retention mark appended");

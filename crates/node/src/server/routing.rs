@@ -24,15 +24,14 @@ enum Attempt<T> {
     Retry(Option<u64>),
 }
 
-/// An idempotent producer's id and the sequence of a batch's first record (see
-/// `storage.proto` RecordBatch); `None` for plain writes.
-pub type ProducerTag = Option<(String, u64)>;
+pub use crate::shard::proposer::ProducerTag;
 
 /// What appending to a shard achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
-    /// The batch is committed at this log index.
-    At(u64),
+    /// The batch is committed in the entry at `index`, its records at positions `position`,
+    /// `position + 1`, ….
+    At { index: u64, position: u32 },
     /// The shard is sealed; nothing was appended (write to its children).
     Closed,
 }
@@ -125,7 +124,9 @@ impl Node {
                         None => self.seal_local(group_id).await?,
                     };
                     return Ok(match local {
-                        LocalWrite::Done(index) => Attempt::Done(Appended::At(index)),
+                        LocalWrite::Done { index, position } => {
+                            Attempt::Done(Appended::At { index, position })
+                        }
                         LocalWrite::Closed => Attempt::Done(Appended::Closed),
                         LocalWrite::NotLeader(hint) => Attempt::Retry(hint),
                     });
@@ -167,7 +168,10 @@ impl Node {
                 if reply.closed {
                     return Ok(Attempt::Done(Appended::Closed));
                 }
-                Ok(Attempt::Done(Appended::At(reply.log_index)))
+                Ok(Attempt::Done(Appended::At {
+                    index: reply.log_index,
+                    position: reply.first_position,
+                }))
             }
         })
         .await

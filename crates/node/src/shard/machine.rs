@@ -5,21 +5,86 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 
+use crate::shard::entry::{self, ShardEntry};
 use millrace_proto::storage::shard_command::Command;
 use millrace_raft::types::LogId;
 use millrace_raft::GroupStateMachine;
-use prost::Message;
 
-/// The apply response of a batch refused because the shard is sealed.
-pub const APPLY_CLOSED: &[u8] = b"closed";
-/// The apply response of an idempotent producer's retry: this prefix, then the decimal log
-/// index of the batch it repeats (or nothing when that batch is too old to name).
-pub const APPLY_DUPLICATE_OF: &[u8] = b"duplicate-of:";
-/// Batches remembered per (producer, shard): a retry repeats one of the last few batches.
-const PRODUCER_BATCHES_KEPT: usize = 32;
+/// Requests remembered per (producer, shard): a retry repeats one of the last few requests.
+const PRODUCER_REQUESTS_KEPT: usize = 32;
 
-/// One idempotent producer's recent batches on this shard: (first sequence, records, log index).
-type ProducerBatches = VecDeque<(u64, u64, u64)>;
+/// One idempotent producer's request, as applied on this shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProducerRequest {
+    /// The producer sequence of its first record.
+    pub first: u64,
+    pub records: u64,
+    /// Where its records are: the entry's log index and the first record's position.
+    pub index: u64,
+    pub position: u32,
+}
+
+/// One idempotent producer's recent requests on this shard, oldest first.
+type ProducerRequests = VecDeque<ProducerRequest>;
+
+/// What applying one request of a record batch entry did (the entry's apply response holds
+/// one per request, in order; see [`encode_outcomes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Its records are part of the shard from this position of the entry on.
+    Appended { position: u32 },
+    /// An idempotent producer's retry of the request whose records are at (index, position):
+    /// not part of the shard; readers skip it.
+    Duplicate { index: u64, position: u32 },
+    /// A retry of a request too old to be remembered: not part of the shard either.
+    DuplicateTooOld,
+    /// The shard was sealed before the entry: nothing of it is part of the shard.
+    Closed,
+}
+
+const OUTCOME_BYTES: usize = 1 + 8 + 4;
+
+/// The apply response of a record batch entry: 13 bytes per request (tag, u64 LE index, u32 LE
+/// position). In memory only (answers to the proposer), never on disk.
+pub fn encode_outcomes(outcomes: &[RequestOutcome]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(outcomes.len() * OUTCOME_BYTES);
+    for o in outcomes {
+        let (tag, index, position) = match *o {
+            RequestOutcome::Appended { position } => (0u8, 0, position),
+            RequestOutcome::Duplicate { index, position } => (1, index, position),
+            RequestOutcome::DuplicateTooOld => (2, 0, 0),
+            RequestOutcome::Closed => (3, 0, 0),
+        };
+        out.push(tag);
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&position.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_outcomes`]; `None` when the bytes are not a list of outcomes.
+pub fn decode_outcomes(bytes: &[u8]) -> Option<Vec<RequestOutcome>> {
+    if !bytes.len().is_multiple_of(OUTCOME_BYTES) {
+        return None;
+    }
+    bytes
+        .chunks(OUTCOME_BYTES)
+        .map(|c| {
+            let index = u64::from_le_bytes(c[1..9].try_into().ok()?);
+            let position = u32::from_le_bytes(c[9..13].try_into().ok()?);
+            Some(match c[0] {
+                0 => RequestOutcome::Appended { position },
+                1 => RequestOutcome::Duplicate { index, position },
+                2 => RequestOutcome::DuplicateTooOld,
+                3 => RequestOutcome::Closed,
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// Positions `[start, end)` of one entry that hold an idempotent producer's retry.
+pub type Span = (u32, u32);
 use tokio::sync::watch;
 
 use super::throttle::ShardThrottle;
@@ -38,10 +103,13 @@ pub struct ShardShared {
     /// (arrival time, log index) of the first entry of each arrival second: a sparse index
     /// for AT_TIMESTAMP iterators (at most one sample per second of writes).
     arrival_samples: Mutex<Vec<(i64, u64)>>,
-    /// Idempotent producers' recent batches, by producer id.
-    producers: Mutex<BTreeMap<String, ProducerBatches>>,
-    /// Log indexes of batches that repeat an earlier one: readers skip them.
-    duplicates: Mutex<BTreeSet<u64>>,
+    /// Idempotent producers' recent requests, by producer id.
+    producers: Mutex<BTreeMap<String, ProducerRequests>>,
+    /// Log index → the positions in that entry of requests that repeat an earlier one:
+    /// readers skip them.
+    duplicates: Mutex<BTreeMap<u64, Vec<Span>>>,
+    /// Coalesces this replica's writes into entries while it leads.
+    pub proposer: super::proposer::ShardProposer,
 }
 
 /// Milliseconds between arrival-time samples.
@@ -57,41 +125,60 @@ impl ShardShared {
             retention_mark: Mutex::new(None),
             throttle: Mutex::new(ShardThrottle::new(std::time::Instant::now())),
             producers: Mutex::new(BTreeMap::new()),
-            duplicates: Mutex::new(BTreeSet::new()),
+            duplicates: Mutex::new(BTreeMap::new()),
+            proposer: super::proposer::ShardProposer::default(),
         }
     }
 
-    /// Is the entry at `index` an idempotent producer's retry (not part of the shard's records)?
-    pub fn is_duplicate(&self, index: u64) -> bool {
+    /// The positions of the entry at `index` that repeat an earlier request (an idempotent
+    /// producer's retries: not part of the shard's records), if any.
+    pub fn duplicate_spans(&self, index: u64) -> Option<Vec<Span>> {
         self.duplicates
             .lock()
             .expect("duplicates lock")
-            .contains(&index)
+            .get(&index)
+            .cloned()
     }
 
-    /// Applies an idempotent producer's batch: `None` if new (remembered), else the apply
-    /// response naming the batch it repeats.
-    fn check_producer(&self, id: &str, sequence: u64, records: u64, index: u64) -> Option<Vec<u8>> {
+    /// Applies an idempotent producer's request: new (remembered), or a retry of a request
+    /// applied before.
+    fn check_producer(
+        &self,
+        id: &str,
+        sequence: u64,
+        records: u64,
+        index: u64,
+        position: u32,
+    ) -> RequestOutcome {
         let mut producers = self.producers.lock().expect("producers lock");
-        let batches = producers.entry(id.to_string()).or_default();
-        let next = batches.back().map_or(0, |(first, n, _)| first + n);
-        if batches.is_empty() || sequence >= next {
-            batches.push_back((sequence, records, index));
-            if batches.len() > PRODUCER_BATCHES_KEPT {
-                batches.pop_front();
+        let requests = producers.entry(id.to_string()).or_default();
+        let next = requests.back().map_or(0, |r| r.first + r.records);
+        if requests.is_empty() || sequence >= next {
+            requests.push_back(ProducerRequest {
+                first: sequence,
+                records,
+                index,
+                position,
+            });
+            if requests.len() > PRODUCER_REQUESTS_KEPT {
+                requests.pop_front();
             }
-            return None;
+            return RequestOutcome::Appended { position };
         }
+        let end = position.saturating_add(records as u32);
         self.duplicates
             .lock()
             .expect("duplicates lock")
-            .insert(index);
-        let original = batches
-            .iter()
-            .find(|(first, _, _)| *first == sequence)
-            .map(|(_, _, at)| at.to_string())
-            .unwrap_or_default();
-        Some([APPLY_DUPLICATE_OF, original.as_bytes()].concat())
+            .entry(index)
+            .or_default()
+            .push((position, end));
+        match requests.iter().find(|r| r.first == sequence) {
+            Some(original) => RequestOutcome::Duplicate {
+                index: original.index,
+                position: original.position,
+            },
+            None => RequestOutcome::DuplicateTooOld,
+        }
     }
 
     /// Forgets duplicates and producers wholly at or below a retention mark (purged anyway).
@@ -99,11 +186,11 @@ impl ShardShared {
         self.duplicates
             .lock()
             .expect("duplicates lock")
-            .retain(|i| *i > mark);
+            .retain(|i, _| *i > mark);
         self.producers
             .lock()
             .expect("producers lock")
-            .retain(|_, b| b.back().is_some_and(|(_, _, at)| *at > mark));
+            .retain(|_, b| b.back().is_some_and(|r| r.index > mark));
     }
 
     /// The highest retention mark applied so far.
@@ -167,6 +254,35 @@ impl ShardMachine {
         }
     }
 
+    /// Applies the requests `(records, producer id, producer sequence)` of a record batch
+    /// entry, reading nothing but its header.
+    fn apply_batch(&mut self, index: u64, arrival: i64, requests: &[(u64, &str, u64)]) -> Vec<u8> {
+        // A batch ordered after the seal is not part of this shard: refuse it.
+        if self.shared.sealed_at().is_some() {
+            return encode_outcomes(&vec![RequestOutcome::Closed; requests.len()]);
+        }
+        let mut position = 0u32;
+        let mut any_new = false;
+        let outcomes: Vec<RequestOutcome> = requests
+            .iter()
+            .map(|&(records, producer, sequence)| {
+                let outcome = if producer.is_empty() {
+                    RequestOutcome::Appended { position }
+                } else {
+                    self.shared
+                        .check_producer(producer, sequence, records, index, position)
+                };
+                any_new |= matches!(outcome, RequestOutcome::Appended { .. });
+                position = position.saturating_add(records as u32);
+                outcome
+            })
+            .collect();
+        if any_new {
+            self.note_arrival(arrival, index);
+        }
+        encode_outcomes(&outcomes)
+    }
+
     fn advance(&mut self, index: u64) {
         self.shared.applied.send_if_modified(|a| {
             debug_assert!(a.is_none_or(|a| a < index), "applied index went backwards");
@@ -178,30 +294,31 @@ impl ShardMachine {
 
 impl GroupStateMachine for ShardMachine {
     fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
-        let command = millrace_proto::storage::ShardCommand::decode(data)
-            .ok()
-            .and_then(|c| c.command);
-        let sealed = self.shared.sealed_at();
-        let response = match command {
-            // A batch ordered after the seal is not part of this shard: refuse it.
-            Some(Command::Put(_)) if sealed.is_some() => APPLY_CLOSED.to_vec(),
-            Some(Command::Put(batch)) if !batch.producer_id.is_empty() => self
-                .shared
-                .check_producer(
-                    &batch.producer_id,
-                    batch.producer_sequence,
-                    batch.records.len() as u64,
-                    log_id.index,
-                )
-                .unwrap_or_else(|| {
-                    self.note_arrival(batch.arrival_timestamp_ms, log_id.index);
-                    Vec::new()
-                }),
-            Some(Command::Put(batch)) => {
-                self.note_arrival(batch.arrival_timestamp_ms, log_id.index);
-                Vec::new()
+        let response = match entry::decode(data) {
+            Ok(ShardEntry::Batch { header, .. }) => {
+                let requests: Vec<(u64, &str, u64)> = header
+                    .requests
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.records as u64,
+                            r.producer_id.as_str(),
+                            r.producer_sequence,
+                        )
+                    })
+                    .collect();
+                self.apply_batch(log_id.index, header.arrival_timestamp_ms, &requests)
             }
-            Some(Command::RetentionMark(mark)) => {
+            // Format version 1: one request per entry.
+            Ok(ShardEntry::Command(Command::Put(batch))) => {
+                let request = (
+                    batch.records.len() as u64,
+                    batch.producer_id.as_str(),
+                    batch.producer_sequence,
+                );
+                self.apply_batch(log_id.index, batch.arrival_timestamp_ms, &[request])
+            }
+            Ok(ShardEntry::Command(Command::RetentionMark(mark))) => {
                 let mut m = self.shared.retention_mark.lock().expect("mark lock");
                 if m.is_none_or(|m| m < mark.upto_index) && mark.upto_index < log_id.index {
                     *m = Some(mark.upto_index);
@@ -209,13 +326,14 @@ impl GroupStateMachine for ShardMachine {
                 }
                 Vec::new()
             }
-            Some(Command::Seal(_)) => {
+            Ok(ShardEntry::Command(Command::Seal(_))) => {
                 let mut seal = self.shared.sealed_at.lock().expect("seal lock");
                 seal.get_or_insert(log_id.index);
                 Vec::new()
             }
-            None => {
-                tracing::error!(index = log_id.index, "undecodable shard command");
+            Ok(ShardEntry::Empty) => Vec::new(),
+            Err(e) => {
+                tracing::error!(index = log_id.index, error = %e, "undecodable shard entry");
                 Vec::new()
             }
         };
@@ -228,61 +346,17 @@ impl GroupStateMachine for ShardMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let at = self.shared.applied_index();
-        ShardSnapshot {
-            sealed_at: self.shared.sealed_at(),
-            applied: at,
-            producers: self
-                .shared
-                .producers
-                .lock()
-                .expect("producers lock")
-                .clone(),
-            duplicates: self
-                .shared
-                .duplicates
-                .lock()
-                .expect("duplicates lock")
-                .clone(),
+        match self.shared.applied_index() {
+            Some(at) => self.snapshot_as_of(at),
+            None => ShardSnapshot::default().encode(),
         }
-        .encode()
     }
 
     /// The shard as of `at`: its records stay in the log, so only the seal and the idempotent
     /// producers' state (each as of `at`: later entries re-apply after a restore) are state of
     /// its own.
     fn snapshot_at(&self, at: &LogId) -> Vec<u8> {
-        let producers = self
-            .shared
-            .producers
-            .lock()
-            .expect("producers lock")
-            .iter()
-            .map(|(id, batches)| {
-                let kept: ProducerBatches = batches
-                    .iter()
-                    .copied()
-                    .filter(|b| b.2 <= at.index)
-                    .collect();
-                (id.clone(), kept)
-            })
-            .filter(|(_, kept)| !kept.is_empty())
-            .collect();
-        let duplicates = self
-            .shared
-            .duplicates
-            .lock()
-            .expect("duplicates lock")
-            .range(..=at.index)
-            .copied()
-            .collect();
-        ShardSnapshot {
-            sealed_at: self.shared.sealed_at().filter(|s| *s <= at.index),
-            applied: Some(at.index),
-            producers,
-            duplicates,
-        }
-        .encode()
+        self.snapshot_as_of(at.index)
     }
 
     fn restore(&mut self, last_log_id: Option<&LogId>, data: &[u8]) -> Result<(), String> {
@@ -292,9 +366,10 @@ impl GroupStateMachine for ShardMachine {
             serde_json::from_slice::<ShardSnapshot>(data)
                 .map_err(|e| format!("bad shard snapshot: {e}"))?
         };
+        let (producers, duplicates) = snap.upgraded();
         *self.shared.sealed_at.lock().expect("seal lock") = snap.sealed_at;
-        *self.shared.producers.lock().expect("producers lock") = snap.producers;
-        *self.shared.duplicates.lock().expect("duplicates lock") = snap.duplicates;
+        *self.shared.producers.lock().expect("producers lock") = producers;
+        *self.shared.duplicates.lock().expect("duplicates lock") = duplicates;
         if let Some(l) = last_log_id {
             self.shared.applied.send_replace(Some(l.index));
         }
@@ -302,88 +377,268 @@ impl GroupStateMachine for ShardMachine {
     }
 }
 
-/// A shard snapshot (JSON, format version 1; `producers` and `duplicates` were added later and
-/// default to empty).
+impl ShardMachine {
+    fn snapshot_as_of(&self, at: u64) -> Vec<u8> {
+        let producer_requests = self
+            .shared
+            .producers
+            .lock()
+            .expect("producers lock")
+            .iter()
+            .map(|(id, requests)| {
+                let kept: ProducerRequests =
+                    requests.iter().copied().filter(|r| r.index <= at).collect();
+                (id.clone(), kept)
+            })
+            .filter(|(_, kept)| !kept.is_empty())
+            .collect();
+        let duplicate_spans = self
+            .shared
+            .duplicates
+            .lock()
+            .expect("duplicates lock")
+            .range(..=at)
+            .map(|(i, spans)| (*i, spans.clone()))
+            .collect();
+        ShardSnapshot {
+            sealed_at: self.shared.sealed_at().filter(|s| *s <= at),
+            applied: Some(at),
+            producer_requests,
+            duplicate_spans,
+            ..Default::default()
+        }
+        .encode()
+    }
+}
+
+/// A shard snapshot (JSON, format version 1, fields only added). `producers` and
+/// `duplicates` are what snapshots written before record batch format 2 hold (whole entries:
+/// one request each); they are read, upgraded, and never written again.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct ShardSnapshot {
     sealed_at: Option<u64>,
     applied: Option<u64>,
-    #[serde(default)]
-    producers: BTreeMap<String, ProducerBatches>,
-    #[serde(default)]
+    /// Before format 2: producer id → `[first sequence, records, log index]` of its batches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    producers: BTreeMap<String, VecDeque<(u64, u64, u64)>>,
+    /// Before format 2: log indexes of whole entries that repeat an earlier batch.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     duplicates: BTreeSet<u64>,
+    #[serde(default)]
+    producer_requests: BTreeMap<String, ProducerRequests>,
+    #[serde(default)]
+    duplicate_spans: BTreeMap<u64, Vec<Span>>,
 }
 
 impl ShardSnapshot {
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("shard snapshot serialises")
     }
+
+    /// The producers and duplicates in today's form, whichever form the snapshot has.
+    fn upgraded(&self) -> (BTreeMap<String, ProducerRequests>, BTreeMap<u64, Vec<Span>>) {
+        let mut producers = self.producer_requests.clone();
+        for (id, batches) in &self.producers {
+            let requests = batches
+                .iter()
+                .map(|&(first, records, index)| ProducerRequest {
+                    first,
+                    records,
+                    index,
+                    position: 0,
+                });
+            producers.entry(id.clone()).or_default().extend(requests);
+        }
+        let mut duplicates = self.duplicate_spans.clone();
+        for index in &self.duplicates {
+            duplicates.entry(*index).or_default().push((0, u32::MAX));
+        }
+        (producers, duplicates)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use millrace_proto::storage::{BatchRecord, RecordBatch, ShardCommand};
+    use crate::shard::entry::{encode_batch, encode_command, RequestRecords};
+    use millrace_proto::storage::{BatchRecord, RecordBatch, RetentionMark, ShardCommand};
     use millrace_raft::types::log_id;
+    use prost::Message;
+    use RequestOutcome::{Appended, Duplicate, DuplicateTooOld};
+
+    /// One entry coalescing `(producer, sequence, records)` requests.
+    fn merged(requests: &[(&str, u64, usize)]) -> Vec<u8> {
+        let records: Vec<Vec<BatchRecord>> = requests
+            .iter()
+            .map(|r| vec![BatchRecord::default(); r.2])
+            .collect();
+        let parts: Vec<RequestRecords<'_>> = requests
+            .iter()
+            .zip(&records)
+            .map(|(r, recs)| RequestRecords {
+                records: recs,
+                producer: (!r.0.is_empty()).then_some((r.0, r.1)),
+            })
+            .collect();
+        encode_batch(1, &parts)
+    }
 
     fn put(producer: &str, sequence: u64, records: usize) -> Vec<u8> {
-        ShardCommand {
-            command: Some(Command::Put(RecordBatch {
-                arrival_timestamp_ms: 1,
-                records: vec![BatchRecord::default(); records],
-                producer_id: producer.into(),
-                producer_sequence: sequence,
-            })),
-        }
-        .encode_to_vec()
+        merged(&[(producer, sequence, records)])
+    }
+
+    fn apply(m: &mut ShardMachine, index: u64, data: &[u8]) -> Vec<RequestOutcome> {
+        decode_outcomes(&m.apply(&log_id(2, 2, index), data)).expect("outcomes")
+    }
+
+    fn dup(shared: &ShardShared, index: u64) -> Vec<Span> {
+        shared.duplicate_spans(index).unwrap_or_default()
     }
 
     #[test]
     fn an_idempotent_producers_retries_are_marked_and_answered_with_the_original() {
         let shared = std::sync::Arc::new(ShardShared::new());
         let mut m = ShardMachine::new(shared.clone());
-        assert_eq!(m.apply(&log_id(1, 1, 1), &put("p", 0, 3)), b"");
-        // A retry of the same batch (e.g. after a leader change) at a later index.
         assert_eq!(
-            m.apply(&log_id(2, 2, 2), &put("p", 0, 3)),
-            b"duplicate-of:1"
+            apply(&mut m, 1, &put("p", 0, 3)),
+            [Appended { position: 0 }]
         );
-        assert!(shared.is_duplicate(2) && !shared.is_duplicate(1));
-        // The next batch, then a retry of it, then plain batches and another producer.
-        assert_eq!(m.apply(&log_id(2, 2, 3), &put("p", 3, 2)), b"");
+        // A retry of the same request (e.g. after a leader change) at a later index.
+        let original = Duplicate {
+            index: 1,
+            position: 0,
+        };
+        assert_eq!(apply(&mut m, 2, &put("p", 0, 3)), [original]);
+        assert_eq!(dup(&shared, 2), [(0, 3)]);
+        assert!(dup(&shared, 1).is_empty());
+        // The next request, then a retry of it, then plain requests and another producer.
         assert_eq!(
-            m.apply(&log_id(2, 2, 4), &put("p", 3, 2)),
-            b"duplicate-of:3"
+            apply(&mut m, 3, &put("p", 3, 2)),
+            [Appended { position: 0 }]
         );
-        assert_eq!(m.apply(&log_id(2, 2, 5), &put("", 0, 2)), b"");
-        assert_eq!(m.apply(&log_id(2, 2, 6), &put("q", 0, 1)), b"");
-        assert!(!shared.is_duplicate(5) && !shared.is_duplicate(6));
-        // A gap (an earlier batch was given up) is accepted.
-        assert_eq!(m.apply(&log_id(2, 2, 7), &put("p", 10, 1)), b"");
+        let original = Duplicate {
+            index: 3,
+            position: 0,
+        };
+        assert_eq!(apply(&mut m, 4, &put("p", 3, 2)), [original]);
+        assert_eq!(apply(&mut m, 5, &put("", 0, 2)), [Appended { position: 0 }]);
+        assert_eq!(
+            apply(&mut m, 6, &put("q", 0, 1)),
+            [Appended { position: 0 }]
+        );
+        assert!(dup(&shared, 5).is_empty() && dup(&shared, 6).is_empty());
+        // A gap (an earlier request was given up) is accepted.
+        assert_eq!(
+            apply(&mut m, 7, &put("p", 10, 1)),
+            [Appended { position: 0 }]
+        );
 
         // The state survives a snapshot as of index 4: entries after it re-apply the same way.
         let snap = m.snapshot_at(&log_id(2, 2, 4));
         let restored_shared = std::sync::Arc::new(ShardShared::new());
         let mut restored = ShardMachine::new(restored_shared.clone());
         restored.restore(Some(&log_id(2, 2, 4)), &snap).unwrap();
-        assert!(restored_shared.is_duplicate(2) && restored_shared.is_duplicate(4));
-        assert_eq!(restored.apply(&log_id(2, 2, 5), &put("", 0, 2)), b"");
-        assert_eq!(restored.apply(&log_id(2, 2, 6), &put("q", 0, 1)), b"");
-        assert_eq!(restored.apply(&log_id(2, 2, 7), &put("p", 10, 1)), b"");
+        assert_eq!(dup(&restored_shared, 2), [(0, 3)]);
+        assert_eq!(dup(&restored_shared, 4), [(0, 2)]);
         assert_eq!(
-            restored.apply(&log_id(2, 2, 8), &put("p", 10, 1)),
-            b"duplicate-of:7"
+            apply(&mut restored, 5, &put("", 0, 2)),
+            [Appended { position: 0 }]
         );
+        assert_eq!(
+            apply(&mut restored, 6, &put("q", 0, 1)),
+            [Appended { position: 0 }]
+        );
+        assert_eq!(
+            apply(&mut restored, 7, &put("p", 10, 1)),
+            [Appended { position: 0 }]
+        );
+        let original = Duplicate {
+            index: 7,
+            position: 0,
+        };
+        assert_eq!(apply(&mut restored, 8, &put("p", 10, 1)), [original]);
 
         // A retention mark forgets what it purges.
-        let mark = ShardCommand {
-            command: Some(Command::RetentionMark(
-                millrace_proto::storage::RetentionMark { upto_index: 4 },
-            )),
-        }
-        .encode_to_vec();
+        let mark = encode_command(Command::RetentionMark(RetentionMark { upto_index: 4 }));
         restored.apply(&log_id(2, 2, 9), &mark);
-        assert!(!restored_shared.is_duplicate(2) && !restored_shared.is_duplicate(4));
-        assert!(restored_shared.is_duplicate(8));
+        assert!(dup(&restored_shared, 2).is_empty() && dup(&restored_shared, 4).is_empty());
+        assert_eq!(dup(&restored_shared, 8), [(0, 1)]);
+    }
+
+    #[test]
+    fn requests_coalesced_into_one_entry_keep_their_own_positions_and_de_duplication() {
+        let shared = std::sync::Arc::new(ShardShared::new());
+        let mut m = ShardMachine::new(shared.clone());
+        // Three requests in one entry: plain, producer p, producer q.
+        let first = apply(&mut m, 1, &merged(&[("", 0, 2), ("p", 0, 3), ("q", 0, 1)]));
+        assert_eq!(
+            first,
+            [
+                Appended { position: 0 },
+                Appended { position: 2 },
+                Appended { position: 5 }
+            ]
+        );
+        // A later entry repeats p's request between two new ones: only p's span is skipped,
+        // and p is answered with where its records first landed.
+        let second = apply(&mut m, 2, &merged(&[("q", 1, 2), ("p", 0, 3), ("", 0, 1)]));
+        assert_eq!(
+            second,
+            [
+                Appended { position: 0 },
+                Duplicate {
+                    index: 1,
+                    position: 2
+                },
+                Appended { position: 5 }
+            ]
+        );
+        assert_eq!(dup(&shared, 2), [(2, 5)]);
+        // A retry of a request no longer remembered is refused, not written again.
+        for i in 0..PRODUCER_REQUESTS_KEPT as u64 {
+            apply(&mut m, 3 + i, &put("p", 3 + i, 1));
+        }
+        assert_eq!(apply(&mut m, 100, &put("p", 0, 3)), [DuplicateTooOld]);
+        // After the seal every request of an entry is refused.
+        m.apply(
+            &log_id(2, 2, 101),
+            &encode_command(Command::Seal(Default::default())),
+        );
+        let closed = apply(&mut m, 102, &merged(&[("", 0, 1), ("r", 0, 1)]));
+        assert_eq!(closed, [RequestOutcome::Closed, RequestOutcome::Closed]);
+    }
+
+    #[test]
+    fn format_1_entries_and_snapshots_still_apply() {
+        let shared = std::sync::Arc::new(ShardShared::new());
+        let mut m = ShardMachine::new(shared.clone());
+        let v1 = |sequence| {
+            ShardCommand {
+                command: Some(Command::Put(RecordBatch {
+                    arrival_timestamp_ms: 1,
+                    records: vec![BatchRecord::default(); 2],
+                    producer_id: "p".into(),
+                    producer_sequence: sequence,
+                })),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(apply(&mut m, 1, &v1(0)), [Appended { position: 0 }]);
+        let original = Duplicate {
+            index: 1,
+            position: 0,
+        };
+        assert_eq!(apply(&mut m, 2, &v1(0)), [original]);
+        // A snapshot written before format 2: whole-entry duplicates and 3-field batches.
+        let old = br#"{"sealed_at":null,"applied":5,"producers":{"p":[[0,2,1]]},"duplicates":[2]}"#;
+        let restored_shared = std::sync::Arc::new(ShardShared::new());
+        let mut restored = ShardMachine::new(restored_shared.clone());
+        restored.restore(Some(&log_id(1, 1, 5)), old).unwrap();
+        assert_eq!(dup(&restored_shared, 2), [(0, u32::MAX)]);
+        assert_eq!(apply(&mut restored, 6, &put("p", 0, 2)), [original]);
+        assert_eq!(
+            apply(&mut restored, 7, &put("p", 2, 1)),
+            [Appended { position: 0 }]
+        );
     }
 }

@@ -1,8 +1,11 @@
-//! Shards: hash-key math, sequence numbers, the shard state machine and the read path.
+//! Shards: hash-key math, sequence numbers, the entry format, the leader's write coalescing,
+//! the shard state machine and the read path.
 
 pub mod dirty;
+pub mod entry;
 pub mod hashing;
 pub mod machine;
+pub mod proposer;
 pub mod read;
 pub mod sequence;
 pub mod throttle;

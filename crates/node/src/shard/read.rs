@@ -2,12 +2,12 @@
 //! applied index.
 
 use millrace_proto::internal::StoredRecord;
-use millrace_proto::storage::shard_command::Command;
-use millrace_proto::storage::ShardCommand;
 use millrace_raft::codec::decode_entry;
 use millrace_raft::log_store::GroupLogStore;
 use openraft::EntryPayload;
-use prost::Message;
+
+use super::entry;
+use super::machine::Span;
 
 /// Where a read starts and how much it may return.
 #[derive(Debug, Clone, Copy)]
@@ -52,12 +52,10 @@ pub fn find_index_at_timestamp(
         let last = *last;
         for (index, raw) in frames {
             if let EntryPayload::Normal(req) = decode_entry(index, &raw)?.payload {
-                let cmd = ShardCommand::decode(req.0.as_slice())
-                    .map_err(|e| format!("entry {index}: bad shard command: {e}"))?;
-                if let Some(Command::Put(batch)) = cmd.command {
-                    if batch.arrival_timestamp_ms >= ts_ms {
-                        return Ok(index);
-                    }
+                let arrival =
+                    entry::arrival_of(&req.0).map_err(|e| format!("entry {index}: {e}"))?;
+                if arrival.is_some_and(|a| a >= ts_ms) {
+                    return Ok(index);
                 }
             }
         }
@@ -78,13 +76,13 @@ const READ_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Reads committed records from `bounds` up to and including `applied` (the caller passes the
 /// seal's index instead when the shard is sealed: nothing after it belongs to the shard).
-/// Purged positions are skipped forward to the oldest retained entry, and entries that
-/// `is_duplicate` names (idempotent producers' retries) are skipped whole.
+/// Purged positions are skipped forward to the oldest retained entry, and the positions that
+/// `duplicates` names for an entry (idempotent producers' retries) are skipped.
 pub fn read_records(
     log: &GroupLogStore,
     applied: u64,
     bounds: ReadBounds,
-    is_duplicate: &dyn Fn(u64) -> bool,
+    duplicates: &dyn Fn(u64) -> Option<Vec<Span>>,
 ) -> Result<ReadOutcome, String> {
     let (first, _) = log.bounds();
     let mut out = ReadOutcome {
@@ -108,32 +106,36 @@ pub fn read_records(
         }
         for (index, raw) in frames {
             debug_assert_eq!(index, out.next_index);
-            let entry = decode_entry(index, &raw)?;
-            let payload = match entry.payload {
-                EntryPayload::Normal(req) if !is_duplicate(index) => Some(req),
+            let batch = match decode_entry(index, &raw)?.payload {
+                EntryPayload::Normal(req) => {
+                    entry::decode_records(&req.0).map_err(|e| format!("entry {index}: {e}"))?
+                }
                 _ => None,
             };
-            if let Some(req) = payload {
-                let cmd = ShardCommand::decode(req.0.as_slice())
-                    .map_err(|e| format!("entry {index}: bad shard command: {e}"))?;
-                if let Some(Command::Put(batch)) = cmd.command {
-                    let start = out.next_position as usize;
-                    for (pos, r) in batch.records.into_iter().enumerate().skip(start) {
-                        let full = out.records.len() >= bounds.max_records
-                            || (!out.records.is_empty() && bytes + r.data.len() > bounds.max_bytes);
-                        if full {
-                            out.next_position = pos as u32 + calibration_skip();
-                            return Ok(out);
-                        }
-                        bytes += r.data.len();
-                        out.records.push(StoredRecord {
-                            log_index: index,
-                            position: pos as u32,
-                            arrival_timestamp_ms: batch.arrival_timestamp_ms,
-                            partition_key: r.partition_key,
-                            data: r.data,
-                        });
+            if let Some(batch) = batch {
+                let skipped = duplicates(index).unwrap_or_default();
+                let start = out.next_position as usize;
+                for (pos, r) in batch.records.into_iter().enumerate().skip(start) {
+                    if skipped
+                        .iter()
+                        .any(|(from, to)| (*from..*to).contains(&(pos as u32)))
+                    {
+                        continue;
                     }
+                    let full = out.records.len() >= bounds.max_records
+                        || (!out.records.is_empty() && bytes + r.data.len() > bounds.max_bytes);
+                    if full {
+                        out.next_position = pos as u32 + calibration_skip();
+                        return Ok(out);
+                    }
+                    bytes += r.data.len();
+                    out.records.push(StoredRecord {
+                        log_index: index,
+                        position: pos as u32,
+                        arrival_timestamp_ms: batch.arrival_timestamp_ms,
+                        partition_key: r.partition_key,
+                        data: r.data,
+                    });
                 }
             }
             out.next_index = index + 1;
