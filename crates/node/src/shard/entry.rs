@@ -164,8 +164,8 @@ mod tests {
     fn record(key: &str, data: &[u8]) -> BatchRecord {
         BatchRecord {
             partition_key: key.into(),
-            data: data.to_vec().into(),
-            hash_key: vec![7; 16].into(),
+            data: data.to_vec(),
+            hash_key: vec![7; 16],
         }
     }
 

@@ -158,7 +158,7 @@ mod tests {
     fn write(records: usize, data_bytes: usize) -> (Pending, oneshot::Receiver<Proposed>) {
         let record = BatchRecord {
             partition_key: String::new(),
-            data: vec![0; data_bytes].into(),
+            data: vec![0; data_bytes],
             hash_key: Default::default(),
         };
         Pending::new(vec![record; records], None)
