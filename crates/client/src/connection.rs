@@ -10,6 +10,8 @@ use millrace_proto::v1::millrace_client::MillraceClient;
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::pipeline::Pipelines;
+use crate::routes::Routes;
 use crate::{ClientError, PutRecord, PutResult, Record, RecordError, RecordsPage, StartPosition};
 
 /// Timeouts and retry policy.
@@ -47,8 +49,10 @@ struct Inner {
     channels: Vec<Channel>,
     current: AtomicUsize,
     config: ClientConfig,
-    /// Node id → index in `channels`, when known (a client built by [`Client::discover`]).
-    nodes: BTreeMap<u64, usize>,
+    /// Where writes go first (see [`crate::routes`]).
+    routes: Routes,
+    /// One PutRecords pipeline per endpoint (see [`crate::pipeline`]).
+    pipelines: Pipelines,
 }
 
 impl Client {
@@ -91,11 +95,12 @@ impl Client {
         let start = rand::rng().random_range(0..channels.len());
         Ok(Client {
             inner: Arc::new(Inner {
+                pipelines: Pipelines::new(channels.len()),
                 urls,
                 channels,
                 current: AtomicUsize::new(start),
                 config,
-                nodes: BTreeMap::new(),
+                routes: Routes::default(),
             }),
         })
     }
@@ -138,15 +143,20 @@ impl Client {
         let client = Client::with_config(all, config)?;
         let mut inner = Arc::try_unwrap(client.inner)
             .map_err(|_| ClientError::Unknown("the new client is shared already".into()))?;
-        inner.nodes = nodes;
+        inner.routes = Routes::with_nodes(nodes);
         Ok(Client {
             inner: Arc::new(inner),
         })
     }
 
-    /// The endpoint index of a node, when this client knows node ids (see [`Client::discover`]).
+    /// The endpoint index of a node, when this client knows node ids (see [`Client::discover`];
+    /// otherwise learned with the first routed write).
     fn node_index(&self, node_id: u64) -> Option<usize> {
-        self.inner.nodes.get(&node_id).copied()
+        self.inner.routes.node_index(node_id)
+    }
+
+    pub(crate) fn routes(&self) -> &Routes {
+        &self.inner.routes
     }
 
     /// Runs `f` against the current endpoint, moving to the next one and backing off (with
@@ -190,6 +200,27 @@ impl Client {
         F: FnMut(MillraceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.attempts_at(first, read, |idx| f(self.grpc(idx))).await
+    }
+
+    /// The gRPC client of endpoint `idx`.
+    fn grpc(&self, idx: usize) -> MillraceClient<Channel> {
+        MillraceClient::new(self.inner.channels[idx].clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// [`Client::attempts`] with `f` given the endpoint's index.
+    async fn attempts_at<T, F, Fut>(
+        &self,
+        first: Option<usize>,
+        read: bool,
+        mut f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let mut first = first;
         let cfg = &self.inner.config;
         let deadline = Instant::now() + cfg.call_timeout;
@@ -201,10 +232,7 @@ impl Client {
                 .take()
                 .unwrap_or_else(|| self.inner.current.load(Ordering::Relaxed))
                 % n;
-            let client = MillraceClient::new(self.inner.channels[idx].clone())
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024);
-            let result = tokio::time::timeout(cfg.request_timeout, f(client)).await;
+            let result = tokio::time::timeout(cfg.request_timeout, f(idx)).await;
             let err = match result {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => ClientError::from_status(status),
@@ -445,7 +473,9 @@ impl Client {
     }
 
     /// [`Client::put_records_as`], sent first to `leader`'s node when this client knows it
-    /// (the shard leader: the write then needs no forwarding hop).
+    /// (the shard leader: the write then needs no forwarding hop). Without `leader`, the call
+    /// goes first to the node that led the first record's shard when this client last looked
+    /// (see [`crate::routes`]).
     pub async fn put_records_via(
         &self,
         stream: &str,
@@ -453,7 +483,10 @@ impl Client {
         producer: Option<(&str, u64)>,
         leader: Option<u64>,
     ) -> Result<Vec<Result<PutResult, RecordError>>, ClientError> {
-        let first = leader.and_then(|l| self.node_index(l));
+        let first = match leader.and_then(|l| self.node_index(l)) {
+            Some(i) => Some(i),
+            None => self.leader_endpoint(stream, &records).await,
+        };
         let (producer_id, producer_sequence) =
             producer.map_or((String::new(), 0), |(id, seq)| (id.to_string(), seq));
         let req = pb::PutRecordsRequest {
@@ -469,12 +502,24 @@ impl Client {
                 })
                 .collect(),
         };
+        // Over the endpoint's pipeline when it serves one, else as a unary call.
         let resp = self
-            .call_at(first, |mut c| {
+            .attempts_at(first, false, |idx| {
                 let req = req.clone();
-                async move { c.put_records(req).await }
+                async move {
+                    let channel = &self.inner.channels[idx];
+                    match self.inner.pipelines.call(idx, channel, req).await {
+                        Ok(answer) => answer.map(tonic::Response::new),
+                        Err(req) => self.grpc(idx).put_records(req).await,
+                    }
+                }
             })
-            .await?;
+            .await
+            .inspect_err(|_| self.routes().expire(stream))?;
+        if resp.failed_record_count > 0 {
+            // A shard may have moved or split.
+            self.routes().expire(stream);
+        }
         Ok(resp
             .records
             .into_iter()

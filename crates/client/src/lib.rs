@@ -119,7 +119,9 @@ mod connection;
 mod consumer;
 mod error;
 pub mod group;
+mod pipeline;
 mod producer;
+mod routes;
 mod tail;
 
 pub use connection::{Client, ClientConfig};

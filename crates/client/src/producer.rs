@@ -32,10 +32,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use md5::{Digest, Md5};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::routes::hash_of;
 use crate::{Client, ClientError, PutRecord, PutResult, RecordError};
 
 /// How a [`Producer`] batches and paces its writes.
@@ -209,14 +209,6 @@ impl ShardMap {
             .position(|(start, end, _)| *start <= hash && hash <= *end)
             .unwrap_or(self.ranges.len().saturating_sub(1))
     }
-}
-
-fn hash_of(record: &PutRecord) -> u128 {
-    record
-        .explicit_hash_key
-        .as_deref()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or_else(|| u128::from_be_bytes(Md5::digest(record.partition_key.as_bytes()).into()))
 }
 
 type Waiter = oneshot::Sender<Result<PutResult, ProduceError>>;

@@ -193,6 +193,16 @@ fn status_proto(s: StreamStatus) -> i32 {
 #[tonic::async_trait]
 impl Millrace for MillraceService {
     type SubscribeToShardStream = super::consumers::EventStream;
+    type PutRecordsPipelineStream = super::records::PipelineAnswers;
+
+    async fn put_records_pipeline(
+        &self,
+        req: Request<tonic::Streaming<pb::PipelinedPutRecords>>,
+    ) -> Reply<Self::PutRecordsPipelineStream> {
+        Ok(Response::new(
+            self.put_records_pipeline_impl(req.into_inner()),
+        ))
+    }
 
     async fn register_stream_consumer(
         &self,

@@ -1,7 +1,13 @@
 //! The data plane of the public API: PutRecords, GetShardIterator, GetRecords.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{mpsc, Semaphore};
+use tonic::Status;
 
 use millrace_proto::internal::StoredRecord;
 use millrace_proto::storage::BatchRecord;
@@ -26,6 +32,13 @@ pub const PARTITION_KEY_CHARS_MAX: usize = 256;
 pub const GET_RECORDS_RECORDS_MAX: u32 = 10_000;
 pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
 
+/// PutRecords calls one pipeline runs at a time (the next message waits for a slot).
+pub const PIPELINE_CALLS_MAX: usize = 1024;
+
+/// The answers of a PutRecords pipeline, in the order the calls finish.
+pub type PipelineAnswers =
+    Pin<Box<dyn Stream<Item = Result<pb::PipelinedPutRecordsResult, Status>> + Send>>;
+
 /// How often a write to a sealed shard re-checks whether its children are open.
 const RESHARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -33,6 +46,27 @@ fn hash_of(r: &BatchRecord) -> u128 {
     let mut b = [0u8; 16];
     b.copy_from_slice(&r.hash_key);
     u128::from_be_bytes(b)
+}
+
+/// A pipelined call's answer: what unary PutRecords would have answered.
+fn pipelined(
+    call_id: u64,
+    outcome: Result<pb::PutRecordsResponse, ApiError>,
+) -> pb::PipelinedPutRecordsResult {
+    match outcome {
+        Ok(response) => pb::PipelinedPutRecordsResult {
+            call_id,
+            response: Some(response),
+            ..Default::default()
+        },
+        Err(e) => pb::PipelinedPutRecordsResult {
+            call_id,
+            response: None,
+            status_code: e.grpc_code() as i32,
+            error_symbol: e.symbol().to_string(),
+            error_message: e.to_string(),
+        },
+    }
 }
 
 /// Idempotent producers' ids are 1-128 characters.
@@ -149,6 +183,39 @@ impl MillraceService {
             failed_record_count: failed,
             records: results,
         })
+    }
+
+    /// Serves a PutRecords pipeline: each call runs as a task of its own, at most
+    /// [`PIPELINE_CALLS_MAX`] at once, and is answered on the returned stream when it ends.
+    /// The stream ends once the client's side has ended and every call is answered.
+    pub(super) fn put_records_pipeline_impl(
+        &self,
+        mut calls: tonic::Streaming<pb::PipelinedPutRecords>,
+    ) -> PipelineAnswers {
+        let (answers, rx) = mpsc::channel(PIPELINE_CALLS_MAX);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(PIPELINE_CALLS_MAX));
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                // The client ended its side or the stream broke: the calls under way still
+                // answer (into a closed stream, if it broke).
+                let Ok(Some(call)) = calls.message().await else {
+                    return;
+                };
+                let (service, answers) = (MillraceService { node: node.clone() }, answers.clone());
+                tokio::spawn(async move {
+                    let outcome = service
+                        .put_records_impl(call.request.unwrap_or_default())
+                        .await;
+                    let _ = answers.send(Ok(pipelined(call.call_id, outcome))).await;
+                    drop(slot);
+                });
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// One round of writes; returns the records whose shard was sealed (to retry).

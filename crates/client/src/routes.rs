@@ -1,0 +1,231 @@
+//! Where a write goes first: each stream's open shards and the node that leads each, so a
+//! `put_records` call reaches its shard's leader without a forwarding hop.
+//!
+//! Learned with ListShards (and DescribeCluster, for the node ids of this client's endpoints),
+//! kept per stream and reloaded in the background once [`ROUTES_TTL`] has passed or a write
+//! failed. A stale route is never wrong, only slower: the node it names forwards the write to
+//! the shard's leader (or answers NOT_LEADER, and the call moves on as it always did).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+
+use crate::{Client, PutRecord};
+
+/// How long a stream's routes are used before they are reloaded (in the background: calls
+/// meanwhile keep using the old ones).
+pub const ROUTES_TTL: Duration = Duration::from_secs(3);
+
+/// The hash key of a record: its explicit hash key, else the MD5 of its partition key (as
+/// the server computes it).
+pub(crate) fn hash_of(record: &PutRecord) -> u128 {
+    record
+        .explicit_hash_key
+        .as_deref()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| u128::from_be_bytes(Md5::digest(record.partition_key.as_bytes()).into()))
+}
+
+/// The route table of one client.
+#[derive(Default)]
+pub(crate) struct Routes {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Node id → endpoint index, once learned (or given by [`Client::discover`]).
+    nodes: Option<Arc<BTreeMap<u64, usize>>>,
+    streams: HashMap<String, StreamRoutes>,
+}
+
+struct StreamRoutes {
+    /// (starting hash key, ending hash key, leader's endpoint index), open shards only, by
+    /// starting key.
+    shards: Arc<Vec<(u128, u128, Option<usize>)>>,
+    loaded: Instant,
+    loading: bool,
+}
+
+impl StreamRoutes {
+    fn endpoint_of(&self, hash: u128) -> Option<usize> {
+        let i = self.shards.partition_point(|(start, _, _)| *start <= hash);
+        let (_, end, leader) = self.shards.get(i.checked_sub(1)?)?;
+        (hash <= *end).then_some(*leader).flatten()
+    }
+}
+
+impl Routes {
+    pub(crate) fn with_nodes(nodes: BTreeMap<u64, usize>) -> Routes {
+        Routes {
+            state: Mutex::new(State {
+                nodes: (!nodes.is_empty()).then(|| Arc::new(nodes)),
+                streams: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a cache: a panic elsewhere cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn node_index(&self, node_id: u64) -> Option<usize> {
+        self.lock().nodes.as_ref()?.get(&node_id).copied()
+    }
+
+    /// Makes the next call reload `stream`'s routes.
+    pub(crate) fn expire(&self, stream: &str) {
+        if let Some(s) = self.lock().streams.get_mut(stream) {
+            s.loaded = Instant::now() - ROUTES_TTL;
+        }
+    }
+}
+
+/// What to do about a stream's routes on this call.
+enum Lookup {
+    /// Fresh enough, or being reloaded by another call already.
+    Use(Option<usize>),
+    /// Stale: use them, and reload them in the background.
+    Refresh(Option<usize>),
+    /// Unknown: load them now.
+    Load,
+}
+
+impl Client {
+    /// The endpoint of the node leading the shard of `records`' first record, when known.
+    pub(crate) async fn leader_endpoint(
+        &self,
+        stream: &str,
+        records: &[PutRecord],
+    ) -> Option<usize> {
+        let hash = hash_of(records.first()?);
+        let lookup = {
+            let mut state = self.routes().lock();
+            match state.streams.get_mut(stream) {
+                Some(s) if s.loading || s.loaded.elapsed() < ROUTES_TTL => {
+                    Lookup::Use(s.endpoint_of(hash))
+                }
+                Some(s) => {
+                    s.loading = true;
+                    Lookup::Refresh(s.endpoint_of(hash))
+                }
+                None => {
+                    state.streams.insert(
+                        stream.to_string(),
+                        StreamRoutes {
+                            shards: Arc::default(),
+                            loaded: Instant::now(),
+                            loading: true,
+                        },
+                    );
+                    Lookup::Load
+                }
+            }
+        };
+        match lookup {
+            Lookup::Use(e) => e,
+            Lookup::Refresh(e) => {
+                let (client, stream) = (self.clone(), stream.to_string());
+                tokio::spawn(async move { client.load_routes(&stream).await });
+                e
+            }
+            Lookup::Load => {
+                self.load_routes(stream).await;
+                let state = self.routes().lock();
+                state.streams.get(stream)?.endpoint_of(hash)
+            }
+        }
+    }
+
+    /// Reads `stream`'s shards and their leaders (and, the first time, which endpoint is
+    /// which node). A failure leaves no routes until the next reload: calls then go wherever
+    /// they would without routes.
+    async fn load_routes(&self, stream: &str) {
+        let known = self.routes().lock().nodes.clone();
+        let nodes = match known {
+            Some(n) => Some(n),
+            None => self.learn_nodes().await,
+        };
+        let shards = match (&nodes, self.list_shards(stream).await) {
+            (Some(nodes), Ok(shards)) => {
+                let leaders: BTreeMap<String, u64> = shards
+                    .iter()
+                    .map(|s| (s.shard_id.clone(), s.leader_node_id))
+                    .collect();
+                crate::open_shard_ranges(shards)
+                    .into_iter()
+                    .map(|(start, end, id)| {
+                        let leader = leaders.get(&id).and_then(|n| nodes.get(n)).copied();
+                        (start, end, leader)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        self.routes().lock().streams.insert(
+            stream.to_string(),
+            StreamRoutes {
+                shards: Arc::new(shards),
+                loaded: Instant::now(),
+                loading: false,
+            },
+        );
+    }
+
+    /// Matches the cluster's members to this client's endpoints by address.
+    async fn learn_nodes(&self) -> Option<Arc<BTreeMap<u64, usize>>> {
+        let cluster = self.describe_cluster().await.ok()?;
+        let urls = self.endpoints();
+        let nodes: BTreeMap<u64, usize> = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let url = format!("http://{}", n.grpc_addr);
+                Some((n.node_id, urls.iter().position(|u| *u == url)?))
+            })
+            .collect();
+        let nodes = Arc::new(nodes);
+        self.routes().lock().nodes = Some(nodes.clone());
+        Some(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_finds_the_shard_that_covers_it() {
+        let routes = StreamRoutes {
+            shards: Arc::new(vec![
+                (0, 99, Some(0)),
+                (100, 199, None),
+                (300, 399, Some(2)),
+            ]),
+            loaded: Instant::now(),
+            loading: false,
+        };
+        assert_eq!(routes.endpoint_of(0), Some(0));
+        assert_eq!(routes.endpoint_of(99), Some(0));
+        assert_eq!(routes.endpoint_of(150), None, "leader unknown");
+        assert_eq!(
+            routes.endpoint_of(250),
+            None,
+            "a gap (children not open yet)"
+        );
+        assert_eq!(routes.endpoint_of(300), Some(2));
+        assert_eq!(routes.endpoint_of(400), None);
+    }
+
+    #[test]
+    fn an_explicit_hash_key_wins_over_the_partition_key() {
+        let mut r = PutRecord::new("k", Vec::new());
+        let by_key = hash_of(&r);
+        assert_eq!(by_key, u128::from_be_bytes(Md5::digest(b"k").into()));
+        r.explicit_hash_key = Some("42".into());
+        assert_eq!(hash_of(&r), 42);
+    }
+}
