@@ -719,3 +719,85 @@ async fn reads_move_on_from_an_endpoint_that_never_answers() {
         assert!(described.is_ok(), "{described:?}");
     }
 }
+
+/// Concurrent one-record calls through a plain client go straight to the shard's leader
+/// (the client learns where it is), are merged into far fewer Raft entries than calls, share
+/// fsyncs, and keep each caller's order; a whole-call error keeps its symbol over the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_go_to_the_leader_and_merge_into_entries() {
+    const CALLERS: usize = 64;
+    const CALLS: usize = 10;
+    let cluster = Cluster::start("merge", 3).await;
+    let client = cluster.client();
+    client.create_stream("m", 1).await.unwrap();
+    client
+        .wait_for_active("m", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // One write first: the client learns the routes.
+    client
+        .put_records("m", vec![PutRecord::new("warm-up", b"w".to_vec())])
+        .await
+        .unwrap();
+    let leader_before = client.list_shards("m").await.unwrap()[0].leader_node_id;
+    let before = client.node_stats().await;
+    assert_eq!(before.len(), 3, "every node answers GetNodeStats");
+
+    let callers = (0..CALLERS).map(|c| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..CALLS {
+                let record = PutRecord::new(format!("caller-{c}"), format!("{c}:{i}").into_bytes());
+                let results = client.put_records("m", vec![record]).await.expect("put");
+                results[0].as_ref().expect("record written");
+            }
+        })
+    });
+    for c in futures::future::join_all(callers).await {
+        c.unwrap();
+    }
+    let after = client.node_stats().await;
+    let leader_after = client.list_shards("m").await.unwrap()[0].leader_node_id;
+    let nodes = millrace_client::bench::node_deltas(&before, &after);
+    let sum = |f: fn(&millrace_client::bench::NodeDelta) -> u64| nodes.iter().map(f).sum::<u64>();
+    let calls = (CALLERS * CALLS) as u64;
+    assert_eq!(sum(|n| n.requests_led), calls, "{nodes:?}");
+    assert_eq!(sum(|n| n.records), calls, "{nodes:?}");
+    assert!(
+        sum(|n| n.entries) * 2 <= calls,
+        "64 concurrent callers should merge into at most half as many entries: {nodes:?}"
+    );
+    if leader_before == leader_after && leader_before != 0 {
+        let leader = nodes.iter().find(|n| n.node_id == leader_before).unwrap();
+        assert_eq!(leader.requests_led, calls, "{nodes:?}");
+        assert!(
+            sum(|n| n.requests_forwarded) * 20 <= calls,
+            "writes should reach the leader without a hop: {nodes:?}"
+        );
+        assert!(
+            leader.fsyncs < leader.requests_led,
+            "the leader's appends should share fsyncs: {nodes:?}"
+        );
+    }
+
+    // Every caller's records, in the order it wrote them.
+    let mut seen: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (_, data) in read_all(&client, "m").await {
+        if let Some((c, i)) = data.split_once(':') {
+            seen.entry(c.to_string())
+                .or_default()
+                .push(i.parse().unwrap());
+        }
+    }
+    assert_eq!(seen.len(), CALLERS);
+    for (caller, calls) in &seen {
+        assert_eq!(*calls, (0..CALLS).collect::<Vec<_>>(), "caller {caller}");
+    }
+
+    // A whole-call failure comes back over the pipeline as the unary call reports it.
+    let err = client
+        .put_records("no-such-stream", vec![PutRecord::new("k", b"x".to_vec())])
+        .await
+        .unwrap_err();
+    assert_eq!(err.symbol(), Some("RESOURCE_NOT_FOUND"), "{err}");
+}

@@ -84,6 +84,7 @@ pub async fn produce(
         ));
     }
     ensure_stream(client, &opts.stream, opts.shards).await?;
+    let before = client.node_stats().await;
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let payload = Arc::new(vec![b'x'; opts.record_bytes]);
@@ -130,7 +131,70 @@ pub async fn produce(
     }
     bar.finish_and_clear();
     let failed = failed.load(Ordering::Relaxed);
-    report_produce(&opts, started, latencies, failed, json_out, out)
+    let nodes = node_deltas(&before, &client.node_stats().await);
+    report_produce(&opts, started, latencies, failed, &nodes, json_out, out)
+}
+
+/// One node's write path over a bench run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeDelta {
+    pub node_id: u64,
+    pub requests_led: u64,
+    pub requests_forwarded: u64,
+    pub entries: u64,
+    pub records: u64,
+    pub flush_rounds: u64,
+    pub fsyncs: u64,
+    pub flush_micros: u64,
+}
+
+impl NodeDelta {
+    /// Records this node proposed as a leader per fsync it made (its group commit).
+    pub fn records_per_fsync(&self) -> f64 {
+        self.records as f64 / self.fsyncs.max(1) as f64
+    }
+
+    /// Mean time of one flush round, milliseconds.
+    pub fn flush_ms(&self) -> f64 {
+        self.flush_micros as f64 / 1000.0 / self.flush_rounds.max(1) as f64
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "node_id": self.node_id,
+            "requests_led": self.requests_led,
+            "requests_forwarded": self.requests_forwarded,
+            "entries": self.entries,
+            "records": self.records,
+            "flush_rounds": self.flush_rounds,
+            "fsyncs": self.fsyncs,
+            "mean_flush_ms": self.flush_ms(),
+            "records_per_fsync": self.records_per_fsync(),
+        })
+    }
+}
+
+/// What each node did between two `node_stats` readings (nodes in both only).
+pub fn node_deltas(
+    before: &[crate::proto::GetNodeStatsResponse],
+    after: &[crate::proto::GetNodeStatsResponse],
+) -> Vec<NodeDelta> {
+    after
+        .iter()
+        .filter_map(|a| {
+            let b = before.iter().find(|b| b.node_id == a.node_id)?;
+            Some(NodeDelta {
+                node_id: a.node_id,
+                requests_led: a.requests_led.saturating_sub(b.requests_led),
+                requests_forwarded: a.requests_forwarded.saturating_sub(b.requests_forwarded),
+                entries: a.entries_proposed.saturating_sub(b.entries_proposed),
+                records: a.records_proposed.saturating_sub(b.records_proposed),
+                flush_rounds: a.flush_rounds.saturating_sub(b.flush_rounds),
+                fsyncs: a.fsyncs.saturating_sub(b.fsyncs),
+                flush_micros: a.flush_micros.saturating_sub(b.flush_micros),
+            })
+        })
+        .collect()
 }
 
 /// Prints `bench produce`'s summary (one JSON object with `--json`).
@@ -139,6 +203,7 @@ fn report_produce(
     started: Instant,
     mut latencies: Vec<u64>,
     failed: u64,
+    nodes: &[NodeDelta],
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -157,6 +222,7 @@ fn report_produce(
         "in_flight": opts.in_flight,
         "batch_records": opts.batch_records,
         "record_bytes": opts.record_bytes,
+        "nodes": nodes.iter().map(NodeDelta::to_json).collect::<Vec<_>>(),
     });
     if json_out {
         writeln!(out, "{summary}")?;
@@ -170,6 +236,21 @@ fn report_produce(
             summary["p99_ms"].as_f64().unwrap_or(0.0),
             summary["p999_ms"].as_f64().unwrap_or(0.0),
         )?;
+        for n in nodes {
+            writeln!(
+                out,
+                "  node {}: led {} requests in {} entries ({} records), forwarded {}; {} flush rounds, {} fsyncs, {:.2} ms per round, {:.1} records per fsync",
+                n.node_id,
+                n.requests_led,
+                n.entries,
+                n.records,
+                n.requests_forwarded,
+                n.flush_rounds,
+                n.fsyncs,
+                n.flush_ms(),
+                n.records_per_fsync(),
+            )?;
+        }
     }
     Ok(())
 }
@@ -185,6 +266,7 @@ pub async fn produce_batched(
 ) -> Result<(), CliError> {
     ensure_stream(client, &opts.stream, opts.shards).await?;
     let shards = client.list_shards(&opts.stream).await?.len().max(1);
+    let before = client.node_stats().await;
     let config = crate::ProducerConfig {
         linger,
         batch_records_max: opts.batch_records.clamp(1, 500),
@@ -234,7 +316,8 @@ pub async fn produce_batched(
         .await
         .map_err(|e| CliError::Usage(format!("bench collector failed: {e}")))?;
     bar.finish_and_clear();
-    report_produce(&opts, started, latencies, failed, json_out, out)
+    let nodes = node_deltas(&before, &client.node_stats().await);
+    report_produce(&opts, started, latencies, failed, &nodes, json_out, out)
 }
 
 /// Reads every shard of a stream from TRIM_HORIZON to the tip and reports the rate.

@@ -910,6 +910,28 @@ impl Client {
         .await
     }
 
+    /// Each endpoint's write-path counters (GetNodeStats), asked of that endpoint only: an
+    /// endpoint that does not answer is left out.
+    pub async fn node_stats(&self) -> Vec<pb::GetNodeStatsResponse> {
+        let asks = (0..self.inner.channels.len()).map(|idx| async move {
+            let mut c = self.grpc(idx);
+            let ask = c.get_node_stats(pb::GetNodeStatsRequest {});
+            match tokio::time::timeout(self.inner.config.request_timeout, ask).await {
+                Ok(Ok(r)) => Some(r.into_inner()),
+                _ => None,
+            }
+        });
+        let mut stats: Vec<_> = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Seeds and discovered members may name one node twice.
+        stats.sort_by_key(|s| s.node_id);
+        stats.dedup_by_key(|s| s.node_id);
+        stats
+    }
+
     pub async fn describe_cluster(&self) -> Result<pb::DescribeClusterResponse, ClientError> {
         self.read_call(
             |mut c| async move { c.describe_cluster(pb::DescribeClusterRequest {}).await },

@@ -35,6 +35,8 @@ pub struct FlushStats {
     pub rounds: AtomicU64,
     pub requests: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Time spent syncing, over all rounds (microseconds).
+    pub sync_micros: AtomicU64,
 }
 
 /// Handle to the node's flush thread. Cloning shares the thread.
@@ -71,6 +73,7 @@ impl FlushCoordinator {
 }
 
 fn run(mut rx: mpsc::Receiver<FlushRequest>, stats: Arc<FlushStats>) {
+    let mut helpers = SyncHelpers::default();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < FLUSH_ROUND_REQUESTS_MAX {
@@ -85,7 +88,11 @@ fn run(mut rx: mpsc::Receiver<FlushRequest>, stats: Arc<FlushStats>) {
                 files.push(f.clone());
             }
         }
-        let result = sync_files(&files).map_err(Arc::new);
+        let started = std::time::Instant::now();
+        let result = helpers.sync_files(&files).map_err(Arc::new);
+        stats
+            .sync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "fdatasync failed; covered appends will be reported failed");
         }
@@ -102,23 +109,74 @@ fn run(mut rx: mpsc::Receiver<FlushRequest>, stats: Arc<FlushStats>) {
     }
 }
 
-fn sync_files(files: &[Arc<File>]) -> std::io::Result<()> {
-    if files.len() <= 1 {
-        return files.iter().try_for_each(|f| f.sync_data());
+type SyncJob = (Arc<File>, std::sync::mpsc::Sender<std::io::Result<()>>);
+
+/// Threads that sync files beside the flush thread when a round covers several, started the
+/// first time they are needed and kept (never one spawned per round).
+#[derive(Default)]
+struct SyncHelpers {
+    workers: Vec<std::sync::mpsc::Sender<SyncJob>>,
+}
+
+impl SyncHelpers {
+    /// Syncs every file, up to [`FLUSH_PARALLEL_FILES_MAX`] at a time; the first error wins.
+    fn sync_files(&mut self, files: &[Arc<File>]) -> std::io::Result<()> {
+        let Some((own, rest)) = files.split_first() else {
+            return Ok(());
+        };
+        let wanted = rest.len().min(FLUSH_PARALLEL_FILES_MAX - 1);
+        while self.workers.len() < wanted {
+            if !self.spawn_worker() {
+                break;
+            }
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut handed = 0usize;
+        let mut inline: Vec<&Arc<File>> = vec![own];
+        for (i, f) in rest.iter().enumerate() {
+            let sent = match self.workers.get(i % self.workers.len().max(1)) {
+                Some(w) => w.send((f.clone(), done_tx.clone())).is_ok(),
+                None => false,
+            };
+            if sent {
+                handed += 1;
+            } else {
+                inline.push(f);
+            }
+        }
+        drop(done_tx);
+        let mut result = inline.iter().try_for_each(|f| f.sync_data());
+        for _ in 0..handed {
+            let r = done_rx
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a sync helper thread stopped")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
     }
-    for chunk in files.chunks(FLUSH_PARALLEL_FILES_MAX) {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|f| s.spawn(move || f.sync_data()))
-                .collect();
-            handles.into_iter().try_for_each(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("sync thread panicked")))
-            })
-        })?;
+
+    fn spawn_worker(&mut self) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let spawned = std::thread::Builder::new()
+            .name("millrace-sync".into())
+            .spawn(move || {
+                for (file, done) in rx {
+                    let _ = done.send(file.sync_data());
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                self.workers.push(tx);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no sync helper thread; syncing in turn");
+                false
+            }
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -152,5 +210,60 @@ mod tests {
         let stats = coordinator.stats();
         assert_eq!(stats.requests.load(Ordering::Relaxed), 200);
         assert!(stats.rounds.load(Ordering::Relaxed) <= 200);
+    }
+
+    /// Everything queued while a round syncs goes into the next round: one sync per file for
+    /// all of it.
+    #[test]
+    fn requests_queued_meanwhile_share_one_round_and_one_sync_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Arc<File>> = (0..3)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        let (tx, rx) = mpsc::channel(FLUSH_QUEUE_REQUESTS_MAX);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for i in 0..300usize {
+            let done_tx = done_tx.clone();
+            let request = FlushRequest {
+                files: vec![files[i % 3].clone()],
+                done: Box::new(move |r| {
+                    let _ = done_tx.send(r.is_ok());
+                }),
+            };
+            assert!(tx.try_send(request).is_ok());
+        }
+        drop((tx, done_tx));
+        // The flush thread starts with all 300 queued, as if they arrived during a sync.
+        let stats = Arc::new(FlushStats::default());
+        let thread_stats = stats.clone();
+        std::thread::spawn(move || run(rx, thread_stats))
+            .join()
+            .unwrap();
+        assert_eq!(done_rx.iter().filter(|ok| *ok).count(), 300);
+        assert_eq!(stats.rounds.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 300);
+        assert_eq!(
+            stats.fsyncs.load(Ordering::Relaxed),
+            3,
+            "one sync per distinct file"
+        );
+    }
+
+    #[test]
+    fn helpers_sync_many_files_and_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Arc<File>> = (0..20)
+            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        let mut helpers = SyncHelpers::default();
+        helpers.sync_files(&files).unwrap();
+        assert_eq!(helpers.workers.len(), FLUSH_PARALLEL_FILES_MAX - 1);
+        helpers.sync_files(&files[..2]).unwrap();
+        assert_eq!(
+            helpers.workers.len(),
+            FLUSH_PARALLEL_FILES_MAX - 1,
+            "none spawned again"
+        );
+        helpers.sync_files(&[]).unwrap();
     }
 }

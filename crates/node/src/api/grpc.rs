@@ -195,6 +195,14 @@ impl Millrace for MillraceService {
     type SubscribeToShardStream = super::consumers::EventStream;
     type PutRecordsPipelineStream = super::records::PipelineAnswers;
 
+    async fn get_node_stats(
+        &self,
+        _req: Request<pb::GetNodeStatsRequest>,
+    ) -> Reply<pb::GetNodeStatsResponse> {
+        let flush = self.node.groups.flusher().stats();
+        Ok(Response::new(self.node.stats.snapshot(self.node.id, flush)))
+    }
+
     async fn put_records_pipeline(
         &self,
         req: Request<tonic::Streaming<pb::PipelinedPutRecords>>,

@@ -8,6 +8,7 @@ mod reconcile;
 mod retention;
 pub mod routing;
 mod run;
+pub mod stats;
 
 pub use config::ServeConfig;
 pub use run::serve;

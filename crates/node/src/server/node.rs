@@ -42,6 +42,8 @@ pub struct Node {
     /// Fired when this node has been decommissioned and removed: the process exits cleanly.
     pub(super) leave: tokio::sync::Notify,
     pub(super) quiet: Mutex<super::quiesce::Quiet>,
+    /// Write-path counters (see [`super::stats`]).
+    pub stats: Arc<super::stats::WriteStats>,
 }
 
 /// Outcome of a local write attempt.
@@ -244,12 +246,21 @@ impl Node {
         }
         let (pending, answer) = Pending::new(records, producer);
         if let Some(entry) = shared.proposer.submit(pending)? {
-            tokio::spawn(propose_entries(h.raft.clone(), shared.clone(), entry));
+            let stats = self.stats.clone();
+            tokio::spawn(propose_entries(
+                h.raft.clone(),
+                shared.clone(),
+                stats,
+                entry,
+            ));
         }
         // The proposing task always answers (a dropped sender means it died: unknown outcome).
         let proposed = answer.await.map_err(|_| {
             ApiError::UnknownOutcome("the shard's proposer stopped before answering".into())
         })?;
+        if let Proposed::Applied { .. } = proposed {
+            self.stats.led();
+        }
         match proposed {
             Proposed::Applied { index, outcome } => match outcome {
                 RequestOutcome::Appended { position } => {
@@ -517,6 +528,7 @@ impl Node {
 async fn propose_entries(
     raft: millrace_raft::Raft,
     shared: Arc<ShardShared>,
+    stats: Arc<super::stats::WriteStats>,
     mut entry: Vec<Pending>,
 ) {
     loop {
@@ -528,9 +540,11 @@ async fn propose_entries(
             })
             .collect();
         let bytes = entry::encode_batch(now_ms(), &parts);
+        let records = parts.iter().map(|p| p.records.len()).sum();
         drop(parts);
         match raft.client_write(Request(bytes)).await {
             Ok(resp) => {
+                stats.proposed(records);
                 let index = resp.log_id.index;
                 match decode_outcomes(&resp.data.0).filter(|o| o.len() == entry.len()) {
                     Some(outcomes) => {

@@ -140,6 +140,9 @@ impl Node {
                     .client(&addr)
                     .map_err(ApiError::Internal)?;
                 let seal = records.is_none();
+                if !seal {
+                    self.stats.forwarded();
+                }
                 let (batch, producer) = records.unwrap_or_default();
                 let (producer_id, producer_sequence) = producer.unwrap_or_default();
                 let req = ShardAppendRequest {

@@ -81,6 +81,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         liveness: Mutex::new(Default::default()),
         leave: tokio::sync::Notify::new(),
         quiet: Mutex::new(Default::default()),
+        stats: Default::default(),
     });
 
     let grpc = tonic::transport::Server::builder()
