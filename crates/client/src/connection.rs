@@ -95,7 +95,7 @@ impl Client {
         let start = rand::rng().random_range(0..channels.len());
         Ok(Client {
             inner: Arc::new(Inner {
-                pipelines: Pipelines::new(channels.len()),
+                pipelines: Pipelines::new(&channels),
                 urls,
                 channels,
                 current: AtomicUsize::new(start),
@@ -507,8 +507,7 @@ impl Client {
             .attempts_at(first, false, |idx| {
                 let req = req.clone();
                 async move {
-                    let channel = &self.inner.channels[idx];
-                    match self.inner.pipelines.call(idx, channel, req).await {
+                    match self.inner.pipelines.call(idx, req).await {
                         Ok(answer) => answer.map(tonic::Response::new),
                         Err(req) => self.grpc(idx).put_records(req).await,
                     }

@@ -205,7 +205,7 @@ impl Millrace for MillraceService {
 
     async fn put_records_pipeline(
         &self,
-        req: Request<tonic::Streaming<pb::PipelinedPutRecords>>,
+        req: Request<tonic::Streaming<pb::PipelinedPutRecordsBatch>>,
     ) -> Reply<Self::PutRecordsPipelineStream> {
         Ok(Response::new(
             self.put_records_pipeline_impl(req.into_inner()),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{mpsc, Semaphore};
 use tonic::Status;
 
 use millrace_proto::internal::StoredRecord;
@@ -14,9 +13,10 @@ use millrace_proto::storage::BatchRecord;
 use millrace_proto::v1 as pb;
 
 use super::error::ApiError;
-use super::grpc::MillraceService;
+use super::grpc::{stream_name_from, MillraceService};
 use super::iterator::IteratorToken;
-use crate::metadata::state::{StreamMeta, StreamStatus};
+use crate::metadata::state::StreamMeta;
+use crate::metadata::write_routes::WriteRoutes;
 use crate::server::node::LEADER_SEARCH_TIMEOUT;
 use crate::server::now_ms;
 use crate::server::routing::Appended;
@@ -37,7 +37,7 @@ pub const PIPELINE_CALLS_MAX: usize = 1024;
 
 /// The answers of a PutRecords pipeline, in the order the calls finish.
 pub type PipelineAnswers =
-    Pin<Box<dyn Stream<Item = Result<pb::PipelinedPutRecordsResult, Status>> + Send>>;
+    Pin<Box<dyn Stream<Item = Result<pb::PipelinedPutRecordsResults, Status>> + Send>>;
 
 /// How often a write to a sealed shard re-checks whether its children are open.
 const RESHARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -147,21 +147,22 @@ impl MillraceService {
         &self,
         req: pb::PutRecordsRequest,
     ) -> Result<pb::PutRecordsResponse, ApiError> {
-        let mut stream = self.stream(&req.stream_name).await?;
-        if stream.status == StreamStatus::Deleting {
+        let name = stream_name_from(&req.stream_name)?;
+        let mut routes = self.write_routes(&name).await?;
+        if routes.deleting {
             return Err(ApiError::ResourceNotFound(format!(
                 "Stream {} is being deleted",
-                stream.name
+                routes.name
             )));
         }
         let producer = producer_of(&req)?;
-        let records = validate(req, stream.max_record_bytes)?;
+        let records = validate(req, routes.max_record_bytes)?;
         let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
         let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
         loop {
             pending = self
-                .write_round(&stream, pending, &producer, &mut results)
+                .write_round(&routes, pending, &producer, &mut results)
                 .await;
             if pending.is_empty() {
                 break;
@@ -176,7 +177,7 @@ impl MillraceService {
             }
             tokio::time::sleep(RESHARD_RETRY_PAUSE).await;
             self.node.sync_meta().await?;
-            stream = self.stream(&stream.name).await?;
+            routes = self.write_routes(&name).await?;
         }
         let failed = results.iter().filter(|r| !r.error_code.is_empty()).count() as u32;
         Ok(pb::PutRecordsResponse {
@@ -185,78 +186,86 @@ impl MillraceService {
         })
     }
 
-    /// Serves a PutRecords pipeline: each call runs as a task of its own, at most
-    /// [`PIPELINE_CALLS_MAX`] at once, and is answered on the returned stream when it ends.
-    /// The stream ends once the client's side has ended and every call is answered.
+    /// The stream's write routes; if unknown here, catches up with the metadata leader
+    /// first, so a stream created through another node is found.
+    async fn write_routes(&self, name: &str) -> Result<Arc<WriteRoutes>, ApiError> {
+        if let Some(r) = self.node.meta.write_routes(name) {
+            return Ok(r);
+        }
+        self.node.sync_meta().await?;
+        self.node
+            .meta
+            .write_routes(name)
+            .ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+    }
+
+    /// Serves a PutRecords pipeline (see [`millrace_mux::serve`]): each call runs as a task
+    /// of its own, at most [`PIPELINE_CALLS_MAX`] at once.
     pub(super) fn put_records_pipeline_impl(
         &self,
-        mut calls: tonic::Streaming<pb::PipelinedPutRecords>,
+        calls: tonic::Streaming<pb::PipelinedPutRecordsBatch>,
     ) -> PipelineAnswers {
-        let (answers, rx) = mpsc::channel(PIPELINE_CALLS_MAX);
         let node = self.node.clone();
-        tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(PIPELINE_CALLS_MAX));
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                // The client ended its side or the stream broke: the calls under way still
-                // answer (into a closed stream, if it broke).
-                let Ok(Some(call)) = calls.message().await else {
-                    return;
-                };
-                let (service, answers) = (MillraceService { node: node.clone() }, answers.clone());
-                tokio::spawn(async move {
-                    let outcome = service
-                        .put_records_impl(call.request.unwrap_or_default())
-                        .await;
-                    let _ = answers.send(Ok(pipelined(call.call_id, outcome))).await;
-                    drop(slot);
-                });
-            }
-        });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+        millrace_mux::serve(
+            calls,
+            |batch: pb::PipelinedPutRecordsBatch| {
+                batch
+                    .calls
+                    .into_iter()
+                    .map(|c| (c.call_id, c.request.unwrap_or_default()))
+                    .collect()
+            },
+            |answers| pb::PipelinedPutRecordsResults {
+                results: answers
+                    .into_iter()
+                    .map(|(id, outcome)| pipelined(id, outcome))
+                    .collect(),
+            },
+            move |req| {
+                let service = MillraceService { node: node.clone() };
+                async move { service.put_records_impl(req).await }
+            },
+            PIPELINE_CALLS_MAX,
+        )
     }
 
     /// One round of writes; returns the records whose shard was sealed (to retry).
     async fn write_round(
         &self,
-        stream: &StreamMeta,
+        routes: &WriteRoutes,
         pending: Vec<(usize, BatchRecord)>,
         producer: &Option<(String, u64)>,
         results: &mut [pb::PutRecordsResultEntry],
     ) -> Vec<(usize, BatchRecord)> {
-        let mut per_shard: BTreeMap<usize, Vec<(usize, BatchRecord)>> = BTreeMap::new();
+        let mut per_shard: BTreeMap<usize, (Vec<usize>, Vec<BatchRecord>)> = BTreeMap::new();
         let mut retry = Vec::new();
         for (i, r) in pending {
-            let h = hash_of(&r);
-            match stream
-                .shards
-                .iter()
-                .position(|s| s.is_current() && s.contains(h))
-            {
-                Some(shard) => per_shard.entry(shard).or_default().push((i, r)),
+            match routes.shard_of(hash_of(&r)) {
+                Some(shard) => {
+                    let (slots, batch) = per_shard.entry(shard).or_default();
+                    slots.push(i);
+                    batch.push(r);
+                }
                 // Children not open yet.
                 None => retry.push((i, r)),
             }
         }
-        let writes = per_shard.into_iter().map(|(shard, recs)| {
-            let sh = stream.shards[shard].clone();
+        let writes = per_shard.into_iter().map(|(shard, (slots, batch))| {
+            let sh = routes.shard(shard);
             async move {
-                let batch: Vec<BatchRecord> = recs.iter().map(|(_, r)| r.clone()).collect();
                 let _dirty = crate::shard::dirty::begin(sh.group_id, &batch);
                 let r = self
                     .node
-                    .shard_append(sh.group_id, &sh.replicas, batch, producer.clone())
+                    .shard_append(sh.group_id, &sh.replicas, &batch, producer.clone())
                     .await;
-                (sh, recs, r)
+                (sh, slots, batch, r)
             }
         });
-        for (sh, recs, r) in futures::future::join_all(writes).await {
+        for (sh, slots, batch, r) in futures::future::join_all(writes).await {
             match r {
-                Ok(Appended::Closed) => retry.extend(recs),
+                Ok(Appended::Closed) => retry.extend(slots.into_iter().zip(batch)),
                 Ok(Appended::At { index, position }) => {
-                    for (pos, (i, _)) in recs.into_iter().enumerate() {
+                    for (pos, i) in slots.into_iter().enumerate() {
                         let sequence = SequenceNumber::new(index, position + pos as u32);
                         results[i] = pb::PutRecordsResultEntry {
                             shard_id: sh.shard_id.clone(),
@@ -266,7 +275,7 @@ impl MillraceService {
                     }
                 }
                 Err(e) => {
-                    for (i, _) in recs {
+                    for i in slots {
                         results[i] = pb::PutRecordsResultEntry {
                             shard_id: sh.shard_id.clone(),
                             error_code: e.symbol().to_string(),

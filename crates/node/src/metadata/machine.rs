@@ -14,6 +14,7 @@ pub struct MetaShared {
     state: RwLock<MetaState>,
     /// Bumped on every applied change.
     version: watch::Sender<u64>,
+    routes: super::write_routes::RouteCache,
 }
 
 impl MetaShared {
@@ -21,7 +22,17 @@ impl MetaShared {
         Arc::new(MetaShared {
             state: RwLock::new(MetaState::default()),
             version: watch::channel(0).0,
+            routes: Default::default(),
         })
+    }
+
+    /// Bumped on every applied change.
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    pub(super) fn route_cache(&self) -> &super::write_routes::RouteCache {
+        &self.routes
     }
 
     /// Runs `f` on the current state.

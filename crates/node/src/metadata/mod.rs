@@ -6,3 +6,4 @@ pub mod placement;
 pub mod reshard;
 pub mod state;
 pub mod tags;
+pub mod write_routes;

@@ -93,7 +93,7 @@ impl Node {
         &self,
         group_id: u64,
         replicas: &[u64],
-        records: Vec<BatchRecord>,
+        records: &[BatchRecord],
         producer: ProducerTag,
     ) -> Result<Appended, ApiError> {
         self.shard_write(group_id, replicas, Some((records, producer)))
@@ -111,10 +111,14 @@ impl Node {
         &self,
         group_id: u64,
         replicas: &[u64],
-        records: Option<(Vec<BatchRecord>, ProducerTag)>,
+        records: Option<(&[BatchRecord], ProducerTag)>,
     ) -> Result<Appended, ApiError> {
         self.route(group_id, replicas, |target| {
-            let records = records.clone();
+            // Each attempt sends its own copy: the caller keeps the records to retry them
+            // elsewhere after a reshard.
+            let records = records
+                .as_ref()
+                .map(|(records, producer)| (records.to_vec(), producer.clone()));
             async move {
                 if target == self.id {
                     let local = match records {

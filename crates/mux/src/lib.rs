@@ -1,0 +1,269 @@
+//! # Millrace mux
+//!
+//! Many unary calls over one long-lived gRPC bidirectional stream: each call gets an id, calls
+//! ready together travel in one message, and so do their answers, in whatever order they
+//! finish. A small call then costs a slot in a message instead of an HTTP/2 stream of its own
+//! (headers, trailers and a task on each side), which for small writes costs more CPU than the
+//! write. The client's PutRecords and the nodes' Raft messages both use it.
+//!
+//! A [`Pipeline`] belongs to one endpoint. The first call opens the stream; the first call
+//! after the stream ended opens a new one. When a stream ends, every call sent on it fails
+//! with the stream's status (a connection that never opened: nothing was sent; one lost after
+//! sending: an unknown outcome, as for a unary call), and calls still queued are handed back
+//! unsent. An endpoint that answers the stream with UNIMPLEMENTED (it predates it) is
+//! remembered: calls are then handed back for the caller to send unary.
+//!
+//! [`serve`] is the server half: it runs each call as a task of its own, a bounded number at
+//! a time, and streams the answers back.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// How one kind of call is carried: the messages both ways and how the stream is opened.
+pub trait Protocol: Send + Sync + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// One outbound message: calls sent together, with their ids.
+    type Calls: Send + 'static;
+    /// One inbound message: answers received together, with their calls' ids.
+    type Answers: Send + 'static;
+
+    /// The bytes `req` adds to a message (to bound messages; an estimate is fine).
+    fn request_bytes(req: &Self::Request) -> usize;
+    fn pack(calls: Vec<(u64, Self::Request)>) -> Self::Calls;
+    fn unpack(answers: Self::Answers) -> Vec<(u64, Result<Self::Response, Status>)>;
+    /// Opens the stream on `channel`, sending `calls`.
+    fn open(channel: Channel, calls: Outbound<Self::Calls>) -> Opening<Self::Answers>;
+}
+
+/// A stream being opened: its inbound messages once the server accepted it.
+pub type Opening<A> = Pin<Box<dyn Future<Output = Result<tonic::Streaming<A>, Status>> + Send>>;
+
+/// The outbound messages of a stream, as [`Protocol::open`] sends them.
+pub type Outbound<T> = tokio_stream::wrappers::UnboundedReceiverStream<T>;
+
+/// Calls queued for a pipeline before it takes them.
+const QUEUED_CALLS_MAX: usize = 4096;
+/// Waiters given up (their caller stopped waiting) are forgotten every this many calls.
+const PURGE_EVERY: u64 = 1024;
+/// One outbound message holds at most this many calls, and stops growing past this many bytes.
+pub const CALLS_PER_MESSAGE_MAX: usize = 256;
+pub const MESSAGE_BYTES_SOFT_MAX: usize = 4 * 1024 * 1024;
+
+type Answer<P> = Result<<P as Protocol>::Response, Status>;
+/// What a pipeline says of a call: its answer, or the request handed back unsent.
+type Reply<P> = Result<Answer<P>, <P as Protocol>::Request>;
+type Call<P> = (<P as Protocol>::Request, oneshot::Sender<Reply<P>>);
+type Waiting<P> = HashMap<u64, oneshot::Sender<Reply<P>>>;
+
+/// The calls of one endpoint, over at most one open stream at a time.
+pub struct Pipeline<P: Protocol> {
+    channel: Channel,
+    calls: Mutex<Option<mpsc::Sender<Call<P>>>>,
+    unsupported: AtomicBool,
+}
+
+impl<P: Protocol> Pipeline<P> {
+    pub fn new(channel: Channel) -> Pipeline<P> {
+        Pipeline {
+            channel,
+            calls: Mutex::new(None),
+            unsupported: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req`, opening the stream if needed, and waits for its answer; hands `req` back
+    /// when the endpoint serves only unary calls (nothing was sent). Dropping the future
+    /// abandons the call (its answer, if any, is dropped).
+    pub async fn call(&self, req: P::Request) -> Result<Answer<P>, P::Request> {
+        let mut req = req;
+        // A stream that ended before sending the call hands it back: the next try opens a
+        // new one.
+        for _ in 0..3 {
+            if self.unsupported.load(Ordering::Relaxed) {
+                return Err(req);
+            }
+            let (done, answer) = oneshot::channel();
+            let calls = self.sender();
+            if let Err(mpsc::error::SendError((back, _))) = calls.send((req, done)).await {
+                req = back;
+                continue;
+            }
+            return Ok(match answer.await {
+                Ok(Ok(Err(status))) if status.code() == tonic::Code::Unimplemented => {
+                    // The endpoint refused the stream itself: the call was not served.
+                    self.unsupported.store(true, Ordering::Relaxed);
+                    Err(not_sent())
+                }
+                Ok(Ok(answer)) => answer,
+                Ok(Err(back)) => {
+                    req = back;
+                    continue;
+                }
+                Err(_) => Err(Status::unknown(
+                    "the call's stream stopped before answering",
+                )),
+            });
+        }
+        Ok(Err(not_sent()))
+    }
+
+    /// The running stream's queue, or a new stream's.
+    fn sender(&self) -> mpsc::Sender<Call<P>> {
+        // The slot holds a sender only: nothing a panic could leave half-written.
+        let mut slot = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let (tx, rx) = mpsc::channel(QUEUED_CALLS_MAX);
+                tokio::spawn(run::<P>(self.channel.clone(), rx));
+                *slot = Some(tx.clone());
+                tx
+            }
+        }
+    }
+}
+
+/// The status of a call no stream would take: it never left this process.
+fn not_sent() -> Status {
+    // Reads as a connection never made (safe to retry) to a caller that checks.
+    Status::unavailable("connection refused: the call's stream kept closing before sending it")
+}
+
+/// One stream: sends each call with a fresh id (those queued together in one message) and
+/// hands each answer to its caller; when the stream ends, fails every call sent on it.
+async fn run<P: Protocol>(channel: Channel, mut calls: mpsc::Receiver<Call<P>>) {
+    let (out, outbound) = mpsc::unbounded_channel::<P::Calls>();
+    let mut waiting = Waiting::<P>::new();
+    let mut next_id = 0u64;
+    let mut send =
+        |first: Call<P>, calls: &mut mpsc::Receiver<Call<P>>, waiting: &mut Waiting<P>| {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some((req, done)) = next.take() {
+                let id = next_id;
+                next_id += 1;
+                if id.is_multiple_of(PURGE_EVERY) {
+                    waiting.retain(|_, d| !d.is_closed());
+                }
+                waiting.insert(id, done);
+                bytes += P::request_bytes(&req);
+                batch.push((id, req));
+                if batch.len() < CALLS_PER_MESSAGE_MAX && bytes < MESSAGE_BYTES_SOFT_MAX {
+                    next = calls.try_recv().ok();
+                }
+            }
+            // The receiving half lives as long as the stream: a failed send is answered below.
+            let _ = out.send(P::pack(batch));
+        };
+    let opening = P::open(channel, Outbound::new(outbound));
+    tokio::pin!(opening);
+    // Calls arriving while the stream opens are queued on it (sent once it is open).
+    let mut answers = loop {
+        tokio::select! {
+            opened = &mut opening => match opened {
+                Ok(answers) => break answers,
+                Err(status) => return fail_all::<P>(waiting, calls, status),
+            },
+            call = calls.recv() => match call {
+                Some(call) => send(call, &mut calls, &mut waiting),
+                None if waiting.is_empty() => return,
+                None => {}
+            },
+        }
+    };
+    let mut open = true;
+    loop {
+        tokio::select! {
+            call = calls.recv(), if open => match call {
+                Some(call) => send(call, &mut calls, &mut waiting),
+                None => open = false,
+            },
+            message = answers.message() => match message {
+                Ok(Some(message)) => {
+                    for (id, answer) in P::unpack(message) {
+                        if let Some(done) = waiting.remove(&id) {
+                            let _ = done.send(Ok(answer));
+                        }
+                    }
+                }
+                Ok(None) => {
+                    let status = Status::unknown("the stream ended before answering");
+                    return fail_all::<P>(waiting, calls, status);
+                }
+                Err(status) => return fail_all::<P>(waiting, calls, status),
+            },
+        }
+        if !open && waiting.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Answers every call sent with `status`, and hands every call still queued back unsent.
+fn fail_all<P: Protocol>(waiting: Waiting<P>, mut calls: mpsc::Receiver<Call<P>>, status: Status) {
+    calls.close();
+    while let Ok((req, done)) = calls.try_recv() {
+        let _ = done.send(Err(req));
+    }
+    for done in waiting.into_values() {
+        let _ = done.send(Ok(Err(status.clone())));
+    }
+}
+
+/// Answers sent in one message at most (those ready together).
+const ANSWERS_PER_MESSAGE_MAX: usize = 256;
+
+/// The server half: unpacks each inbound message into calls, runs each as a task (at most
+/// `in_flight_max` at once; reading the next message waits for a slot) and streams the
+/// answers back, those ready together in one message. The answer stream ends once the
+/// client's side has ended and every call is answered.
+pub fn serve<In, Req, Resp, Out, H, Fut>(
+    mut inbound: tonic::Streaming<In>,
+    unpack: fn(In) -> Vec<(u64, Req)>,
+    pack: fn(Vec<(u64, Resp)>) -> Out,
+    handler: H,
+    in_flight_max: usize,
+) -> Pin<Box<dyn Stream<Item = Result<Out, Status>> + Send>>
+where
+    In: Send + 'static,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    Out: Send + 'static,
+    H: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Resp> + Send + 'static,
+{
+    let (answers, rx) = mpsc::channel::<(u64, Resp)>(in_flight_max.max(1));
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(in_flight_max.max(1)));
+        // The client ended its side or the stream broke: the calls under way still answer
+        // (into a closed stream, if it broke).
+        while let Ok(Some(message)) = inbound.message().await {
+            for (id, req) in unpack(message) {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (handler, answers) = (handler.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let resp = handler(req).await;
+                    let _ = answers.send((id, resp)).await;
+                    drop(slot);
+                });
+            }
+        }
+    });
+    Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+            .ready_chunks(ANSWERS_PER_MESSAGE_MAX)
+            .map(move |answers| Ok(pack(answers))),
+    )
+}
