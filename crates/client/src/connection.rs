@@ -85,7 +85,9 @@ impl Client {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| ClientError::InvalidArgument(format!("endpoint {url:?}: {e}")))?
                 .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                // The PutRecords pipeline is one HTTP/2 stream: let its window grow.
+                .http2_adaptive_window(true);
             channels.push(endpoint.connect_lazy());
             urls.push(url);
         }

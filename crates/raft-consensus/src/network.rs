@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use millrace_mux::{Opening, Outbound, Pipeline, Protocol};
+use millrace_proto::internal as ipb;
 use millrace_proto::internal::internal_client::InternalClient;
 use millrace_proto::internal::{RaftReply, RaftRequest, RaftRpc};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -22,6 +24,10 @@ use tonic::transport::{Channel, Endpoint};
 use crate::state_machine::SnapshotData;
 use crate::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 
+/// The replies of a peer's Raft pipeline.
+pub type RaftAnswerStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ipb::RaftAnswers, tonic::Status>> + Send>>;
+
 /// Deadline of one AppendEntries / Vote round trip.
 const RAFT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of sending a whole snapshot (snapshots are small: DESIGN decision 4).
@@ -29,10 +35,58 @@ const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest Raft message accepted or sent (a batch entry is at most a few MiB).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// One channel per peer address, shared by every group on this node.
+/// Raft calls one inbound pipeline runs at a time (every group's messages from one peer).
+const PIPELINE_CALLS_MAX: usize = 16 * 1024;
+
+/// One channel per peer address, shared by every group on this node, and over it one Raft
+/// pipeline (see [`RaftCalls`]).
 #[derive(Default)]
 pub struct Transport {
     channels: Mutex<HashMap<String, Channel>>,
+    pipelines: Mutex<HashMap<String, Arc<Pipeline<RaftCalls>>>>,
+}
+
+/// Raft messages as [`millrace_mux`] carries them between two nodes.
+pub struct RaftCalls;
+
+impl Protocol for RaftCalls {
+    type Request = RaftRequest;
+    type Response = RaftReply;
+    type Calls = ipb::RaftCalls;
+    type Answers = ipb::RaftAnswers;
+
+    fn request_bytes(req: &RaftRequest) -> usize {
+        req.payload.len()
+    }
+
+    fn pack(calls: Vec<(u64, RaftRequest)>) -> ipb::RaftCalls {
+        ipb::RaftCalls {
+            calls: calls
+                .into_iter()
+                .map(|(call_id, request)| ipb::RaftCall {
+                    call_id,
+                    request: Some(request),
+                })
+                .collect(),
+        }
+    }
+
+    fn unpack(answers: ipb::RaftAnswers) -> Vec<(u64, Result<RaftReply, tonic::Status>)> {
+        answers
+            .answers
+            .into_iter()
+            .map(|a| (a.call_id, Ok(a.reply.unwrap_or_default())))
+            .collect()
+    }
+
+    fn open(channel: Channel, calls: Outbound<ipb::RaftCalls>) -> Opening<ipb::RaftAnswers> {
+        Box::pin(async move {
+            let mut client = InternalClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+            Ok(client.raft_pipeline(calls).await?.into_inner())
+        })
+    }
 }
 
 impl Transport {
@@ -50,11 +104,23 @@ impl Transport {
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            // One pipeline stream carries every group's messages (see the server's note).
+            .http2_adaptive_window(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// The Raft pipeline to `addr`.
+    pub fn pipeline(&self, addr: &str) -> Result<Arc<Pipeline<RaftCalls>>, String> {
+        let channel = self.channel(addr)?;
+        let mut pipelines = self.pipelines.lock().expect("transport lock poisoned");
+        Ok(pipelines
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Pipeline::new(channel)))
+            .clone())
     }
 
     pub fn client(&self, addr: &str) -> Result<InternalClient<Channel>, String> {
@@ -78,6 +144,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient {
         GroupClient {
             client: self.transport.client(&node.addr),
+            pipeline: self.transport.pipeline(&node.addr),
             group_id: self.group_id,
             self_id: self.self_id,
             target,
@@ -88,6 +155,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 /// Sends one group's Raft messages to one peer.
 pub struct GroupClient {
     client: Result<InternalClient<Channel>, String>,
+    pipeline: Result<Arc<Pipeline<RaftCalls>>, String>,
     group_id: u64,
     self_id: NodeId,
     target: NodeId,
@@ -116,10 +184,9 @@ impl GroupClient {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let client = self
-            .client
-            .as_mut()
-            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e.clone())))?;
+        let unreachable = |e: &str| RPCError::Unreachable(Unreachable::from_string(e));
+        let client = self.client.as_mut().map_err(|e| unreachable(e))?;
+        let pipeline = self.pipeline.as_ref().map_err(|e| unreachable(e))?;
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
         let request = RaftRequest {
             group_id: self.group_id,
@@ -127,7 +194,14 @@ impl GroupClient {
             payload,
             from_node_id: self.self_id,
         };
-        let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
+        // Over the peer's pipeline; unary to a peer that predates it.
+        let send = async {
+            match pipeline.call(request).await {
+                Ok(answer) => answer,
+                Err(request) => client.raft(request).await.map(|r| r.into_inner()),
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, send).await {
             Err(_) => {
                 return Err(RPCError::Network(NetworkError::from_string(format!(
                     "{rpc:?} to node {} timed out after {timeout:?}",
@@ -147,7 +221,7 @@ impl GroupClient {
                     self.target
                 ))))
             }
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => r,
         };
         if !reply.error.is_empty() {
             return Err(RPCError::Network(NetworkError::from_string(format!(
@@ -251,6 +325,38 @@ impl GroupRegistry {
             .keys()
             .copied()
             .collect()
+    }
+
+    /// Serves a peer's Raft pipeline: each call is handled as [`GroupRegistry::handle`] does.
+    pub fn serve_pipeline(
+        self: &Arc<Self>,
+        calls: tonic::Streaming<ipb::RaftCalls>,
+    ) -> RaftAnswerStream {
+        let registry = self.clone();
+        millrace_mux::serve(
+            calls,
+            |message: ipb::RaftCalls| {
+                message
+                    .calls
+                    .into_iter()
+                    .map(|c| (c.call_id, c.request.unwrap_or_default()))
+                    .collect()
+            },
+            |answers| ipb::RaftAnswers {
+                answers: answers
+                    .into_iter()
+                    .map(|(call_id, reply)| ipb::RaftAnswer {
+                        call_id,
+                        reply: Some(reply),
+                    })
+                    .collect(),
+            },
+            move |req| {
+                let registry = registry.clone();
+                async move { registry.handle(req).await }
+            },
+            PIPELINE_CALLS_MAX,
+        )
     }
 
     /// Handles one inbound Raft message for a hosted group.

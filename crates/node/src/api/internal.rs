@@ -25,6 +25,17 @@ impl InternalService {
 
 #[tonic::async_trait]
 impl Internal for InternalService {
+    type RaftPipelineStream = millrace_raft::network::RaftAnswerStream;
+
+    async fn raft_pipeline(
+        &self,
+        req: Request<tonic::Streaming<ipb::RaftCalls>>,
+    ) -> Result<Response<Self::RaftPipelineStream>, Status> {
+        Ok(Response::new(
+            self.node.groups.registry().serve_pipeline(req.into_inner()),
+        ))
+    }
+
     async fn raft(
         &self,
         req: Request<ipb::RaftRequest>,

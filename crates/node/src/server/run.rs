@@ -84,7 +84,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         stats: Default::default(),
     });
 
+    // Pipelines carry many calls on one HTTP/2 stream: its flow-control window must grow with
+    // the traffic (adaptive, from measured bandwidth and delay), not stay at 64 KiB.
     let grpc = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
         .add_service(
             InternalServer::new(InternalService { node: node.clone() })
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
