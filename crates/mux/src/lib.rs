@@ -267,3 +267,90 @@ where
             .map(move |answers| Ok(pack(answers))),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A protocol whose streams never open: `open` fails with UNIMPLEMENTED or with a
+    /// refused connection.
+    struct Refused<const UNIMPLEMENTED: bool>;
+
+    impl<const UNIMPLEMENTED: bool> Protocol for Refused<UNIMPLEMENTED> {
+        type Request = String;
+        type Response = String;
+        type Calls = Vec<(u64, String)>;
+        type Answers = ();
+
+        fn request_bytes(req: &String) -> usize {
+            req.len()
+        }
+        fn pack(calls: Vec<(u64, String)>) -> Vec<(u64, String)> {
+            calls
+        }
+        fn unpack(_: ()) -> Vec<(u64, Result<String, Status>)> {
+            Vec::new()
+        }
+        fn open(_: Channel, _: Outbound<Vec<(u64, String)>>) -> Opening<()> {
+            Box::pin(async {
+                Err(if UNIMPLEMENTED {
+                    Status::unimplemented("no such method")
+                } else {
+                    Status::unavailable("tcp connect error: connection refused")
+                })
+            })
+        }
+    }
+
+    fn channel() -> Channel {
+        // Never connected: the test protocols do not use it.
+        tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_cannot_open_fails_its_calls_with_its_status() {
+        let pipeline = Pipeline::<Refused<false>>::new(channel());
+        let answer = pipeline
+            .call("a".into())
+            .await
+            .expect("sent, not handed back");
+        let status = answer.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("connection refused"));
+        // The next call opens a new stream (and fails the same way).
+        assert!(pipeline.call("b".into()).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_without_the_stream_gets_its_calls_handed_back() {
+        let pipeline = Pipeline::<Refused<true>>::new(channel());
+        // The first call learns it: not served, reported as never sent (safe to retry).
+        let status = pipeline.call("a".into()).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        // From then on calls come back untouched, for the caller to send unary.
+        assert_eq!(pipeline.call("b".into()).await.unwrap_err(), "b");
+    }
+
+    #[tokio::test]
+    async fn calls_queued_behind_a_stream_that_ended_are_handed_back_unsent() {
+        let (tx, rx) = mpsc::channel::<Call<Refused<false>>>(8);
+        let mut answers = Vec::new();
+        for i in 0..3 {
+            let (done, answer) = oneshot::channel();
+            tx.try_send((format!("r{i}"), done)).unwrap();
+            answers.push(answer);
+        }
+        let mut waiting = Waiting::<Refused<false>>::new();
+        let (done, sent) = oneshot::channel();
+        waiting.insert(7, done);
+        fail_all::<Refused<false>>(waiting, rx, Status::unknown("lost"));
+        assert_eq!(
+            sent.await.unwrap().unwrap().unwrap_err().code(),
+            tonic::Code::Unknown
+        );
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap().unwrap_err(), format!("r{i}"));
+        }
+        assert!(tx.is_closed());
+    }
+}
