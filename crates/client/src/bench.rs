@@ -115,9 +115,13 @@ pub async fn produce(
                     Ok(results) => {
                         let bad = results.iter().filter(|r| r.is_err()).count() as u64;
                         failed.fetch_add(bad, Ordering::Relaxed);
+                        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                            tracing::warn!(code = %e.code, message = %e.message, "a record failed");
+                        }
                     }
-                    Err(_) => {
+                    Err(e) => {
                         failed.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "a PutRecords call failed");
                     }
                 }
                 latencies_us.push(t.elapsed().as_micros() as u64);

@@ -85,9 +85,7 @@ impl Client {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| ClientError::InvalidArgument(format!("endpoint {url:?}: {e}")))?
                 .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true)
-                // The PutRecords pipeline is one HTTP/2 stream: let its window grow.
-                .http2_adaptive_window(true);
+                .tcp_nodelay(true);
             channels.push(endpoint.connect_lazy());
             urls.push(url);
         }
@@ -579,8 +577,10 @@ impl Client {
             shard_iterator: iterator.into(),
             limit,
         };
+        // First at the shard leader's node, which serves the read without a forwarding hop.
+        let first = self.iterator_endpoint(iterator).await;
         let resp = self
-            .read_call(|mut c| {
+            .attempts(first, true, |mut c| {
                 let req = req.clone();
                 async move { c.get_records(req).await }
             })

@@ -45,6 +45,8 @@ struct StreamRoutes {
     /// (starting hash key, ending hash key, leader's endpoint index), open shards only, by
     /// starting key.
     shards: Arc<Vec<(u128, u128, Option<usize>)>>,
+    /// Shard id → its leader's endpoint index, every shard (closed ones are still read).
+    leaders: Arc<HashMap<String, usize>>,
     loaded: Instant,
     loading: bool,
 }
@@ -85,11 +87,11 @@ impl Routes {
 }
 
 /// What to do about a stream's routes on this call.
-enum Lookup {
+enum Lookup<T> {
     /// Fresh enough, or being reloaded by another call already.
-    Use(Option<usize>),
+    Use(Option<T>),
     /// Stale: use them, and reload them in the background.
-    Refresh(Option<usize>),
+    Refresh(Option<T>),
     /// Unknown: load them now.
     Load,
 }
@@ -102,21 +104,33 @@ impl Client {
         records: &[PutRecord],
     ) -> Option<usize> {
         let hash = hash_of(records.first()?);
+        self.route(stream, |s| s.endpoint_of(hash)).await
+    }
+
+    /// The endpoint of the node leading the shard a shard iterator reads, when known.
+    pub(crate) async fn iterator_endpoint(&self, iterator: &str) -> Option<usize> {
+        let (stream, shard) = iterator_shard(iterator)?;
+        self.route(&stream, |s| s.leaders.get(&shard).copied())
+            .await
+    }
+
+    /// `find` over `stream`'s routes: loads them the first time, reloads them in the
+    /// background once stale.
+    async fn route<T>(&self, stream: &str, find: impl Fn(&StreamRoutes) -> Option<T>) -> Option<T> {
         let lookup = {
             let mut state = self.routes().lock();
             match state.streams.get_mut(stream) {
-                Some(s) if s.loading || s.loaded.elapsed() < ROUTES_TTL => {
-                    Lookup::Use(s.endpoint_of(hash))
-                }
+                Some(s) if s.loading || s.loaded.elapsed() < ROUTES_TTL => Lookup::Use(find(s)),
                 Some(s) => {
                     s.loading = true;
-                    Lookup::Refresh(s.endpoint_of(hash))
+                    Lookup::Refresh(find(s))
                 }
                 None => {
                     state.streams.insert(
                         stream.to_string(),
                         StreamRoutes {
                             shards: Arc::default(),
+                            leaders: Arc::default(),
                             loaded: Instant::now(),
                             loading: true,
                         },
@@ -135,7 +149,7 @@ impl Client {
             Lookup::Load => {
                 self.load_routes(stream).await;
                 let state = self.routes().lock();
-                state.streams.get(stream)?.endpoint_of(hash)
+                find(state.streams.get(stream)?)
             }
         }
     }
@@ -149,26 +163,25 @@ impl Client {
             Some(n) => Some(n),
             None => self.learn_nodes().await,
         };
-        let shards = match (&nodes, self.list_shards(stream).await) {
+        let (shards, leaders) = match (&nodes, self.list_shards(stream).await) {
             (Some(nodes), Ok(shards)) => {
-                let leaders: BTreeMap<String, u64> = shards
+                let leaders: HashMap<String, usize> = shards
                     .iter()
-                    .map(|s| (s.shard_id.clone(), s.leader_node_id))
+                    .filter_map(|s| Some((s.shard_id.clone(), *nodes.get(&s.leader_node_id)?)))
                     .collect();
-                crate::open_shard_ranges(shards)
+                let open = crate::open_shard_ranges(shards)
                     .into_iter()
-                    .map(|(start, end, id)| {
-                        let leader = leaders.get(&id).and_then(|n| nodes.get(n)).copied();
-                        (start, end, leader)
-                    })
-                    .collect()
+                    .map(|(start, end, id)| (start, end, leaders.get(&id).copied()))
+                    .collect();
+                (open, leaders)
             }
-            _ => Vec::new(),
+            _ => (Vec::new(), HashMap::new()),
         };
         self.routes().lock().streams.insert(
             stream.to_string(),
             StreamRoutes {
                 shards: Arc::new(shards),
+                leaders: Arc::new(leaders),
                 loaded: Instant::now(),
                 loading: false,
             },
@@ -193,6 +206,25 @@ impl Client {
     }
 }
 
+/// The stream and shard a shard iterator reads, from its public part (Millrace iterators,
+/// format v1: `base64url(JSON).base64url(MAC)`, `node/src/api/iterator.rs` and
+/// `docs/ARCHITECTURE.md` decision 11); `None` for anything else. Only a routing hint: the
+/// server still verifies the whole iterator.
+fn iterator_shard(iterator: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct Public {
+        s: String,
+        h: String,
+    }
+    let (payload, _mac) = iterator.split_once('.')?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let public: Public = serde_json::from_slice(&json).ok()?;
+    Some((public.s, public.h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +237,7 @@ mod tests {
                 (100, 199, None),
                 (300, 399, Some(2)),
             ]),
+            leaders: Arc::default(),
             loaded: Instant::now(),
             loading: false,
         };
@@ -218,6 +251,22 @@ mod tests {
         );
         assert_eq!(routes.endpoint_of(300), Some(2));
         assert_eq!(routes.endpoint_of(400), None);
+    }
+
+    #[test]
+    fn an_iterator_names_its_stream_and_shard() {
+        use base64::Engine;
+        let payload = br#"{"v":1,"s":"orders","h":"shardId-000000000003","g":9,"i":1,"p":0,"e":5}"#;
+        let iterator = format!(
+            "{}.bWFj",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
+        );
+        assert_eq!(
+            iterator_shard(&iterator),
+            Some(("orders".into(), "shardId-000000000003".into()))
+        );
+        assert_eq!(iterator_shard("not an iterator"), None);
+        assert_eq!(iterator_shard("e30.bWFj"), None, "JSON without the fields");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub type RaftAnswerStream =
 const RAFT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of sending a whole snapshot (snapshots are small: DESIGN decision 4).
 const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 flow-control window of one stream, both ways between nodes: a pipeline stream
+/// carries every group's messages, so it must hold a few full entries in flight.
+pub const PIPELINE_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// Largest Raft message accepted or sent (a batch entry is at most a few MiB).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -104,8 +107,9 @@ impl Transport {
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            // One pipeline stream carries every group's messages (see the server's note).
-            .http2_adaptive_window(true)
+            // One pipeline stream carries every group's messages.
+            .initial_stream_window_size(PIPELINE_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(2 * PIPELINE_STREAM_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();

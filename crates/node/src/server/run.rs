@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use millrace_proto::internal::internal_server::InternalServer;
 use millrace_proto::v1::millrace_server::MillraceServer;
-use millrace_raft::network::{Transport, RAFT_MESSAGE_BYTES_MAX};
+use millrace_raft::network::{Transport, PIPELINE_STREAM_WINDOW_BYTES, RAFT_MESSAGE_BYTES_MAX};
 use millrace_raft::{GroupManager, GroupSettings, SnapshotMode};
 use millrace_storage::{FlushCoordinator, NodeMeta};
 
@@ -84,10 +84,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         stats: Default::default(),
     });
 
-    // Pipelines carry many calls on one HTTP/2 stream: its flow-control window must grow with
-    // the traffic (adaptive, from measured bandwidth and delay), not stay at 64 KiB.
+    // Pipelines carry many calls on one HTTP/2 stream: give streams a window of a few entries.
+    // (HTTP/2 adaptive windows broke bursts of forwarded calls on fresh connections with
+    // "h2 protocol error"; fixed windows do not.)
     let grpc = tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(PIPELINE_STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(2 * PIPELINE_STREAM_WINDOW_BYTES))
         .add_service(
             InternalServer::new(InternalService { node: node.clone() })
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
