@@ -14,6 +14,9 @@ use crate::pipeline::Pipelines;
 use crate::routes::Routes;
 use crate::{ClientError, PutRecord, PutResult, Record, RecordError, RecordsPage, StartPosition};
 
+/// Largest gRPC message the client sends or accepts.
+pub(crate) const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// Timeouts and retry policy.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -206,8 +209,8 @@ impl Client {
     /// The gRPC client of endpoint `idx`.
     fn grpc(&self, idx: usize) -> MillraceClient<Channel> {
         MillraceClient::new(self.inner.channels[idx].clone())
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
 
     /// [`Client::attempts`] with `f` given the endpoint's index.

@@ -57,8 +57,8 @@ impl Protocol for PutRecordsCalls {
     ) -> Opening<Self::Answers> {
         Box::pin(async move {
             let mut client = MillraceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024);
+                .max_decoding_message_size(crate::connection::GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(crate::connection::GRPC_MESSAGE_BYTES_MAX);
             Ok(client.put_records_pipeline(calls).await?.into_inner())
         })
     }
