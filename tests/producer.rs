@@ -734,7 +734,7 @@ async fn concurrent_writes_go_to_the_leader_and_merge_into_entries() {
         .wait_for_active("m", Duration::from_secs(60))
         .await
         .unwrap();
-    // One write first: the client learns the routes.
+    // One write first, so the shard has a leader that has written.
     client
         .put_records("m", vec![PutRecord::new("warm-up", b"w".to_vec())])
         .await
@@ -742,6 +742,8 @@ async fn concurrent_writes_go_to_the_leader_and_merge_into_entries() {
     let leader_before = client.list_shards("m").await.unwrap()[0].leader_node_id;
     let before = client.node_stats().await;
     assert_eq!(before.len(), 3, "every node answers GetNodeStats");
+    // A fresh client: its first calls, all at once, wait for its first routes.
+    let client = cluster.client();
 
     let callers = (0..CALLERS).map(|c| {
         let client = client.clone();

@@ -11,12 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
+use tokio::sync::watch;
 
 use crate::{Client, PutRecord};
 
 /// How long a stream's routes are used before they are reloaded (in the background: calls
 /// meanwhile keep using the old ones).
 pub const ROUTES_TTL: Duration = Duration::from_secs(3);
+/// How long calls wait for a stream's first routes before going without them.
+const FIRST_LOAD_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// The hash key of a record: its explicit hash key, else the MD5 of its partition key (as
 /// the server computes it).
@@ -49,6 +52,8 @@ struct StreamRoutes {
     leaders: Arc<HashMap<String, usize>>,
     loaded: Instant,
     loading: bool,
+    /// Set while the stream's first load runs: turns true when it ends.
+    first_load: Option<watch::Receiver<bool>>,
 }
 
 impl StreamRoutes {
@@ -92,8 +97,8 @@ enum Lookup<T> {
     Use(Option<T>),
     /// Stale: use them, and reload them in the background.
     Refresh(Option<T>),
-    /// Unknown: load them now.
-    Load,
+    /// Being loaded for the first time: wait for it.
+    Wait(watch::Receiver<bool>),
 }
 
 impl Client {
@@ -120,12 +125,20 @@ impl Client {
         let lookup = {
             let mut state = self.routes().lock();
             match state.streams.get_mut(stream) {
+                Some(StreamRoutes {
+                    first_load: Some(done),
+                    ..
+                }) => Lookup::Wait(done.clone()),
                 Some(s) if s.loading || s.loaded.elapsed() < ROUTES_TTL => Lookup::Use(find(s)),
                 Some(s) => {
                     s.loading = true;
                     Lookup::Refresh(find(s))
                 }
                 None => {
+                    // The first load runs as a task of its own (a caller giving up cannot
+                    // leave it half done); every call meanwhile waits for it, so a burst of
+                    // first calls does not all go the long way.
+                    let (done_tx, done) = watch::channel(false);
                     state.streams.insert(
                         stream.to_string(),
                         StreamRoutes {
@@ -133,9 +146,15 @@ impl Client {
                             leaders: Arc::default(),
                             loaded: Instant::now(),
                             loading: true,
+                            first_load: Some(done.clone()),
                         },
                     );
-                    Lookup::Load
+                    let (client, name) = (self.clone(), stream.to_string());
+                    tokio::spawn(async move {
+                        client.load_routes(&name).await;
+                        let _ = done_tx.send(true);
+                    });
+                    Lookup::Wait(done)
                 }
             }
         };
@@ -146,10 +165,12 @@ impl Client {
                 tokio::spawn(async move { client.load_routes(&stream).await });
                 e
             }
-            Lookup::Load => {
-                self.load_routes(stream).await;
+            Lookup::Wait(mut done) => {
+                // Bounded: a load that hangs only costs these calls their direct route.
+                let _ = tokio::time::timeout(FIRST_LOAD_WAIT_MAX, done.wait_for(|d| *d)).await;
                 let state = self.routes().lock();
-                find(state.streams.get(stream)?)
+                let routes = state.streams.get(stream)?;
+                routes.first_load.is_none().then(|| find(routes)).flatten()
             }
         }
     }
@@ -184,6 +205,7 @@ impl Client {
                 leaders: Arc::new(leaders),
                 loaded: Instant::now(),
                 loading: false,
+                first_load: None,
             },
         );
     }
@@ -240,6 +262,7 @@ mod tests {
             leaders: Arc::default(),
             loaded: Instant::now(),
             loading: false,
+            first_load: None,
         };
         assert_eq!(routes.endpoint_of(0), Some(0));
         assert_eq!(routes.endpoint_of(99), Some(0));
