@@ -780,6 +780,14 @@ async fn concurrent_writes_go_to_the_leader_and_merge_into_entries() {
             leader.fsyncs < leader.requests_led,
             "the leader's appends should share fsyncs: {nodes:?}"
         );
+        // The same counters in the node's status page.
+        let status = cluster.status(leader_before).expect("leader's status");
+        let before_led = before.iter().find(|s| s.node_id == leader_before).unwrap();
+        assert_eq!(
+            status["write_path"]["requests_led"].as_u64(),
+            Some(before_led.requests_led + calls),
+            "{status}"
+        );
     }
 
     // Every caller's records, in the order it wrote them.

@@ -517,11 +517,12 @@ impl Client {
                 }
             })
             .await
-            .inspect_err(|_| self.routes().expire(stream))?;
-        if resp.failed_record_count > 0 {
-            // A shard may have moved or split.
-            self.routes().expire(stream);
-        }
+            .inspect_err(|e| {
+                // The shard's leader may have moved; a refused request says nothing of that.
+                if e.retryable() || e.outcome_unknown() {
+                    self.routes().expire(stream);
+                }
+            })?;
         Ok(resp
             .records
             .into_iter()

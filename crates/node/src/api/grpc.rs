@@ -199,8 +199,7 @@ impl Millrace for MillraceService {
         &self,
         _req: Request<pb::GetNodeStatsRequest>,
     ) -> Reply<pb::GetNodeStatsResponse> {
-        let flush = self.node.groups.flusher().stats();
-        Ok(Response::new(self.node.stats.snapshot(self.node.id, flush)))
+        Ok(Response::new(self.node.write_stats()))
     }
 
     async fn put_records_pipeline(

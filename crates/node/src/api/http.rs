@@ -65,9 +65,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         // This node's wall clock (ms since the epoch): skew between nodes shows here.
         "wall_clock_ms": crate::server::now_ms(),
         "groups": groups,
-        "write_path": crate::server::stats::to_json(
-            &node.stats.snapshot(node.id, node.groups.flusher().stats())
-        ),
+        "write_path": crate::server::stats::to_json(&node.write_stats()),
     }))
 }
 

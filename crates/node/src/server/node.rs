@@ -43,7 +43,7 @@ pub struct Node {
     pub(super) leave: tokio::sync::Notify,
     pub(super) quiet: Mutex<super::quiesce::Quiet>,
     /// Write-path counters (see [`super::stats`]).
-    pub stats: Arc<super::stats::WriteStats>,
+    pub(super) stats: Arc<super::stats::WriteStats>,
 }
 
 /// Outcome of a local write attempt.
@@ -216,6 +216,11 @@ impl Node {
         decode_response(&reply.response)
             .map(Some)
             .map_err(ApiError::Internal)
+    }
+
+    /// This node's write-path counters with its group commit's (`GetNodeStats`).
+    pub fn write_stats(&self) -> millrace_proto::v1::GetNodeStatsResponse {
+        self.stats.snapshot(self.id, self.groups.flusher().stats())
     }
 
     /// Appends a batch to a shard group hosted here, if this replica leads it.
