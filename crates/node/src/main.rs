@@ -90,6 +90,12 @@ struct ServeArgs {
     test_retention_seconds: Option<u64>,
     #[arg(long, env = "MILLRACE_SEGMENT_BYTES_MAX", default_value_t = 64 * 1024 * 1024)]
     segment_bytes_max: u64,
+    /// How a flush round makes segment files durable: `auto` syncs the filesystem once
+    /// (`syncfs`) when a round covers several files on it, else `fdatasync`s the file;
+    /// `per-file` always `fdatasync`s each file (for a data dir on a filesystem shared with
+    /// heavy writers).
+    #[arg(long, env = "MILLRACE_FLUSH_SYNC", default_value = "auto")]
+    flush_sync: millrace_storage::SyncMethod,
     /// Enforce Kinesis's per-shard limits: 1 MiB/s or 1,000 records/s in, 2 MiB/s and
     /// 5 GetRecords calls/s out (ProvisionedThroughputExceeded beyond them).
     #[arg(long, env = "MILLRACE_SHARD_THROTTLING")]
@@ -171,6 +177,7 @@ fn main() -> std::process::ExitCode {
                     retention_check_interval_ms: a.retention_check_interval_ms,
                     test_retention_seconds: a.test_retention_seconds,
                     segment_bytes_max: a.segment_bytes_max,
+                    flush_sync: a.flush_sync,
                     shard_throttling: a.shard_throttling,
                     dead_node_timeout: a.dead_node_timeout,
                     kinesis: KinesisConfig {

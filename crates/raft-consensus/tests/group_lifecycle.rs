@@ -45,7 +45,7 @@ fn manager(dir: &std::path::Path) -> GroupManager {
         1,
         dir.to_path_buf(),
         meta,
-        FlushCoordinator::start().expect("flusher"),
+        FlushCoordinator::start(millrace_storage::SyncMethod::Auto).expect("flusher"),
         Transport::new(),
         GroupSettings {
             heartbeat_interval_ms: 50,

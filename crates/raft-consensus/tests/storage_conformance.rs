@@ -36,7 +36,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, GroupSm, tempfile::TempDir> for Bui
     ) -> Result<(tempfile::TempDir, GroupLogStore, GroupSm), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = NodeMeta::open(&dir.path().join("meta")).expect("sled");
-        let flusher = FlushCoordinator::start().expect("flusher");
+        let flusher = FlushCoordinator::start(millrace_storage::SyncMethod::Auto).expect("flusher");
         let log = GroupLogStore::open(
             &dir.path().join("log"),
             SegmentLogConfig {

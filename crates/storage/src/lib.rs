@@ -17,6 +17,6 @@ pub mod meta;
 pub mod segment;
 
 pub use error::{StorageError, StorageResult};
-pub use flush::{FlushCoordinator, FlushStats};
+pub use flush::{FlushCoordinator, FlushStats, SyncMethod};
 pub use meta::{GroupMeta, NodeMeta};
 pub use segment::{SegmentLog, SegmentLogConfig};

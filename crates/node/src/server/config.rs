@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub test_retention_seconds: Option<u64>,
     /// Size at which a segment file is sealed and a new one started.
     pub segment_bytes_max: u64,
+    /// How a flush round makes the segment files it covers durable.
+    pub flush_sync: millrace_storage::SyncMethod,
     /// Enforce Kinesis's per-shard throughput limits (off by default).
     pub shard_throttling: bool,
     /// A node silent for longer than this has its replicas re-created elsewhere.
@@ -229,6 +231,7 @@ mod tests {
             retention_check_interval_ms: 60_000,
             test_retention_seconds: None,
             segment_bytes_max: 64 * 1024 * 1024,
+            flush_sync: millrace_storage::SyncMethod::Auto,
             shard_throttling: false,
             dead_node_timeout: std::time::Duration::from_secs(300),
             kinesis: KinesisConfig::default(),

@@ -43,7 +43,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             meta_db.flush().await?;
         }
     }
-    let flusher = FlushCoordinator::start()?;
+    let flusher = FlushCoordinator::start(config.flush_sync)?;
     let settings = GroupSettings {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_min_ms: config.election_timeout_min_ms,

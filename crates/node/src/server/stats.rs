@@ -46,6 +46,7 @@ impl WriteStats {
             flush_requests: get(&flush.requests),
             fsyncs: get(&flush.fsyncs),
             flush_micros: get(&flush.sync_micros),
+            filesystem_syncs: get(&flush.filesystem_syncs),
         }
     }
 }
@@ -61,5 +62,6 @@ pub fn to_json(s: &pb::GetNodeStatsResponse) -> serde_json::Value {
         "flush_requests": s.flush_requests,
         "fsyncs": s.fsyncs,
         "flush_micros": s.flush_micros,
+        "filesystem_syncs": s.filesystem_syncs,
     })
 }

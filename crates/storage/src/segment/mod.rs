@@ -7,6 +7,12 @@
 //! bounded by bytes. Durability is the caller's business: `append` writes with `pwrite` and
 //! returns the files to `fdatasync` (see [`crate::flush`]); `truncate_after` syncs before it
 //! returns, so stale frames can never reappear after a crash.
+//!
+//! The active segment is zero-filled ahead of its last frame ([`ZERO_AHEAD_MIN_BYTES`] to
+//! [`ZERO_AHEAD_MAX_BYTES`], growing with the segment): appends then overwrite blocks the file
+//! already has, so syncing them writes data alone, with no journal commit for a new size or new
+//! blocks (measured 1.3× faster per sync on one file, 1.7× on four; `docs/benchmarks.md`). The
+//! zero tail is cut off when a segment is sealed, truncated or recovered.
 
 pub mod frame;
 mod recovery;
@@ -44,9 +50,49 @@ pub(crate) struct Segment {
     pub(crate) offsets: Vec<u64>,
     /// Bytes of valid data (header + frames).
     pub(crate) end: u64,
+    /// Length of the file: `end` plus the zero-filled space ahead of it (active segment only).
+    pub(crate) zeroed: u64,
 }
 
+/// Zero-filled space kept ahead of the active segment's last frame: at least this much...
+pub const ZERO_AHEAD_MIN_BYTES: u64 = 4 * 1024;
+/// ...and at most this much, growing with the segment's size in between.
+pub const ZERO_AHEAD_MAX_BYTES: u64 = 1024 * 1024;
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
 impl Segment {
+    /// Makes sure the file is zero-filled up to `needed`, extending it by a growing step. The
+    /// zeros are made durable by the caller's next sync, with the frames written over them.
+    fn zero_ahead(&mut self, needed: u64, segment_bytes_max: u64) -> StorageResult<()> {
+        if needed <= self.zeroed {
+            return Ok(());
+        }
+        let step =
+            (self.end - SEGMENT_HEADER_BYTES).clamp(ZERO_AHEAD_MIN_BYTES, ZERO_AHEAD_MAX_BYTES);
+        let target = needed.max((needed + step).min(segment_bytes_max));
+        let mut at = self.zeroed;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], at)
+                .map_err(|e| StorageError::io("zero-fill", self.path.display(), e))?;
+            at += n as u64;
+        }
+        self.zeroed = target;
+        Ok(())
+    }
+
+    /// Shortens the file to its frames (drops the zero-filled space ahead of them).
+    fn cut_zero_tail(&mut self) -> StorageResult<()> {
+        if self.zeroed > self.end {
+            self.file
+                .set_len(self.end)
+                .map_err(|e| StorageError::io("truncate", self.path.display(), e))?;
+            self.zeroed = self.end;
+        }
+        Ok(())
+    }
+
     fn last_index(&self) -> Option<u64> {
         (!self.offsets.is_empty()).then(|| self.base + self.offsets.len() as u64 - 1)
     }
@@ -211,10 +257,12 @@ impl SegmentLog {
         if buf.is_empty() {
             return Ok(());
         }
+        let segment_bytes_max = self.config.segment_bytes_max;
         let active = self
             .segments
             .last_mut()
             .expect("pending frames imply a segment");
+        active.zero_ahead(active.end + buf.len() as u64, segment_bytes_max)?;
         active
             .file
             .write_all_at(buf, active.end)
@@ -228,9 +276,11 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Syncs the active segment so that a sealed segment never has a torn tail.
+    /// Cuts off the active segment's zero tail and syncs it, so that a sealed segment never
+    /// has a torn or zero tail.
     fn seal_active(&mut self) -> StorageResult<()> {
-        if let Some(active) = self.segments.last() {
+        if let Some(active) = self.segments.last_mut() {
+            active.cut_zero_tail()?;
             active
                 .file
                 .sync_data()
@@ -267,6 +317,7 @@ impl SegmentLog {
             file: Arc::new(file),
             offsets: Vec::new(),
             end: SEGMENT_HEADER_BYTES,
+            zeroed: SEGMENT_HEADER_BYTES,
         });
         Ok(())
     }
@@ -291,6 +342,7 @@ impl SegmentLog {
                 let new_end = seg.offsets[keep];
                 seg.offsets.truncate(keep);
                 seg.end = new_end;
+                seg.zeroed = new_end;
                 seg.file
                     .set_len(new_end)
                     .map_err(|e| StorageError::io("truncate", seg.path.display(), e))?;

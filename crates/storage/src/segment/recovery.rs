@@ -2,6 +2,8 @@
 //!
 //! Rules (see `docs/storage-format.md`):
 //! * segments are scanned in order of their base index; every frame must carry the next index;
+//! * zero bytes after the last frame are space zero-filled ahead of appends: the last segment
+//!   keeps them, a sealed one is cut to its frames (a crash can leave them while sealing);
 //! * a damaged frame in the *last* segment with no valid frame anywhere after it is a torn write:
 //!   the tail is cut off (logged) — the longest valid prefix survives;
 //! * a damaged frame followed by any valid frame, or damage in a sealed (non-last) segment, cannot
@@ -104,6 +106,7 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
         file: Arc::new(file),
         offsets: Vec::new(),
         end: SEGMENT_HEADER_BYTES,
+        zeroed: SEGMENT_HEADER_BYTES,
     };
     match frame::check_segment_header(&bytes[..bytes.len().min(SEGMENT_HEADER_BYTES as usize)]) {
         HeaderCheck::Valid => {}
@@ -136,6 +139,19 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
             ),
             Err(reason) => reason,
         };
+        if bytes[pos..].iter().all(|b| *b == 0) {
+            // Space zero-filled ahead of the frames (see `SegmentLog`), not a torn write. The
+            // active segment keeps it; a sealed one is cut to its frames, as sealing does.
+            seg.end = pos as u64;
+            seg.zeroed = bytes.len() as u64;
+            if !is_last {
+                seg.cut_zero_tail()?;
+                seg.file
+                    .sync_data()
+                    .map_err(|e| StorageError::io("sync", seg.path.display(), e))?;
+            }
+            return Ok((seg, 0));
+        }
         if !is_last {
             return Err(corruption(
                 &seg.path,
@@ -165,9 +181,11 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
             .and_then(|_| seg.file.sync_data())
             .map_err(|e| StorageError::io("truncate", seg.path.display(), e))?;
         seg.end = pos as u64;
+        seg.zeroed = pos as u64;
         return Ok((seg, torn));
     }
     seg.end = pos as u64;
+    seg.zeroed = pos as u64;
     Ok((seg, 0))
 }
 

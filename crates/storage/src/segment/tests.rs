@@ -50,6 +50,73 @@ fn append_read_reopen_across_segments() {
 }
 
 #[test]
+fn zero_filled_space_is_kept_ahead_of_appends_and_recovered_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SegmentLogConfig {
+        segment_bytes_max: 1 << 20,
+    };
+    let entries: Vec<_> = (1..=50).map(|i| (i, payload(i, 1000))).collect();
+    let path;
+    {
+        let (mut log, _) = SegmentLog::open(dir.path(), config.clone(), None).unwrap();
+        append_all(&mut log, &entries);
+        log.sync_all().unwrap();
+        let active = log.segments.last().unwrap();
+        path = active.path.clone();
+        let len = fs::metadata(&path).unwrap().len();
+        assert!(
+            len >= active.end + ZERO_AHEAD_MIN_BYTES / 2,
+            "len {len}, end {}",
+            active.end
+        );
+        assert_eq!(len, active.zeroed);
+        assert_eq!(
+            log.disk_bytes(),
+            active.end,
+            "disk_bytes counts frames, not zeros"
+        );
+    }
+    // A clean reopen finds every entry and reports no torn tail; appends continue.
+    let (mut log, report) = SegmentLog::open(dir.path(), config.clone(), None).unwrap();
+    assert_eq!((report.entries, report.torn_bytes_truncated), (50, 0));
+    assert_eq!(read_all(&log), entries);
+    log.append([(51u64, &b"after reopen"[..])]).unwrap();
+    drop(log);
+    // A frame cut short by a crash, then zeros: the torn frame goes, nothing before it.
+    let (log, _) = SegmentLog::open(dir.path(), config.clone(), None).unwrap();
+    let end = log.segments.last().unwrap().end;
+    drop(log);
+    let mut bytes = fs::read(&path).unwrap();
+    let start = end as usize;
+    let mut frame = Vec::new();
+    frame::encode_frame(&mut frame, 52, &[7u8; 300]);
+    bytes[start..start + 100].copy_from_slice(&frame[..100]);
+    fs::write(&path, &bytes).unwrap();
+    let (log, report) = SegmentLog::open(dir.path(), config, None).unwrap();
+    assert_eq!(log.last_index(), Some(51));
+    assert!(report.torn_bytes_truncated > 0);
+}
+
+#[test]
+fn a_sealed_segment_left_with_zeros_by_a_crash_is_cut_to_its_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<_> = (1..=40).map(|i| (i, payload(i, 200))).collect();
+    let (mut log, _) = SegmentLog::open(dir.path(), small(), None).unwrap();
+    append_all(&mut log, &entries);
+    log.sync_all().unwrap();
+    let sealed = log.segments[0].path.clone();
+    let sealed_len = fs::metadata(&sealed).unwrap().len();
+    drop(log);
+    // As if the crash came after sealing extended... before the cut reached the disk.
+    let f = OpenOptions::new().write(true).open(&sealed).unwrap();
+    f.set_len(sealed_len + 5000).unwrap();
+    let (log, report) = SegmentLog::open(dir.path(), small(), None).unwrap();
+    assert_eq!(report.torn_bytes_truncated, 0);
+    assert_eq!(read_all(&log), entries);
+    assert_eq!(fs::metadata(&sealed).unwrap().len(), sealed_len);
+}
+
+#[test]
 fn non_contiguous_append_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = SegmentLog::open(dir.path(), small(), None).unwrap();
@@ -161,6 +228,18 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
     let lay = layout(&log);
     let segs: Vec<PathBuf> = log.segments.iter().map(|s| s.path.clone()).collect();
     let last_seg = segs.last().unwrap().clone();
+    let last_end = log.segments.last().unwrap().end;
+    for seg in &log.segments[..log.segments.len() - 1] {
+        assert_eq!(
+            fs::metadata(&seg.path).unwrap().len(),
+            seg.end,
+            "a sealed segment holds its frames and nothing after them"
+        );
+    }
+    assert!(
+        fs::metadata(&last_seg).unwrap().len() > last_end,
+        "the active segment is zero-filled ahead of its frames"
+    );
     drop(log);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
@@ -185,6 +264,8 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
         fs::write(&target, &bytes).unwrap();
 
         let is_last = seg == last_seg;
+        // Damage in the zero-filled space after the last frame touches no entry.
+        let in_zero_tail = is_last && pos as u64 >= last_end;
         // The frame the damage falls in (None: the segment header).
         let damaged = lay
             .frames
@@ -212,7 +293,12 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
                     is_last,
                     "trial {trial}: damage in a sealed segment went unreported"
                 );
-                if !cut {
+                if in_zero_tail {
+                    assert_eq!(
+                        got, entries,
+                        "trial {trial}: damage after the frames lost one"
+                    );
+                } else if !cut {
                     assert_eq!(
                         damaged,
                         Some(entries.len() as u64),
