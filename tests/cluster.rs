@@ -438,3 +438,94 @@ async fn whole_cluster_restart_keeps_streams_and_records() {
         .expect("put after restart");
     assert!(r[0].is_ok());
 }
+
+/// Entries of about 4 MiB the follower misses; `MILLRACE_TEST_CATCH_UP_ENTRIES` raises it (the
+/// issue's figure is 1,000: 4 GiB on each of the two live nodes).
+fn catch_up_entries() -> usize {
+    std::env::var("MILLRACE_TEST_CATCH_UP_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80)
+}
+
+fn big_record_data(entry: usize, record: usize) -> Vec<u8> {
+    // 1 MiB with the partition key: the largest record Kinesis takes.
+    let len = 1024 * 1024 - 64;
+    let seed = (entry * 4 + record) as u8;
+    (0..len)
+        .map(|i| seed.wrapping_add((i / 4096) as u8))
+        .collect()
+}
+
+/// A follower that missed many large entries (4 records of 1 MiB each, one entry per request)
+/// catches up: replication sends it batches bounded by bytes, never one message over the
+/// transport's cap (256 entries of 4 MiB would be 1 GiB). Then, with the old leader gone, the
+/// two remaining nodes serve every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_far_behind_on_large_entries_catches_up() {
+    let entries = catch_up_entries();
+    let mut cluster = Cluster::start("catchup", 3).await;
+    let client = cluster.client();
+    client.create_stream("big", 1).await.expect("create");
+    client
+        .wait_for_active("big", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let mut leader = None;
+    wait_until(Duration::from_secs(30), "a shard leader", || {
+        leader = (1..=3).find_map(|id| cluster.shard_leaderships(id).first().map(|g| (id, *g)));
+        std::future::ready(leader.is_some())
+    })
+    .await;
+    let (leader, group) = leader.expect("leader");
+    let behind = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(behind);
+
+    let client = cluster.client_for(leader);
+    for e in 0..entries {
+        let records = (0..4)
+            .map(|r| PutRecord::new(format!("k{e}-{r}"), big_record_data(e, r)))
+            .collect();
+        for r in client.put_records("big", records).await.expect("put") {
+            r.expect("record acknowledged");
+        }
+    }
+    let leader_applied = |c: &Cluster| {
+        c.applied(leader)
+            .into_iter()
+            .find(|(g, _)| *g == group)
+            .and_then(|(_, a)| a)
+    };
+    let target = leader_applied(&cluster).expect("leader applied index");
+    cluster.spawn(behind);
+    let deadline = Duration::from_secs(60 + entries as u64 / 2);
+    wait_until(
+        deadline,
+        "the follower applies every entry it missed",
+        || {
+            let caught_up = cluster
+                .applied(behind)
+                .into_iter()
+                .any(|(g, a)| g == group && a.is_some_and(|a| a >= target));
+            std::future::ready(caught_up)
+        },
+    )
+    .await;
+
+    cluster.kill(leader);
+    let client = cluster.client_for(behind);
+    let got = read_all(&client, "big").await;
+    let records: Vec<&Record> = got.values().flatten().collect();
+    assert_eq!(records.len(), entries * 4, "every acknowledged record");
+    for r in records {
+        let (e, i) = r.partition_key[1..]
+            .split_once('-')
+            .map(|(e, i)| (e.parse().unwrap(), i.parse().unwrap()))
+            .expect("key k<entry>-<record>");
+        assert!(
+            r.data == big_record_data(e, i),
+            "record {} came back different",
+            r.partition_key
+        );
+    }
+}

@@ -44,6 +44,12 @@ struct Inner {
     committed: Mutex<CommittedHint>,
 }
 
+/// Payload bytes of log entries replication reads for one AppendEntries (the first entry always
+/// goes, whatever its size): a follower far behind on large entries is sent batches of this
+/// size, never one message over the transport's cap (`max_payload_entries` alone would allow
+/// 256 entries of up to 5 MiB each).
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// How often the commit hint is written to sled at most: it is a hint (losing it only means
 /// re-learning the commit point from the leader), and a sled write on every commit advance
 /// cost the write path a serialisation and an insert per entry.
@@ -182,8 +188,8 @@ impl GroupLogStore {
         self.lock().segments.disk_bytes()
     }
 
-    fn read_entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-        self.read_raw(start, end, usize::MAX)?
+    fn read_entries(&self, start: u64, end: u64, bytes_max: usize) -> io::Result<Vec<Entry>> {
+        self.read_raw(start, end, bytes_max)?
             .into_iter()
             .map(|(i, raw)| decode_entry(i, &raw).map_err(io_err))
             .collect()
@@ -210,7 +216,17 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = range_to_bounds(&range);
-        self.read_entries(start, end)
+        self.read_entries(start, end, usize::MAX)
+    }
+
+    /// What replication reads: at most [`REPLICATION_BATCH_BYTES_MAX`] of payload (and at
+    /// least one entry).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.read_entries(start, end, REPLICATION_BATCH_BYTES_MAX)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
