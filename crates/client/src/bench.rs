@@ -149,6 +149,8 @@ pub struct NodeDelta {
     pub records: u64,
     pub flush_rounds: u64,
     pub fsyncs: u64,
+    /// Of `fsyncs`, the `syncfs` calls (each covering several segment files).
+    pub filesystem_syncs: u64,
     pub flush_micros: u64,
 }
 
@@ -172,6 +174,7 @@ impl NodeDelta {
             "records": self.records,
             "flush_rounds": self.flush_rounds,
             "fsyncs": self.fsyncs,
+            "filesystem_syncs": self.filesystem_syncs,
             "mean_flush_ms": self.flush_ms(),
             "records_per_fsync": self.records_per_fsync(),
         })
@@ -195,6 +198,7 @@ pub fn node_deltas(
                 records: a.records_proposed.saturating_sub(b.records_proposed),
                 flush_rounds: a.flush_rounds.saturating_sub(b.flush_rounds),
                 fsyncs: a.fsyncs.saturating_sub(b.fsyncs),
+                filesystem_syncs: a.filesystem_syncs.saturating_sub(b.filesystem_syncs),
                 flush_micros: a.flush_micros.saturating_sub(b.flush_micros),
             })
         })
@@ -243,7 +247,7 @@ fn report_produce(
         for n in nodes {
             writeln!(
                 out,
-                "  node {}: led {} requests in {} entries ({} records), forwarded {}; {} flush rounds, {} fsyncs, {:.2} ms per round, {:.1} records per fsync",
+                "  node {}: led {} requests in {} entries ({} records), forwarded {}; {} flush rounds, {} fsyncs ({} of them syncfs), {:.2} ms per round, {:.1} records per fsync",
                 n.node_id,
                 n.requests_led,
                 n.entries,
@@ -251,6 +255,7 @@ fn report_produce(
                 n.requests_forwarded,
                 n.flush_rounds,
                 n.fsyncs,
+                n.filesystem_syncs,
                 n.flush_ms(),
                 n.records_per_fsync(),
             )?;

@@ -237,19 +237,19 @@ impl Node {
         if shared.sealed_at().is_some() {
             return Ok(LocalWrite::Closed);
         }
+        let (pending, answer) = Pending::new(records, producer);
         if self.config.shard_throttling {
-            let bytes = records
-                .iter()
-                .map(|r| r.data.len() + r.partition_key.len())
-                .sum();
             shared
                 .throttle
                 .lock()
                 .expect("throttle lock")
-                .admit_write(records.len(), bytes, std::time::Instant::now())
+                .admit_write(
+                    pending.records.len(),
+                    pending.bytes,
+                    std::time::Instant::now(),
+                )
                 .map_err(ApiError::ProvisionedThroughputExceeded)?;
         }
-        let (pending, answer) = Pending::new(records, producer);
         if let Some(entry) = shared.proposer.submit(pending)? {
             let stats = self.stats.clone();
             tokio::spawn(propose_entries(
@@ -263,17 +263,15 @@ impl Node {
         let proposed = answer.await.map_err(|_| {
             ApiError::UnknownOutcome("the shard's proposer stopped before answering".into())
         })?;
-        if let Proposed::Applied { .. } = proposed {
+        if let Proposed::Applied { first, .. } = proposed {
             self.stats.led();
+            if first {
+                self.announce_commit(group_id);
+            }
         }
         match proposed {
-            Proposed::Applied { index, outcome } => match outcome {
-                RequestOutcome::Appended { position } => {
-                    if position == 0 {
-                        self.announce_commit(group_id);
-                    }
-                    Ok(LocalWrite::Done { index, position })
-                }
+            Proposed::Applied { index, outcome, .. } => match outcome {
+                RequestOutcome::Appended { position } => Ok(LocalWrite::Done { index, position }),
                 // An idempotent producer's retry: answer with the request it repeats.
                 RequestOutcome::Duplicate { index, position } => {
                     Ok(LocalWrite::Done { index, position })
@@ -553,8 +551,12 @@ async fn propose_entries(
                 let index = resp.log_id.index;
                 match decode_outcomes(&resp.data.0).filter(|o| o.len() == entry.len()) {
                     Some(outcomes) => {
-                        for (pending, outcome) in entry.drain(..).zip(outcomes) {
-                            pending.answer(Proposed::Applied { index, outcome });
+                        for (i, (pending, outcome)) in entry.drain(..).zip(outcomes).enumerate() {
+                            pending.answer(Proposed::Applied {
+                                index,
+                                outcome,
+                                first: i == 0,
+                            });
                         }
                     }
                     None => {

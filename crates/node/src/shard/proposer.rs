@@ -36,10 +36,13 @@ pub type ProducerTag = Option<(String, u64)>;
 /// How a proposed write ended.
 #[derive(Debug, Clone)]
 pub enum Proposed {
-    /// Applied in the entry at `index`, with this outcome for the write.
+    /// Applied in the entry at `index`, with this outcome for the write. `first` is set for
+    /// the entry's first write only, so that per-entry work (telling quiet followers about the
+    /// commit) runs once per entry whatever each write's outcome.
     Applied {
         index: u64,
         outcome: RequestOutcome,
+        first: bool,
     },
     /// This replica does not lead (the hint names who does, when known): nothing was written.
     NotLeader(Option<u64>),
@@ -51,7 +54,8 @@ pub enum Proposed {
 pub struct Pending {
     pub records: Vec<BatchRecord>,
     pub producer: ProducerTag,
-    bytes: usize,
+    /// Data plus partition key bytes: what entries and the throttle count.
+    pub bytes: usize,
     reply: oneshot::Sender<Proposed>,
 }
 
