@@ -166,6 +166,16 @@ impl GroupManager {
             .cloned()
     }
 
+    /// Every open group's Raft handle, read under one lock (for loops over all groups).
+    pub fn rafts(&self) -> Vec<(u64, Raft)> {
+        self.groups
+            .lock()
+            .expect("groups lock")
+            .iter()
+            .map(|(id, h)| (*id, h.raft.clone()))
+            .collect()
+    }
+
     pub fn group_ids(&self) -> Vec<u64> {
         self.groups
             .lock()

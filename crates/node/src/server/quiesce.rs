@@ -111,29 +111,32 @@ fn jitter(node_id: u64, group_id: u64) -> Duration {
 async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
     let mut nudges: HashMap<u64, Vec<u64>> = HashMap::new();
     let now = Instant::now();
-    for g in node.groups.group_ids() {
+    for (g, raft) in node.groups.rafts() {
         if g == METADATA_GROUP_ID {
             continue;
         }
-        let Some(h) = node.groups.get(g) else {
-            continue;
+        // Read what is needed under the metrics borrow: cloning every group's whole metrics
+        // each tick was most of an idle node's CPU with thousands of groups.
+        let (current_leader, voters) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            if m.state == ServerState::Leader || m.state == ServerState::Learner {
+                continue;
+            }
+            let voters: Vec<u64> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != node.id)
+                .collect();
+            (m.current_leader, voters)
         };
-        let m = h.raft.metrics().borrow_watched().clone();
-        if m.state == ServerState::Leader || m.state == ServerState::Learner {
-            continue;
-        }
-        let voters: Vec<u64> = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|v| *v != node.id)
-            .collect();
         if voters.is_empty() {
             continue;
         }
         let (leader_silent, sent) = {
             let q = node.quiet.lock().expect("quiet lock");
-            let silent = match m.current_leader {
+            let silent = match current_leader {
                 // A leader removed from the group (a replica move) leads nothing any more.
                 Some(l) if l != node.id && !voters.contains(&l) => true,
                 Some(l) if l != node.id => q.peer_seen.get(&l).is_none_or(|t| {
@@ -151,7 +154,7 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
         // not all start elections at once and split the vote.
         let patience =
             NUDGES_BEFORE_ELECTION + (jitter(node.id, g).as_millis() / TICK.as_millis()) as u32;
-        if m.current_leader.is_none() && sent < patience {
+        if current_leader.is_none() && sent < patience {
             // Maybe a live leader just has had nothing to say: ask the replicas to speak up.
             for v in &voters {
                 nudges.entry(*v).or_default().push(g);
@@ -178,10 +181,10 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
                 .expect("quiet lock")
                 .last_election
                 .insert(g, now);
-            tracing::info!(group_id = g, leader = ?m.current_leader, "shard leader silent: starting an election");
+            tracing::info!(group_id = g, leader = ?current_leader, "shard leader silent: starting an election");
             // With a known (now silent) leader, pre-vote first so a healthy leader is not deposed;
             // with none known (a new group, or after a leader left), a plain election.
-            let _ = h.raft.trigger().elect(m.current_leader.is_some()).await;
+            let _ = raft.trigger().elect(current_leader.is_some()).await;
         }
     }
     nudges
