@@ -205,22 +205,20 @@ impl NodeMeta {
         self.flush().await
     }
 
-    /// Groups that have metadata on this node (one seek per group, not a scan of every key).
+    /// Groups that have metadata on this node, in order (one pass over the keys: cheaper in
+    /// sled than a seek per group).
     pub fn group_ids(&self) -> Vec<u64> {
-        let mut ids = Vec::new();
-        let mut from = group_prefix(0);
-        while let Some(Ok((key, _))) = self.groups.range(from.as_str()..).next() {
-            let Some(id) = std::str::from_utf8(&key)
-                .ok()
-                .and_then(|k| k.split_once('/'))
-                .and_then(|(id, _)| id.parse::<u64>().ok())
-            else {
-                break;
-            };
-            ids.push(id);
-            match id.checked_add(1) {
-                Some(next) => from = group_prefix(next),
-                None => break,
+        let mut ids: Vec<u64> = Vec::new();
+        for key in self.groups.iter().keys() {
+            let Ok(key) = key else { break };
+            let id = key
+                .get(..20)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<u64>().ok());
+            if let Some(id) = id {
+                if ids.last() != Some(&id) {
+                    ids.push(id);
+                }
             }
         }
         ids
