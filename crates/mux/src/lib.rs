@@ -68,7 +68,8 @@ type Waiting<P> = HashMap<u64, oneshot::Sender<Reply<P>>>;
 pub struct Pipeline<P: Protocol> {
     channel: Channel,
     calls: Mutex<Option<mpsc::Sender<Call<P>>>>,
-    unsupported: AtomicBool,
+    /// Set once the endpoint refused the stream (UNIMPLEMENTED): calls then go unary.
+    unsupported: Arc<AtomicBool>,
 }
 
 impl<P: Protocol> Pipeline<P> {
@@ -76,7 +77,7 @@ impl<P: Protocol> Pipeline<P> {
         Pipeline {
             channel,
             calls: Mutex::new(None),
-            unsupported: AtomicBool::new(false),
+            unsupported: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -124,7 +125,7 @@ impl<P: Protocol> Pipeline<P> {
             Some(tx) if !tx.is_closed() => tx.clone(),
             _ => {
                 let (tx, rx) = mpsc::channel(QUEUED_CALLS_MAX);
-                tokio::spawn(run::<P>(self.channel.clone(), rx));
+                tokio::spawn(run::<P>(self.channel.clone(), rx, self.unsupported.clone()));
                 *slot = Some(tx.clone());
                 tx
             }
@@ -140,7 +141,11 @@ fn not_sent() -> Status {
 
 /// One stream: sends each call with a fresh id (those queued together in one message) and
 /// hands each answer to its caller; when the stream ends, fails every call sent on it.
-async fn run<P: Protocol>(channel: Channel, mut calls: mpsc::Receiver<Call<P>>) {
+async fn run<P: Protocol>(
+    channel: Channel,
+    mut calls: mpsc::Receiver<Call<P>>,
+    unsupported: Arc<AtomicBool>,
+) {
     let (out, outbound) = mpsc::unbounded_channel::<P::Calls>();
     let mut waiting = Waiting::<P>::new();
     let mut next_id = 0u64;
@@ -172,7 +177,14 @@ async fn run<P: Protocol>(channel: Channel, mut calls: mpsc::Receiver<Call<P>>) 
         tokio::select! {
             opened = &mut opening => match opened {
                 Ok(answers) => break answers,
-                Err(status) => return fail_all::<P>(waiting, calls, status),
+                Err(status) => {
+                    // Learnt before the queued calls are handed back, so that their callers
+                    // go unary instead of opening another stream the endpoint refuses.
+                    if status.code() == tonic::Code::Unimplemented {
+                        unsupported.store(true, Ordering::Relaxed);
+                    }
+                    return fail_all::<P>(waiting, calls, status);
+                }
             },
             call = calls.recv() => match call {
                 Some(call) => send(call, &mut calls, &mut waiting),
@@ -324,9 +336,14 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_without_the_stream_gets_its_calls_handed_back() {
         let pipeline = Pipeline::<Refused<true>>::new(channel());
-        // The first call learns it: not served, reported as never sent (safe to retry).
-        let status = pipeline.call("a".into()).await.unwrap().unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unavailable);
+        // The first call learns it: not served. Depending on whether the refusal came before
+        // or after the call left the queue, it is handed back or reported as never sent
+        // (safe to retry); it is never answered as if served.
+        match pipeline.call("a".into()).await {
+            Err(back) => assert_eq!(back, "a"),
+            Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable),
+            Ok(Ok(answer)) => panic!("a refused stream answered {answer:?}"),
+        }
         // From then on calls come back untouched, for the caller to send unary.
         assert_eq!(pipeline.call("b".into()).await.unwrap_err(), "b");
     }

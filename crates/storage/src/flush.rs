@@ -97,6 +97,16 @@ pub struct FlushCoordinator {
 impl FlushCoordinator {
     /// Starts the flush thread. It stops when every handle is dropped.
     pub fn start(method: SyncMethod) -> StorageResult<FlushCoordinator> {
+        let method = match method {
+            SyncMethod::Auto if !syncfs_reports_errors() => {
+                tracing::warn!(
+                    "this kernel's syncfs does not report writeback errors (before Linux 5.8): \
+                     syncing each segment file instead"
+                );
+                SyncMethod::PerFile
+            }
+            m => m,
+        };
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_REQUESTS_MAX);
         let stats = Arc::new(FlushStats::default());
         let thread_stats = stats.clone();
@@ -159,6 +169,23 @@ fn run(mut rx: mpsc::Receiver<FlushRequest>, method: SyncMethod, stats: Arc<Flus
         for r in batch {
             (r.done)(result.clone());
         }
+    }
+}
+
+/// `syncfs` reports writeback errors from Linux 5.8 on; before, it returned success even when
+/// data could not be written, so it could not stand in for `fdatasync`.
+fn syncfs_reports_errors() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    kernel_at_least(&release, (5, 8))
+}
+
+fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= wanted,
+        _ => false,
     }
 }
 
@@ -315,20 +342,18 @@ mod tests {
         assert!(stats.rounds.load(Ordering::Relaxed) <= 200);
     }
 
-    /// Everything queued while a round syncs goes into the next round: one sync per file for
-    /// all of it.
-    #[test]
-    fn requests_queued_meanwhile_share_one_round_and_one_sync_per_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let files: Vec<Arc<File>> = (0..3)
-            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
-            .collect();
+    /// `count` requests, request `i` covering file `i % files.len()` (after writing to it),
+    /// all queued before the flush thread starts, as if they arrived during a sync. Returns how
+    /// many completed successfully and the thread's counters.
+    fn run_queued(files: &[Arc<File>], count: usize, method: SyncMethod) -> (usize, FlushStats) {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_REQUESTS_MAX);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        for i in 0..300usize {
+        for i in 0..count {
+            let file = files[i % files.len()].clone();
+            (&*file).write_all(b"frame").unwrap();
             let done_tx = done_tx.clone();
             let request = FlushRequest {
-                files: vec![files[i % 3].clone()],
+                files: vec![file],
                 done: Box::new(move |r| {
                     let _ = done_tx.send(r.is_ok());
                 }),
@@ -336,13 +361,30 @@ mod tests {
             assert!(tx.try_send(request).is_ok());
         }
         drop((tx, done_tx));
-        // The flush thread starts with all 300 queued, as if they arrived during a sync.
         let stats = Arc::new(FlushStats::default());
         let thread_stats = stats.clone();
-        std::thread::spawn(move || run(rx, SyncMethod::PerFile, thread_stats))
+        std::thread::spawn(move || run(rx, method, thread_stats))
             .join()
             .unwrap();
-        assert_eq!(done_rx.iter().filter(|ok| *ok).count(), 300);
+        let ok = done_rx.iter().filter(|ok| *ok).count();
+        let stats = Arc::try_unwrap(stats).expect("the flush thread has ended");
+        (ok, stats)
+    }
+
+    fn create_files(dir: &std::path::Path, n: usize) -> Vec<Arc<File>> {
+        (0..n)
+            .map(|i| Arc::new(File::create(dir.join(format!("f{i}"))).unwrap()))
+            .collect()
+    }
+
+    /// Everything queued while a round syncs goes into the next round: one sync per file for
+    /// all of it.
+    #[test]
+    fn requests_queued_meanwhile_share_one_round_and_one_sync_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = create_files(dir.path(), 3);
+        let (ok, stats) = run_queued(&files, 300, SyncMethod::PerFile);
+        assert_eq!(ok, 300);
         assert_eq!(stats.rounds.load(Ordering::Relaxed), 1);
         assert_eq!(stats.requests.load(Ordering::Relaxed), 300);
         assert_eq!(
@@ -350,6 +392,7 @@ mod tests {
             3,
             "one sync per distinct file"
         );
+        assert_eq!(stats.filesystem_syncs.load(Ordering::Relaxed), 0);
     }
 
     /// With `Auto`, a round over several files of one filesystem is one `syncfs`, and a round
@@ -357,29 +400,9 @@ mod tests {
     #[test]
     fn auto_syncs_a_filesystem_once_for_many_files() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<Arc<File>> = (0..4)
-            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
-            .collect();
-        let (tx, rx) = mpsc::channel(FLUSH_QUEUE_REQUESTS_MAX);
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        for i in 0..40usize {
-            let done_tx = done_tx.clone();
-            (&*files[i % 4]).write_all(b"frame").unwrap();
-            let request = FlushRequest {
-                files: vec![files[i % 4].clone()],
-                done: Box::new(move |r| {
-                    let _ = done_tx.send(r.is_ok());
-                }),
-            };
-            assert!(tx.try_send(request).is_ok());
-        }
-        drop((tx, done_tx));
-        let stats = Arc::new(FlushStats::default());
-        let thread_stats = stats.clone();
-        std::thread::spawn(move || run(rx, SyncMethod::Auto, thread_stats))
-            .join()
-            .unwrap();
-        assert_eq!(done_rx.iter().filter(|ok| *ok).count(), 40);
+        let files = create_files(dir.path(), 4);
+        let (ok, stats) = run_queued(&files, 40, SyncMethod::Auto);
+        assert_eq!(ok, 40);
         assert_eq!(stats.rounds.load(Ordering::Relaxed), 1);
         assert_eq!(stats.fsyncs.load(Ordering::Relaxed), 1, "one sync call");
         assert_eq!(stats.filesystem_syncs.load(Ordering::Relaxed), 1);
@@ -388,6 +411,15 @@ mod tests {
         assert_eq!((single.whole.len(), single.each.len()), (0, 1));
         let per_file = SyncPlan::new(files.clone(), SyncMethod::PerFile);
         assert_eq!((per_file.whole.len(), per_file.each.len()), (0, 4));
+    }
+
+    #[test]
+    fn syncfs_is_trusted_from_linux_5_8_only() {
+        assert!(kernel_at_least("6.18.44-fc-v1147\n", (5, 8)));
+        assert!(kernel_at_least("5.8.0", (5, 8)));
+        assert!(!kernel_at_least("5.4.0-150-generic", (5, 8)));
+        assert!(!kernel_at_least("4.19.0", (5, 8)));
+        assert!(!kernel_at_least("", (5, 8)), "unknown: not trusted");
     }
 
     #[test]
@@ -401,9 +433,7 @@ mod tests {
     #[test]
     fn helpers_sync_many_files_and_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let files: Vec<Arc<File>> = (0..20)
-            .map(|i| Arc::new(File::create(dir.path().join(format!("f{i}"))).unwrap()))
-            .collect();
+        let files = create_files(dir.path(), 20);
         let mut helpers = SyncHelpers::default();
         helpers.sync_files(&files).unwrap();
         assert_eq!(helpers.workers.len(), FLUSH_PARALLEL_FILES_MAX - 1);
