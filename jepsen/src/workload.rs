@@ -528,10 +528,9 @@ fn after_resend(
 ) -> Result<Vec<(String, String)>, Failure> {
     match (earlier, resent) {
         (_, Ok(landed)) => Ok(landed),
-        (Err(Failure::Info(first)), Err(again)) => Err(Failure::Info(format!(
-            "{first}; resent: {}",
-            again.text()
-        ))),
+        (Err(Failure::Info(first)), Err(again)) => {
+            Err(Failure::Info(format!("{first}; resent: {}", again.text())))
+        }
         (_, resent) => resent,
     }
 }

@@ -23,7 +23,7 @@ const PREFIX_BYTES: usize = 1 + 8 + 8 + 1;
 pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     let (kind, body): (u8, std::borrow::Cow<'_, [u8]>) = match &entry.payload {
         EntryPayload::Blank => (KIND_BLANK, (&[][..]).into()),
-        EntryPayload::Normal(r) => (KIND_NORMAL, r.0.as_slice().into()),
+        EntryPayload::Normal(r) => (KIND_NORMAL, r.0.as_ref().into()),
         EntryPayload::Membership(m) => (
             KIND_MEMBERSHIP,
             serde_json::to_vec(m).expect("membership serialises").into(),
@@ -51,7 +51,7 @@ pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, String> {
     let body = &bytes[PREFIX_BYTES..];
     let payload = match bytes[17] {
         KIND_BLANK => EntryPayload::Blank,
-        KIND_NORMAL => EntryPayload::Normal(Request(body.to_vec())),
+        KIND_NORMAL => EntryPayload::Normal(Request(bytes::Bytes::copy_from_slice(body))),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice::<Membership>(body)
                 .map_err(|e| format!("entry {index}: bad membership: {e}"))?,
@@ -85,7 +85,7 @@ mod tests {
             [(1, openraft::BasicNode::new("a:1"))].into();
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(Request(b"batch".to_vec())),
+            EntryPayload::Normal(Request(bytes::Bytes::from_static(b"batch"))),
             EntryPayload::Membership(Membership::from(nodes)),
         ] {
             let e = Entry {

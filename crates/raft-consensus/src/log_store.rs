@@ -10,6 +10,7 @@
 //! * `save_committed` is a hint (not flushed, written at most once a second); `read_committed` never reports past the durable
 //!   tail, so start-up never "cleans a hole" in the log.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -66,6 +67,140 @@ struct LogState2 {
     last_log_id: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
+    tail: Tail,
+}
+
+/// Entries appended to the in-memory tail at most, in count and in payload bytes; past either,
+/// the oldest leave it (they are still in the segment files).
+const TAIL_ENTRIES_MAX: usize = 256;
+const TAIL_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Applied entries the tail keeps at most, for a follower a little behind the others; the rest
+/// of what apply has read leaves it, so a quiet group holds little.
+const TAIL_APPLIED_ENTRIES_MAX: usize = 4;
+const TAIL_APPLIED_BYTES_MAX: usize = 256 * 1024;
+
+/// The entries appended last, in memory. Apply and the replication of followers that keep up
+/// read each entry right after it is appended; without the tail each such read went back to
+/// the segment file (a `pread` into a fresh buffer, a CRC check and two copies), three times
+/// per entry on the leader of three replicas. Entries share their payload (`Bytes`), so a read
+/// from the tail copies nothing. Consecutive indices; what it holds is always also in the
+/// segment log, written by the same `append`.
+#[derive(Default)]
+struct Tail {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// Entries at the front that apply has read (see [`Tail::applied_through`]).
+    applied: usize,
+    applied_bytes: usize,
+}
+
+fn payload_bytes(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(r) => r.0.len(),
+        _ => 0,
+    }
+}
+
+impl Tail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|b| b.log_id.index + 1 != entry.log_id.index)
+        {
+            self.clear();
+        }
+        self.bytes += payload_bytes(&entry);
+        self.entries.push_back(entry);
+        while self.entries.len() > TAIL_ENTRIES_MAX || self.bytes > TAIL_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            let n = payload_bytes(&e);
+            self.bytes -= n;
+            if self.applied > 0 {
+                self.applied -= 1;
+                self.applied_bytes -= n;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Tail::default();
+    }
+
+    /// Drops entries after `index` (a truncated log).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|b| Some(b.log_id.index) > index)
+        {
+            let e = self.entries.pop_back().expect("back exists");
+            let n = payload_bytes(&e);
+            self.bytes -= n;
+            if self.applied > self.entries.len() {
+                self.applied -= 1;
+                self.applied_bytes -= n;
+            }
+        }
+    }
+
+    /// Drops entries up to and including `index` (a purged log).
+    fn purge_through(&mut self, index: u64) {
+        while self.first_index().is_some_and(|f| f <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// Apply has read every entry before `end`: keep only a few of them.
+    fn applied_through(&mut self, end: u64) {
+        let applied = match self.first_index() {
+            Some(first) if end > first => ((end - first) as usize).min(self.entries.len()),
+            _ => return,
+        };
+        while self.applied < applied {
+            self.applied_bytes += payload_bytes(&self.entries[self.applied]);
+            self.applied += 1;
+        }
+        while self.applied > TAIL_APPLIED_ENTRIES_MAX
+            || (self.applied > 0 && self.applied_bytes > TAIL_APPLIED_BYTES_MAX)
+        {
+            self.pop_front();
+        }
+    }
+
+    /// The entries of `[start, end)` it holds from `start` on, within `bytes_max` of payload
+    /// (at least one entry when `first` is set); nothing when it does not hold `start`.
+    fn read(&self, start: u64, end: u64, bytes_max: usize, first: bool) -> Vec<Entry> {
+        let Some(front) = self.first_index() else {
+            return Vec::new();
+        };
+        if start < front {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for e in self.entries.iter().skip((start - front) as usize) {
+            if e.log_id.index >= end {
+                break;
+            }
+            let n = payload_bytes(e);
+            if (!out.is_empty() || !first) && bytes + n > bytes_max {
+                break;
+            }
+            bytes += n;
+            out.push(e.clone());
+        }
+        out
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -121,6 +256,7 @@ impl GroupLogStore {
                     last_log_id,
                     last_purged,
                     vote,
+                    tail: Tail::default(),
                 }),
                 meta,
                 flusher,
@@ -188,11 +324,43 @@ impl GroupLogStore {
         self.lock().segments.disk_bytes()
     }
 
+    /// Entries in `[start, end)` within `bytes_max` of payload (at least one): from the segment
+    /// files up to where the in-memory tail begins, then from the tail.
     fn read_entries(&self, start: u64, end: u64, bytes_max: usize) -> io::Result<Vec<Entry>> {
-        self.read_raw(start, end, bytes_max)?
-            .into_iter()
-            .map(|(i, raw)| decode_entry(i, &raw).map_err(io_err))
-            .collect()
+        let log = self.lock();
+        let tail_first = log.tail.first_index().unwrap_or(u64::MAX);
+        let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = start;
+        if next < tail_first {
+            let (Some(first), Some(last)) = (log.segments.first_index(), log.segments.last_index())
+            else {
+                return Ok(out);
+            };
+            next = next.max(first);
+            let disk_end = end.min(tail_first);
+            if next < disk_end && next <= last {
+                for (i, raw) in log
+                    .segments
+                    .read(next, disk_end, bytes_max)
+                    .map_err(io_err)?
+                {
+                    let e = decode_entry(i, &raw).map_err(io_err)?;
+                    bytes += payload_bytes(&e);
+                    next = i + 1;
+                    out.push(e);
+                }
+            }
+            if next < tail_first {
+                // Stopped on the byte bound, or the range ends before the tail.
+                return Ok(out);
+            }
+        }
+        if next < end {
+            let rest = bytes_max.saturating_sub(bytes);
+            out.extend(log.tail.read(next, end, rest, out.is_empty()));
+        }
+        Ok(out)
     }
 }
 
@@ -217,6 +385,26 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = range_to_bounds(&range);
         self.read_entries(start, end, usize::MAX)
+    }
+
+    /// What apply reads: committed entries, which then mostly leave the in-memory tail.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures::Stream<Item = Result<Entry, io::Error>> + openraft::OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + std::fmt::Debug + openraft::OptionalSend,
+    {
+        let (start, end) = range_to_bounds(&range);
+        let read = self.read_entries(start, end, usize::MAX);
+        if read.is_ok() {
+            self.lock().tail.applied_through(end);
+        }
+        let items: Vec<Result<Entry, io::Error>> = match read {
+            Ok(entries) => entries.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
     }
 
     /// What replication reads: at most [`REPLICATION_BATCH_BYTES_MAX`] of payload (and at
@@ -310,10 +498,12 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();
+        let mut appended = Vec::new();
         let mut last = None;
         for e in entries {
             encoded.push((e.log_id.index, encode_entry(&e)));
             last = Some(e.log_id);
+            appended.push(e);
         }
         let files = {
             let mut log = self.lock();
@@ -323,6 +513,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 .map_err(io_err)?;
             if last.is_some() {
                 log.last_log_id = last;
+            }
+            for e in appended {
+                log.tail.push(e);
             }
             files
         };
@@ -349,6 +542,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let mut log = self.lock();
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        log.tail.truncate_after(last_log_id.map(|l| l.index));
         log.segments.truncate_from(from).map_err(io_err)?;
         log.last_log_id = match last_log_id {
             Some(l) if log.segments.last_index() == Some(l.index) => Some(l),
@@ -370,10 +564,134 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         self.inner.meta.flush().await.map_err(io_err)?;
         let mut log = self.lock();
         log.segments.drop_prefix(log_id.index).map_err(io_err)?;
+        log.tail.purge_through(log_id.index);
         log.last_purged = Some(log_id);
         if log.last_log_id < Some(log_id) {
             log.last_log_id = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{log_id, Request};
+    use millrace_storage::{NodeMeta, SyncMethod};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: log_id(1, 1, index),
+            payload: openraft::EntryPayload::Normal(Request(vec![index as u8; bytes].into())),
+        }
+    }
+
+    fn indices(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn the_tail_is_bounded_and_keeps_few_applied_entries() {
+        let mut t = Tail::default();
+        for i in 1..=TAIL_ENTRIES_MAX as u64 + 10 {
+            t.push(entry(i, 10));
+        }
+        assert_eq!(t.entries.len(), TAIL_ENTRIES_MAX);
+        assert_eq!(t.first_index(), Some(11));
+        // Apply read everything: a few applied entries stay.
+        t.applied_through(TAIL_ENTRIES_MAX as u64 + 11);
+        assert_eq!(t.entries.len(), TAIL_APPLIED_ENTRIES_MAX);
+        assert_eq!(t.bytes, 10 * TAIL_APPLIED_ENTRIES_MAX);
+        // Large entries: the byte bounds hold too.
+        let mut t = Tail::default();
+        for i in 1..=6 {
+            t.push(entry(i, TAIL_BYTES_MAX / 4));
+        }
+        assert!(t.bytes <= TAIL_BYTES_MAX);
+        assert_eq!(t.first_index(), Some(3));
+        t.applied_through(5);
+        assert_eq!(
+            t.first_index(),
+            Some(5),
+            "applied entries over the byte bound leave"
+        );
+        assert_eq!((t.applied, t.entries.len()), (0, 2));
+    }
+
+    #[test]
+    fn the_tail_follows_truncation_purge_and_gaps() {
+        let mut t = Tail::default();
+        for i in 1..=5 {
+            t.push(entry(i, 10));
+        }
+        t.applied_through(3);
+        t.truncate_after(Some(2));
+        assert_eq!(indices(&t.read(1, 10, usize::MAX, true)), vec![1, 2]);
+        assert_eq!((t.applied, t.applied_bytes, t.bytes), (2, 20, 20));
+        t.purge_through(1);
+        assert_eq!(indices(&t.read(2, 10, usize::MAX, true)), vec![2]);
+        assert!(t.read(1, 10, usize::MAX, true).is_empty(), "1 is not held");
+        // An entry that does not follow the last starts the tail afresh.
+        t.push(entry(9, 10));
+        assert_eq!(indices(&t.read(9, 10, usize::MAX, true)), vec![9]);
+        assert_eq!(t.bytes, 10);
+        // The byte bound of a read, and its first entry whatever its size.
+        t.push(entry(10, 10));
+        assert_eq!(indices(&t.read(9, 11, 15, true)), vec![9]);
+        assert_eq!(indices(&t.read(9, 11, 5, true)), vec![9]);
+        assert!(t.read(9, 11, 5, false).is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_span_the_segment_files_and_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        let flusher = FlushCoordinator::start(SyncMethod::Auto).unwrap();
+        let mut log = GroupLogStore::open(
+            &dir.path().join("log"),
+            SegmentLogConfig {
+                segment_bytes_max: 64 * 1024,
+            },
+            meta.group(1).unwrap(),
+            flusher,
+        )
+        .unwrap();
+        let n = TAIL_ENTRIES_MAX as u64 + 50;
+        let written: Vec<Entry> = (1..=n).map(|i| entry(i, 100 + i as usize)).collect();
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        let callback = IOFlushed::<TypeConfig>::signal(tx);
+        log.append(written.clone(), callback).await.unwrap();
+        rx.await.unwrap().unwrap();
+        assert_eq!(
+            log.lock().tail.first_index(),
+            Some(51),
+            "the oldest left the tail"
+        );
+        let all = log.try_get_log_entries(1..=n).await.unwrap();
+        assert_eq!(all, written, "disk then tail, in order");
+        let some = log.try_get_log_entries(40..60).await.unwrap();
+        assert_eq!(some, written[39..59].to_vec());
+        // A byte-bounded read across the split stops at the bound.
+        for bytes_max in [1000, 2000] {
+            let bounded = log.read_entries(45, n + 1, bytes_max).unwrap();
+            let got = indices(&bounded);
+            assert_eq!(got, (45..45 + got.len() as u64).collect::<Vec<_>>());
+            let payload: usize = bounded.iter().map(payload_bytes).sum();
+            assert!(
+                payload <= bytes_max && payload + 200 > bytes_max,
+                "{payload} of {bytes_max}"
+            );
+        }
+        // Apply reads: most of the tail goes, and reads still see everything.
+        let applied: Vec<Entry> =
+            futures::StreamExt::collect::<Vec<_>>(log.entries_stream(1..=n).await)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        assert_eq!(applied, written);
+        assert_eq!(log.lock().tail.entries.len(), TAIL_APPLIED_ENTRIES_MAX);
+        assert_eq!(log.try_get_log_entries(1..=n).await.unwrap(), written);
     }
 }

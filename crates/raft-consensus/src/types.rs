@@ -9,8 +9,10 @@ use crate::state_machine::GroupSm;
 pub type NodeId = u64;
 
 /// An application command, opaque at this layer (a metadata command or a record batch).
+/// Shared bytes: the log store's in-memory tail, apply and replication hand the same entry
+/// around without copying it (serialised as a byte string, as before).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request(#[serde(with = "serde_bytes")] pub Vec<u8>);
+pub struct Request(pub bytes::Bytes);
 
 impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

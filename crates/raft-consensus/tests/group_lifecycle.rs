@@ -59,7 +59,7 @@ fn manager(dir: &std::path::Path) -> GroupManager {
 
 async fn write(raft: &millrace_raft::Raft) -> u64 {
     let resp = raft
-        .client_write(Request(b"x".to_vec()))
+        .client_write(Request(bytes::Bytes::from_static(b"x")))
         .await
         .expect("write");
     u64::from_le_bytes(resp.data.0.as_slice().try_into().unwrap())

@@ -177,7 +177,7 @@ impl Node {
         match self
             .meta_group
             .raft
-            .client_write(Request(bytes.to_vec()))
+            .client_write(Request(bytes.to_vec().into()))
             .await
         {
             Ok(resp) => decode_response(&resp.data.0)
@@ -301,7 +301,7 @@ impl Node {
             });
         }
         let seal = entry::encode_command(shard_command::Command::Seal(Seal {}));
-        match h.raft.client_write(Request(seal)).await {
+        match h.raft.client_write(Request(seal.into())).await {
             // The first seal in the log is the shard's end (a retried seal may land later).
             Ok(resp) => Ok(LocalWrite::Done {
                 index: shared.sealed_at().unwrap_or(resp.log_id.index),
@@ -545,7 +545,7 @@ async fn propose_entries(
         let bytes = entry::encode_batch(now_ms(), &parts);
         let records = parts.iter().map(|p| p.records.len()).sum();
         drop(parts);
-        match raft.client_write(Request(bytes)).await {
+        match raft.client_write(Request(bytes.into())).await {
             Ok(resp) => {
                 stats.proposed(records);
                 let index = resp.log_id.index;

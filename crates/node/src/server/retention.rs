@@ -84,7 +84,7 @@ async fn propose_mark(h: &GroupHandle, shared: &ShardShared, cutoff_ms: i64) -> 
             upto_index: upto,
         }));
     h.raft
-        .client_write(Request(mark))
+        .client_write(Request(mark.into()))
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(group_id = h.group_id, upto, "retention mark appended");
