@@ -38,8 +38,8 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     out
 }
 
-/// Decodes an entry stored at `index`.
-pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, String> {
+/// Decodes an entry stored at `index`; a normal entry's request is a slice of `bytes`.
+pub fn decode_entry(index: u64, bytes: &bytes::Bytes) -> Result<Entry, String> {
     if bytes.len() < PREFIX_BYTES {
         return Err(format!("entry {index}: {} bytes is too short", bytes.len()));
     }
@@ -51,7 +51,7 @@ pub fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, String> {
     let body = &bytes[PREFIX_BYTES..];
     let payload = match bytes[17] {
         KIND_BLANK => EntryPayload::Blank,
-        KIND_NORMAL => EntryPayload::Normal(Request(bytes::Bytes::copy_from_slice(body))),
+        KIND_NORMAL => EntryPayload::Normal(Request(bytes.slice(PREFIX_BYTES..))),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice::<Membership>(body)
                 .map_err(|e| format!("entry {index}: bad membership: {e}"))?,
@@ -92,10 +92,10 @@ mod tests {
                 log_id: log_id(3, 2, 17),
                 payload,
             };
-            let bytes = encode_entry(&e);
+            let bytes = bytes::Bytes::from(encode_entry(&e));
             assert_eq!(decode_entry(17, &bytes).unwrap(), e);
             assert_eq!(decode_log_id(17, &bytes).unwrap(), e.log_id);
         }
-        assert!(decode_entry(1, &[9, 0, 0]).is_err());
+        assert!(decode_entry(1, &bytes::Bytes::from_static(&[9, 0, 0])).is_err());
     }
 }

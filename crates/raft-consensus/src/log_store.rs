@@ -299,7 +299,7 @@ impl GroupLogStore {
         start: u64,
         end: u64,
         bytes_max: usize,
-    ) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    ) -> io::Result<Vec<(u64, bytes::Bytes)>> {
         let log = self.lock();
         let (Some(first), Some(last)) = (log.segments.first_index(), log.segments.last_index())
         else {

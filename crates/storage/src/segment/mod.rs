@@ -22,6 +22,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::error::{StorageError, StorageResult};
 use frame::{encode_frame, segment_header, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
 
@@ -390,12 +392,7 @@ impl SegmentLog {
 
     /// Reads entries `start..end` (exclusive), stopping once `bytes_max` payload bytes are
     /// collected; the first entry is always returned, whatever its size. Checksums are verified.
-    pub fn read(
-        &self,
-        start: u64,
-        end: u64,
-        bytes_max: usize,
-    ) -> StorageResult<Vec<(u64, Vec<u8>)>> {
+    pub fn read(&self, start: u64, end: u64, bytes_max: usize) -> StorageResult<Vec<(u64, Bytes)>> {
         let mut out = Vec::new();
         let (Some(first), Some(last)) = (self.first_index(), self.last_index()) else {
             return if start < end {
@@ -431,10 +428,10 @@ impl SegmentLog {
             let seg_last = seg.last_index().expect("contains implies entries");
             let to = seg_last.min(end - 1);
             let (from_off, to_off) = seg.byte_range(next, to);
-            let mut raw = vec![0u8; (to_off - from_off) as usize];
-            seg.file
-                .read_exact_at(&mut raw, from_off)
+            let raw = read_at(&seg.file, (to_off - from_off) as usize, from_off)
                 .map_err(|e| StorageError::io("read", seg.path.display(), e))?;
+            // One buffer per segment read; every payload is a slice of it, never a copy.
+            let raw = Bytes::from(raw);
             let mut pos = 0usize;
             while next <= to {
                 let (header, payload) = frame::decode_frame(&raw[pos..]).map_err(|reason| {
@@ -455,7 +452,7 @@ impl SegmentLog {
                     return Ok(out);
                 }
                 bytes += payload.len();
-                out.push((next, payload.to_vec()));
+                out.push((next, raw.slice_ref(payload)));
                 pos += header.frame_len();
                 next += 1;
             }
@@ -485,6 +482,22 @@ impl SegmentLog {
         drop(self);
         fs::remove_dir_all(&dir).map_err(|e| StorageError::io("remove", dir.display(), e))
     }
+}
+
+/// Reads `len` bytes at `offset` into a new buffer, without zero-filling it first (the
+/// read path's multi-MiB buffers spent as long in `memset` as in the copy itself).
+fn read_at(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        // Fills (part of) the spare capacity and extends the length by what it read.
+        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 pub(crate) fn segment_file_name(base: u64) -> String {

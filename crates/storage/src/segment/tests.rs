@@ -18,7 +18,12 @@ fn append_all(log: &mut SegmentLog, entries: &[(u64, Vec<u8>)]) {
 
 fn read_all(log: &SegmentLog) -> Vec<(u64, Vec<u8>)> {
     match (log.first_index(), log.last_index()) {
-        (Some(f), Some(l)) => log.read(f, l + 1, usize::MAX).unwrap(),
+        (Some(f), Some(l)) => log
+            .read(f, l + 1, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(i, p)| (i, p.to_vec()))
+            .collect(),
         _ => Vec::new(),
     }
 }
