@@ -135,13 +135,6 @@ fn init_tracing() {
         .init();
 }
 
-/// mimalloc instead of glibc's allocator: it reuses freed memory per thread instead of handing
-/// large blocks back to the kernel and faulting them in again (the read path's multi-MiB
-/// buffers spent a fifth of the leader's time in page faults), and its small allocations are
-/// cheaper on the write path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
