@@ -41,11 +41,12 @@ impl Node {
     /// This node's report: every local group's role and applied index.
     pub fn local_report(&self) -> NodeReportRequest {
         let mut groups = Vec::new();
-        for id in self.groups.group_ids() {
-            let Some(h) = self.groups.get(id) else {
-                continue;
-            };
-            let m = h.raft.metrics().borrow_watched().clone();
+        // One pass over the groups, each read under its metrics borrow: looking every group
+        // up again and cloning its whole metrics cost an idle node most of its CPU once it
+        // held thousands of groups.
+        for (id, raft) in self.groups.rafts() {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
             groups.push(GroupReport {
                 group_id: id,
                 state: format!("{:?}", m.state),
@@ -332,26 +333,6 @@ pub async fn heal_and_balance(node: &Arc<Node>) {
 /// Evens out shard leaderships: when a live node leads at least two more shards than another,
 /// one of its groups that has a replica on the other node hands its leadership over.
 async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
-    let reports: Vec<(u64, Vec<GroupReport>)> = {
-        let l = node.liveness.lock().expect("liveness lock");
-        l.seen
-            .iter()
-            .filter(|(n, (t, _))| !unavailable.contains(n) && t.elapsed() < DOWN_AFTER)
-            .map(|(n, (_, g))| (*n, g.clone()))
-            .collect()
-    };
-    if reports.len() < 2 {
-        return;
-    }
-    {
-        let mut l = node.liveness.lock().expect("liveness lock");
-        if l.last_leader_balance
-            .is_some_and(|t| t.elapsed() < 3 * REPORT_INTERVAL)
-        {
-            return;
-        }
-        l.last_leader_balance = Some(Instant::now());
-    }
     let led = |groups: &[GroupReport]| -> Vec<u64> {
         groups
             .iter()
@@ -359,14 +340,36 @@ async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
             .map(|g| g.group_id)
             .collect()
     };
-    let (max_node, max_groups) = reports
+    // The shard groups each live node leads, from its last report (read under the lock, at
+    // most once per balancing period: copying every report each round cost an idle metadata
+    // leader with thousands of groups more than everything else it did).
+    let led_by: Vec<(u64, Vec<u64>)> = {
+        let mut l = node.liveness.lock().expect("liveness lock");
+        if l.last_leader_balance
+            .is_some_and(|t| t.elapsed() < 3 * REPORT_INTERVAL)
+        {
+            return;
+        }
+        let led_by: Vec<(u64, Vec<u64>)> = l
+            .seen
+            .iter()
+            .filter(|(n, (t, _))| !unavailable.contains(n) && t.elapsed() < DOWN_AFTER)
+            .map(|(n, (_, g))| (*n, led(g)))
+            .collect();
+        if led_by.len() < 2 {
+            return;
+        }
+        l.last_leader_balance = Some(Instant::now());
+        led_by
+    };
+    let (max_node, max_groups) = led_by
         .iter()
-        .map(|(n, g)| (*n, led(g)))
         .max_by_key(|(n, g)| (g.len(), std::cmp::Reverse(*n)))
+        .map(|(n, g)| (*n, g.clone()))
         .expect("reports");
-    let (min_node, min_count) = reports
+    let (min_node, min_count) = led_by
         .iter()
-        .map(|(n, g)| (*n, led(g).len()))
+        .map(|(n, g)| (*n, g.len()))
         .min_by_key(|(n, c)| (*c, *n))
         .expect("reports");
     if max_groups.len() < min_count + 2 {
