@@ -166,14 +166,12 @@ impl GroupManager {
             .cloned()
     }
 
-    /// Every open group's Raft handle, read under one lock (for loops over all groups).
-    pub fn rafts(&self) -> Vec<(u64, Raft)> {
-        self.groups
-            .lock()
-            .expect("groups lock")
-            .iter()
-            .map(|(id, h)| (*id, h.raft.clone()))
-            .collect()
+    /// Calls `f` with every group's Raft handle, under the groups' lock (`f` must not block):
+    /// a scan of thousands of groups without copying the list.
+    pub fn for_each_raft(&self, mut f: impl FnMut(u64, &Raft)) {
+        for (id, h) in self.groups.lock().expect("groups lock").iter() {
+            f(*id, &h.raft);
+        }
     }
 
     pub fn group_ids(&self) -> Vec<u64> {

@@ -44,7 +44,7 @@ impl Node {
         // One pass over the groups, each read under its metrics borrow: looking every group
         // up again and cloning its whole metrics cost an idle node most of its CPU once it
         // held thousands of groups.
-        for (id, raft) in self.groups.rafts() {
+        self.groups.for_each_raft(|id, raft| {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
             groups.push(GroupReport {
@@ -54,7 +54,7 @@ impl Node {
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 has_applied: m.last_applied.is_some(),
             });
-        }
+        });
         NodeReportRequest {
             node_id: self.id,
             groups,

@@ -107,85 +107,99 @@ fn jitter(node_id: u64, group_id: u64) -> Duration {
     Duration::from_millis((node_id.wrapping_mul(7919) ^ group_id.wrapping_mul(104_729)) % 1500)
 }
 
+/// A follower replica whose leader seems gone.
+struct Silent {
+    group_id: u64,
+    raft: millrace_raft::Raft,
+    leader: Option<u64>,
+    /// The other voters of the group.
+    voters: Vec<u64>,
+}
+
 /// Checks every local shard group; returns, per peer, the groups to nudge.
+///
+/// One pass over the groups under the metrics borrow of each, with the peers' liveness read
+/// once: per group per tick it costs a few comparisons when the leader is alive (the common
+/// case). Locking the quiet state and collecting each group's voters per group per tick was
+/// most of an idle node's CPU with 10,000 groups.
 async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
-    let mut nudges: HashMap<u64, Vec<u64>> = HashMap::new();
     let now = Instant::now();
-    for (g, raft) in node.groups.rafts() {
+    let (peer_seen, nudged): (HashMap<u64, Instant>, HashSet<u64>) = {
+        let q = node.quiet.lock().expect("quiet lock");
+        (q.peer_seen.clone(), q.nudges.keys().copied().collect())
+    };
+    let mut calm = Vec::new();
+    let mut silent = Vec::new();
+    node.groups.for_each_raft(|g, raft| {
         if g == METADATA_GROUP_ID {
-            continue;
+            return;
         }
-        // Read what is needed under the metrics borrow: cloning every group's whole metrics
-        // each tick was most of an idle node's CPU with thousands of groups.
-        let (current_leader, voters) = {
-            let metrics = raft.metrics();
-            let m = metrics.borrow_watched();
-            if m.state == ServerState::Leader || m.state == ServerState::Learner {
-                continue;
-            }
-            let voters: Vec<u64> = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|v| *v != node.id)
-                .collect();
-            (m.current_leader, voters)
-        };
-        if voters.is_empty() {
-            continue;
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state == ServerState::Leader || m.state == ServerState::Learner {
+            return;
         }
-        let (leader_silent, sent) = {
-            let q = node.quiet.lock().expect("quiet lock");
-            let silent = match current_leader {
-                // A leader removed from the group (a replica move) leads nothing any more.
-                Some(l) if l != node.id && !voters.contains(&l) => true,
-                Some(l) if l != node.id => q.peer_seen.get(&l).is_none_or(|t| {
-                    now.duration_since(*t) > LEADER_SILENT_AFTER + jitter(node.id, g)
-                }),
-                _ => true,
-            };
-            (silent, q.nudges.get(&g).copied().unwrap_or(0))
+        let membership = m.membership_config.membership();
+        if !membership.voter_ids().any(|v| v != node.id) {
+            return;
+        }
+        let leader_silent = match m.current_leader {
+            // A leader removed from the group (a replica move) leads nothing any more.
+            Some(l) if l != node.id && !membership.voter_ids().any(|v| v == l) => true,
+            Some(l) if l != node.id => peer_seen
+                .get(&l)
+                .is_none_or(|t| now.duration_since(*t) > LEADER_SILENT_AFTER + jitter(node.id, g)),
+            _ => true,
         };
         if !leader_silent {
-            node.quiet.lock().expect("quiet lock").nudges.remove(&g);
-            continue;
-        }
-        // Replicas that know no leader nudge for a while (jittered per replica), so that they do
-        // not all start elections at once and split the vote.
-        let patience =
-            NUDGES_BEFORE_ELECTION + (jitter(node.id, g).as_millis() / TICK.as_millis()) as u32;
-        if current_leader.is_none() && sent < patience {
-            // Maybe a live leader just has had nothing to say: ask the replicas to speak up.
-            for v in &voters {
-                nudges.entry(*v).or_default().push(g);
+            if nudged.contains(&g) {
+                calm.push(g);
             }
-            *node
-                .quiet
-                .lock()
-                .expect("quiet lock")
-                .nudges
-                .entry(g)
-                .or_default() += 1;
-            continue;
+            return;
         }
-        let recently = node
-            .quiet
-            .lock()
-            .expect("quiet lock")
-            .last_election
-            .get(&g)
-            .is_some_and(|t| now.duration_since(*t) < 2 * LEADER_SILENT_AFTER + jitter(node.id, g));
-        if !recently {
-            node.quiet
-                .lock()
-                .expect("quiet lock")
-                .last_election
-                .insert(g, now);
-            tracing::info!(group_id = g, leader = ?current_leader, "shard leader silent: starting an election");
-            // With a known (now silent) leader, pre-vote first so a healthy leader is not deposed;
-            // with none known (a new group, or after a leader left), a plain election.
-            let _ = raft.trigger().elect(current_leader.is_some()).await;
+        silent.push(Silent {
+            group_id: g,
+            raft: raft.clone(),
+            leader: m.current_leader,
+            voters: membership.voter_ids().filter(|v| *v != node.id).collect(),
+        });
+    });
+    let mut nudges: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut elections = Vec::new();
+    {
+        let mut q = node.quiet.lock().expect("quiet lock");
+        for g in calm {
+            q.nudges.remove(&g);
         }
+        for s in silent {
+            let g = s.group_id;
+            let sent = q.nudges.get(&g).copied().unwrap_or(0);
+            // Replicas that know no leader nudge for a while (jittered per replica), so that
+            // they do not all start elections at once and split the vote.
+            let patience =
+                NUDGES_BEFORE_ELECTION + (jitter(node.id, g).as_millis() / TICK.as_millis()) as u32;
+            if s.leader.is_none() && sent < patience {
+                // Maybe a live leader just has had nothing to say: ask the replicas to speak up.
+                for v in &s.voters {
+                    nudges.entry(*v).or_default().push(g);
+                }
+                *q.nudges.entry(g).or_default() += 1;
+                continue;
+            }
+            let recently = q.last_election.get(&g).is_some_and(|t| {
+                now.duration_since(*t) < 2 * LEADER_SILENT_AFTER + jitter(node.id, g)
+            });
+            if !recently {
+                q.last_election.insert(g, now);
+                elections.push(s);
+            }
+        }
+    }
+    for s in elections {
+        tracing::info!(group_id = s.group_id, leader = ?s.leader, "shard leader silent: starting an election");
+        // With a known (now silent) leader, pre-vote first so a healthy leader is not deposed;
+        // with none known (a new group, or after a leader left), a plain election.
+        let _ = s.raft.trigger().elect(s.leader.is_some()).await;
     }
     nudges
 }
