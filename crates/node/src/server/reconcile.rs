@@ -140,19 +140,25 @@ pub async fn reconcile_groups(node: Arc<Node>) {
     // Groups this node must initialize whose initialization has not succeeded yet.
     let mut to_initialize: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     loop {
-        let (wanted, next_group_id): (Vec<GroupReplicas>, u64) = node.meta.read(|s| {
-            let wanted = s
-                .shards_on(node.id)
-                .filter(|(st, _)| st.status != StreamStatus::Deleting)
-                .map(|(_, sh)| (sh.group_id, sh.replicas.clone()))
-                .collect();
-            (wanted, s.next_group_id)
-        });
-        let missing: Vec<GroupReplicas> = wanted
-            .iter()
-            .filter(|(g, _)| node.groups.get(*g).is_none())
-            .cloned()
-            .collect();
+        // The open groups once per pass, and replica lists copied only for the groups to
+        // open: a lookup (and handle clone) per group every pass was an idle cost that grew
+        // with the number of groups.
+        let open: HashSet<u64> = node.groups.group_ids().into_iter().collect();
+        let (wanted_ids, missing, next_group_id): (HashSet<u64>, Vec<GroupReplicas>, u64) =
+            node.meta.read(|s| {
+                let mut wanted_ids = HashSet::new();
+                let mut missing = Vec::new();
+                let placed = s
+                    .shards_on(node.id)
+                    .filter(|(st, _)| st.status != StreamStatus::Deleting);
+                for (_, sh) in placed {
+                    wanted_ids.insert(sh.group_id);
+                    if !open.contains(&sh.group_id) {
+                        missing.push((sh.group_id, sh.replicas.clone()));
+                    }
+                }
+                (wanted_ids, missing, s.next_group_id)
+            });
         let opened: Vec<(u64, Vec<u64>, Result<(), String>)> = futures::stream::iter(missing)
             .map(|(group_id, replicas)| {
                 let node = node.clone();
@@ -173,7 +179,6 @@ pub async fn reconcile_groups(node: Arc<Node>) {
                 Err(e) => tracing::error!(group_id, error = %e, "cannot open shard replica"),
             }
         }
-        let wanted_ids: HashSet<u64> = wanted.iter().map(|(g, _)| *g).collect();
         to_initialize.retain(|g, _| wanted_ids.contains(g));
         let initialized: Vec<(u64, Result<(), String>)> =
             futures::stream::iter(to_initialize.clone())
