@@ -459,7 +459,7 @@ fn big_record_data(entry: usize, record: usize) -> Vec<u8> {
 
 /// A follower that missed many large entries (4 records of 1 MiB each, one entry per request)
 /// catches up: replication sends it batches bounded by bytes, never one message over the
-/// transport's cap (256 entries of 4 MiB would be 1 GiB). Then, with the old leader gone, the
+/// transport's cap (256 entries of 4 MiB would be 1 GiB), several at a time. Then, with the old leader gone, the
 /// two remaining nodes serve every record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_far_behind_on_large_entries_catches_up() {
@@ -511,6 +511,16 @@ async fn a_follower_far_behind_on_large_entries_catches_up() {
         },
     )
     .await;
+    // Several AppendEntries went to it at a time (each batch ~8 MiB, pipelined on its
+    // ordered stream), not one per round trip.
+    let pipelined = cluster
+        .status(leader)
+        .and_then(|st| st["write_path"]["appends_pipelined"].as_u64())
+        .expect("the leader's write-path counters");
+    assert!(
+        pipelined > 0,
+        "the leader pipelined no AppendEntries to the follower catching up"
+    );
 
     cluster.kill(leader);
     let client = cluster.client_for(behind);

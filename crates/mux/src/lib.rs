@@ -58,9 +58,9 @@ const PURGE_EVERY: u64 = 1024;
 pub const CALLS_PER_MESSAGE_MAX: usize = 256;
 pub const MESSAGE_BYTES_SOFT_MAX: usize = 4 * 1024 * 1024;
 
-type Answer<P> = Result<<P as Protocol>::Response, Status>;
+pub type Answer<P> = Result<<P as Protocol>::Response, Status>;
 /// What a pipeline says of a call: its answer, or the request handed back unsent.
-type Reply<P> = Result<Answer<P>, <P as Protocol>::Request>;
+pub type Reply<P> = Result<Answer<P>, <P as Protocol>::Request>;
 type Call<P> = (<P as Protocol>::Request, oneshot::Sender<Reply<P>>);
 type Waiting<P> = HashMap<u64, oneshot::Sender<Reply<P>>>;
 
@@ -89,32 +89,41 @@ impl<P: Protocol> Pipeline<P> {
         // A stream that ended before sending the call hands it back: the next try opens a
         // new one.
         for _ in 0..3 {
-            if self.unsupported.load(Ordering::Relaxed) {
-                return Err(req);
+            match self.send(req).await {
+                Err(back) => return Err(back),
+                Ok(pending) => match pending.await {
+                    Ok(answer) => return Ok(answer),
+                    Err(back) => req = back,
+                },
             }
-            let (done, answer) = oneshot::channel();
-            let calls = self.sender();
-            if let Err(mpsc::error::SendError((back, _))) = calls.send((req, done)).await {
-                req = back;
-                continue;
-            }
-            return Ok(match answer.await {
-                Ok(Ok(Err(status))) if status.code() == tonic::Code::Unimplemented => {
-                    // The endpoint refused the stream itself: the call was not served.
-                    self.unsupported.store(true, Ordering::Relaxed);
-                    Err(not_sent())
-                }
-                Ok(Ok(answer)) => answer,
-                Ok(Err(back)) => {
-                    req = back;
-                    continue;
-                }
-                Err(_) => Err(Status::unknown(
-                    "the call's stream stopped before answering",
-                )),
-            });
         }
         Ok(Err(not_sent()))
+    }
+
+    /// Queues `req` on the stream and returns at once, without waiting for the answer: calls
+    /// queued one after another by one task leave in that order, on one stream (what ordered
+    /// pipelining, e.g. of one Raft group's AppendEntries, relies on). Hands `req` back when
+    /// the endpoint serves only unary calls.
+    pub async fn send(&self, req: P::Request) -> Result<Pending<P>, P::Request> {
+        if self.unsupported.load(Ordering::Relaxed) {
+            return Err(req);
+        }
+        let (done, answer) = oneshot::channel();
+        match self.sender().send((req, done)).await {
+            Ok(()) => Ok(Pending {
+                answer,
+                unsupported: self.unsupported.clone(),
+            }),
+            // The stream ended before taking it: a new stream is opened for the next call.
+            Err(mpsc::error::SendError((back, _))) => {
+                let (done, answer) = oneshot::channel();
+                let _ = done.send(Err(back));
+                Ok(Pending {
+                    answer,
+                    unsupported: self.unsupported.clone(),
+                })
+            }
+        }
     }
 
     /// The running stream's queue, or a new stream's.
@@ -130,6 +139,36 @@ impl<P: Protocol> Pipeline<P> {
                 tx
             }
         }
+    }
+}
+
+/// A call queued on a stream (see [`Pipeline::send`]): resolves to its answer, or to the
+/// request handed back unsent (its stream ended before sending it).
+pub struct Pending<P: Protocol> {
+    answer: oneshot::Receiver<Reply<P>>,
+    unsupported: Arc<AtomicBool>,
+}
+
+impl<P: Protocol> Future for Pending<P> {
+    type Output = Reply<P>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Reply<P>> {
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|reply| match reply {
+                Ok(Ok(Err(status))) if status.code() == tonic::Code::Unimplemented => {
+                    // The endpoint refused the stream itself: the call was not served.
+                    self.unsupported.store(true, Ordering::Relaxed);
+                    Ok(Err(not_sent()))
+                }
+                Ok(reply) => reply,
+                Err(_) => Ok(Err(Status::unknown(
+                    "the call's stream stopped before answering",
+                ))),
+            })
     }
 }
 
@@ -235,9 +274,10 @@ fn fail_all<P: Protocol>(waiting: Waiting<P>, mut calls: mpsc::Receiver<Call<P>>
 /// Answers sent in one message at most (those ready together).
 const ANSWERS_PER_MESSAGE_MAX: usize = 256;
 
-/// The server half: unpacks each inbound message into calls, runs each as a task (at most
-/// `in_flight_max` at once; reading the next message waits for a slot) and streams the
-/// answers back, those ready together in one message. The answer stream ends once the
+/// The server half: unpacks each inbound message into calls, calls `handler` on each in the
+/// order they arrived and runs the future it returns as a task (at most `in_flight_max` at
+/// once; reading the next message waits for a slot), and streams the answers back, those
+/// ready together in one message. The answer stream ends once the
 /// client's side has ended and every call is answered.
 pub fn serve<In, Req, Resp, Out, H, Fut>(
     mut inbound: tonic::Streaming<In>,
@@ -264,9 +304,13 @@ where
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let (handler, answers) = (handler.clone(), answers.clone());
+                // Called here, in arrival order: what a handler does before its future is
+                // first polled (e.g. queue the call behind the ones before it) keeps the
+                // order in which the client sent the calls.
+                let call = handler(req);
+                let answers = answers.clone();
                 tokio::spawn(async move {
-                    let resp = handler(req).await;
+                    let resp = call.await;
                     let _ = answers.send((id, resp)).await;
                     drop(slot);
                 });

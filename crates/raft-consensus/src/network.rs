@@ -1,20 +1,23 @@
 //! The multi-raft transport: one lazily connected gRPC channel per peer address, shared by every
 //! group; each message names its group. The receiving side demultiplexes with [`GroupRegistry`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use millrace_mux::{Opening, Outbound, Pipeline, Protocol};
 use millrace_proto::internal as ipb;
 use millrace_proto::internal::internal_client::InternalClient;
 use millrace_proto::internal::{RaftReply, RaftRequest, RaftRpc};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -22,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::state_machine::SnapshotData;
-use crate::types::{NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{LogId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote};
 
 /// The replies of a peer's Raft pipeline.
 pub type RaftAnswerStream =
@@ -41,12 +44,40 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Raft calls one inbound pipeline runs at a time (every group's messages from one peer).
 const PIPELINE_CALLS_MAX: usize = 16 * 1024;
 
+/// AppendEntries of one group a leader has in flight to one follower at most, and the bytes
+/// they may hold at most (the first always goes): replication sends the next batch while the
+/// follower is still writing the one before, instead of waiting a round trip per batch.
+pub const STREAM_APPEND_IN_FLIGHT_MAX: usize = 8;
+pub const STREAM_APPEND_IN_FLIGHT_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// A second AppendEntries goes only once those in flight hold this many bytes: large batches
+/// (a follower catching up, large records) are pipelined, where the wire and the follower's
+/// write are the cost; small ones wait for the answer, so that what arrives meanwhile goes in
+/// one batch (pipelining small entries measured 8 % fewer records/s and 12 % more CPU at 256
+/// requests in flight: more, smaller messages and fsyncs).
+pub const STREAM_APPEND_PIPELINE_BYTES_MIN: usize = 1024 * 1024;
+/// A follower's ordered append stream for one group and leader ends after this long without
+/// a call (the next call starts a new one), so idle groups hold no task for it.
+const STREAM_APPEND_IDLE: Duration = Duration::from_secs(30);
+/// What a node that predates `STREAM_APPEND` answers it with (see [`GroupRegistry::dispatch`]):
+/// the only sign an older peer gives that it needs AppendEntries one at a time.
+const UNKNOWN_RPC: &str = "unknown raft rpc";
+
 /// One channel per peer address, shared by every group on this node, and over it one Raft
 /// pipeline (see [`RaftCalls`]).
 #[derive(Default)]
 pub struct Transport {
     channels: Mutex<HashMap<String, Channel>>,
     pipelines: Mutex<HashMap<String, Arc<Pipeline<RaftCalls>>>>,
+    appends: Arc<AppendCounters>,
+}
+
+/// How this node's groups sent AppendEntries as leaders (see [`GroupClient::stream_append`]).
+#[derive(Debug, Default)]
+pub struct AppendCounters {
+    /// Sent on a follower's ordered stream (`STREAM_APPEND`)...
+    pub streamed: std::sync::atomic::AtomicU64,
+    /// ...of them while others of the same group were in flight to the same follower.
+    pub pipelined: std::sync::atomic::AtomicU64,
 }
 
 /// Raft messages as [`millrace_mux`] carries them between two nodes.
@@ -127,6 +158,11 @@ impl Transport {
             .clone())
     }
 
+    /// Counters of the AppendEntries this node's groups sent.
+    pub fn appends(&self) -> &AppendCounters {
+        &self.appends
+    }
+
     pub fn client(&self, addr: &str) -> Result<InternalClient<Channel>, String> {
         Ok(InternalClient::new(self.channel(addr)?)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -152,6 +188,8 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             group_id: self.group_id,
             self_id: self.self_id,
             target,
+            sequential: Arc::new(AtomicBool::new(false)),
+            counters: self.transport.appends.clone(),
         }
     }
 }
@@ -163,6 +201,10 @@ pub struct GroupClient {
     group_id: u64,
     self_id: NodeId,
     target: NodeId,
+    /// Set once the peer showed it predates `STREAM_APPEND`: AppendEntries then go one at a
+    /// time (openraft's sequential `stream_append`).
+    sequential: Arc<AtomicBool>,
+    counters: Arc<AppendCounters>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -249,6 +291,46 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
             .await
     }
 
+    /// Pipelined: up to [`STREAM_APPEND_IN_FLIGHT_MAX`] AppendEntries (and
+    /// [`STREAM_APPEND_IN_FLIGHT_BYTES_MAX`]) in flight once those in flight are large
+    /// ([`STREAM_APPEND_PIPELINE_BYTES_MIN`]), queued in order on the peer's Raft pipeline,
+    /// answered in order. Falls back to one at a time for a peer without it.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let pipeline = match &self.pipeline {
+            Ok(p) if !self.sequential.load(Ordering::Relaxed) => p.clone(),
+            _ => return stream_append_sequential(self, input, option),
+        };
+        let appends = PipelinedAppends {
+            input: Some(input),
+            pipeline,
+            in_flight: VecDeque::new(),
+            bytes: 0,
+            group_id: self.group_id,
+            self_id: self.self_id,
+            target: self.target,
+            sequential: self.sequential.clone(),
+            counters: self.counters.clone(),
+        };
+        Box::pin(async move {
+            let answers: BoxStream<'s, _> =
+                Box::pin(futures::stream::unfold(appends, PipelinedAppends::next));
+            Ok(answers)
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -293,10 +375,303 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
     }
 }
 
+/// One group's AppendEntries to one follower, several in flight (see
+/// [`GroupClient::stream_append`]).
+struct PipelinedAppends<S> {
+    /// The requests openraft produces; `None` once it ended or the stream stops.
+    input: Option<S>,
+    pipeline: Arc<Pipeline<RaftCalls>>,
+    in_flight: VecDeque<InFlightAppend>,
+    /// Payload bytes of the requests in flight.
+    bytes: usize,
+    group_id: u64,
+    self_id: NodeId,
+    target: NodeId,
+    sequential: Arc<AtomicBool>,
+    counters: Arc<AppendCounters>,
+}
+
+struct InFlightAppend {
+    prev: Option<LogId>,
+    /// Sent as `STREAM_APPEND` (else as a plain `APPEND_ENTRIES`).
+    streamed: bool,
+    /// The last log id the request carries (its `prev_log_id` when it carries none): an
+    /// answer matching less is a partial success, after which the requests behind it cannot
+    /// be accepted.
+    last: Option<LogId>,
+    bytes: usize,
+    deadline: tokio::time::Instant,
+    answer: millrace_mux::Pending<RaftCalls>,
+}
+
+enum AppendEvent {
+    Request(Option<AppendEntriesRequest<TypeConfig>>),
+    Answer(Result<millrace_mux::Reply<RaftCalls>, tokio::time::error::Elapsed>),
+}
+
+type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+impl<S> PipelinedAppends<S>
+where
+    S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    /// The next answer, in request order; sends more requests while waiting for it, as long
+    /// as there is room.
+    async fn next(mut self) -> Option<(AppendAnswer, Self)> {
+        loop {
+            let room = self.in_flight.is_empty()
+                || (self.in_flight.len() < STREAM_APPEND_IN_FLIGHT_MAX
+                    && (STREAM_APPEND_PIPELINE_BYTES_MIN..STREAM_APPEND_IN_FLIGHT_BYTES_MAX)
+                        .contains(&self.bytes));
+            let input = self.input.as_mut().filter(|_| room);
+            let event = match (self.in_flight.front_mut(), input) {
+                (None, None) => return None,
+                (None, Some(input)) => AppendEvent::Request(input.next().await),
+                (Some(head), None) => AppendEvent::Answer(
+                    tokio::time::timeout_at(head.deadline, &mut head.answer).await,
+                ),
+                (Some(head), Some(input)) => tokio::select! {
+                    biased;
+                    answer = tokio::time::timeout_at(head.deadline, &mut head.answer) =>
+                        AppendEvent::Answer(answer),
+                    request = input.next() => AppendEvent::Request(request),
+                },
+            };
+            match event {
+                AppendEvent::Request(None) => self.input = None,
+                AppendEvent::Request(Some(request)) => {
+                    if let Err(e) = self.send(request).await {
+                        return Some((Err(e), self.stopped()));
+                    }
+                }
+                AppendEvent::Answer(answer) => {
+                    let head = self.in_flight.pop_front().expect("an append in flight");
+                    self.bytes -= head.bytes;
+                    let answer = self.answer(answer, &head);
+                    // After an error, a conflict or a partial success the requests behind it
+                    // cannot succeed: openraft starts a new stream from what matched.
+                    let go_on = matches!(&answer, Ok(Ok(matching)) if *matching == head.last);
+                    return Some((answer, if go_on { self } else { self.stopped() }));
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<(), RPCError<TypeConfig>> {
+        let last = request
+            .entries
+            .last()
+            .map(|e| e.log_id)
+            .or(request.prev_log_id);
+        let prev = request.prev_log_id;
+        let payload =
+            encode(&request).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let bytes = payload.len();
+        // Alone and small, it goes as a plain AppendEntries (nothing else is sent until it is
+        // answered, so order holds without the follower's ordered stream, which costs a few
+        // percent of throughput); with others in flight, or large, on the ordered stream.
+        let streamed = !self.in_flight.is_empty() || bytes >= STREAM_APPEND_PIPELINE_BYTES_MIN;
+        let rpc = if streamed {
+            RaftRpc::StreamAppend
+        } else {
+            RaftRpc::AppendEntries
+        };
+        let call = RaftRequest {
+            group_id: self.group_id,
+            rpc: rpc as i32,
+            payload,
+            from_node_id: self.self_id,
+        };
+        let Ok(answer) = self.pipeline.send(call).await else {
+            // The peer serves unary Raft calls only: it predates streamed appends too.
+            self.sequential.store(true, Ordering::Relaxed);
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {} takes Raft calls one at a time",
+                self.target
+            ))));
+        };
+        if streamed {
+            self.counters.streamed.fetch_add(1, Ordering::Relaxed);
+            if !self.in_flight.is_empty() {
+                self.counters.pipelined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.bytes += bytes;
+        self.in_flight.push_back(InFlightAppend {
+            prev,
+            last,
+            streamed,
+            bytes,
+            deadline: tokio::time::Instant::now() + RAFT_RPC_TIMEOUT,
+            answer,
+        });
+        Ok(())
+    }
+
+    fn answer(
+        &self,
+        answer: Result<millrace_mux::Reply<RaftCalls>, tokio::time::error::Elapsed>,
+        sent: &InFlightAppend,
+    ) -> AppendAnswer {
+        let last = sent.last;
+        let target = self.target;
+        let network = |e: String| RPCError::Network(NetworkError::from_string(e));
+        let reply = match answer {
+            Err(_) => {
+                return Err(network(format!(
+                    "AppendEntries to node {target} timed out after {RAFT_RPC_TIMEOUT:?}"
+                )))
+            }
+            Ok(Err(_unsent)) => {
+                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "node {target}: the Raft stream ended before sending an AppendEntries"
+                ))))
+            }
+            Ok(Ok(Err(status))) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "node {target}: {}",
+                    status.message()
+                ))))
+            }
+            Ok(Ok(Err(status))) => return Err(network(format!("node {target}: {status}"))),
+            Ok(Ok(Ok(reply))) => reply,
+        };
+        if !reply.error.is_empty() {
+            if reply.error.starts_with(UNKNOWN_RPC) {
+                self.sequential.store(true, Ordering::Relaxed);
+            }
+            return Err(network(format!("node {target}: {}", reply.error)));
+        }
+        let result: StreamAppendResult<TypeConfig> = if sent.streamed {
+            decode(&reply.payload).map_err(network)?
+        } else {
+            decode::<AppendEntriesResponse<TypeConfig>>(&reply.payload)
+                .map_err(network)?
+                .into_stream_result(sent.prev, last)
+        };
+        if let Ok(Some(matching)) = &result {
+            if Some(*matching) > last {
+                return Err(network(format!(
+                    "node {target} matched {matching} past the request's last entry"
+                )));
+            }
+        }
+        Ok(result)
+    }
+
+    /// Sends nothing more: the next call ends the stream.
+    fn stopped(mut self) -> Self {
+        self.input = None;
+        self.in_flight.clear();
+        self.bytes = 0;
+        self
+    }
+}
+
 /// The groups hosted on this node, for routing inbound Raft messages.
 #[derive(Default)]
 pub struct GroupRegistry {
     groups: RwLock<HashMap<u64, Raft>>,
+    /// The ordered append stream of each (group, sending leader) under way.
+    appends: Mutex<HashMap<(u64, NodeId), AppendSession>>,
+    sweeping: AtomicBool,
+}
+
+/// A follower's side of one leader's streamed appends to one group: the requests, in the
+/// order they arrived, go to openraft's `Raft::stream_append`, which answers them in order;
+/// each call's own task takes its answer from that stream (no task of the session's own).
+struct AppendSession {
+    requests: tokio::sync::mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
+    answers: Arc<tokio::sync::Mutex<AppendAnswers>>,
+    /// Set once the stream ended (openraft ends it at the first error): later calls start a
+    /// new session.
+    ended: Arc<AtomicBool>,
+    /// Calls queued so far: the next call's number.
+    queued: u64,
+    /// `queued` when the idle sweep last looked.
+    queued_at_sweep: u64,
+}
+
+type AppendResults = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<StreamAppendResult<TypeConfig>, openraft::errors::Fatal<TypeConfig>>,
+            > + Send,
+    >,
+>;
+
+struct AppendAnswers {
+    results: AppendResults,
+    /// Answers taken from `results` so far (the number of the next one).
+    taken: u64,
+    /// Answers taken for calls that had not come for them yet.
+    early: HashMap<u64, RaftReply>,
+    /// Why the stream ended, once it did.
+    ended: Option<&'static str>,
+}
+
+/// How often idle append sessions are looked for; one idle for a whole period ends.
+const STREAM_APPEND_SWEEP: Duration = STREAM_APPEND_IDLE;
+
+fn error_reply(error: String) -> RaftReply {
+    RaftReply {
+        payload: Vec::new(),
+        error,
+    }
+}
+
+impl AppendAnswers {
+    /// The answer to call number `n` of the session.
+    async fn answer(
+        answers: Arc<tokio::sync::Mutex<AppendAnswers>>,
+        ended: Arc<AtomicBool>,
+        n: u64,
+    ) -> RaftReply {
+        let mut a = answers.lock().await;
+        loop {
+            if let Some(reply) = a.early.remove(&n) {
+                return reply;
+            }
+            if let Some(why) = a.ended {
+                // Openraft stopped at an earlier call: this one was not appended.
+                return error_reply(format!("not appended: {why} before it"));
+            }
+            let taken = a.taken;
+            let reply = match a.results.next().await {
+                Some(Ok(result)) => {
+                    if result.is_err() {
+                        a.ended = Some("an append failed");
+                    }
+                    match encode(&result) {
+                        Ok(payload) => RaftReply {
+                            payload,
+                            error: String::new(),
+                        },
+                        Err(e) => error_reply(e),
+                    }
+                }
+                Some(Err(fatal)) => {
+                    a.ended = Some("the group stopped");
+                    error_reply(fatal.to_string())
+                }
+                None => {
+                    a.ended = Some("the group stopped");
+                    continue;
+                }
+            };
+            if a.ended.is_some() {
+                ended.store(true, Ordering::Relaxed);
+            }
+            a.taken += 1;
+            if taken == n {
+                return reply;
+            }
+            a.early.insert(taken, reply);
+        }
+    }
 }
 
 impl GroupRegistry {
@@ -355,12 +730,98 @@ impl GroupRegistry {
                     })
                     .collect(),
             },
-            move |req| {
+            move |req: RaftRequest| {
                 let registry = registry.clone();
-                async move { registry.handle(req).await }
+                // Queued now, in arrival order (the rest runs as a task of its own).
+                let streamed = if req.rpc == RaftRpc::StreamAppend as i32 {
+                    Ok(registry.queue_append(req))
+                } else {
+                    Err(req)
+                };
+                async move {
+                    match streamed {
+                        Ok(Ok((answers, ended, n))) => {
+                            AppendAnswers::answer(answers, ended, n).await
+                        }
+                        Ok(Err(error)) => error_reply(error),
+                        Err(req) => registry.handle(req).await,
+                    }
+                }
             },
             PIPELINE_CALLS_MAX,
         )
+    }
+
+    /// Queues a streamed AppendEntries behind the ones its leader sent the group before;
+    /// returns where to wait for its answer.
+    #[allow(clippy::type_complexity)]
+    fn queue_append(
+        self: &Arc<Self>,
+        req: RaftRequest,
+    ) -> Result<(Arc<tokio::sync::Mutex<AppendAnswers>>, Arc<AtomicBool>, u64), String> {
+        let raft = self
+            .get(req.group_id)
+            .ok_or_else(|| format!("group {} is not hosted here", req.group_id))?;
+        let mut request: AppendEntriesRequest<TypeConfig> = decode(&req.payload)?;
+        let key = (req.group_id, req.from_node_id);
+        let mut appends = self.appends.lock().expect("registry lock");
+        if let Some(session) = appends.get_mut(&key) {
+            if !session.ended.load(Ordering::Relaxed) {
+                match session.requests.send(request) {
+                    Ok(()) => {
+                        session.queued += 1;
+                        return Ok((
+                            session.answers.clone(),
+                            session.ended.clone(),
+                            session.queued - 1,
+                        ));
+                    }
+                    Err(tokio::sync::mpsc::error::SendError(back)) => request = back,
+                }
+            }
+        }
+        let (requests, input) = tokio::sync::mpsc::unbounded_channel();
+        let results: AppendResults = Box::pin(
+            raft.stream_append(tokio_stream::wrappers::UnboundedReceiverStream::new(input)),
+        );
+        requests
+            .send(request)
+            .map_err(|_| "the group stopped".to_string())?;
+        let session = AppendSession {
+            requests,
+            answers: Arc::new(tokio::sync::Mutex::new(AppendAnswers {
+                results,
+                taken: 0,
+                early: HashMap::new(),
+                ended: None,
+            })),
+            ended: Arc::new(AtomicBool::new(false)),
+            queued: 1,
+            queued_at_sweep: 0,
+        };
+        let answer = (session.answers.clone(), session.ended.clone(), 0);
+        appends.insert(key, session);
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(Self::sweep_appends(Arc::downgrade(self)));
+        }
+        Ok(answer)
+    }
+
+    /// Ends the append sessions that took no call for a whole sweep period (or that ended)
+    /// and have no call waiting: openraft's side of each then stops.
+    async fn sweep_appends(registry: std::sync::Weak<Self>) {
+        loop {
+            tokio::time::sleep(STREAM_APPEND_SWEEP).await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            let mut appends = registry.appends.lock().expect("registry lock");
+            appends.retain(|_, s| {
+                let idle = s.queued == s.queued_at_sweep || s.ended.load(Ordering::Relaxed);
+                s.queued_at_sweep = s.queued;
+                !(idle && Arc::strong_count(&s.answers) == 1)
+            });
+        }
     }
 
     /// Handles one inbound Raft message for a hosted group.
@@ -381,8 +842,7 @@ impl GroupRegistry {
         let raft = self
             .get(req.group_id)
             .ok_or_else(|| format!("group {} is not hosted here", req.group_id))?;
-        let rpc =
-            RaftRpc::try_from(req.rpc).map_err(|_| format!("unknown raft rpc {}", req.rpc))?;
+        let rpc = RaftRpc::try_from(req.rpc).map_err(|_| format!("{UNKNOWN_RPC} {}", req.rpc))?;
         let p = &req.payload;
         match rpc {
             RaftRpc::AppendEntries => {
@@ -415,6 +875,8 @@ impl GroupRegistry {
                     .map_err(|e| e.to_string())?;
                 encode(&r)
             }
+            // Streamed appends are ordered per group: only the pipeline takes them.
+            RaftRpc::StreamAppend => Err("STREAM_APPEND is taken over RaftPipeline only".into()),
             RaftRpc::Unspecified => Err("raft rpc not set".into()),
         }
     }

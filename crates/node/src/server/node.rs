@@ -220,7 +220,11 @@ impl Node {
 
     /// This node's write-path counters with its group commit's (`GetNodeStats`).
     pub fn write_stats(&self) -> millrace_proto::v1::GetNodeStatsResponse {
-        self.stats.snapshot(self.id, self.groups.flusher().stats())
+        self.stats.snapshot(
+            self.id,
+            self.groups.flusher().stats(),
+            self.groups.transport().appends(),
+        )
     }
 
     /// Appends a batch to a shard group hosted here, if this replica leads it.

@@ -1,10 +1,12 @@
 //! Counters of a node's write path: where PutRecords requests went, how they merged into
-//! entries, and (from the flush coordinator) how the entries shared fsyncs. Served by
+//! entries, (from the flush coordinator) how the entries shared fsyncs, and (from the
+//! transport) how AppendEntries were pipelined. Served by
 //! `GetNodeStats` and `/v1/node/status`; `millrace bench produce` prints them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use millrace_proto::v1 as pb;
+use millrace_raft::network::AppendCounters;
 use millrace_storage::FlushStats;
 
 #[derive(Debug, Default)]
@@ -34,7 +36,12 @@ impl WriteStats {
     }
 
     /// The counters as `GetNodeStats` answers them.
-    pub fn snapshot(&self, node_id: u64, flush: &FlushStats) -> pb::GetNodeStatsResponse {
+    pub fn snapshot(
+        &self,
+        node_id: u64,
+        flush: &FlushStats,
+        appends: &AppendCounters,
+    ) -> pb::GetNodeStatsResponse {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         pb::GetNodeStatsResponse {
             node_id,
@@ -47,6 +54,8 @@ impl WriteStats {
             fsyncs: get(&flush.fsyncs),
             flush_micros: get(&flush.sync_micros),
             filesystem_syncs: get(&flush.filesystem_syncs),
+            appends_streamed: get(&appends.streamed),
+            appends_pipelined: get(&appends.pipelined),
         }
     }
 }
@@ -63,5 +72,7 @@ pub fn to_json(s: &pb::GetNodeStatsResponse) -> serde_json::Value {
         "fsyncs": s.fsyncs,
         "flush_micros": s.flush_micros,
         "filesystem_syncs": s.filesystem_syncs,
+        "appends_streamed": s.appends_streamed,
+        "appends_pipelined": s.appends_pipelined,
     })
 }
