@@ -168,7 +168,7 @@ async fn writer(
                 n += 1;
                 PutRecord {
                     partition_key: format!("w-{n}"),
-                    data: format!("payload-{n}").into_bytes(),
+                    data: format!("payload-{n}").into_bytes().into(),
                     explicit_hash_key: Some(starts[j % starts.len()].clone()),
                 }
             })

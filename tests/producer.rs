@@ -34,7 +34,7 @@ async fn read_all(client: &Client, stream: &str) -> Vec<(String, String)> {
             let page = client.get_records(&it, 10_000).await.unwrap();
             let caught_up = page.records.is_empty() && page.millis_behind_latest == 0;
             for r in page.records {
-                out.push((r.partition_key, String::from_utf8(r.data).unwrap()));
+                out.push((r.partition_key, String::from_utf8(r.data.to_vec()).unwrap()));
             }
             it = page.next_shard_iterator;
             if caught_up {
@@ -240,7 +240,7 @@ async fn shard_readers_resume_and_survive_expired_iterators() {
     let data = |page: &millrace_client::RecordsPage| -> Vec<String> {
         page.records
             .iter()
-            .map(|r| String::from_utf8(r.data.clone()).unwrap())
+            .map(|r| String::from_utf8(r.data.to_vec()).unwrap())
             .collect()
     };
 
@@ -288,7 +288,7 @@ async fn shard_readers_resume_and_survive_expired_iterators() {
             event
                 .records
                 .into_iter()
-                .map(|r| String::from_utf8(r.data).unwrap()),
+                .map(|r| String::from_utf8(r.data.to_vec()).unwrap()),
         );
     }
     assert_eq!(pushed, (0..30).map(|i| i.to_string()).collect::<Vec<_>>());

@@ -85,7 +85,7 @@ async fn read_shard(client: &Client, shard: &str) -> (Vec<(u128, String, u64)>, 
         let page = client.get_records(&it, 1000).await.expect("get records");
         let done = page.records.is_empty() && page.millis_behind_latest == 0;
         for r in &page.records {
-            let v: u64 = String::from_utf8(r.data.clone()).unwrap().parse().unwrap();
+            let v: u64 = String::from_utf8(r.data.to_vec()).unwrap().parse().unwrap();
             out.push((
                 r.sequence_number.parse().unwrap(),
                 r.partition_key.clone(),

@@ -238,7 +238,7 @@ async fn read_from(client: &Client, stream: &str, shard: &str, from: StartPositi
         out.extend(
             page.records
                 .iter()
-                .map(|r| String::from_utf8(r.data.clone()).unwrap()),
+                .map(|r| String::from_utf8(r.data.to_vec()).unwrap()),
         );
         it = page.next_shard_iterator;
         if done {
@@ -311,7 +311,7 @@ async fn iterator_types_limits_expiry_and_tampering() {
         ["a", "b", "c"]
     );
     let page = client.get_records(&latest, 100).await.unwrap();
-    let got: Vec<&[u8]> = page.records.iter().map(|r| r.data.as_slice()).collect();
+    let got: Vec<&[u8]> = page.records.iter().map(|r| &r.data[..]).collect();
     assert_eq!(
         got,
         [b"c"],
@@ -458,7 +458,7 @@ async fn consumers_and_subscribe_push_records_until_the_shard_closes() {
         first
             .records
             .iter()
-            .map(|r| String::from_utf8(r.data.clone()).unwrap()),
+            .map(|r| String::from_utf8(r.data.to_vec()).unwrap()),
     );
     assert_eq!(seen, ["before"]);
 
@@ -466,7 +466,7 @@ async fn consumers_and_subscribe_push_records_until_the_shard_closes() {
     let written = std::time::Instant::now();
     put(&client, "sub", "pushed").await;
     let e = next_data(&mut events).await.expect("pushed event");
-    assert_eq!(e.records[0].data, b"pushed");
+    assert_eq!(e.records[0].data, &b"pushed"[..]);
     eprintln!(
         "subscribe: record pushed {} ms after its write was acknowledged",
         written.elapsed().as_millis()

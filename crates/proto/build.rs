@@ -14,6 +14,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    tonic_prost_build::configure().compile_protos(&files, &[root])?;
+    // Record payloads are `bytes::Bytes`: decoded as slices of the message buffer, moved (not
+    // copied) through routing and retries, and sliced out of the read buffer on reads.
+    let payloads = [
+        ".millrace.v1.PutRecordsRequestEntry.data",
+        ".millrace.v1.Record.data",
+        ".millrace.storage.v1.BatchRecord.data",
+        ".millrace.internal.v1.StoredRecord.data",
+    ];
+    payloads
+        .iter()
+        .fold(tonic_prost_build::configure(), |c, p| c.bytes(p))
+        .compile_protos(&files, &[root])?;
     Ok(())
 }

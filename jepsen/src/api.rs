@@ -90,7 +90,7 @@ impl Api {
                     .iter()
                     .map(|v| PutRecord {
                         partition_key: format!("v{v}"),
-                        data: v.to_string().into_bytes(),
+                        data: v.to_string().into_bytes().into(),
                         explicit_hash_key: Some(hash_key.to_string()),
                     })
                     .collect();
@@ -145,7 +145,7 @@ impl Api {
                         .into_iter()
                         .map(|r| Got {
                             sequence: r.sequence_number,
-                            data: r.data,
+                            data: r.data.to_vec(),
                         })
                         .collect(),
                     next: (!page.next_shard_iterator.is_empty())

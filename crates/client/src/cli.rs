@@ -666,14 +666,14 @@ mod tests {
         let r = crate::Record {
             sequence_number: "1".into(),
             partition_key: "k".into(),
-            data: vec![0xff, 0xfe],
+            data: vec![0xff, 0xfe].into(),
             approximate_arrival_timestamp_ms: 0,
         };
         let v = record_json("shardId-000000000000", &r);
         assert_eq!(v["data_encoding"], "base64");
         assert_eq!(v["data"], "//4=");
         let r = crate::Record {
-            data: b"hi".to_vec(),
+            data: bytes::Bytes::from_static(b"hi"),
             ..r
         };
         assert_eq!(record_json("s", &r)["data"], "hi");

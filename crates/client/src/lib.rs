@@ -135,15 +135,16 @@ pub use producer::{ProduceError, Producer, ProducerConfig, RecordFuture};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutRecord {
     pub partition_key: String,
-    pub data: Vec<u8>,
+    /// Shared bytes: a retry or a forwarded hop moves them, never copies them.
+    pub data: bytes::Bytes,
     pub explicit_hash_key: Option<String>,
 }
 
 impl PutRecord {
-    pub fn new(partition_key: impl Into<String>, data: Vec<u8>) -> PutRecord {
+    pub fn new(partition_key: impl Into<String>, data: impl Into<bytes::Bytes>) -> PutRecord {
         PutRecord {
             partition_key: partition_key.into(),
-            data,
+            data: data.into(),
             explicit_hash_key: None,
         }
     }
@@ -228,7 +229,8 @@ pub fn open_shard_ranges(shards: Vec<proto::Shard>) -> Vec<(u128, u128, String)>
 pub struct Record {
     pub sequence_number: String,
     pub partition_key: String,
-    pub data: Vec<u8>,
+    /// A slice of the response it arrived in (no copy).
+    pub data: bytes::Bytes,
     pub approximate_arrival_timestamp_ms: i64,
 }
 

@@ -122,11 +122,12 @@ pub struct DecodedBatch {
 }
 
 /// Decodes the records of a record batch entry; `None` for entries that hold no records.
-pub fn decode_records(data: &[u8]) -> Result<Option<DecodedBatch>, String> {
+/// Record data are slices of `data` (no copy).
+pub fn decode_records(data: &bytes::Bytes) -> Result<Option<DecodedBatch>, String> {
     Ok(match decode(data)? {
         ShardEntry::Batch { header, records } => {
-            let body =
-                RecordBatch::decode(records).map_err(|e| format!("bad record batch: {e}"))?;
+            let body = RecordBatch::decode(data.slice_ref(records))
+                .map_err(|e| format!("bad record batch: {e}"))?;
             let counted: u64 = header.requests.iter().map(|r| r.records as u64).sum();
             if counted != body.records.len() as u64 {
                 return Err(format!(
@@ -164,7 +165,7 @@ mod tests {
     fn record(key: &str, data: &[u8]) -> BatchRecord {
         BatchRecord {
             partition_key: key.into(),
-            data: data.to_vec(),
+            data: bytes::Bytes::copy_from_slice(data),
             hash_key: vec![7; 16],
         }
     }
@@ -195,14 +196,14 @@ mod tests {
         assert_eq!(counts, [2, 1]);
         assert_eq!(header.requests[1].producer_id, "p");
         assert_eq!(header.requests[1].producer_sequence, 9);
-        let decoded = decode_records(&bytes).unwrap().unwrap();
+        let decoded = decode_records(&bytes.clone().into()).unwrap().unwrap();
         assert_eq!(decoded.records, [a.to_vec(), b.to_vec()].concat());
         assert_eq!(arrival_of(&bytes).unwrap(), Some(42));
         // A header that claims more records than the batch holds is refused.
         let mut bad = bytes.clone();
         let cut = bad.len() - 3010;
         bad.truncate(cut);
-        assert!(decode_records(&bad).is_err());
+        assert!(decode_records(&bad.into()).is_err());
         assert!(decode(&bytes[..4]).is_err());
     }
 
@@ -218,7 +219,7 @@ mod tests {
         }
         .encode_to_vec();
         assert_ne!(v1[0], BATCH_MARKER);
-        let decoded = decode_records(&v1).unwrap().unwrap();
+        let decoded = decode_records(&v1.clone().into()).unwrap().unwrap();
         assert_eq!(decoded.arrival_timestamp_ms, 5);
         assert_eq!(decoded.records, [record("k", b"v")]);
         for c in [
@@ -228,7 +229,7 @@ mod tests {
             let bytes = encode_command(c.clone());
             assert_ne!(bytes[0], BATCH_MARKER);
             assert!(matches!(decode(&bytes).unwrap(), ShardEntry::Command(d) if d == c));
-            assert!(decode_records(&bytes).unwrap().is_none());
+            assert!(decode_records(&bytes.clone().into()).unwrap().is_none());
         }
     }
 }

@@ -162,7 +162,7 @@ mod tests {
     fn write(records: usize, data_bytes: usize) -> (Pending, oneshot::Receiver<Proposed>) {
         let record = BatchRecord {
             partition_key: String::new(),
-            data: vec![0; data_bytes],
+            data: vec![0; data_bytes].into(),
             hash_key: Default::default(),
         };
         Pending::new(vec![record; records], None)

@@ -549,7 +549,7 @@ fn put_entry(r: &mut Input<'_>) -> Option<pb::PutRecordsRequestEntry> {
     );
     Some(pb::PutRecordsRequestEntry {
         partition_key: key?,
-        data: data?,
+        data: data?.into(),
         explicit_hash_key: explicit.unwrap_or_default(),
     })
 }

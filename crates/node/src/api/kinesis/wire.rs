@@ -124,7 +124,7 @@ pub enum Out {
     Bool(bool),
     Int(i64),
     Str(String),
-    Blob(Vec<u8>),
+    Blob(bytes::Bytes),
     /// Epoch milliseconds.
     Timestamp(i64),
     List(Vec<Out>),
@@ -186,7 +186,7 @@ impl Out {
             Out::Bool(b) => Cbor::Bool(*b),
             Out::Int(i) => Cbor::Integer((*i).into()),
             Out::Str(s) => Cbor::Text(s.clone()),
-            Out::Blob(b) => Cbor::Bytes(b.clone()),
+            Out::Blob(b) => Cbor::Bytes(b.to_vec()),
             Out::Timestamp(ms) => Cbor::Tag(1, Box::new(Cbor::Integer((*ms).into()))),
             Out::List(items) => Cbor::Array(items.iter().map(Out::to_cbor).collect()),
             Out::Map(members) => Cbor::Map(
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn json_blobs_are_base64_and_timestamps_seconds() {
         let out = Out::map(vec![
-            ("Data", Out::Blob(b"hi".to_vec())),
+            ("Data", Out::Blob(bytes::Bytes::from_static(b"hi"))),
             ("At", Out::Timestamp(1_700_000_000_123)),
             ("Gone", Out::Null),
         ]);
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn cbor_round_trips_blobs_and_tagged_millisecond_timestamps() {
         let out = Out::map(vec![
-            ("Data", Out::Blob(vec![0, 255, 7])),
+            ("Data", Out::Blob(vec![0, 255, 7].into())),
             ("At", Out::Timestamp(1_700_000_000_123)),
             ("N", Out::Int(-3)),
             ("L", Out::strs(["a", "b"])),
