@@ -66,6 +66,9 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "wall_clock_ms": crate::server::now_ms(),
         "groups": groups,
         "write_path": crate::server::stats::to_json(&node.write_stats()),
+        "read_path": {
+            "pages_read_ahead": crate::shard::read_ahead::pages_served(),
+        },
     }))
 }
 

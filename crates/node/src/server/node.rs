@@ -70,6 +70,15 @@ pub struct ShardRead {
     pub sealed_at: Option<u64>,
 }
 
+/// What a replica may serve: up to its applied index, and nothing after the seal (it does
+/// not belong to the shard).
+fn readable_index(applied: Option<u64>, sealed_at: Option<u64>) -> Option<u64> {
+    match (applied, sealed_at) {
+        (Some(a), Some(s)) => Some(a.min(s)),
+        (a, _) => a,
+    }
+}
+
 impl ShardRead {
     /// The read reached a closed shard's end: nothing more will ever be readable.
     pub fn at_end(&self) -> bool {
@@ -330,14 +339,52 @@ impl Node {
                 "group {group_id} is not hosted here"
             )));
         };
+        Ok(self.read_replica(&h, &shared, bounds, None)?.0)
+    }
+
+    /// [`Node::read_local`] on the leader: serves the page read ahead for `bounds` when there
+    /// is one, and reads the next page ahead (`shard/read_ahead.rs`).
+    async fn read_local_ahead(
+        &self,
+        group_id: u64,
+        bounds: ReadBounds,
+    ) -> Result<ShardRead, ApiError> {
+        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
+        else {
+            return Err(ApiError::Unavailable(format!(
+                "group {group_id} is not hosted here"
+            )));
+        };
+        let ahead_allowed = bounds.max_records > 0
+            && bounds.at_timestamp_ms.is_none()
+            && !calibration::is(InjectedBug::UncommittedReads);
+        let readable = readable_index(shared.applied_index(), shared.sealed_at());
+        let ahead = match readable {
+            Some(r) if ahead_allowed => shared.read_ahead.take(&bounds, r).await,
+            _ => None,
+        };
+        let (read, readable) = self.read_replica(&h, &shared, bounds, ahead)?;
+        if let (true, Some(readable)) = (ahead_allowed, readable) {
+            shared
+                .read_ahead
+                .start_after(&read.outcome, &bounds, readable, &h.log, &shared);
+        }
+        Ok(read)
+    }
+
+    /// Reads a hosted replica (or takes `ahead`, a page already read for `bounds`); also
+    /// returns the readable index the read was bounded by.
+    fn read_replica(
+        &self,
+        h: &GroupHandle,
+        shared: &ShardShared,
+        bounds: ReadBounds,
+        ahead: Option<ReadOutcome>,
+    ) -> Result<(ShardRead, Option<u64>), ApiError> {
         let applied = shared.applied_index();
         let latest = shared.latest_arrival_ms();
         let sealed_at = shared.sealed_at();
-        // Nothing after the seal belongs to the shard.
-        let readable = match (applied, sealed_at) {
-            (Some(a), Some(s)) => Some(a.min(s)),
-            (a, _) => a,
-        };
+        let readable = readable_index(applied, sealed_at);
         let readable = if calibration::is(InjectedBug::UncommittedReads) {
             // Calibration bug: the whole local log, committed or not.
             h.log.bounds().1.or(readable)
@@ -355,6 +402,7 @@ impl Node {
             bounds.from_position = 0;
         }
         let outcome = match readable {
+            _ if ahead.is_some() => ahead.expect("a page read ahead"),
             Some(readable) if bounds.max_records > 0 => {
                 let duplicates = |index| shared.duplicate_spans(index);
                 read_records(&h.log, readable, bounds, &duplicates).map_err(ApiError::Internal)?
@@ -365,12 +413,13 @@ impl Node {
                 next_position: bounds.from_position,
             },
         };
-        Ok(ShardRead {
+        let read = ShardRead {
             outcome,
             applied,
             latest_arrival_ms: latest,
             sealed_at,
-        })
+        };
+        Ok((read, readable))
     }
 
     /// Reads a shard hosted here if this replica is its leader, after confirming leadership
@@ -397,7 +446,7 @@ impl Node {
                     t.admit_read(std::time::Instant::now())
                         .map_err(ApiError::ProvisionedThroughputExceeded)?;
                 }
-                let read = self.read_local(group_id, bounds)?;
+                let read = self.read_local_ahead(group_id, bounds).await?;
                 if let (true, Some(shared)) = (throttled, &shared) {
                     let bytes = read.outcome.records.iter().map(|r| r.data.len()).sum();
                     let mut t = shared.throttle.lock().expect("throttle lock");

@@ -110,6 +110,8 @@ pub struct ShardShared {
     duplicates: Mutex<BTreeMap<u64, Vec<Span>>>,
     /// Coalesces this replica's writes into entries while it leads.
     pub proposer: super::proposer::ShardProposer,
+    /// Pages read ahead for consumers while this replica leads.
+    pub read_ahead: super::read_ahead::ReadAhead,
 }
 
 /// Milliseconds between arrival-time samples.
@@ -127,6 +129,7 @@ impl ShardShared {
             producers: Mutex::new(BTreeMap::new()),
             duplicates: Mutex::new(BTreeMap::new()),
             proposer: super::proposer::ShardProposer::default(),
+            read_ahead: Default::default(),
         }
     }
 

@@ -7,5 +7,6 @@ pub mod hashing;
 pub mod machine;
 pub mod proposer;
 pub mod read;
+pub mod read_ahead;
 pub mod sequence;
 pub mod throttle;
