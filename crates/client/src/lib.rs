@@ -19,7 +19,7 @@
 //!     .get_shard_iterator("orders", &shard_id, StartPosition::TrimHorizon)
 //!     .await?;
 //! let page = client.get_records(&iterator, 100).await?;
-//! assert_eq!(page.records[0].data, b"hello");
+//! assert_eq!(page.records[0].data, &b"hello"[..]);
 //! iterator = page.next_shard_iterator;
 //! # let _ = iterator;
 //! # Ok(()) }
