@@ -490,8 +490,12 @@ fn read_at(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
-        // Fills (part of) the spare capacity and extends the length by what it read.
-        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)?;
+        // Fills (part of) the spare capacity and extends the length by what it read; a read
+        // interrupted by a signal before reading anything is tried again.
+        let n = match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => r?,
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
