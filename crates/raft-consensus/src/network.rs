@@ -55,9 +55,10 @@ pub const STREAM_APPEND_IN_FLIGHT_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// one batch (pipelining small entries measured 8 % fewer records/s and 12 % more CPU at 256
 /// requests in flight: more, smaller messages and fsyncs).
 pub const STREAM_APPEND_PIPELINE_BYTES_MIN: usize = 1024 * 1024;
-/// A follower's ordered append stream for one group and leader ends after this long without
-/// a call (the next call starts a new one), so idle groups hold no task for it.
-const STREAM_APPEND_IDLE: Duration = Duration::from_secs(30);
+/// A follower's ordered append stream for one group and leader ends once it took no call for
+/// one whole sweep period (so after 30–60 s idle; the next call starts a new one), and with it
+/// openraft's task that feeds the group.
+const STREAM_APPEND_SWEEP: Duration = Duration::from_secs(30);
 /// What a node that predates `STREAM_APPEND` answers it with (see [`GroupRegistry::dispatch`]):
 /// the only sign an older peer gives that it needs AppendEntries one at a time.
 const UNKNOWN_RPC: &str = "unknown raft rpc";
@@ -247,35 +248,33 @@ impl GroupClient {
                 Err(request) => client.raft(request).await.map(|r| r.into_inner()),
             }
         };
-        let reply = match tokio::time::timeout(timeout, send).await {
-            Err(_) => {
-                return Err(RPCError::Network(NetworkError::from_string(format!(
-                    "{rpc:?} to node {} timed out after {timeout:?}",
-                    self.target
-                ))))
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
-                    "node {}: {}",
-                    self.target,
-                    status.message()
-                ))))
-            }
-            Ok(Err(status)) => {
-                return Err(RPCError::Network(NetworkError::from_string(format!(
-                    "node {}: {status}",
-                    self.target
-                ))))
-            }
-            Ok(Ok(r)) => r,
-        };
-        if !reply.error.is_empty() {
-            return Err(RPCError::Network(NetworkError::from_string(format!(
-                "node {}: {}",
-                self.target, reply.error
-            ))));
+        let reply = tokio::time::timeout(timeout, send).await;
+        let payload = reply_payload(rpc, self.target, timeout, reply)?;
+        decode(&payload).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+    }
+}
+
+/// The payload of a Raft call's reply (sent with deadline `timeout`), or the error openraft
+/// sees: a peer that could not be reached, or any other failure as a network error.
+fn reply_payload(
+    rpc: RaftRpc,
+    target: NodeId,
+    timeout: Duration,
+    reply: Result<Result<RaftReply, tonic::Status>, tokio::time::error::Elapsed>,
+) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+    let network = |e: String| RPCError::Network(NetworkError::from_string(e));
+    match reply {
+        Err(_) => Err(network(format!(
+            "{rpc:?} to node {target} timed out after {timeout:?}"
+        ))),
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(RPCError::Unreachable(
+            Unreachable::from_string(format!("node {target}: {}", status.message())),
+        )),
+        Ok(Err(status)) => Err(network(format!("node {target}: {status}"))),
+        Ok(Ok(reply)) if !reply.error.is_empty() => {
+            Err(network(format!("node {target}: {}", reply.error)))
         }
-        decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+        Ok(Ok(reply)) => Ok(reply.payload),
     }
 }
 
@@ -520,35 +519,22 @@ where
         let target = self.target;
         let network = |e: String| RPCError::Network(NetworkError::from_string(e));
         let reply = match answer {
-            Err(_) => {
-                return Err(network(format!(
-                    "AppendEntries to node {target} timed out after {RAFT_RPC_TIMEOUT:?}"
-                )))
-            }
             Ok(Err(_unsent)) => {
                 return Err(RPCError::Unreachable(Unreachable::from_string(format!(
                     "node {target}: the Raft stream ended before sending an AppendEntries"
                 ))))
             }
-            Ok(Ok(Err(status))) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
-                    "node {target}: {}",
-                    status.message()
-                ))))
-            }
-            Ok(Ok(Err(status))) => return Err(network(format!("node {target}: {status}"))),
-            Ok(Ok(Ok(reply))) => reply,
+            Ok(Ok(reply)) => Ok(reply),
+            Err(elapsed) => Err(elapsed),
         };
-        if !reply.error.is_empty() {
-            if reply.error.starts_with(UNKNOWN_RPC) {
-                self.sequential.store(true, Ordering::Relaxed);
-            }
-            return Err(network(format!("node {target}: {}", reply.error)));
+        if matches!(&reply, Ok(Ok(r)) if r.error.starts_with(UNKNOWN_RPC)) {
+            self.sequential.store(true, Ordering::Relaxed);
         }
+        let payload = reply_payload(RaftRpc::AppendEntries, target, RAFT_RPC_TIMEOUT, reply)?;
         let result: StreamAppendResult<TypeConfig> = if sent.streamed {
-            decode(&reply.payload).map_err(network)?
+            decode(&payload).map_err(network)?
         } else {
-            decode::<AppendEntriesResponse<TypeConfig>>(&reply.payload)
+            decode::<AppendEntriesResponse<TypeConfig>>(&payload)
                 .map_err(network)?
                 .into_stream_result(sent.prev, last)
         };
@@ -613,9 +599,6 @@ struct AppendAnswers {
     ended: Option<&'static str>,
 }
 
-/// How often idle append sessions are looked for; one idle for a whole period ends.
-const STREAM_APPEND_SWEEP: Duration = STREAM_APPEND_IDLE;
-
 fn error_reply(error: String) -> RaftReply {
     RaftReply {
         payload: Vec::new(),
@@ -637,6 +620,7 @@ impl AppendAnswers {
             }
             if let Some(why) = a.ended {
                 // Openraft stopped at an earlier call: this one was not appended.
+                ended.store(true, Ordering::Relaxed);
                 return error_reply(format!("not appended: {why} before it"));
             }
             let taken = a.taken;
@@ -831,10 +815,7 @@ impl GroupRegistry {
                 payload,
                 error: String::new(),
             },
-            Err(error) => RaftReply {
-                payload: Vec::new(),
-                error,
-            },
+            Err(error) => error_reply(error),
         }
     }
 

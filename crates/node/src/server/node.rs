@@ -333,13 +333,17 @@ impl Node {
     /// Reads committed records of a shard group hosted here (the caller checked leadership
     /// when it matters). `max_records == 0` only reports the applied index.
     pub fn read_local(&self, group_id: u64, bounds: ReadBounds) -> Result<ShardRead, ApiError> {
-        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
-        else {
-            return Err(ApiError::Unavailable(format!(
-                "group {group_id} is not hosted here"
-            )));
-        };
+        let (h, shared) = self.hosted_shard(group_id)?;
         Ok(self.read_replica(&h, &shared, bounds, None)?.0)
+    }
+
+    fn hosted_shard(&self, group_id: u64) -> Result<(GroupHandle, Arc<ShardShared>), ApiError> {
+        match (self.groups.get(group_id), self.shard_shared(group_id)) {
+            (Some(h), Some(shared)) => Ok((h, shared)),
+            _ => Err(ApiError::Unavailable(format!(
+                "group {group_id} is not hosted here"
+            ))),
+        }
     }
 
     /// [`Node::read_local`] on the leader: serves the page read ahead for `bounds` when there
@@ -349,12 +353,7 @@ impl Node {
         group_id: u64,
         bounds: ReadBounds,
     ) -> Result<ShardRead, ApiError> {
-        let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
-        else {
-            return Err(ApiError::Unavailable(format!(
-                "group {group_id} is not hosted here"
-            )));
-        };
+        let (h, shared) = self.hosted_shard(group_id)?;
         let ahead_allowed = bounds.max_records > 0
             && bounds.at_timestamp_ms.is_none()
             && !calibration::is(InjectedBug::UncommittedReads);
