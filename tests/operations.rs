@@ -503,3 +503,119 @@ async fn losing_a_whole_zone_keeps_every_shard_writable_and_readable() {
     );
     check_except(&survivors, "zones", &log, "probe").await;
 }
+
+/// `millrace` run as a child process with `args`, its output captured.
+fn millrace(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(args)
+        .env("MILLRACE_LOG", "info,openraft=warn")
+        .output()
+        .expect("run millrace")
+}
+
+/// `serve --config FILE` (issue 14): every key is a serve flag without `--`, flags win over the
+/// file, `advertise-addr` is what the cluster records (a name works), bad files are refused with
+/// the key named, and `millrace health` answers for the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_from_a_config_file_that_flags_override() {
+    let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("config-file-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("dir");
+    let (grpc, http) = (common::free_port(), common::free_port());
+    let file = root.join("millrace.toml");
+    let write = |extra: &str| {
+        let text = format!(
+            "node-id = 1\n\
+             data-dir = \"{}\"\n\
+             grpc-addr = \"127.0.0.1:{grpc}\"\n\
+             http-addr = \"127.0.0.1:{http}\"\n\
+             advertise-addr = \"localhost:{grpc}\"\n\
+             zone = \"from-file\"\n\
+             replication-factor = 1\n\
+             dead-node-timeout = \"30s\"\n\
+             {extra}\n\
+             [peers]\n\
+             1 = \"localhost:{grpc}\"\n",
+            root.join("node-1").display()
+        );
+        std::fs::write(&file, text).expect("config file");
+    };
+    let file_arg = file.to_str().expect("utf-8 path");
+
+    // Refused before anything starts, naming the key at fault.
+    write("nodeid = 3");
+    let out = millrace(&["serve", "--config", file_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown key was accepted");
+    assert!(err.contains("unknown key `nodeid`"), "{err}");
+    // A rule between keys: three replicas cannot be placed on one initial peer.
+    write("");
+    let text = std::fs::read_to_string(&file).expect("config file");
+    std::fs::write(
+        &file,
+        text.replace("replication-factor = 1", "replication-factor = 3"),
+    )
+    .expect("config file");
+    let out = millrace(&["serve", "--config", file_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "3 replicas on 1 peer was accepted");
+    assert!(
+        err.contains("replication-factor: 3 replicas per shard cannot be placed"),
+        "{err}"
+    );
+
+    write("");
+    let http_addr = format!("127.0.0.1:{http}");
+    let log = std::fs::File::create(root.join("node.log")).expect("log");
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_millrace"))
+        .args(["serve", "--config", file_arg, "--zone", "from-flag"])
+        .env("MILLRACE_LOG", "info,openraft=warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start node");
+    wait_until(
+        Duration::from_secs(60),
+        "millrace health --ready",
+        || async {
+            millrace(&["health", "--ready", "--http-addr", &http_addr])
+                .status
+                .success()
+        },
+    )
+    .await;
+    let (_, status) = http_get(&http_addr, "/v1/node/status").expect("status page");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(
+        status["zone"], "from-flag",
+        "the flag did not win over the file"
+    );
+    let client = Client::connect([format!("http://127.0.0.1:{grpc}")]).expect("client");
+    let cluster = client.describe_cluster().await.expect("describe cluster");
+    let me = cluster
+        .nodes
+        .iter()
+        .find(|n| n.node_id == 1)
+        .expect("node 1");
+    assert_eq!(me.grpc_addr, format!("localhost:{grpc}"));
+    assert_eq!(me.zone, "from-flag");
+    client
+        .create_stream("from-config", 1)
+        .await
+        .expect("create");
+    client
+        .wait_for_active("from-config", Duration::from_secs(30))
+        .await
+        .expect("active with replication-factor 1 from the file");
+
+    node.kill().expect("kill");
+    let _ = node.wait();
+    let out = millrace(&["health", "--http-addr", &http_addr]);
+    assert!(!out.status.success(), "health passed with the node dead");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not answer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

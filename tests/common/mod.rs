@@ -33,7 +33,7 @@ pub struct Cluster {
 /// A free port below the kernel's ephemeral range (32768+), so that the outgoing connections of
 /// running nodes cannot take it between this check and the node's bind. Ports are handed out
 /// from a per-process counter, offset by the process id, so parallel tests do not collide.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20_000 + (std::process::id() % 100) as u16 * 100;

@@ -2,7 +2,9 @@
 //! The `millrace` binary (`src/main.rs`) is a thin shell over this library.
 
 pub mod api;
+pub mod config_file;
 pub mod dev;
+pub mod health;
 pub mod metadata;
 pub mod server;
 pub mod shard;

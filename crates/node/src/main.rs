@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use millrace_client::cli::{self, ClientCommand};
 use millrace_node::server::config::{parse_peers, AccessKeys, KinesisConfig};
 use millrace_node::server::{serve, ServeConfig};
@@ -33,12 +33,27 @@ enum Command {
         #[arg(long, default_value = "./millrace-data")]
         data_dir: PathBuf,
     },
+    /// Check that the node on this machine answers (exit 0) or not (exit 1): for container
+    /// health checks and probes.
+    Health {
+        /// The node's HTTP address; a wildcard address (0.0.0.0) is reached on loopback.
+        #[arg(long, env = "MILLRACE_HTTP_ADDR", default_value = "127.0.0.1:4567")]
+        http_addr: std::net::SocketAddr,
+        /// Also require the node to be ready (registered, metadata leader known): /readyz
+        /// instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings: each key is one of these flags without `--` (see
+    /// deploy/millrace.toml). Flags and MILLRACE_* variables override it.
+    #[arg(long, env = "MILLRACE_CONFIG")]
+    config: Option<PathBuf>,
     #[arg(long, env = "MILLRACE_NODE_ID")]
     node_id: u64,
     #[arg(long, env = "MILLRACE_DATA_DIR")]
@@ -47,6 +62,13 @@ struct ServeArgs {
     grpc_addr: std::net::SocketAddr,
     #[arg(long, env = "MILLRACE_HTTP_ADDR", default_value = "127.0.0.1:4567")]
     http_addr: std::net::SocketAddr,
+    /// The gRPC address peers and clients reach this node at (HOST:PORT; a name such as a
+    /// container's works). Default: --grpc-addr.
+    #[arg(long, env = "MILLRACE_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// The HTTP address the cluster records for this node (HOST:PORT). Default: --http-addr.
+    #[arg(long, env = "MILLRACE_ADVERTISE_HTTP_ADDR")]
+    advertise_http_addr: Option<String>,
     #[arg(long, env = "MILLRACE_ZONE", default_value = "default")]
     zone: String,
     /// Initial metadata voters: ID=HOST:PORT,… (the same list on every initial node).
@@ -135,8 +157,42 @@ fn init_tracing() {
         .init();
 }
 
+/// The command line, with the settings of `serve --config FILE` added as the flags they stand
+/// for (flags and environment variables win over the file).
+fn parse_cli() -> Result<Cli, clap::Error> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A first look that tolerates what the file may still supply (required flags), to find the
+    // file and which settings flags and variables already made.
+    let first = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)?;
+    let config = match first.subcommand() {
+        Some(("serve", serve)) => serve.get_one::<PathBuf>("config").map(|p| (serve, p)),
+        _ => None,
+    };
+    let Some((serve, path)) = config else {
+        return Cli::try_parse_from(&args);
+    };
+    let shown = path.display().to_string();
+    let fail =
+        |message: String| Cli::command().error(clap::error::ErrorKind::InvalidValue, message);
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("{shown}: {e}")))?;
+    let command = Cli::command();
+    let serve_command = command
+        .find_subcommand("serve")
+        .expect("serve is a subcommand");
+    let extra = millrace_node::config_file::file_flags(serve_command, serve, &shown, &text)
+        .map_err(fail)?;
+    let matches = Cli::command()
+        .try_get_matches_from(args.into_iter().chain(extra.into_iter().map(Into::into)))?;
+    Cli::from_arg_matches(&matches)
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -162,6 +218,12 @@ fn main() -> std::process::ExitCode {
                 serve(ServeConfig {
                     node_id: a.node_id,
                     data_dir: a.data_dir,
+                    advertise_grpc_addr: a
+                        .advertise_addr
+                        .unwrap_or_else(|| a.grpc_addr.to_string()),
+                    advertise_http_addr: a
+                        .advertise_http_addr
+                        .unwrap_or_else(|| a.http_addr.to_string()),
                     grpc_addr: a.grpc_addr,
                     http_addr: a.http_addr,
                     zone: a.zone,
@@ -189,6 +251,9 @@ fn main() -> std::process::ExitCode {
                 .await
             }
             Command::Dev { nodes, data_dir } => millrace_node::dev::run(nodes, &data_dir).await,
+            Command::Health { http_addr, ready } => {
+                millrace_node::health::check(http_addr, ready).map_err(anyhow::Error::msg)
+            }
             Command::Client(command) => {
                 let client =
                     millrace_client::Client::connect(cli::endpoints(cli.endpoint.as_deref()))?;

@@ -9,10 +9,18 @@ use std::path::PathBuf;
 pub struct ServeConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
+    /// Where the gRPC server listens (`0.0.0.0:7101` to listen on every interface).
     pub grpc_addr: SocketAddr,
+    /// Where the HTTP server (Kinesis API, status pages) listens.
     pub http_addr: SocketAddr,
+    /// The gRPC address peers and clients use to reach this node (`HOST:PORT`, a name or an
+    /// IP): what `--peers` lists for it and what the cluster records. Defaults to `grpc_addr`.
+    pub advertise_grpc_addr: String,
+    /// The HTTP address the cluster records for this node. Defaults to `http_addr`.
+    pub advertise_http_addr: String,
     pub zone: String,
-    /// Initial metadata voters: node id → gRPC address. Every initial node gets the same list.
+    /// Initial metadata voters: node id → gRPC address (`HOST:PORT`). Every initial node gets
+    /// the same list.
     pub peers: BTreeMap<u64, String>,
     /// Join a running cluster through this node's gRPC address (instead of `peers`).
     pub join: Option<String>,
@@ -109,80 +117,187 @@ impl std::fmt::Debug for AccessKeys {
     }
 }
 
+/// A setting that is out of bounds or contradicts another, named by its key: the `serve` flag
+/// without its dashes, which is also its key in a config file (`deploy/millrace.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError {
+        key,
+        message: message.into(),
+    })
+}
+
 impl ServeConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every bound and every rule between settings; the error names the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_node()?;
+        self.validate_timing()?;
+        self.validate_limits()?;
+        self.validate_kinesis()
+    }
+
+    fn validate_node(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
-            return Err("--node-id must be at least 1".into());
+            return invalid("node-id", "must be at least 1");
         }
         if self.zone.is_empty() {
-            return Err("--zone must not be empty".into());
+            return invalid("zone", "must not be empty");
         }
+        check_host_port(&self.advertise_grpc_addr).or_else(|e| invalid("advertise-addr", e))?;
+        check_host_port(&self.advertise_http_addr)
+            .or_else(|e| invalid("advertise-http-addr", e))?;
         if self.peers.is_empty() == self.join.is_none() {
-            return Err(
-                "give exactly one of --peers (an initial node) and --join (a new node)".into(),
+            return invalid(
+                "peers",
+                "give exactly one of peers (an initial node) and join (a new node)",
             );
         }
-        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
-            return Err(format!(
-                "--peers must include this node ({}) among the initial voters",
-                self.node_id
-            ));
+        if let Some(join) = &self.join {
+            check_host_port(join).or_else(|e| invalid("join", e))?;
         }
-        if let Some(addr) = self.peers.get(&self.node_id) {
-            if addr.parse::<SocketAddr>().ok() != Some(self.grpc_addr) {
-                return Err(format!(
-                    "--peers lists node {} at {addr}, but --grpc-addr is {}",
-                    self.node_id, self.grpc_addr
-                ));
-            }
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        match self.peers.get(&self.node_id) {
+            None => invalid(
+                "peers",
+                format!(
+                    "must include this node ({}) among the initial voters",
+                    self.node_id
+                ),
+            ),
+            Some(addr) if *addr != self.advertise_grpc_addr => invalid(
+                "peers",
+                format!(
+                    "lists node {} at {addr}, but its advertise-addr is {} (grpc-addr {} unless set)",
+                    self.node_id, self.advertise_grpc_addr, self.grpc_addr
+                ),
+            ),
+            Some(_) if self.peers.len() < self.default_replication_factor as usize => invalid(
+                "replication-factor",
+                format!(
+                    "{} replicas per shard cannot be placed on the {} initial peers",
+                    self.default_replication_factor,
+                    self.peers.len()
+                ),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn validate_timing(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_ms == 0 {
+            return invalid("heartbeat-interval-ms", "must be at least 1");
         }
         if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
-            return Err("election timeout must exceed the heartbeat interval".into());
+            return invalid(
+                "election-timeout-min-ms",
+                format!(
+                    "must exceed heartbeat-interval-ms ({})",
+                    self.heartbeat_interval_ms
+                ),
+            );
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err("election timeout max must exceed its min".into());
-        }
-        if self.shards_per_stream_max == 0
-            || self.shards_per_stream_max > self.shards_per_cluster_max
-        {
-            return Err(
-                "--shards-per-stream-max must be between 1 and --shards-per-cluster-max".into(),
+            return invalid(
+                "election-timeout-max-ms",
+                format!(
+                    "must exceed election-timeout-min-ms ({})",
+                    self.election_timeout_min_ms
+                ),
             );
         }
         if !(1_000..=300_000).contains(&self.iterator_ttl_ms) {
-            return Err("the iterator lifetime must be between 1 s and 5 minutes".into());
+            return invalid(
+                "test-iterator-ttl-ms",
+                "the iterator lifetime must be between 1 s and 5 minutes",
+            );
         }
         if !(100..=3_600_000).contains(&self.retention_check_interval_ms) {
-            return Err("the retention check interval must be between 100 ms and 1 hour".into());
-        }
-        if !(4096..=1 << 30).contains(&self.segment_bytes_max) {
-            return Err("the segment size must be between 4 KiB and 1 GiB".into());
+            return invalid(
+                "retention-check-interval-ms",
+                "must be between 100 (ms) and 3600000 (1 hour)",
+            );
         }
         if self.dead_node_timeout < std::time::Duration::from_secs(2) {
-            return Err("--dead-node-timeout must be at least 2s".into());
+            return invalid("dead-node-timeout", "must be at least 2s");
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.shards_per_stream_max == 0
+            || self.shards_per_stream_max > self.shards_per_cluster_max
+        {
+            return invalid(
+                "shards-per-stream-max",
+                format!(
+                    "must be between 1 and shards-per-cluster-max ({})",
+                    self.shards_per_cluster_max
+                ),
+            );
+        }
+        if !(4096..=1 << 30).contains(&self.segment_bytes_max) {
+            return invalid(
+                "segment-bytes-max",
+                "must be between 4096 (4 KiB) and 1073741824 (1 GiB)",
+            );
         }
         if !matches!(self.default_replication_factor, 1 | 3 | 5) {
-            return Err("replication factor must be 1, 3 or 5".into());
+            return invalid("replication-factor", "must be 1, 3 or 5");
         }
+        Ok(())
+    }
+
+    fn validate_kinesis(&self) -> Result<(), ConfigError> {
         let k = &self.kinesis;
         let region_ok = !k.region.is_empty()
             && k.region
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !region_ok {
-            return Err(format!(
-                "--region {:?} must be lowercase letters, digits and '-'",
-                k.region
-            ));
+            return invalid(
+                "region",
+                format!("{:?} must be lowercase letters, digits and '-'", k.region),
+            );
         }
         if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("--account-id {:?} must be 12 digits", k.account_id));
+            return invalid(
+                "account-id",
+                format!("{:?} must be 12 digits", k.account_id),
+            );
         }
         Ok(())
     }
 }
 
-/// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`.
+/// Checks `HOST:PORT`, where HOST is a name or an IP address (IPv6 in brackets).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("{addr:?} is not HOST:PORT");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// Parses `1=127.0.0.1:7101,2=node2:7101` (each address `HOST:PORT`, a name or an IP).
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
     let mut peers = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -194,8 +309,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
             .parse()
             .map_err(|_| format!("--peers entry {part:?}: node id is not a number"))?;
         let addr = addr.trim();
-        addr.parse::<SocketAddr>()
-            .map_err(|_| format!("--peers entry {part:?}: {addr:?} is not HOST:PORT"))?;
+        check_host_port(addr).map_err(|e| format!("--peers entry {part:?}: {e}"))?;
         if peers.insert(id, addr.to_string()).is_some() {
             return Err(format!("--peers names node {id} twice"));
         }
@@ -207,19 +321,17 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn peers_parse_and_validate() {
-        let p = parse_peers("1=127.0.0.1:7101, 2=127.0.0.1:7102").unwrap();
-        assert_eq!(p.len(), 2);
-        assert!(parse_peers("1=nope").is_err());
-        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
-        let cfg = ServeConfig {
+    /// Node 3 of a three-node cluster on loopback, valid as it is.
+    fn node3() -> ServeConfig {
+        ServeConfig {
             node_id: 3,
             data_dir: "/tmp/x".into(),
             grpc_addr: "127.0.0.1:7103".parse().unwrap(),
             http_addr: "127.0.0.1:4569".parse().unwrap(),
+            advertise_grpc_addr: "127.0.0.1:7103".into(),
+            advertise_http_addr: "127.0.0.1:4569".into(),
             zone: "c".into(),
-            peers: p,
+            peers: parse_peers("1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103").unwrap(),
             join: None,
             heartbeat_interval_ms: 200,
             election_timeout_min_ms: 1000,
@@ -235,8 +347,72 @@ mod tests {
             shard_throttling: false,
             dead_node_timeout: std::time::Duration::from_secs(300),
             kinesis: KinesisConfig::default(),
-        };
-        assert!(cfg.validate().unwrap_err().contains("--peers must include"));
+        }
+    }
+
+    fn key_at_fault(cfg: &ServeConfig) -> &'static str {
+        cfg.validate().expect_err("should be refused").key
+    }
+
+    #[test]
+    fn peers_parse_names_and_ips() {
+        let p = parse_peers("1=127.0.0.1:7101, 2=node2:7101, 3=[::1]:7103").unwrap();
+        assert_eq!(p[&2], "node2:7101");
+        assert_eq!(p.len(), 3);
+        assert!(parse_peers("1=nope").is_err());
+        assert!(parse_peers("1=node1:port").is_err());
+        assert!(parse_peers("1=no_underscores:1").is_err());
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_key_at_fault() {
+        assert_eq!(node3().validate(), Ok(()));
+
+        let mut cfg = node3();
+        cfg.peers.remove(&3);
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.key, "peers");
+        assert!(
+            e.to_string()
+                .starts_with("peers: must include this node (3)"),
+            "{e}"
+        );
+
+        // A node behind a name (a container) listens on every interface and advertises its
+        // name, which is what the peers list.
+        let mut cfg = node3();
+        cfg.grpc_addr = "0.0.0.0:7101".parse().unwrap();
+        cfg.peers = parse_peers("1=node1:7101,2=node2:7101,3=node3:7101").unwrap();
+        assert_eq!(key_at_fault(&cfg), "peers");
+        cfg.advertise_grpc_addr = "node3:7101".into();
+        assert_eq!(cfg.validate(), Ok(()));
+
+        let mut cfg = node3();
+        cfg.default_replication_factor = 5;
+        assert_eq!(key_at_fault(&cfg), "replication-factor");
+
+        let mut cfg = node3();
+        cfg.election_timeout_min_ms = 200;
+        assert_eq!(key_at_fault(&cfg), "election-timeout-min-ms");
+        let mut cfg = node3();
+        cfg.election_timeout_max_ms = 1000;
+        assert_eq!(key_at_fault(&cfg), "election-timeout-max-ms");
+
+        let mut cfg = node3();
+        cfg.join = Some("node1:7101".into());
+        assert_eq!(key_at_fault(&cfg), "peers");
+        cfg.peers.clear();
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.join = Some("node1".into());
+        assert_eq!(key_at_fault(&cfg), "join");
+
+        let mut cfg = node3();
+        cfg.segment_bytes_max = 100;
+        assert_eq!(key_at_fault(&cfg), "segment-bytes-max");
+        let mut cfg = node3();
+        cfg.kinesis.account_id = "12".into();
+        assert_eq!(key_at_fault(&cfg), "account-id");
     }
 
     #[test]

@@ -69,8 +69,8 @@ pub async fn register(node: Arc<Node>) {
     let me = Member {
         node_id: node.id,
         zone: node.config.zone.clone(),
-        grpc_addr: node.config.grpc_addr.to_string(),
-        http_addr: node.config.http_addr.to_string(),
+        grpc_addr: node.config.advertise_grpc_addr.clone(),
+        http_addr: node.config.advertise_http_addr.clone(),
         decommissioning: false,
     };
     let mut target = node.config.join.clone();

@@ -27,7 +27,9 @@ const METADATA_SNAPSHOT_ENTRIES: u64 = 1000;
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let meta_db = NodeMeta::open(&config.data_dir.join("meta")).context("opening node metadata")?;
@@ -110,6 +112,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         node_id = config.node_id,
         grpc = %config.grpc_addr,
         http = %config.http_addr,
+        advertised = %config.advertise_grpc_addr,
         zone = %config.zone,
         "millrace node starting"
     );
