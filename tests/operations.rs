@@ -619,3 +619,37 @@ async fn a_node_runs_from_a_config_file_that_flags_override() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `deploy/millrace.toml`, the commented example, documents every serve flag as a key and
+/// parses through the flags' own parsers (the node then refuses the empty zone given on its
+/// command line: validation runs only after every value of the file was accepted).
+#[test]
+fn the_example_config_file_documents_and_accepts_every_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/millrace.toml");
+    let text = std::fs::read_to_string(example).expect("deploy/millrace.toml");
+    let help = String::from_utf8(millrace(&["serve", "--help"]).stdout).expect("utf-8");
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|f| !["config", "endpoint", "help", ""].contains(f))
+        .collect();
+    assert!(flags.len() > 15, "too few flags found in: {help}");
+    for flag in flags {
+        let documented = text.lines().any(|l| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.strip_prefix(flag)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        assert!(
+            documented,
+            "deploy/millrace.toml does not document `{flag}`"
+        );
+    }
+    let out = millrace(&["serve", "--config", example, "--zone", ""]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid configuration: zone: must not be empty"),
+        "{err}"
+    );
+}
