@@ -56,6 +56,7 @@ pub fn client_config() -> ClientConfig {
         connect_timeout: Duration::from_secs(1),
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        ..ClientConfig::default()
     }
 }
 

@@ -28,6 +28,36 @@ pub struct Cluster {
     peers: String,
     /// Extra environment for every node (`MILLRACE_*` settings).
     env: Vec<(String, String)>,
+    /// The cluster secret every node of a plaintext cluster signs its internal requests with
+    /// (as `millrace dev`); a TLS cluster proves its nodes with their certificates alone.
+    pub secret: Option<PathBuf>,
+    /// TLS on both ports and between nodes (see [`Cluster::start_tls`]).
+    pub tls: Option<TestTls>,
+}
+
+/// A cluster's throwaway CA and node certificates (`root/tls`).
+pub struct TestTls {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub pki: millrace_security::dev_pki::DevPki,
+}
+
+impl TestTls {
+    pub fn cert(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.pem"))
+    }
+
+    pub fn key(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.key"))
+    }
+
+    /// A client configuration that trusts this cluster's CA.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            ca_cert: Some(self.ca.clone()),
+            ..test_client_config()
+        }
+    }
 }
 
 /// A free port below the kernel's ephemeral range (32768+), so that the outgoing connections of
@@ -62,8 +92,21 @@ impl Cluster {
         Cluster::start_zoned(name, &zones, env).await
     }
 
+    /// Like [`Cluster::start`], with TLS on both ports and between nodes (a fresh CA).
+    pub async fn start_tls(name: &str, n: usize) -> Cluster {
+        let zones: Vec<String> = (0..n)
+            .map(|i| ((b'a' + i as u8) as char).to_string())
+            .collect();
+        let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
+        Cluster::start_with(name, &zones, &[], true).await
+    }
+
     /// One node per entry of `zones` (node i+1 in `zones[i]`), all initial metadata voters.
     pub async fn start_zoned(name: &str, zones: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(name, zones, env, false).await
+    }
+
+    async fn start_with(name: &str, zones: &[&str], env: &[(&str, &str)], tls: bool) -> Cluster {
         let n = zones.len();
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("clusters")
@@ -90,11 +133,25 @@ impl Cluster {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let secret = (!tls).then(|| root.join("cluster-secret"));
+        if let Some(secret) = &secret {
+            millrace_security::peer_auth::ClusterSecret::create_file(secret).expect("secret");
+        }
+        let tls = tls.then(|| {
+            let pki =
+                millrace_security::dev_pki::DevPki::generate(&(1..=n as u64).collect::<Vec<_>>())
+                    .expect("dev CA");
+            let dir = root.join("tls");
+            let ca = pki.write(&dir).expect("TLS files").ca;
+            TestTls { dir, ca, pki }
+        });
         let mut cluster = Cluster {
             root,
             nodes,
             peers,
             env,
+            secret,
+            tls,
         };
         for id in 1..=n as u64 {
             cluster.spawn(id);
@@ -111,7 +168,7 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
         let env = self.env.clone();
-        let node = &mut self.nodes[(id - 1) as usize];
+        let node = &self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         std::fs::create_dir_all(&node.data_dir).expect("node dir");
         let log = std::fs::OpenOptions::new()
@@ -123,8 +180,28 @@ impl Cluster {
             Some(seed) => ("--join", seed.clone()),
             None => ("--peers", peers),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_millrace"))
-            .arg("serve")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_millrace"));
+        command.arg("serve");
+        if let Some(secret) = &self.secret {
+            command.arg("--cluster-secret-file").arg(secret);
+        }
+        if let Some(tls) = &self.tls {
+            if !tls.cert(id).exists() {
+                tls.pki
+                    .issue_node(id, &millrace_security::dev_pki::DEV_HOSTS)
+                    .and_then(|c| c.write(&tls.dir))
+                    .expect("node certificate");
+            }
+            command
+                .arg("--tls-cert")
+                .arg(tls.cert(id))
+                .arg("--tls-key")
+                .arg(tls.key(id))
+                .arg("--tls-ca")
+                .arg(&tls.ca);
+        }
+        let node = &mut self.nodes[(id - 1) as usize];
+        let child = command
             .args(["--node-id", &id.to_string()])
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -221,36 +298,52 @@ impl Cluster {
     /// Waits until every running node answers /readyz with 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         for id in self.running() {
-            let http = self.node(id).http.clone();
-            wait_until(timeout, &format!("node {id} ready"), || {
-                let http = http.clone();
-                async move { http_get(&http, "/readyz").is_some_and(|(code, _)| code == 200) }
+            wait_until(timeout, &format!("node {id} ready"), || async move {
+                self.get(id, "/readyz").is_some_and(|(code, _)| code == 200)
             })
             .await;
+        }
+    }
+
+    /// A GET on node `id`'s HTTP port (HTTPS on a TLS cluster): (status code, body).
+    pub fn get(&self, id: u64, path: &str) -> Option<(u16, String)> {
+        let addr = &self.node(id).http;
+        match &self.tls {
+            Some(tls) => https_get(addr, path, &tls.ca),
+            None => http_get(addr, path),
+        }
+    }
+
+    /// `http://HOST:PORT`, or `https://` on a TLS cluster.
+    pub fn url(&self, addr: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        match &self.tls {
+            Some(tls) => tls.client_config(),
+            None => test_client_config(),
         }
     }
 
     /// A client over every node's endpoint.
     pub fn client(&self) -> Client {
         Client::with_config(
-            self.nodes.iter().map(|n| format!("http://{}", n.grpc)),
-            test_client_config(),
+            self.nodes.iter().map(|n| self.url(&n.grpc)),
+            self.client_config(),
         )
         .expect("client")
     }
 
     /// A client bound to one node only.
     pub fn client_for(&self, id: u64) -> Client {
-        Client::with_config(
-            [format!("http://{}", self.node(id).grpc)],
-            test_client_config(),
-        )
-        .expect("client")
+        Client::with_config([self.url(&self.node(id).grpc)], self.client_config()).expect("client")
     }
 
     /// The node's `/v1/node/status` JSON, if it answers.
     pub fn status(&self, id: u64) -> Option<serde_json::Value> {
-        let (code, body) = http_get(&self.node(id).http, "/v1/node/status")?;
+        let (code, body) = self.get(id, "/v1/node/status")?;
         (code == 200)
             .then(|| serde_json::from_str(&body).ok())
             .flatten()
@@ -357,6 +450,50 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let code = raw.split_whitespace().nth(1)?.parse().ok()?;
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((code, body))
+}
+
+/// [`http_get`] over TLS, trusting the CA in `ca` (its own thread and runtime, so that it can
+/// be called from synchronous code and from tests' runtimes alike).
+pub fn https_get(addr: &str, path: &str, ca: &std::path::Path) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_service::Service;
+    let (addr, path, ca) = (addr.to_string(), path.to_string(), ca.to_path_buf());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async move {
+            let tls = millrace_security::ClientTls::with_ca_file(&ca)
+                .ok()?
+                .http1();
+            let uri: http::Uri = format!("https://{addr}").parse().ok()?;
+            let io = tokio::time::timeout(Duration::from_secs(5), tls.connector().call(uri))
+                .await
+                .ok()?
+                .ok()?;
+            let mut s = io.into_inner();
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            // Until the server closes (a missing close_notify ends the read with an error).
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            let code = raw.split_whitespace().nth(1)?.parse().ok()?;
+            let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+            Some((code, body))
+        })
+    })
+    .join()
+    .ok()?
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after `timeout`.

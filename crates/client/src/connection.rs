@@ -27,6 +27,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The CA (PEM) that `https://` endpoints' certificates must chain to; without one, the
+    /// system's trusted roots.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -37,8 +40,29 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            ca_cert: None,
         }
     }
+}
+
+/// TLS for `https://` endpoints: the configured CA, else the system's roots.
+fn client_tls(config: &ClientConfig) -> Result<millrace_security::ClientTls, ClientError> {
+    let tls = match &config.ca_cert {
+        Some(ca) => millrace_security::ClientTls::with_ca_file(ca),
+        None => millrace_security::ClientTls::with_system_roots(),
+    };
+    tls.map_err(|e| ClientError::InvalidArgument(format!("TLS: {e}")))
+}
+
+/// The URL of a member at `grpc_addr` (`HOST:PORT`), in the scheme of the endpoints this
+/// client was given: a cluster reached over TLS is reached over TLS everywhere.
+pub(crate) fn member_url(endpoints: &[String], grpc_addr: &str) -> String {
+    let scheme = if endpoints.iter().any(|u| u.starts_with("https://")) {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{grpc_addr}")
 }
 
 /// A handle to a Millrace cluster. Cheap to clone.
@@ -75,6 +99,7 @@ impl Client {
     {
         let mut urls = Vec::new();
         let mut channels = Vec::new();
+        let mut tls: Option<millrace_security::ClientTls> = None;
         for e in endpoints {
             let url = e.as_ref().trim().to_string();
             if url.is_empty() {
@@ -89,7 +114,20 @@ impl Client {
                 .map_err(|e| ClientError::InvalidArgument(format!("endpoint {url:?}: {e}")))?
                 .connect_timeout(config.connect_timeout)
                 .tcp_nodelay(true);
-            channels.push(endpoint.connect_lazy());
+            let channel = if url.starts_with("https://") {
+                if tls.is_none() {
+                    tls = Some(client_tls(&config)?);
+                }
+                let tls = tls.as_ref().expect("set just above");
+                endpoint.connect_with_connector_lazy(tls.connector())
+            } else if url.starts_with("http://") {
+                endpoint.connect_lazy()
+            } else {
+                return Err(ClientError::InvalidArgument(format!(
+                    "endpoint {url:?}: the scheme must be http:// or https://"
+                )));
+            };
+            channels.push(channel);
             urls.push(url);
         }
         if channels.is_empty() {
@@ -133,7 +171,7 @@ impl Client {
             if node.grpc_addr.is_empty() {
                 continue;
             }
-            let url = format!("http://{}", node.grpc_addr);
+            let url = member_url(&seed_client.inner.urls, &node.grpc_addr);
             let index = match all.iter().position(|u| *u == url) {
                 Some(i) => i,
                 None => {

@@ -21,6 +21,7 @@ impl Protocol for PutRecordsCalls {
     type Response = pb::PutRecordsResponse;
     type Calls = pb::PipelinedPutRecordsBatch;
     type Answers = pb::PipelinedPutRecordsResults;
+    type Channel = tonic::transport::Channel;
 
     fn request_bytes(req: &pb::PutRecordsRequest) -> usize {
         req.records

@@ -218,7 +218,7 @@ impl Client {
             .nodes
             .iter()
             .filter_map(|n| {
-                let url = format!("http://{}", n.grpc_addr);
+                let url = crate::connection::member_url(urls, &n.grpc_addr);
                 Some((n.node_id, urls.iter().position(|u| *u == url)?))
             })
             .collect();

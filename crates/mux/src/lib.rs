@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// How one kind of call is carried: the messages both ways and how the stream is opened.
@@ -40,8 +39,12 @@ pub trait Protocol: Send + Sync + 'static {
     fn request_bytes(req: &Self::Request) -> usize;
     fn pack(calls: Vec<(u64, Self::Request)>) -> Self::Calls;
     fn unpack(answers: Self::Answers) -> Vec<(u64, Result<Self::Response, Status>)>;
+    /// What a stream is opened on: a [`tonic::transport::Channel`], or a service wrapping one (that signs
+    /// requests, say).
+    type Channel: Clone + Send + Sync + 'static;
+
     /// Opens the stream on `channel`, sending `calls`.
-    fn open(channel: Channel, calls: Outbound<Self::Calls>) -> Opening<Self::Answers>;
+    fn open(channel: Self::Channel, calls: Outbound<Self::Calls>) -> Opening<Self::Answers>;
 }
 
 /// A stream being opened: its inbound messages once the server accepted it.
@@ -66,14 +69,14 @@ type Waiting<P> = HashMap<u64, oneshot::Sender<Reply<P>>>;
 
 /// The calls of one endpoint, over at most one open stream at a time.
 pub struct Pipeline<P: Protocol> {
-    channel: Channel,
+    channel: P::Channel,
     calls: Mutex<Option<mpsc::Sender<Call<P>>>>,
     /// Set once the endpoint refused the stream (UNIMPLEMENTED): calls then go unary.
     unsupported: Arc<AtomicBool>,
 }
 
 impl<P: Protocol> Pipeline<P> {
-    pub fn new(channel: Channel) -> Pipeline<P> {
+    pub fn new(channel: P::Channel) -> Pipeline<P> {
         Pipeline {
             channel,
             calls: Mutex::new(None),
@@ -181,7 +184,7 @@ fn not_sent() -> Status {
 /// One stream: sends each call with a fresh id (those queued together in one message) and
 /// hands each answer to its caller; when the stream ends, fails every call sent on it.
 async fn run<P: Protocol>(
-    channel: Channel,
+    channel: P::Channel,
     mut calls: mpsc::Receiver<Call<P>>,
     unsupported: Arc<AtomicBool>,
 ) {
@@ -327,6 +330,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::transport::Channel;
 
     /// A protocol whose streams never open: `open` fails with UNIMPLEMENTED or with a
     /// refused connection.
@@ -337,6 +341,7 @@ mod tests {
         type Response = String;
         type Calls = Vec<(u64, String)>;
         type Answers = ();
+        type Channel = Channel;
 
         fn request_bytes(req: &String) -> usize {
             req.len()

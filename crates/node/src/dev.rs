@@ -13,9 +13,57 @@ pub fn dev_zone(i: usize) -> String {
     ((b'a' + ((i - 1) % 26) as u8) as char).to_string()
 }
 
-pub async fn run(nodes: usize, data_dir: &Path) -> anyhow::Result<()> {
+/// The files `millrace dev --tls` made (kept in the data dir, reused by the next run).
+struct DevTls {
+    ca: PathBuf,
+    nodes: Vec<(u64, PathBuf, PathBuf)>,
+}
+
+/// A throwaway CA and a certificate per node in `data_dir/tls`, made once: a later run with
+/// the same data dir reuses them, so clients keep trusting the same CA.
+fn dev_tls(data_dir: &Path, nodes: usize) -> anyhow::Result<DevTls> {
+    let dir = data_dir.join("tls");
+    let ids: Vec<u64> = (1..=nodes as u64).collect();
+    let ca = dir.join("ca.pem");
+    let files: Vec<(u64, PathBuf, PathBuf)> = ids
+        .iter()
+        .map(|&i| {
+            (
+                i,
+                dir.join(format!("node-{i}.pem")),
+                dir.join(format!("node-{i}.key")),
+            )
+        })
+        .collect();
+    let all_there = ca.exists() && files.iter().all(|(_, c, k)| c.exists() && k.exists());
+    if all_there {
+        return Ok(DevTls { ca, nodes: files });
+    }
+    let written = millrace_security::dev_pki::DevPki::generate(&ids)?.write(&dir)?;
+    Ok(DevTls {
+        ca: written.ca,
+        nodes: written.nodes,
+    })
+}
+
+pub async fn run(nodes: usize, data_dir: &Path, tls: bool) -> anyhow::Result<()> {
     anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be between 1 and 9");
     let exe = std::env::current_exe().context("locating the millrace binary")?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = &data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    // Even a plaintext dev cluster signs its internal requests: nobody else on the machine
+    // can send its nodes Raft messages.
+    let secret = data_dir.join("cluster-secret");
+    millrace_security::peer_auth::ClusterSecret::create_file(&secret)?;
+    let tls = if tls {
+        Some(dev_tls(data_dir, nodes)?)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let peers: Vec<String> = (1..=nodes)
         .map(|i| format!("{i}=127.0.0.1:{}", DEV_GRPC_PORT_BASE + i as u16))
         .collect();
@@ -25,8 +73,22 @@ pub async fn run(nodes: usize, data_dir: &Path) -> anyhow::Result<()> {
         let dir: PathBuf = data_dir.join(format!("node-{i}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = std::fs::File::create(dir.join("node.log"))?;
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .arg("serve")
+            .arg("--cluster-secret-file")
+            .arg(&secret);
+        if let Some(tls) = &tls {
+            let (_, cert, key) = &tls.nodes[i - 1];
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                .arg("--tls-ca")
+                .arg(&tls.ca);
+        }
+        let child = command
             .args(["--node-id", &i.to_string()])
             .arg("--data-dir")
             .arg(&dir)
@@ -51,7 +113,7 @@ pub async fn run(nodes: usize, data_dir: &Path) -> anyhow::Result<()> {
         use std::io::Write;
         writeln!(
             out,
-            "node {i}: pid {pid}  grpc http://127.0.0.1:{}  http http://127.0.0.1:{}  zone {}  log {}",
+            "node {i}: pid {pid}  grpc {scheme}://127.0.0.1:{}  http {scheme}://127.0.0.1:{}  zone {}  log {}",
             DEV_GRPC_PORT_BASE + i as u16,
             DEV_HTTP_PORT_BASE + i as u16,
             dev_zone(i),
@@ -60,9 +122,24 @@ pub async fn run(nodes: usize, data_dir: &Path) -> anyhow::Result<()> {
         children.push((i, child));
     }
     let endpoints: Vec<String> = (1..=nodes)
-        .map(|i| format!("http://127.0.0.1:{}", DEV_GRPC_PORT_BASE + i as u16))
+        .map(|i| format!("{scheme}://127.0.0.1:{}", DEV_GRPC_PORT_BASE + i as u16))
         .collect();
     println!("MILLRACE_ENDPOINT={}", endpoints.join(","));
+    if let Some(tls) = &tls {
+        let ca = tls.ca.display();
+        let http = format!("https://127.0.0.1:{}", DEV_HTTP_PORT_BASE + 1);
+        println!("TLS is on, with a throwaway CA made for this data dir: {ca}");
+        println!(
+            "  millrace CLI:  export MILLRACE_CA_CERT={ca} MILLRACE_ENDPOINT={}",
+            endpoints.join(",")
+        );
+        println!(
+            "  AWS CLI:       aws --endpoint-url {http} --ca-bundle {ca} kinesis list-streams"
+        );
+        println!(
+            "  boto3:         boto3.client(\"kinesis\", endpoint_url=\"{http}\", verify=\"{ca}\")"
+        );
+    }
     println!("Ctrl-C stops the cluster; run again with the same --data-dir to resume it.");
 
     let mut waits = Vec::new();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use millrace_client::cli::{self, ClientCommand};
-use millrace_node::server::config::{parse_peers, AccessKeys, KinesisConfig};
+use millrace_node::server::config::{parse_peers, AccessKeys, KinesisConfig, SecurityConfig};
 use millrace_node::server::{serve, ServeConfig};
 
 #[derive(Parser)]
@@ -18,6 +18,10 @@ struct Cli {
     /// else http://127.0.0.1:7101).
     #[arg(long, global = true)]
     endpoint: Option<String>,
+    /// The CA certificate (PEM) that https:// endpoints must present a certificate from
+    /// (default: the system's trusted roots).
+    #[arg(long, global = true, env = "MILLRACE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,6 +36,10 @@ enum Command {
         nodes: usize,
         #[arg(long, default_value = "./millrace-data")]
         data_dir: PathBuf,
+        /// Serve both ports over TLS, with a throwaway CA and node certificates made in the
+        /// data dir (printed: how to point clients at them).
+        #[arg(long)]
+        tls: bool,
     },
     /// Check that the node on this machine answers (exit 0) or not (exit 1): for container
     /// health checks and probes.
@@ -140,6 +148,22 @@ struct ServeArgs {
         hide_env_values = true
     )]
     access_keys: String,
+    /// Serve gRPC and HTTP over TLS with this certificate (PEM, leaf first; for node-to-node
+    /// mutual TLS it names the node: URI SAN urn:millrace:node:ID). Reloaded when the file
+    /// changes or on SIGHUP. Needs --tls-key and --tls-ca.
+    #[arg(long, env = "MILLRACE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; refused if world-readable).
+    #[arg(long, env = "MILLRACE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed that names a member.
+    #[arg(long, env = "MILLRACE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// A file holding the cluster secret (at least 16 bytes; refused if world-readable): every
+    /// internal request is signed with it, so only nodes holding it can send Raft messages.
+    /// The same file on every node; needed when nodes do not use TLS.
+    #[arg(long, env = "MILLRACE_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
     /// NOT A FEATURE. Injects a known bug (ack-before-fsync, skip-sequence-number,
     /// uncommitted-reads) to prove the jepsen harness catches it. Only debug builds and builds
     /// with the `calibration-bugs` feature accept it.
@@ -247,16 +271,32 @@ fn main() -> std::process::ExitCode {
                         account_id: a.account_id,
                         access_keys,
                     },
+                    security: SecurityConfig {
+                        tls_cert: a.tls_cert,
+                        tls_key: a.tls_key,
+                        tls_ca: a.tls_ca,
+                        cluster_secret_file: a.cluster_secret_file,
+                    },
                 })
                 .await
             }
-            Command::Dev { nodes, data_dir } => millrace_node::dev::run(nodes, &data_dir).await,
+            Command::Dev {
+                nodes,
+                data_dir,
+                tls,
+            } => millrace_node::dev::run(nodes, &data_dir, tls).await,
             Command::Health { http_addr, ready } => {
                 millrace_node::health::check(http_addr, ready).map_err(anyhow::Error::msg)
             }
             Command::Client(command) => {
-                let client =
-                    millrace_client::Client::connect(cli::endpoints(cli.endpoint.as_deref()))?;
+                let config = millrace_client::ClientConfig {
+                    ca_cert: cli.ca_cert,
+                    ..Default::default()
+                };
+                let client = millrace_client::Client::with_config(
+                    cli::endpoints(cli.endpoint.as_deref()),
+                    config,
+                )?;
                 let mut out = std::io::stdout().lock();
                 cli::run(&client, command, &mut out)
                     .await

@@ -12,6 +12,8 @@ use millrace_mux::{Opening, Outbound, Pipeline, Protocol};
 use millrace_proto::internal as ipb;
 use millrace_proto::internal::internal_client::InternalClient;
 use millrace_proto::internal::{RaftReply, RaftRequest, RaftRpc};
+use millrace_security::connector::ClientConfigSource;
+use millrace_security::peer_auth::{PeerChannel, PeerSigner};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -67,7 +69,8 @@ const UNKNOWN_RPC: &str = "unknown raft rpc";
 /// pipeline (see [`RaftCalls`]).
 #[derive(Default)]
 pub struct Transport {
-    channels: Mutex<HashMap<String, Channel>>,
+    security: PeerSecurity,
+    channels: Mutex<HashMap<String, PeerChannel>>,
     pipelines: Mutex<HashMap<String, Arc<Pipeline<RaftCalls>>>>,
     appends: Arc<AppendCounters>,
 }
@@ -89,6 +92,7 @@ impl Protocol for RaftCalls {
     type Response = RaftReply;
     type Calls = ipb::RaftCalls;
     type Answers = ipb::RaftAnswers;
+    type Channel = PeerChannel;
 
     fn request_bytes(req: &RaftRequest) -> usize {
         req.payload.len()
@@ -114,7 +118,7 @@ impl Protocol for RaftCalls {
             .collect()
     }
 
-    fn open(channel: Channel, calls: Outbound<ipb::RaftCalls>) -> Opening<ipb::RaftAnswers> {
+    fn open(channel: PeerChannel, calls: Outbound<ipb::RaftCalls>) -> Opening<ipb::RaftAnswers> {
         Box::pin(async move {
             let mut client = InternalClient::new(channel)
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -124,17 +128,33 @@ impl Protocol for RaftCalls {
     }
 }
 
+/// How this node proves who it is to its peers, and checks them: mutual TLS with the cluster
+/// CA, a cluster secret signing every request, both, or (a plaintext dev cluster without a
+/// secret) neither.
+#[derive(Default, Clone)]
+pub struct PeerSecurity {
+    /// TLS for connections to peers (this node's certificate, the cluster CA).
+    pub tls: Option<Arc<dyn ClientConfigSource>>,
+    /// Signs every internal request with the cluster secret.
+    pub signer: Option<Arc<PeerSigner>>,
+}
+
 impl Transport {
-    pub fn new() -> Arc<Transport> {
-        Arc::new(Transport::default())
+    pub fn new(security: PeerSecurity) -> Arc<Transport> {
+        Arc::new(Transport {
+            security,
+            ..Transport::default()
+        })
     }
 
     /// The (lazily connected) channel to `addr` (`host:port`).
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str) -> Result<PeerChannel, String> {
         let mut channels = self.channels.lock().expect("transport lock poisoned");
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
+        // With TLS the connector encrypts; the URI stays `http://` (its scheme only names
+        // HTTP/2's `:scheme`, which the server does not check).
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
@@ -144,7 +164,12 @@ impl Transport {
             .initial_connection_window_size(2 * PIPELINE_STREAM_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel: Channel = match &self.security.tls {
+            Some(tls) => endpoint
+                .connect_with_connector_lazy(millrace_security::TlsConnector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
+        let channel = PeerChannel::new(channel, self.security.signer.clone());
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -164,7 +189,7 @@ impl Transport {
         &self.appends
     }
 
-    pub fn client(&self, addr: &str) -> Result<InternalClient<Channel>, String> {
+    pub fn client(&self, addr: &str) -> Result<InternalClient<PeerChannel>, String> {
         Ok(InternalClient::new(self.channel(addr)?)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))
@@ -197,7 +222,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
 /// Sends one group's Raft messages to one peer.
 pub struct GroupClient {
-    client: Result<InternalClient<Channel>, String>,
+    client: Result<InternalClient<PeerChannel>, String>,
     pipeline: Result<Arc<Pipeline<RaftCalls>>, String>,
     group_id: u64,
     self_id: NodeId,

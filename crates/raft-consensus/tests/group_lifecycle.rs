@@ -46,7 +46,7 @@ fn manager(dir: &std::path::Path) -> GroupManager {
         dir.to_path_buf(),
         meta,
         FlushCoordinator::start(millrace_storage::SyncMethod::Auto).expect("flusher"),
-        Transport::new(),
+        Transport::new(Default::default()),
         GroupSettings {
             heartbeat_interval_ms: 50,
             election_timeout_min_ms: 150,

@@ -60,7 +60,7 @@ async fn resident_memory_per_group_replica() {
         dir.path().to_path_buf(),
         meta.clone(),
         flusher.clone(),
-        Transport::new(),
+        Transport::new(Default::default()),
         settings,
     )
     .expect("manager");

@@ -60,6 +60,16 @@ impl ClientTls {
         })
     }
 
+    /// The same trust for HTTP/1.1 connections (ALPN `http/1.1`: the Kinesis API, status
+    /// pages), where gRPC needs HTTP/2.
+    pub fn http1(&self) -> ClientTls {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        ClientTls {
+            config: Arc::new(config),
+        }
+    }
+
     pub fn connector(&self) -> TlsConnector {
         TlsConnector::new(Arc::new(self.clone()))
     }

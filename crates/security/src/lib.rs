@@ -8,6 +8,7 @@
 //!   off the accept path; each connection carries the [`PeerInfo`] its certificate proves.
 //! - [`connector`]: TLS for outgoing gRPC channels (peers, and the client library).
 //! - [`identity`]: the node id a certificate names (`urn:millrace:node:<id>`).
+//! - [`peer_auth`]: the cluster secret — signed internal requests when there is no TLS.
 //! - [`dev_pki`]: a throwaway CA and node certificates for `millrace dev --tls` and tests.
 //!
 //! Everything uses rustls with the *ring* provider, named explicitly (never a process-wide
@@ -19,6 +20,7 @@ pub mod files;
 pub mod identity;
 pub mod incoming;
 mod node_tls;
+pub mod peer_auth;
 
 use std::sync::Arc;
 

@@ -69,6 +69,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         "read_path": {
             "pages_read_ahead": crate::shard::read_ahead::pages_served(),
         },
+        "security": node.security.status_json(),
     }))
 }
 

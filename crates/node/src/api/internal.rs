@@ -158,7 +158,19 @@ impl Internal for InternalService {
         &self,
         req: Request<ipb::JoinClusterRequest>,
     ) -> Result<Response<ipb::JoinClusterReply>, Status> {
+        let proven = req
+            .extensions()
+            .get::<crate::server::security::ProvenPeer>()
+            .copied();
         let req = req.into_inner();
+        if let Some(crate::server::security::ProvenPeer(id)) = proven {
+            if id != req.node_id {
+                return Err(Status::permission_denied(format!(
+                    "node {id} may join only as itself, not as node {}",
+                    req.node_id
+                )));
+            }
+        }
         if !self.node.meta_group.raft.is_leader() {
             let leader = self.node.metadata_leader();
             return Ok(Response::new(ipb::JoinClusterReply {

@@ -51,6 +51,32 @@ pub struct ServeConfig {
     pub dead_node_timeout: std::time::Duration,
     /// The Kinesis HTTP API: ARNs and request authentication.
     pub kinesis: KinesisConfig,
+    /// TLS on both ports and between nodes, and the cluster secret.
+    pub security: SecurityConfig,
+}
+
+/// How a node protects its ports and proves itself to its peers (`docs/security.md`).
+#[derive(Debug, Clone, Default)]
+pub struct SecurityConfig {
+    /// This node's certificate (PEM, leaf first): both ports serve TLS with it.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM; must not be world-readable).
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA: peers must present a certificate it signed, naming a member's node id.
+    pub tls_ca: Option<PathBuf>,
+    /// A file holding the cluster secret that signs every internal request.
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+impl SecurityConfig {
+    /// The TLS files, when TLS is on (validated: all three or none).
+    pub fn tls_files(&self) -> Option<millrace_security::TlsFiles> {
+        Some(millrace_security::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+        })
+    }
 }
 
 /// What the Kinesis HTTP API needs beyond the cluster: the region and account that ARNs name,
@@ -139,7 +165,25 @@ impl ServeConfig {
         self.validate_node()?;
         self.validate_timing()?;
         self.validate_limits()?;
-        self.validate_kinesis()
+        self.validate_kinesis()?;
+        self.validate_security()
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let s = &self.security;
+        match (&s.tls_cert, &s.tls_key, &s.tls_ca) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => Ok(()),
+            (Some(_), None, _) => invalid("tls-key", "required with tls-cert: the certificate's private key"),
+            (None, Some(_), _) => invalid("tls-cert", "required with tls-key: the certificate the key belongs to"),
+            (Some(_), Some(_), None) => invalid(
+                "tls-ca",
+                "required with tls-cert: the cluster CA that signed every node's certificate (nodes use mutual TLS with it)",
+            ),
+            (None, None, Some(_)) => invalid(
+                "tls-cert",
+                "tls-ca needs this node's own tls-cert and tls-key too",
+            ),
+        }
     }
 
     fn validate_node(&self) -> Result<(), ConfigError> {
@@ -347,6 +391,7 @@ mod tests {
             shard_throttling: false,
             dead_node_timeout: std::time::Duration::from_secs(300),
             kinesis: KinesisConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 
@@ -413,6 +458,16 @@ mod tests {
         let mut cfg = node3();
         cfg.kinesis.account_id = "12".into();
         assert_eq!(key_at_fault(&cfg), "account-id");
+
+        let mut cfg = node3();
+        cfg.security.tls_cert = Some("node.pem".into());
+        assert_eq!(key_at_fault(&cfg), "tls-key");
+        cfg.security.tls_key = Some("node.key".into());
+        assert_eq!(key_at_fault(&cfg), "tls-ca");
+        cfg.security.tls_ca = Some("ca.pem".into());
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.security.tls_cert = None;
+        assert_eq!(key_at_fault(&cfg), "tls-cert");
     }
 
     #[test]

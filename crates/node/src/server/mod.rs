@@ -8,6 +8,7 @@ mod reconcile;
 mod retention;
 pub mod routing;
 mod run;
+pub mod security;
 pub mod stats;
 
 pub use config::ServeConfig;

@@ -44,6 +44,8 @@ pub struct Node {
     pub(super) quiet: Mutex<super::quiesce::Quiet>,
     /// Write-path counters (see [`super::stats`]).
     pub(super) stats: Arc<super::stats::WriteStats>,
+    /// TLS, the cluster secret and their counters (see [`super::security`]).
+    pub security: Arc<super::security::NodeSecurity>,
 }
 
 /// Outcome of a local write attempt.

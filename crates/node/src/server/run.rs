@@ -14,6 +14,7 @@ use millrace_storage::{FlushCoordinator, NodeMeta};
 use super::config::ServeConfig;
 use super::node::Node;
 use super::reconcile;
+use super::security::NodeSecurity;
 use crate::api::grpc::MillraceService;
 use crate::api::internal::InternalService;
 use crate::metadata::machine::{MetaMachine, MetaShared};
@@ -45,6 +46,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             meta_db.flush().await?;
         }
     }
+    let security = Arc::new(NodeSecurity::load(&config)?);
     let flusher = FlushCoordinator::start(config.flush_sync)?;
     let settings = GroupSettings {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
@@ -57,7 +59,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.data_dir.clone(),
         meta_db,
         flusher,
-        Transport::new(),
+        Transport::new(security.peer_security()),
         settings,
     )?;
     let meta = MetaShared::new();
@@ -84,6 +86,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         leave: tokio::sync::Notify::new(),
         quiet: Mutex::new(Default::default()),
         stats: Default::default(),
+        security: security.clone(),
     });
 
     // Pipelines carry many calls on one HTTP/2 stream: give streams a window of a few entries.
@@ -93,9 +96,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .initial_stream_window_size(Some(PIPELINE_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * PIPELINE_STREAM_WINDOW_BYTES))
         .add_service(
-            InternalServer::new(InternalService { node: node.clone() })
-                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+            security.guard(
+                InternalServer::new(InternalService { node: node.clone() })
+                    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+                node.clone(),
+            ),
         )
         .add_service(
             MillraceServer::new(MillraceService { node: node.clone() })
@@ -114,17 +120,26 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         http = %config.http_addr,
         advertised = %config.advertise_grpc_addr,
         zone = %config.zone,
+        tls = security.tls.is_some(),
         "millrace node starting"
     );
-    // Nagle's algorithm plus delayed ACKs would add ~40 ms to every small Raft round trip.
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    // Both ports share one accept loop: TLS handshakes (bounded in time) off the accept path,
+    // a bounded number of connections, TCP_NODELAY (Nagle's algorithm plus delayed ACKs would
+    // add ~40 ms to every small Raft round trip).
+    let incoming = millrace_security::incoming::into_stream(
+        security.accept(grpc_listener, security.grpc_accepts.clone()),
+    );
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, async {
         let _ = grpc_stopped.await;
     }));
     let http_router = crate::api::http::router(node.clone());
+    let http_listener = Connections {
+        conns: security.accept(http_listener, security.http_accepts.clone()),
+        local: config.http_addr,
+    };
     let mut http_task = tokio::spawn(async move { axum::serve(http_listener, http_router).await });
+    security.spawn_reload()?;
 
     reconcile::bootstrap(&node).await;
     tokio::spawn(reconcile::register(node.clone()));
@@ -185,5 +200,31 @@ async fn transfer_leaderships(node: &Node) {
                 break;
             }
         }
+    }
+}
+
+/// The HTTP port's connections (from the shared accept loop) as axum takes them.
+struct Connections {
+    conns: tokio::sync::mpsc::Receiver<millrace_security::Conn>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for Connections {
+    type Io = millrace_security::Conn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.conns.recv().await {
+            Some(conn) => {
+                let remote = conn.peer().remote.unwrap_or(self.local);
+                (conn, remote)
+            }
+            // The accept loop ended: only at shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
