@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use millrace_proto::v1 as pb;
 use millrace_proto::v1::millrace_client::MillraceClient;
+use millrace_security::access_sig::{Credentials, SigningChannel};
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::pipeline::Pipelines;
 use crate::routes::Routes;
@@ -30,6 +31,9 @@ pub struct ClientConfig {
     /// The CA (PEM) that `https://` endpoints' certificates must chain to; without one, the
     /// system's trusted roots.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// The access key every call is signed with (a cluster with `--access-keys` refuses
+    /// unsigned calls). Its `Debug` shows the key id only.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +45,7 @@ impl Default for ClientConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             ca_cert: None,
+            credentials: None,
         }
     }
 }
@@ -73,7 +78,7 @@ pub struct Client {
 
 struct Inner {
     urls: Vec<String>,
-    channels: Vec<Channel>,
+    channels: Vec<SigningChannel>,
     current: AtomicUsize,
     config: ClientConfig,
     /// Where writes go first (see [`crate::routes`]).
@@ -100,6 +105,7 @@ impl Client {
         let mut urls = Vec::new();
         let mut channels = Vec::new();
         let mut tls: Option<millrace_security::ClientTls> = None;
+        let credentials = config.credentials.clone().map(std::sync::Arc::new);
         for e in endpoints {
             let url = e.as_ref().trim().to_string();
             if url.is_empty() {
@@ -127,7 +133,7 @@ impl Client {
                     "endpoint {url:?}: the scheme must be http:// or https://"
                 )));
             };
-            channels.push(channel);
+            channels.push(SigningChannel::new(channel, credentials.clone()));
             urls.push(url);
         }
         if channels.is_empty() {
@@ -204,7 +210,7 @@ impl Client {
     /// jitter) on failures that cannot have had an effect, until `call_timeout`.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(MillraceClient<Channel>) -> Fut,
+        F: FnMut(MillraceClient<SigningChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_at(None, f).await
@@ -214,7 +220,7 @@ impl Client {
     /// answer in time, a connection lost) is retried at the next endpoint too.
     async fn read_call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(MillraceClient<Channel>) -> Fut,
+        F: FnMut(MillraceClient<SigningChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.attempts(None, true, f).await
@@ -224,7 +230,7 @@ impl Client {
     /// leader's node: no forwarding hop).
     async fn call_at<T, F, Fut>(&self, first: Option<usize>, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(MillraceClient<Channel>) -> Fut,
+        F: FnMut(MillraceClient<SigningChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.attempts(first, false, f).await
@@ -238,14 +244,14 @@ impl Client {
         mut f: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(MillraceClient<Channel>) -> Fut,
+        F: FnMut(MillraceClient<SigningChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.attempts_at(first, read, |idx| f(self.grpc(idx))).await
     }
 
     /// The gRPC client of endpoint `idx`.
-    fn grpc(&self, idx: usize) -> MillraceClient<Channel> {
+    fn grpc(&self, idx: usize) -> MillraceClient<SigningChannel> {
         MillraceClient::new(self.inner.channels[idx].clone())
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)

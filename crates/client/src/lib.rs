@@ -129,6 +129,7 @@ pub use consumer::{ShardEvent, ShardReader, ShardSubscription};
 pub use error::ClientError;
 pub use group::GroupWorker;
 pub use millrace_proto::v1 as proto;
+pub use millrace_security::access_sig::Credentials;
 pub use producer::{ProduceError, Producer, ProducerConfig, RecordFuture};
 
 /// One record to write.

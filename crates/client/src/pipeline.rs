@@ -10,7 +10,7 @@
 use millrace_mux::{Opening, Outbound, Pipeline, Protocol};
 use millrace_proto::v1 as pb;
 use millrace_proto::v1::millrace_client::MillraceClient;
-use tonic::transport::Channel;
+use millrace_security::access_sig::SigningChannel;
 use tonic::Status;
 
 /// PutRecords calls as [`millrace_mux`] carries them.
@@ -21,7 +21,7 @@ impl Protocol for PutRecordsCalls {
     type Response = pb::PutRecordsResponse;
     type Calls = pb::PipelinedPutRecordsBatch;
     type Answers = pb::PipelinedPutRecordsResults;
-    type Channel = tonic::transport::Channel;
+    type Channel = SigningChannel;
 
     fn request_bytes(req: &pb::PutRecordsRequest) -> usize {
         req.records
@@ -53,7 +53,7 @@ impl Protocol for PutRecordsCalls {
     }
 
     fn open(
-        channel: Channel,
+        channel: SigningChannel,
         calls: Outbound<pb::PipelinedPutRecordsBatch>,
     ) -> Opening<Self::Answers> {
         Box::pin(async move {
@@ -71,7 +71,7 @@ pub(crate) struct Pipelines {
 }
 
 impl Pipelines {
-    pub(crate) fn new(channels: &[Channel]) -> Pipelines {
+    pub(crate) fn new(channels: &[SigningChannel]) -> Pipelines {
         Pipelines {
             endpoints: channels.iter().cloned().map(Pipeline::new).collect(),
         }

@@ -22,6 +22,19 @@ struct Cli {
     /// (default: the system's trusted roots).
     #[arg(long, global = true, env = "MILLRACE_CA_CERT")]
     ca_cert: Option<PathBuf>,
+    /// The access key id client commands sign their calls with (default:
+    /// $MILLRACE_ACCESS_KEY_ID, else $AWS_ACCESS_KEY_ID).
+    #[arg(long, global = true, env = "MILLRACE_ACCESS_KEY_ID")]
+    access_key_id: Option<String>,
+    /// Its secret (default: $MILLRACE_SECRET_ACCESS_KEY, else $AWS_SECRET_ACCESS_KEY; prefer
+    /// the environment to keep it out of `ps`). Never sent: calls carry an HMAC signature.
+    #[arg(
+        long,
+        global = true,
+        env = "MILLRACE_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    secret_access_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,6 +225,29 @@ fn parse_cli() -> Result<Cli, clap::Error> {
     Cli::from_arg_matches(&matches)
 }
 
+/// The access key of client commands: the flags (or `MILLRACE_*` variables), else the
+/// standard `AWS_*` variables; both parts or neither.
+fn credentials(
+    key_id: Option<String>,
+    secret: Option<String>,
+) -> anyhow::Result<Option<millrace_client::Credentials>> {
+    let aws = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (key_id, secret) = match (key_id, secret) {
+        (None, None) => (aws("AWS_ACCESS_KEY_ID"), aws("AWS_SECRET_ACCESS_KEY")),
+        given => given,
+    };
+    match (key_id, secret) {
+        (Some(id), Some(secret)) => Ok(Some(millrace_client::Credentials::new(id, secret))),
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!(
+            "--access-key-id needs its --secret-access-key (or MILLRACE_SECRET_ACCESS_KEY)"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "--secret-access-key needs its --access-key-id (or MILLRACE_ACCESS_KEY_ID)"
+        ),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = match parse_cli() {
         Ok(cli) => cli,
@@ -291,6 +327,7 @@ fn main() -> std::process::ExitCode {
             Command::Client(command) => {
                 let config = millrace_client::ClientConfig {
                     ca_cert: cli.ca_cert,
+                    credentials: credentials(cli.access_key_id, cli.secret_access_key)?,
                     ..Default::default()
                 };
                 let client = millrace_client::Client::with_config(

@@ -8,12 +8,14 @@
 //!   off the accept path; each connection carries the [`PeerInfo`] its certificate proves.
 //! - [`connector`]: TLS for outgoing gRPC channels (peers, and the client library).
 //! - [`identity`]: the node id a certificate names (`urn:millrace:node:<id>`).
+//! - [`access_sig`]: access-key signatures on the public gRPC API (client and server side).
 //! - [`peer_auth`]: the cluster secret — signed internal requests when there is no TLS.
 //! - [`dev_pki`]: a throwaway CA and node certificates for `millrace dev --tls` and tests.
 //!
 //! Everything uses rustls with the *ring* provider, named explicitly (never a process-wide
 //! default), so no OpenSSL and no surprise when another crate enables a second provider.
 
+pub mod access_sig;
 pub mod connector;
 pub mod dev_pki;
 pub mod files;
@@ -53,4 +55,12 @@ impl TlsError {
 /// The cryptography every TLS object here is built with.
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Wall-clock milliseconds since the Unix epoch (what signatures are dated with).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -20,13 +20,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
-use crate::TlsError;
+use crate::{now_ms, TlsError};
 
 pub const HEADER_NODE: &str = "x-millrace-peer";
 pub const HEADER_TIME: &str = "x-millrace-peer-time";
@@ -101,13 +101,6 @@ impl ClusterSecret {
         mac.update(format!("{SIGNED_PREFIX}\n{path}\n{node}\n{time_ms}\n{nonce}").as_bytes());
         mac
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Signs this node's internal requests.

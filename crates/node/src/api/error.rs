@@ -37,6 +37,12 @@ pub enum ApiError {
     UnknownOutcome(String),
     #[error("{0}")]
     Internal(String),
+    /// The caller did not prove who it is (no, or a wrong, signature or certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    AccessDenied(String),
 }
 
 impl ApiError {
@@ -55,6 +61,8 @@ impl ApiError {
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::UnknownOutcome(_) => ErrorCode::UnknownOutcome,
             ApiError::Internal(_) => ErrorCode::InternalFailure,
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::AccessDenied(_) => ErrorCode::AccessDenied,
         }
     }
 
@@ -82,6 +90,8 @@ impl ApiError {
             },
             Some(ErrorCode::Unavailable) => ApiError::Unavailable(message),
             Some(ErrorCode::UnknownOutcome) => ApiError::UnknownOutcome(message),
+            Some(ErrorCode::Unauthenticated) => ApiError::Unauthenticated(message),
+            Some(ErrorCode::AccessDenied) => ApiError::AccessDenied(message),
             _ => ApiError::Internal(message),
         }
     }
@@ -102,6 +112,8 @@ impl ApiError {
                 Code::Unavailable
             }
             ErrorCode::InternalFailure | ErrorCode::Unspecified => Code::Internal,
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
+            ErrorCode::AccessDenied => Code::PermissionDenied,
         }
     }
 
@@ -116,6 +128,8 @@ impl ApiError {
             ErrorCode::ProvisionedThroughputExceeded => "ProvisionedThroughputExceededException",
             ErrorCode::Validation => "ValidationException",
             ErrorCode::ExpiredNextToken => "ExpiredNextTokenException",
+            ErrorCode::Unauthenticated => "UnrecognizedClientException",
+            ErrorCode::AccessDenied => "AccessDeniedException",
             ErrorCode::NotLeader
             | ErrorCode::Unavailable
             | ErrorCode::UnknownOutcome
@@ -229,6 +243,8 @@ mod tests {
             ApiError::Unavailable(m()),
             ApiError::UnknownOutcome(m()),
             ApiError::Internal(m()),
+            ApiError::Unauthenticated(m()),
+            ApiError::AccessDenied(m()),
         ]
     }
 

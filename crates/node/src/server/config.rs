@@ -137,6 +137,16 @@ impl AccessKeys {
     }
 }
 
+impl millrace_security::access_sig::KeyStore for AccessKeys {
+    fn enforced(&self) -> bool {
+        !self.is_empty()
+    }
+
+    fn secret(&self, key_id: &str) -> Option<String> {
+        AccessKeys::secret(self, key_id).map(str::to_string)
+    }
+}
+
 impl std::fmt::Debug for AccessKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.0.keys()).finish()

@@ -15,10 +15,12 @@ use super::config::ServeConfig;
 use super::node::Node;
 use super::reconcile;
 use super::security::NodeSecurity;
+use crate::api::error::ApiError;
 use crate::api::grpc::MillraceService;
 use crate::api::internal::InternalService;
 use crate::metadata::machine::{MetaMachine, MetaShared};
 use crate::metadata::state::METADATA_GROUP_ID;
+use millrace_security::access_sig::{AccessGuard, AccessRefusal};
 
 /// The metadata state is snapshotted into sled after this many metadata entries; openraft then
 /// purges the log it covers (keeping its default 1,000 entries for lagging peers).
@@ -26,6 +28,18 @@ const METADATA_SNAPSHOT_ENTRIES: u64 = 1000;
 
 /// Largest public gRPC message (a PutRecords of up to 10 MiB, a GetRecords of 10 MiB, framing).
 const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The 5 bytes before each gRPC message (compressed flag and length).
+const GRPC_FRAME_HEADER_BYTES: usize = 5;
+
+/// A public gRPC call refused by its signature check, with its row of the error table.
+fn refuse_call(r: AccessRefusal) -> tonic::Status {
+    match r {
+        AccessRefusal::TooLarge(_) => ApiError::InvalidArgument(r.to_string()),
+        _ => ApiError::Unauthenticated(r.to_string()),
+    }
+    .into()
+}
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config
@@ -103,11 +117,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 node.clone(),
             ),
         )
-        .add_service(
+        .add_service(AccessGuard::new(
             MillraceServer::new(MillraceService { node: node.clone() })
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-        );
+            Arc::new(config.kinesis.access_keys.clone()),
+            GRPC_MESSAGE_BYTES_MAX + GRPC_FRAME_HEADER_BYTES,
+            refuse_call,
+        ));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;

@@ -16,6 +16,7 @@ use tonic::server::NamedService;
 
 use super::config::ServeConfig;
 use super::node::Node;
+use crate::api::error::ApiError;
 
 /// Connections one port holds open at once; more are closed at once (and counted).
 pub const CONNECTIONS_PER_PORT_MAX: usize = 10_000;
@@ -190,21 +191,22 @@ impl<S> PeerGuard<S> {
                 .get::<PeerInfo>()
                 .and_then(|p| p.node_id)
                 .ok_or_else(|| {
-                    tonic::Status::unauthenticated(
-                        "internal services answer only nodes of this cluster: connect with a node certificate signed by the cluster CA",
-                    )
+                    tonic::Status::from(ApiError::Unauthenticated(
+                        "internal services answer only nodes of this cluster: connect with a node certificate signed by the cluster CA".into(),
+                    ))
                 })?;
             proven = Some(id);
         }
         if let Some(verifier) = &self.verifier {
             let id = verifier
                 .verify(path, req.headers())
-                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+                .map_err(|e| tonic::Status::from(ApiError::Unauthenticated(e.to_string())))?;
             if proven.is_some_and(|p| p != id) {
-                return Err(tonic::Status::permission_denied(format!(
+                return Err(ApiError::AccessDenied(format!(
                     "the request is signed as node {id} but the certificate names node {}",
                     proven.unwrap_or_default()
-                )));
+                ))
+                .into());
             }
             proven = Some(id);
         }
@@ -214,27 +216,31 @@ impl<S> PeerGuard<S> {
         if path.ends_with("/JoinCluster") || self.is_member(id) {
             Ok(Some(id))
         } else {
-            Err(tonic::Status::permission_denied(format!(
-                "node {id} is not a member of this cluster"
-            )))
+            Err(ApiError::AccessDenied(format!("node {id} is not a member of this cluster")).into())
         }
     }
 
     /// Whether `id` is a member of the cluster: a registered node, an initial peer of the
-    /// configuration, or a voter or learner of the metadata group.
+    /// configuration, or a voter or learner of the metadata group. A node that knows no
+    /// cluster yet (started with `--join`, before the metadata reached it) takes every node
+    /// that proved itself: the cluster it joins must be able to reach it.
     fn is_member(&self, id: u64) -> bool {
         use openraft::async_runtime::WatchReceiver;
         let node = &self.node;
-        node.config.peers.contains_key(&id) || node.meta.read(|m| m.members.contains_key(&id)) || {
-            let metrics = node.meta_group.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            let membership = metrics.membership_config.membership();
-            let found = membership
-                .voter_ids()
-                .chain(membership.learner_ids())
-                .any(|v| v == id);
-            found
+        if node.config.peers.contains_key(&id) || node.meta.read(|m| m.members.contains_key(&id)) {
+            return true;
         }
+        let metrics = node.meta_group.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        let mut known = membership
+            .voter_ids()
+            .chain(membership.learner_ids())
+            .peekable();
+        let knows_no_cluster = known.peek().is_none()
+            && node.config.peers.is_empty()
+            && node.meta.read(|m| m.members.is_empty());
+        knows_no_cluster || known.any(|v| v == id)
     }
 }
 
