@@ -16,6 +16,8 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
 cp target/release/millrace "$root/usr/local/bin/millrace"
+mkdir -p "$root/usr/bin"
+cp /usr/bin/kill "$root/usr/bin/kill"   # ExecReload's
 cp -r "$units" "$root/usr/lib/systemd/system"
 cp deploy/systemd/millrace.service "$root/etc/systemd/system/"
 out=$(systemd-analyze verify --root="$root" millrace.service 2>&1) || {
