@@ -520,3 +520,107 @@ async fn grpc_calls_must_be_signed_with_an_access_key_when_keys_are_configured()
     let log = std::fs::read_to_string(cluster.nodes[0].data_dir.join("node.log")).unwrap();
     assert!(!log.contains("writer-secret") && !log.contains("other-secret"));
 }
+
+/// Sends `request` on a fresh connection to `addr` and returns what the server sends back
+/// before it closes the connection (or `deadline` passes: then `None`).
+async fn exchange(addr: &str, request: &[u8], deadline: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(deadline, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn slow_half_sent_and_oversized_http_requests_get_an_answer_and_lose_their_connection() {
+    let env = [
+        ("MILLRACE_REPLICATION_FACTOR", "1"),
+        ("MILLRACE_HTTP_HEADER_READ_TIMEOUT", "1s"),
+        ("MILLRACE_HTTP_BODY_READ_TIMEOUT", "1s"),
+    ];
+    let cluster = Cluster::start_with_env("sec-limits", 1, &env).await;
+    let http = cluster.nodes[0].http.clone();
+    let head =
+        "POST / HTTP/1.1\r\nHost: millrace\r\nX-Amz-Target: Kinesis_20131202.ListStreams\r\n\
+                Content-Type: application/x-amz-json-1.1\r\n";
+
+    // A declared body over the limit is refused at once, before any of it is sent.
+    let started = std::time::Instant::now();
+    let answer = exchange(
+        &http,
+        format!("{head}Content-Length: 100000000\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("an answer, and the connection closed");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("larger than the limit of 16777216 bytes"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "413 took {:?}",
+        started.elapsed()
+    );
+
+    // A body that stops halfway: 408 once the body-read timeout (1 s here) passes.
+    let answer = exchange(
+        &http,
+        format!("{head}Content-Length: 100\r\n\r\n{{\"Limit\"").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("an answer within 10 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A head that never ends: the connection is closed after the header-read timeout.
+    let started = std::time::Instant::now();
+    exchange(&http, head.as_bytes(), Duration::from_secs(10))
+        .await
+        .expect("the connection closed within 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Junk, and a head over 64 KiB: answered or closed, never left hanging.
+    let answer = exchange(&http, b"\x16\x03\x01junk\r\n\r\n", Duration::from_secs(10))
+        .await
+        .expect("junk answered or closed within 10 s");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    let huge = format!("{head}X-Padding: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let answer = exchange(&http, huge.as_bytes(), Duration::from_secs(10))
+        .await
+        .expect("an oversized head answered or closed within 10 s");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+
+    // And the node serves as before.
+    assert_eq!(cluster.get(1, "/readyz").map(|(c, _)| c), Some(200));
+    let answer = exchange(
+        &http,
+        format!("{head}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}").as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

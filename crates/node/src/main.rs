@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use millrace_client::cli::{self, ClientCommand};
-use millrace_node::server::config::{parse_peers, AccessKeys, KinesisConfig, SecurityConfig};
+use millrace_node::server::config::{
+    parse_peers, AccessKeys, KinesisConfig, LimitsConfig, SecurityConfig,
+};
 use millrace_node::server::{serve, ServeConfig};
 
 #[derive(Parser)]
@@ -177,6 +179,12 @@ struct ServeArgs {
     /// The same file on every node; needed when nodes do not use TLS.
     #[arg(long, env = "MILLRACE_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// An HTTP request's head must arrive within this time, else the connection is closed.
+    #[arg(long, env = "MILLRACE_HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    http_header_read_timeout: std::time::Duration,
+    /// A Kinesis request's body must arrive whole within this time, else 408.
+    #[arg(long, env = "MILLRACE_HTTP_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    http_body_read_timeout: std::time::Duration,
     /// NOT A FEATURE. Injects a known bug (ack-before-fsync, skip-sequence-number,
     /// uncommitted-reads) to prove the jepsen harness catches it. Only debug builds and builds
     /// with the `calibration-bugs` feature accept it.
@@ -312,6 +320,10 @@ fn main() -> std::process::ExitCode {
                         tls_key: a.tls_key,
                         tls_ca: a.tls_ca,
                         cluster_secret_file: a.cluster_secret_file,
+                    },
+                    limits: LimitsConfig {
+                        http_header_read_timeout: a.http_header_read_timeout,
+                        http_body_read_timeout: a.http_body_read_timeout,
                     },
                 })
                 .await

@@ -28,6 +28,8 @@ type Stamps = Vec<Option<(SystemTime, u64, u64)>>;
 /// connections already open keep the session they made.
 pub struct NodeTls {
     files: TlsFiles,
+    /// The node id the certificate must name (see [`NodeTls::load_for_node`]).
+    node_id: Option<u64>,
     current: ArcSwap<Configs>,
     stamps: Mutex<Stamps>,
 }
@@ -41,10 +43,21 @@ impl NodeTls {
     /// Reads the files; any problem (missing file, bad PEM, a world-readable key, a key that
     /// does not match the certificate) is an error naming the file.
     pub fn load(files: TlsFiles) -> Result<Arc<NodeTls>, TlsError> {
+        NodeTls::load_checked(files, None)
+    }
+
+    /// [`NodeTls::load`] for node `node_id`: its certificate (now and after every reload) must
+    /// name that node (URI SAN `urn:millrace:node:<id>`), else peers would refuse it.
+    pub fn load_for_node(files: TlsFiles, node_id: u64) -> Result<Arc<NodeTls>, TlsError> {
+        NodeTls::load_checked(files, Some(node_id))
+    }
+
+    fn load_checked(files: TlsFiles, node_id: Option<u64>) -> Result<Arc<NodeTls>, TlsError> {
         let stamps = stamps(&files);
-        let configs = build(&files)?;
+        let configs = build(&files, node_id)?;
         Ok(Arc::new(NodeTls {
             files,
+            node_id,
             current: ArcSwap::from_pointee(configs),
             stamps: Mutex::new(stamps),
         }))
@@ -82,7 +95,7 @@ impl NodeTls {
     }
 
     fn reload_with(&self, now: Stamps) -> Result<(), TlsError> {
-        let configs = build(&self.files)?;
+        let configs = build(&self.files, self.node_id)?;
         self.current.store(Arc::new(configs));
         *self.stamps.lock().expect("tls stamps lock poisoned") = now;
         Ok(())
@@ -106,8 +119,28 @@ fn stamps(files: &TlsFiles) -> Stamps {
         .collect()
 }
 
-fn build(files: &TlsFiles) -> Result<Configs, TlsError> {
+fn build(files: &TlsFiles, node_id: Option<u64>) -> Result<Configs, TlsError> {
     let chain = files::certificates(&files.cert)?;
+    if let Some(id) = node_id {
+        match crate::identity::node_id(&chain[0]) {
+            Some(named) if named == id => {}
+            Some(named) => {
+                return Err(TlsError::file(
+                    &files.cert,
+                    format!("names node {named}, not this node ({id}): peers would refuse it"),
+                ))
+            }
+            None => {
+                return Err(TlsError::file(
+                    &files.cert,
+                    format!(
+                        "names no node: a node certificate needs the URI SAN {}",
+                        crate::identity::node_uri(id)
+                    ),
+                ))
+            }
+        }
+    }
     let key = files::private_key(&files.key)?;
     let roots = Arc::new(files::roots(&files.ca)?);
     // Clients of the public APIs present no certificate; peers present theirs, checked

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use millrace_security::dev_pki::DevPki;
+use millrace_security::dev_pki::{DevPki, NodeCert};
 use millrace_security::incoming::{accept_loop, AcceptCounters};
 use millrace_security::{ClientTls, Conn, NodeTls, TlsConnector, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,4 +204,36 @@ async fn a_broken_rotation_keeps_the_old_settings() {
     let err = server.tls.reload_if_changed().unwrap_err().to_string();
     assert!(err.contains("node-1.pem"), "{err}");
     assert!(Arc::ptr_eq(&before, &server.tls.server_config()));
+}
+
+#[tokio::test]
+async fn a_node_certificate_must_name_its_own_node() {
+    let pki = DevPki::generate(&[1]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let paths = pki.write(dir.path()).unwrap();
+    let (_, cert, key) = paths.nodes[0].clone();
+    let files = TlsFiles {
+        cert,
+        key,
+        ca: paths.ca,
+    };
+    let err = NodeTls::load_for_node(files.clone(), 2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("names node 1, not this node (2)"), "{err}");
+    let tls = NodeTls::load_for_node(files, 1).unwrap();
+    // A rotation to a certificate of another node is refused; the old one stays.
+    let before = tls.server_config();
+    // Node 3's certificate and key, written where node 1's are.
+    let node3 = pki.issue_node(3, &["localhost"]).unwrap();
+    NodeCert {
+        node_id: 1,
+        ..node3
+    }
+    .write(dir.path())
+    .unwrap();
+    let err = tls.reload().unwrap_err().to_string();
+    assert!(err.contains("names node 3"), "{err}");
+    assert!(Arc::ptr_eq(&before, &tls.server_config()));
 }

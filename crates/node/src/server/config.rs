@@ -53,6 +53,27 @@ pub struct ServeConfig {
     pub kinesis: KinesisConfig,
     /// TLS on both ports and between nodes, and the cluster secret.
     pub security: SecurityConfig,
+    /// Limits that protect the node from slow or oversized requests.
+    pub limits: LimitsConfig,
+}
+
+/// Limits on what one client may hold of a node (`docs/security.md`, "Limits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// An HTTP request's head (request line and headers) must arrive within this time, else
+    /// the connection is closed (slowloris).
+    pub http_header_read_timeout: std::time::Duration,
+    /// A Kinesis request's body must arrive whole within this time, else 408.
+    pub http_body_read_timeout: std::time::Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            http_header_read_timeout: std::time::Duration::from_secs(10),
+            http_body_read_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// How a node protects its ports and proves itself to its peers (`docs/security.md`).
@@ -176,7 +197,19 @@ impl ServeConfig {
         self.validate_timing()?;
         self.validate_limits()?;
         self.validate_kinesis()?;
-        self.validate_security()
+        self.validate_security()?;
+        self.validate_request_limits()
+    }
+
+    fn validate_request_limits(&self) -> Result<(), ConfigError> {
+        let bounds = std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(600);
+        if !bounds.contains(&self.limits.http_header_read_timeout) {
+            return invalid("http-header-read-timeout", "must be between 100ms and 10m");
+        }
+        if !bounds.contains(&self.limits.http_body_read_timeout) {
+            return invalid("http-body-read-timeout", "must be between 100ms and 10m");
+        }
+        Ok(())
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {
@@ -402,6 +435,7 @@ mod tests {
             dead_node_timeout: std::time::Duration::from_secs(300),
             kinesis: KinesisConfig::default(),
             security: SecurityConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 

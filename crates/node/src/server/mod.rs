@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod config;
+mod http_serve;
 pub mod node;
 mod quiesce;
 mod reconcile;

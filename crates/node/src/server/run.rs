@@ -151,11 +151,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let _ = grpc_stopped.await;
     }));
     let http_router = crate::api::http::router(node.clone());
-    let http_listener = Connections {
-        conns: security.accept(http_listener, security.http_accepts.clone()),
-        local: config.http_addr,
-    };
-    let mut http_task = tokio::spawn(async move { axum::serve(http_listener, http_router).await });
+    let http_conns = security.accept(http_listener, security.http_accepts.clone());
+    let mut http_task = tokio::spawn(super::http_serve::serve(
+        http_conns,
+        http_router,
+        config.limits.http_header_read_timeout,
+    ));
     security.spawn_reload()?;
 
     reconcile::bootstrap(&node).await;
@@ -217,31 +218,5 @@ async fn transfer_leaderships(node: &Node) {
                 break;
             }
         }
-    }
-}
-
-/// The HTTP port's connections (from the shared accept loop) as axum takes them.
-struct Connections {
-    conns: tokio::sync::mpsc::Receiver<millrace_security::Conn>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for Connections {
-    type Io = millrace_security::Conn;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.conns.recv().await {
-            Some(conn) => {
-                let remote = conn.peer().remote.unwrap_or(self.local);
-                (conn, remote)
-            }
-            // The accept loop ended: only at shutdown.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

@@ -38,7 +38,9 @@ impl NodeSecurity {
     /// Reads the TLS files and the cluster secret named by `config` (already validated).
     pub fn load(config: &ServeConfig) -> anyhow::Result<NodeSecurity> {
         let tls = match config.security.tls_files() {
-            Some(files) => Some(NodeTls::load(files).context("loading TLS files")?),
+            Some(files) => {
+                Some(NodeTls::load_for_node(files, config.node_id).context("loading TLS files")?)
+            }
             None => None,
         };
         let secret = match &config.security.cluster_secret_file {

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::post;
@@ -27,7 +27,7 @@ use wire::{Encoding, Out};
 /// The target prefix of every Kinesis action.
 pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
 /// Largest request body: a 10 MiB record in base64 plus its envelope.
-const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// An error as Kinesis reports it: the exception name (`__type`), a message, an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +87,56 @@ impl KinesisApi {
     }
 }
 
-/// `POST /`, the Kinesis API.
+/// `POST /`, the Kinesis API. Bodies are read by [`read_body`], within its limits.
 pub fn router(api: Arc<KinesisApi>) -> Router {
-    Router::new()
-        .route("/", post(handle))
-        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
-        .with_state(api)
+    Router::new().route("/", post(handle)).with_state(api)
+}
+
+/// A request body, within the limits that protect the node: a declared `Content-Length`
+/// over [`REQUEST_BYTES_MAX`] is refused at once (413) without reading anything, as is a body
+/// that grows past it; a body not received whole within `timeout` is refused with 408.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: std::time::Duration,
+) -> Result<Bytes, KinesisError> {
+    let too_large = |size: String| KinesisError {
+        type_name: Cow::Borrowed("RequestEntityTooLargeException"),
+        message: format!(
+            "the request body ({size}) is larger than the limit of {REQUEST_BYTES_MAX} bytes"
+        ),
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > REQUEST_BYTES_MAX as u64) {
+        return Err(too_large(format!("{n} bytes")));
+    }
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, REQUEST_BYTES_MAX)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                Err(too_large("more bytes than declared".into()))
+            } else {
+                Err(KinesisError::client(
+                    "SerializationException",
+                    format!("the request body could not be read: {e}"),
+                ))
+            }
+        }
+        Err(_) => Err(KinesisError {
+            type_name: Cow::Borrowed("RequestTimeoutException"),
+            message: format!(
+                "the request body was not received within {} s",
+                timeout.as_secs_f64()
+            ),
+            status: StatusCode::REQUEST_TIMEOUT,
+        }),
+    }
 }
 
 fn request_id() -> String {
@@ -113,12 +157,16 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let encoding =
         Encoding::from_content_type(headers.get("content-type").and_then(|v| v.to_str().ok()));
     let id = request_id();
-    let result = serve(&api, encoding, &method, &uri, &headers, &body).await;
+    let timeout = api.svc.node.config.limits.http_body_read_timeout;
+    let result = match read_body(&headers, body, timeout).await {
+        Ok(body) => serve(&api, encoding, &method, &uri, &headers, &body).await,
+        Err(e) => Err(e),
+    };
     let mut response = match result {
         Ok(Reply::Body(out)) => {
             let mut r = Response::new(Body::from(encoding.encode(&out)));
