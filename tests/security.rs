@@ -624,3 +624,42 @@ async fn slow_half_sent_and_oversized_http_requests_get_an_answer_and_lose_their
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn connections_that_never_speak_are_closed_on_both_ports() {
+    let env = [
+        ("MILLRACE_REPLICATION_FACTOR", "1"),
+        ("MILLRACE_HANDSHAKE_TIMEOUT", "1s"),
+    ];
+    let cluster = Cluster::start_with_env("sec-silent", 1, &env).await;
+    for addr in [&cluster.nodes[0].grpc, &cluster.nodes[0].http] {
+        let started = std::time::Instant::now();
+        let answer = exchange(addr, b"", Duration::from_secs(10))
+            .await
+            .expect("a silent connection closed within 10 s");
+        assert_eq!(answer, "", "{addr}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let s = cluster.status(1).unwrap();
+    assert!(
+        s["security"]["grpc"]["handshakes_timed_out"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{s}"
+    );
+    assert!(
+        s["security"]["http"]["handshakes_timed_out"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{s}"
+    );
+    // Clients that speak are served as before.
+    let client = cluster.client();
+    assert!(client.list_streams().await.expect("list").is_empty());
+}

@@ -179,6 +179,10 @@ struct ServeArgs {
     /// The same file on every node; needed when nodes do not use TLS.
     #[arg(long, env = "MILLRACE_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// A new connection must finish its TLS handshake (without TLS: send its first bytes)
+    /// within this time, else it is closed.
+    #[arg(long, env = "MILLRACE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: std::time::Duration,
     /// An HTTP request's head must arrive within this time, else the connection is closed.
     #[arg(long, env = "MILLRACE_HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     http_header_read_timeout: std::time::Duration,
@@ -322,6 +326,7 @@ fn main() -> std::process::ExitCode {
                         cluster_secret_file: a.cluster_secret_file,
                     },
                     limits: LimitsConfig {
+                        handshake_timeout: a.handshake_timeout,
                         http_header_read_timeout: a.http_header_read_timeout,
                         http_body_read_timeout: a.http_body_read_timeout,
                     },

@@ -19,8 +19,20 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::NodeTls;
 
-/// A TLS client must finish its handshake within this long after connecting.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// By default a client must finish its TLS handshake (without TLS: send its first bytes)
+/// within this long after connecting; see [`AcceptLimits`].
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one port lets connections hold.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptLimits {
+    /// Connections open at once; more are closed at once (and counted).
+    pub max_connections: usize,
+    /// A new connection must finish its TLS handshake — without TLS, send its first bytes —
+    /// within this time, else it is closed (and counted): a connection that never speaks
+    /// does not hold a slot.
+    pub handshake_timeout: Duration,
+}
 /// Connections handed over but not yet taken by the server.
 const READY_QUEUE: usize = 128;
 
@@ -59,21 +71,23 @@ pub struct AcceptCounters {
     pub accepted: AtomicU64,
     /// Handshakes that failed (plaintext on a TLS port, an untrusted client certificate, ...).
     pub handshakes_failed: AtomicU64,
-    /// Handshakes not finished within [`TLS_HANDSHAKE_TIMEOUT`].
+    /// Connections that did not finish their handshake (or, without TLS, send anything)
+    /// within [`AcceptLimits::handshake_timeout`].
     pub handshakes_timed_out: AtomicU64,
     /// Connections closed at once because the node held its maximum.
     pub refused_over_limit: AtomicU64,
 }
 
-/// Accepts connections on `listener` (with TLS when `tls` is set), at most `max_connections`
-/// open at once (more are closed at once and counted), until the receiver is dropped.
+/// Accepts connections on `listener` (with TLS when `tls` is set) within `limits`, until the
+/// receiver is dropped.
 pub fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<NodeTls>>,
-    max_connections: usize,
+    limits: AcceptLimits,
     counters: Arc<AcceptCounters>,
 ) -> mpsc::Receiver<Conn> {
     let (tx, rx) = mpsc::channel(READY_QUEUE);
+    let max_connections = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
@@ -101,37 +115,56 @@ pub fn accept_loop(
                 remote: Some(remote),
                 ..PeerInfo::default()
             };
-            let Some(tls) = tls.clone() else {
-                let conn = Conn {
-                    io: Io::Plain(tcp),
-                    info,
-                    _slot: slot,
-                };
-                if tx.send(conn).await.is_err() {
-                    return;
-                }
-                continue;
-            };
             let tx = tx.clone();
             let counters = counters.clone();
-            tokio::spawn(async move {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
-                let stream =
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                            return;
-                        }
+            let Some(tls) = tls.clone() else {
+                tokio::spawn(async move {
+                    // Handed over once it has spoken: its first bytes wait in the socket.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.handshake_timeout, tcp.peek(&mut first)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return,
                         Err(_) => {
                             counters
                                 .handshakes_timed_out
                                 .fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%remote, "TLS handshake timed out");
+                            tracing::debug!(%remote, "connection closed: nothing sent in time");
                             return;
                         }
-                    };
+                    }
+                    let _ = tx
+                        .send(Conn {
+                            io: Io::Plain(tcp),
+                            info,
+                            _slot: slot,
+                        })
+                        .await;
+                });
+                continue;
+            };
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let stream = match tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        counters.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        counters
+                            .handshakes_timed_out
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
                 info.tls = true;
                 info.node_id = stream
                     .get_ref()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use millrace_security::dev_pki::{DevPki, NodeCert};
-use millrace_security::incoming::{accept_loop, AcceptCounters};
+use millrace_security::incoming::{accept_loop, AcceptCounters, AcceptLimits};
 use millrace_security::{ClientTls, Conn, NodeTls, TlsConnector, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_service::Service;
@@ -31,7 +31,11 @@ async fn node(pki: &DevPki, id: u64) -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let counters = Arc::new(AcceptCounters::default());
-    let conns = accept_loop(listener, Some(tls.clone()), 16, counters.clone());
+    let limits = AcceptLimits {
+        max_connections: 16,
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let conns = accept_loop(listener, Some(tls.clone()), limits, counters.clone());
     Node {
         addr,
         conns,

@@ -60,6 +60,9 @@ pub struct ServeConfig {
 /// Limits on what one client may hold of a node (`docs/security.md`, "Limits").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
+    /// A new connection must finish its TLS handshake (without TLS: send its first bytes)
+    /// within this time, else it is closed.
+    pub handshake_timeout: std::time::Duration,
     /// An HTTP request's head (request line and headers) must arrive within this time, else
     /// the connection is closed (slowloris).
     pub http_header_read_timeout: std::time::Duration,
@@ -70,6 +73,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
+            handshake_timeout: millrace_security::incoming::HANDSHAKE_TIMEOUT,
             http_header_read_timeout: std::time::Duration::from_secs(10),
             http_body_read_timeout: std::time::Duration::from_secs(60),
         }
@@ -203,6 +207,9 @@ impl ServeConfig {
 
     fn validate_request_limits(&self) -> Result<(), ConfigError> {
         let bounds = std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(600);
+        if !bounds.contains(&self.limits.handshake_timeout) {
+            return invalid("handshake-timeout", "must be between 100ms and 10m");
+        }
         if !bounds.contains(&self.limits.http_header_read_timeout) {
             return invalid("http-header-read-timeout", "must be between 100ms and 10m");
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use millrace_raft::network::PeerSecurity;
-use millrace_security::incoming::{accept_loop, AcceptCounters};
+use millrace_security::incoming::{accept_loop, AcceptCounters, AcceptLimits};
 use millrace_security::peer_auth::{ClusterSecret, PeerSigner, PeerVerifier};
 use millrace_security::{Conn, NodeTls, PeerInfo};
 use tonic::server::NamedService;
@@ -28,6 +28,8 @@ pub struct NodeSecurity {
     pub tls: Option<Arc<NodeTls>>,
     signer: Option<Arc<PeerSigner>>,
     verifier: Option<Arc<PeerVerifier>>,
+    /// See [`AcceptLimits::handshake_timeout`].
+    handshake_timeout: Duration,
     /// Internal requests refused by the [`PeerGuard`].
     pub peers_refused: Arc<std::sync::atomic::AtomicU64>,
     pub grpc_accepts: Arc<AcceptCounters>,
@@ -58,6 +60,7 @@ impl NodeSecurity {
                 .clone()
                 .map(|s| Arc::new(PeerSigner::new(config.node_id, s))),
             verifier: secret.map(|s| Arc::new(PeerVerifier::new(s))),
+            handshake_timeout: config.limits.handshake_timeout,
             peers_refused: Default::default(),
             grpc_accepts: Default::default(),
             http_accepts: Default::default(),
@@ -81,12 +84,11 @@ impl NodeSecurity {
         listener: tokio::net::TcpListener,
         counters: Arc<AcceptCounters>,
     ) -> tokio::sync::mpsc::Receiver<Conn> {
-        accept_loop(
-            listener,
-            self.tls.clone(),
-            CONNECTIONS_PER_PORT_MAX,
-            counters,
-        )
+        let limits = AcceptLimits {
+            max_connections: CONNECTIONS_PER_PORT_MAX,
+            handshake_timeout: self.handshake_timeout,
+        };
+        accept_loop(listener, self.tls.clone(), limits, counters)
     }
 
     /// Reloads the TLS files when they change, and on SIGHUP. A file that does not load (half
@@ -134,7 +136,7 @@ impl NodeSecurity {
             serde_json::json!({
                 "connections_accepted": c.accepted.load(Relaxed),
                 "tls_handshakes_failed": c.handshakes_failed.load(Relaxed),
-                "tls_handshakes_timed_out": c.handshakes_timed_out.load(Relaxed),
+                "handshakes_timed_out": c.handshakes_timed_out.load(Relaxed),
                 "connections_refused_over_limit": c.refused_over_limit.load(Relaxed),
             })
         };
