@@ -663,3 +663,175 @@ async fn connections_that_never_speak_are_closed_on_both_ports() {
     let client = cluster.client();
     assert!(client.list_streams().await.expect("list").is_empty());
 }
+
+/// A client of every node of `cluster`, signing with `key`.
+fn keyed_client(cluster: &Cluster, nodes: &[u64], key: &str, secret: &str) -> Client {
+    Client::with_config(
+        nodes
+            .iter()
+            .map(|id| format!("http://{}", cluster.nodes[*id as usize - 1].grpc)),
+        millrace_client::ClientConfig {
+            credentials: Some(millrace_client::Credentials::new(key, secret)),
+            ..common::test_client_config()
+        },
+    )
+    .unwrap()
+}
+
+async fn put_one(client: &Client, stream: &str) -> Result<(), millrace_client::ClientError> {
+    let record = PutRecord {
+        partition_key: "k".into(),
+        data: b"x".to_vec().into(),
+        explicit_hash_key: None,
+    };
+    client
+        .put_records(stream, vec![record])
+        .await?
+        .remove(0)
+        .map(|_| ())
+        .map_err(|e| millrace_client::ClientError::Unknown(format!("record refused: {e:?}")))
+}
+
+fn denied(r: Result<impl std::fmt::Debug, millrace_client::ClientError>, why: &str) {
+    let err = r.expect_err("the call should be refused");
+    assert_eq!(err.symbol(), Some("ACCESS_DENIED"), "{err}");
+    assert!(err.to_string().contains(why), "{err}");
+}
+
+#[tokio::test]
+async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
+    let env = [("MILLRACE_ACCESS_KEYS", "AKIDADMIN:admin-secret")];
+    let cluster = Cluster::start_with_env("sec-perms", 3, &env).await;
+    let admin = keyed_client(&cluster, &[1, 2, 3], "AKIDADMIN", "admin-secret");
+    for name in ["orders", "orders-eu", "orders-audit", "payroll"] {
+        admin.create_stream(name, 1).await.expect("create");
+        admin
+            .wait_for_active(name, Duration::from_secs(60))
+            .await
+            .expect("active");
+    }
+
+    // A key created through node 1 signs calls on node 3 once the entry is applied there.
+    let created = admin.create_access_key().await.expect("create key");
+    let (key, secret) = (created.access_key_id, created.secret_access_key);
+    assert!(key.starts_with("MRK") && secret.len() == 40);
+    let user = keyed_client(&cluster, &[3], &key, &secret);
+    wait_until(Duration::from_secs(10), "the new key is known on node 3", || async {
+        user.list_streams().await.is_ok()
+    })
+    .await;
+    // Without a policy it may do nothing, and sees no stream.
+    assert!(user.list_streams().await.unwrap().is_empty());
+    denied(
+        put_one(&user, "orders").await,
+        "because no identity-based policy allows the kinesis:PutRecords action",
+    );
+
+    let policy = r#"{"statements": [
+        {"effect": "allow", "actions": ["read"], "streams": ["orders*"]},
+        {"effect": "allow", "actions": ["write"], "streams": ["orders-*"]},
+        {"effect": "deny", "actions": ["write"], "streams": ["orders-audit"]}]}"#;
+    admin.put_policy(&key, policy).await.expect("put policy");
+    assert!(admin.get_policy(&key).await.unwrap().contains("orders-audit"));
+    wait_until(Duration::from_secs(10), "the policy is applied on node 3", || async {
+        put_one(&user, "orders-eu").await.is_ok()
+    })
+    .await;
+    // May only read orders: writes are refused, reads work.
+    denied(
+        put_one(&user, "orders").await,
+        &format!("User: arn:aws:iam::123456789012:user/{key} is not authorized to perform: kinesis:PutRecords on resource: arn:aws:kinesis:us-east-1:123456789012:stream/orders"),
+    );
+    put(&admin, "orders", "o", 3).await;
+    assert_eq!(read_all(&user, "orders").await.len(), 3);
+    // The deny overrides the allow of orders-*.
+    denied(
+        put_one(&user, "orders-audit").await,
+        "with an explicit deny in an identity-based policy",
+    );
+    // Only the streams it may read are listed; admin and cluster actions are refused.
+    assert_eq!(
+        user.list_streams().await.unwrap(),
+        ["orders", "orders-audit", "orders-eu"]
+    );
+    denied(
+        user.create_stream("mine", 1).await,
+        "kinesis:CreateStream",
+    );
+    denied(user.create_access_key().await, "kinesis:CreateAccessKey");
+    denied(
+        user.get_shard_iterator("payroll", SHARD, StartPosition::TrimHorizon)
+            .await,
+        "stream/payroll",
+    );
+
+    // A resource policy that denies wins over the key's allow; one that allows grants what
+    // the key's policy does not mention.
+    let arn = |s: &str| format!("arn:aws:kinesis:us-east-1:123456789012:stream/{s}");
+    let deny = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":{{"AWS":"arn:aws:iam::123456789012:user/{key}"}},"Action":"kinesis:PutRecord*","Resource":"{}"}}]}}"#,
+        arn("orders-eu")
+    );
+    admin
+        .put_resource_policy(&arn("orders-eu"), &deny)
+        .await
+        .expect("put resource policy");
+    assert_eq!(
+        admin.get_resource_policy(&arn("orders-eu")).await.unwrap(),
+        deny
+    );
+    wait_until(Duration::from_secs(10), "the resource policy applies on node 3", || async {
+        put_one(&user, "orders-eu").await.is_err()
+    })
+    .await;
+    denied(
+        put_one(&user, "orders-eu").await,
+        "with an explicit deny in a resource-based policy",
+    );
+    put(&admin, "orders-eu", "a", 1).await;
+    let allow = format!(
+        r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{key}"}},"Action":["kinesis:PutRecords","kinesis:ListShards"],"Resource":"{}"}}]}}"#,
+        arn("payroll")
+    );
+    admin
+        .put_resource_policy(&arn("payroll"), &allow)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the allow applies on node 3", || async {
+        put_one(&user, "payroll").await.is_ok()
+    })
+    .await;
+    // A policy that cannot be evaluated faithfully is refused when put.
+    let err = admin
+        .put_resource_policy(
+            &arn("orders"),
+            &deny.replace("\"Effect\"", "\"Condition\":{},\"Effect\""),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.symbol(), Some("INVALID_ARGUMENT"), "{err}");
+    admin
+        .delete_resource_policy(&arn("orders-eu"))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.get_resource_policy(&arn("orders-eu")).await.unwrap(),
+        "{}"
+    );
+
+    // Listing shows ids, never secrets; a deleted key is refused everywhere.
+    let keys = admin.list_access_keys().await.unwrap();
+    assert!(keys.iter().any(|k| k.access_key_id == key && k.has_policy));
+    assert!(keys.iter().any(|k| k.access_key_id == "AKIDADMIN" && k.bootstrap));
+    admin.delete_access_key(&key).await.expect("delete key");
+    wait_until(Duration::from_secs(10), "the deleted key is refused on node 3", || async {
+        user.list_streams()
+            .await
+            .is_err_and(|e| e.symbol() == Some("UNAUTHENTICATED"))
+    })
+    .await;
+    for node in &cluster.nodes {
+        let log = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap();
+        assert!(!log.contains(&secret) && !log.contains("admin-secret"));
+    }
+}

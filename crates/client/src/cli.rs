@@ -149,7 +149,37 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AccessKeyCommand {
+    /// Create an access key: prints its id and secret (shown only once) as JSON.
+    Create,
+    /// List access keys as JSON lines (ids, never secrets).
+    List,
+    /// Delete an access key and its policy.
+    Delete { access_key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set an access key's policy from a JSON document (`--file`, or `-` for stdin).
+    Put {
+        access_key_id: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Print an access key's policy.
+    Get { access_key_id: String },
+    /// Remove an access key's policy.
+    Delete { access_key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ClientCommand {
+    /// Access keys (needs the cluster permission).
+    #[command(subcommand)]
+    AccessKey(AccessKeyCommand),
+    /// What an access key may do, on which streams (needs the cluster permission).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -232,6 +262,43 @@ pub async fn run(
                 "{}",
                 json!({"stream_name": d.stream_name, "status": "ACTIVE", "shards": d.shards.len()})
             )?;
+        }
+        ClientCommand::AccessKey(AccessKeyCommand::Create) => {
+            let k = client.create_access_key().await?;
+            writeln!(
+                out,
+                "{}",
+                json!({"access_key_id": k.access_key_id, "secret_access_key": k.secret_access_key, "created_ms": k.created_ms})
+            )?;
+        }
+        ClientCommand::AccessKey(AccessKeyCommand::List) => {
+            for k in client.list_access_keys().await? {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"access_key_id": k.access_key_id, "bootstrap": k.bootstrap, "has_policy": k.has_policy, "created_ms": k.created_ms})
+                )?;
+            }
+        }
+        ClientCommand::AccessKey(AccessKeyCommand::Delete { access_key_id }) => {
+            client.delete_access_key(&access_key_id).await?;
+        }
+        ClientCommand::Policy(PolicyCommand::Put {
+            access_key_id,
+            file,
+        }) => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)?
+            };
+            client.put_policy(&access_key_id, &text).await?;
+        }
+        ClientCommand::Policy(PolicyCommand::Get { access_key_id }) => {
+            writeln!(out, "{}", client.get_policy(&access_key_id).await?)?;
+        }
+        ClientCommand::Policy(PolicyCommand::Delete { access_key_id }) => {
+            client.delete_policy(&access_key_id).await?;
         }
         ClientCommand::Stream(StreamCommand::List) => {
             for name in client.list_streams().await? {

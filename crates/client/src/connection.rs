@@ -753,6 +753,111 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Creates an access key; its secret is answered only here. Needs the cluster permission.
+    pub async fn create_access_key(&self) -> Result<pb::CreateAccessKeyResponse, ClientError> {
+        self.call(|mut c| async move { c.create_access_key(pb::CreateAccessKeyRequest {}).await })
+            .await
+    }
+
+    /// Every access key (bootstrap and created), without secrets.
+    pub async fn list_access_keys(&self) -> Result<Vec<pb::AccessKeyInfo>, ClientError> {
+        self.read_call(|mut c| async move { c.list_access_keys(pb::ListAccessKeysRequest {}).await })
+            .await
+            .map(|r| r.keys)
+    }
+
+    /// Deletes an access key and its policy.
+    pub async fn delete_access_key(&self, key_id: &str) -> Result<(), ClientError> {
+        let access_key_id = key_id.to_string();
+        self.call(|mut c| {
+            let access_key_id = access_key_id.clone();
+            async move {
+                c.delete_access_key(pb::DeleteAccessKeyRequest { access_key_id })
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets an access key's policy (a JSON document; see docs/security.md).
+    pub async fn put_policy(&self, key_id: &str, policy_json: &str) -> Result<(), ClientError> {
+        let req = pb::PutPolicyRequest {
+            access_key_id: key_id.to_string(),
+            policy_json: policy_json.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.put_policy(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// An access key's policy (JSON).
+    pub async fn get_policy(&self, key_id: &str) -> Result<String, ClientError> {
+        let access_key_id = key_id.to_string();
+        self.read_call(|mut c| {
+            let access_key_id = access_key_id.clone();
+            async move { c.get_policy(pb::GetPolicyRequest { access_key_id }).await }
+        })
+        .await
+        .map(|r| r.policy_json)
+    }
+
+    /// Removes an access key's policy (it may then do nothing).
+    pub async fn delete_policy(&self, key_id: &str) -> Result<(), ClientError> {
+        let access_key_id = key_id.to_string();
+        self.call(|mut c| {
+            let access_key_id = access_key_id.clone();
+            async move { c.delete_policy(pb::DeletePolicyRequest { access_key_id }).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets the Kinesis resource policy (IAM JSON) of a stream or consumer ARN.
+    pub async fn put_resource_policy(&self, arn: &str, policy: &str) -> Result<(), ClientError> {
+        let req = pb::PutResourcePolicyRequest {
+            resource_arn: arn.to_string(),
+            policy: policy.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.put_resource_policy(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The resource policy of a stream or consumer ARN (`{}` when it has none).
+    pub async fn get_resource_policy(&self, arn: &str) -> Result<String, ClientError> {
+        let resource_arn = arn.to_string();
+        self.read_call(|mut c| {
+            let resource_arn = resource_arn.clone();
+            async move {
+                c.get_resource_policy(pb::GetResourcePolicyRequest { resource_arn })
+                    .await
+            }
+        })
+        .await
+        .map(|r| r.policy)
+    }
+
+    /// Removes the resource policy of a stream or consumer ARN.
+    pub async fn delete_resource_policy(&self, arn: &str) -> Result<(), ClientError> {
+        let resource_arn = arn.to_string();
+        self.call(|mut c| {
+            let resource_arn = resource_arn.clone();
+            async move {
+                c.delete_resource_policy(pb::DeleteResourcePolicyRequest { resource_arn })
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Moves one replica of a shard from one node to another (completes in the background).
     pub async fn move_shard_replica(
         &self,

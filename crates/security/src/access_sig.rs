@@ -245,7 +245,6 @@ pub struct Principal(pub String);
 
 /// The server side: a service (the public gRPC API) behind signature checks. Refusals are
 /// answered with the gRPC status `refuse` makes of them.
-#[derive(Clone)]
 pub struct AccessGuard<S, K> {
     inner: S,
     keys: Arc<K>,
@@ -258,6 +257,17 @@ pub trait KeyStore: Send + Sync + 'static {
     /// False when no key is configured: every call is accepted unsigned.
     fn enforced(&self) -> bool;
     fn secret(&self, key_id: &str) -> Option<String>;
+}
+
+impl<S: Clone, K> Clone for AccessGuard<S, K> {
+    fn clone(&self) -> Self {
+        AccessGuard {
+            inner: self.inner.clone(),
+            keys: self.keys.clone(),
+            body_limit: self.body_limit,
+            refuse: self.refuse,
+        }
+    }
 }
 
 impl<S, K> AccessGuard<S, K> {

@@ -11,6 +11,8 @@
 //! - [`access_sig`]: access-key signatures on the public gRPC API (client and server side).
 //! - [`peer_auth`]: the cluster secret — signed internal requests when there is no TLS.
 //! - [`dev_pki`]: a throwaway CA and node certificates for `millrace dev --tls` and tests.
+//! - [`policy`]: permissions — what an access key may do on which streams (deny wins).
+//! - [`resource_policy`]: Kinesis resource policies (IAM documents on stream and consumer ARNs).
 //!
 //! Everything uses rustls with the *ring* provider, named explicitly (never a process-wide
 //! default), so no OpenSSL and no surprise when another crate enables a second provider.
@@ -23,6 +25,8 @@ pub mod identity;
 pub mod incoming;
 mod node_tls;
 pub mod peer_auth;
+pub mod policy;
+pub mod resource_policy;
 
 use std::sync::Arc;
 

@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use millrace_proto::v1 as pb;
 use millrace_proto::v1::millrace_server::Millrace;
+use millrace_security::access_sig::KeyStore;
 use tonic::{Request, Response, Status};
 
+use super::access::{principal_of, Target};
+use crate::metadata::access::AccessCommand;
 use super::error::ApiError;
 use super::records::RECORD_DATA_BYTES_MAX;
 use crate::metadata::state::{
@@ -197,8 +200,9 @@ impl Millrace for MillraceService {
 
     async fn get_node_stats(
         &self,
-        _req: Request<pb::GetNodeStatsRequest>,
+        req: Request<pb::GetNodeStatsRequest>,
     ) -> Reply<pb::GetNodeStatsResponse> {
+        self.allow(&req, "GetNodeStats", Target::default())?;
         Ok(Response::new(self.node.write_stats()))
     }
 
@@ -206,8 +210,9 @@ impl Millrace for MillraceService {
         &self,
         req: Request<tonic::Streaming<pb::PipelinedPutRecordsBatch>>,
     ) -> Reply<Self::PutRecordsPipelineStream> {
+        let principal = principal_of(&req);
         Ok(Response::new(
-            self.put_records_pipeline_impl(req.into_inner()),
+            self.put_records_pipeline_impl(principal, req.into_inner()),
         ))
     }
 
@@ -215,6 +220,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::RegisterStreamConsumerRequest>,
     ) -> Reply<pb::RegisterStreamConsumerResponse> {
+        self.allow(&req, "RegisterStreamConsumer", Target::stream(&req.get_ref().stream_arn))?;
         let consumer = self.register_consumer_impl(req.into_inner()).await?;
         Ok(Response::new(pb::RegisterStreamConsumerResponse {
             consumer: Some(consumer),
@@ -225,6 +231,13 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DeregisterStreamConsumerRequest>,
     ) -> Reply<pb::DeregisterStreamConsumerResponse> {
+        let r = req.get_ref();
+        let stream = Self::consumer_stream(&r.stream_arn, &r.consumer_arn);
+        let target = Target {
+            stream: stream.as_deref(),
+            consumer_arn: Some(&r.consumer_arn),
+        };
+        self.allow(&req, "DeregisterStreamConsumer", target)?;
         self.deregister_consumer_impl(req.into_inner()).await?;
         Ok(Response::new(pb::DeregisterStreamConsumerResponse {}))
     }
@@ -233,6 +246,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListStreamConsumersRequest>,
     ) -> Reply<pb::ListStreamConsumersResponse> {
+        self.allow(&req, "ListStreamConsumers", Target::stream(&req.get_ref().stream_arn))?;
         let consumers = self.list_consumers_impl(req.into_inner()).await?;
         Ok(Response::new(pb::ListStreamConsumersResponse { consumers }))
     }
@@ -241,6 +255,13 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DescribeStreamConsumerRequest>,
     ) -> Reply<pb::DescribeStreamConsumerResponse> {
+        let r = req.get_ref();
+        let stream = Self::consumer_stream(&r.stream_arn, &r.consumer_arn);
+        let target = Target {
+            stream: stream.as_deref(),
+            consumer_arn: Some(&r.consumer_arn),
+        };
+        self.allow(&req, "DescribeStreamConsumer", target)?;
         let consumer = self.describe_consumer_impl(req.into_inner()).await?;
         Ok(Response::new(pb::DescribeStreamConsumerResponse {
             consumer: Some(consumer),
@@ -251,6 +272,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DecommissionNodeRequest>,
     ) -> Reply<pb::DecommissionNodeResponse> {
+        self.allow(&req, "DecommissionNode", Target::default())?;
         let node_id = req.into_inner().node_id;
         meta_result(
             self.node
@@ -262,8 +284,9 @@ impl Millrace for MillraceService {
 
     async fn get_cluster_status(
         &self,
-        _req: Request<pb::GetClusterStatusRequest>,
+        req: Request<pb::GetClusterStatusRequest>,
     ) -> Reply<pb::GetClusterStatusResponse> {
+        self.allow(&req, "GetClusterStatus", Target::default())?;
         let status = self.node.fetch_cluster_status().await?;
         Ok(Response::new(pb::GetClusterStatusResponse {
             status_json: status.to_string(),
@@ -274,6 +297,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::MoveShardReplicaRequest>,
     ) -> Reply<pb::MoveShardReplicaResponse> {
+        self.allow(&req, "MoveShardReplica", Target::default())?;
         let req = req.into_inner();
         let cmd = MetaCommand::MoveReplica {
             name: stream_name_from(&req.stream_name)?,
@@ -289,6 +313,13 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::SubscribeToShardRequest>,
     ) -> Reply<Self::SubscribeToShardStream> {
+        let arn = &req.get_ref().consumer_arn;
+        let stream = Self::consumer_stream("", arn);
+        let target = Target {
+            stream: stream.as_deref(),
+            consumer_arn: Some(arn),
+        };
+        self.allow(&req, "SubscribeToShard", target)?;
         Ok(Response::new(self.subscribe_impl(req.into_inner()).await?))
     }
 
@@ -296,6 +327,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::CreateStreamRequest>,
     ) -> Reply<pb::CreateStreamResponse> {
+        self.allow(&req, "CreateStream", Target::stream(&req.get_ref().stream_name))?;
         self.create_stream_impl(req.into_inner(), StreamMode::Provisioned)
             .await?;
         Ok(Response::new(pb::CreateStreamResponse {}))
@@ -305,6 +337,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DescribeStreamRequest>,
     ) -> Reply<pb::DescribeStreamResponse> {
+        self.allow(&req, "DescribeStream", Target::stream(&req.get_ref().stream_name))?;
         let s = self.stream_fresh(&req.into_inner().stream_name).await?;
         Ok(Response::new(pb::DescribeStreamResponse {
             stream: Some(pb::StreamDescription {
@@ -324,23 +357,29 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListStreamsRequest>,
     ) -> Reply<pb::ListStreamsResponse> {
+        let principal = principal_of(&req);
         let req = req.into_inner();
         self.node.sync_meta().await?;
         let limit = match req.limit {
             0 => 100,
             l => l.min(10_000) as usize,
         };
-        let names: Vec<String> = self.node.meta.read(|s| {
+        let after: Vec<String> = self.node.meta.read(|s| {
             s.streams
                 .keys()
                 .filter(|n| {
                     req.exclusive_start_stream_name.is_empty()
                         || **n > req.exclusive_start_stream_name
                 })
-                .take(limit + 1)
                 .cloned()
                 .collect()
         });
+        // Only the streams the caller may read.
+        let names: Vec<String> = after
+            .into_iter()
+            .filter(|n| self.node.may_read(principal.as_deref(), n))
+            .take(limit + 1)
+            .collect();
         let more = names.len() > limit;
         Ok(Response::new(pb::ListStreamsResponse {
             stream_names: names.into_iter().take(limit).collect(),
@@ -352,6 +391,12 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListShardsRequest>,
     ) -> Reply<pb::ListShardsResponse> {
+        let r = req.get_ref();
+        let stream = match r.stream_name.as_str() {
+            "" => super::shards::next_token_stream(&r.next_token).unwrap_or_default(),
+            name => name.to_string(),
+        };
+        self.allow(&req, "ListShards", Target::stream(&stream))?;
         Ok(Response::new(
             self.list_shards_impl(req.into_inner()).await?,
         ))
@@ -361,6 +406,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::SplitShardRequest>,
     ) -> Reply<pb::SplitShardResponse> {
+        self.allow(&req, "SplitShard", Target::stream(&req.get_ref().stream_name))?;
         self.split_shard_impl(req.into_inner()).await?;
         Ok(Response::new(pb::SplitShardResponse {}))
     }
@@ -369,6 +415,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::MergeShardsRequest>,
     ) -> Reply<pb::MergeShardsResponse> {
+        self.allow(&req, "MergeShards", Target::stream(&req.get_ref().stream_name))?;
         self.merge_shards_impl(req.into_inner()).await?;
         Ok(Response::new(pb::MergeShardsResponse {}))
     }
@@ -377,6 +424,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::UpdateShardCountRequest>,
     ) -> Reply<pb::UpdateShardCountResponse> {
+        self.allow(&req, "UpdateShardCount", Target::stream(&req.get_ref().stream_name))?;
         Ok(Response::new(
             self.update_shard_count_impl(req.into_inner()).await?,
         ))
@@ -386,6 +434,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::PutRecordsRequest>,
     ) -> Reply<pb::PutRecordsResponse> {
+        self.allow(&req, "PutRecords", Target::stream(&req.get_ref().stream_name))?;
         Ok(Response::new(
             self.put_records_impl(req.into_inner()).await?,
         ))
@@ -395,6 +444,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::GetShardIteratorRequest>,
     ) -> Reply<pb::GetShardIteratorResponse> {
+        self.allow(&req, "GetShardIterator", Target::stream(&req.get_ref().stream_name))?;
         Ok(Response::new(
             self.get_shard_iterator_impl(req.into_inner()).await?,
         ))
@@ -404,6 +454,10 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::GetRecordsRequest>,
     ) -> Reply<pb::GetRecordsResponse> {
+        if self.node.enforced() {
+            let stream = self.iterator_stream(&req.get_ref().shard_iterator).await?;
+            self.allow(&req, "GetRecords", Target::stream(&stream))?;
+        }
         Ok(Response::new(
             self.get_records_impl(req.into_inner()).await?,
         ))
@@ -413,6 +467,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DeleteStreamRequest>,
     ) -> Reply<pb::DeleteStreamResponse> {
+        self.allow(&req, "DeleteStream", Target::stream(&req.get_ref().stream_name))?;
         let name = stream_name_from(&req.into_inner().stream_name)?;
         meta_result(
             self.node
@@ -426,6 +481,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::AddTagsToStreamRequest>,
     ) -> Reply<pb::AddTagsToStreamResponse> {
+        self.allow(&req, "AddTagsToStream", Target::stream(&req.get_ref().stream_name))?;
         let req = req.into_inner();
         let name = stream_name_from(&req.stream_name)?;
         if req.tags.is_empty() {
@@ -443,6 +499,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::RemoveTagsFromStreamRequest>,
     ) -> Reply<pb::RemoveTagsFromStreamResponse> {
+        self.allow(&req, "RemoveTagsFromStream", Target::stream(&req.get_ref().stream_name))?;
         let req = req.into_inner();
         let name = stream_name_from(&req.stream_name)?;
         if req.tag_keys.is_empty() || req.tag_keys.len() > TAGS_PER_STREAM_MAX {
@@ -463,6 +520,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListTagsForStreamRequest>,
     ) -> Reply<pb::ListTagsForStreamResponse> {
+        self.allow(&req, "ListTagsForStream", Target::stream(&req.get_ref().stream_name))?;
         let req = req.into_inner();
         let s = self.stream_fresh(&req.stream_name).await?;
         let limit = match req.limit {
@@ -487,6 +545,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::UpdateRetentionPeriodRequest>,
     ) -> Reply<pb::UpdateRetentionPeriodResponse> {
+        self.allow(&req, "IncreaseStreamRetentionPeriod", Target::stream(&req.get_ref().stream_name))?;
         self.set_retention(req.into_inner(), true).await?;
         Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
     }
@@ -495,6 +554,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::UpdateRetentionPeriodRequest>,
     ) -> Reply<pb::UpdateRetentionPeriodResponse> {
+        self.allow(&req, "DecreaseStreamRetentionPeriod", Target::stream(&req.get_ref().stream_name))?;
         self.set_retention(req.into_inner(), false).await?;
         Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
     }
@@ -503,6 +563,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ConsumerGroupHeartbeatRequest>,
     ) -> Reply<pb::ConsumerGroupHeartbeatResponse> {
+        self.allow(&req, "ConsumerGroupHeartbeat", Target::stream(&req.get_ref().stream_name))?;
         Ok(Response::new(
             self.group_heartbeat_impl(req.into_inner()).await?,
         ))
@@ -512,6 +573,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::CheckpointLeaseRequest>,
     ) -> Reply<pb::CheckpointLeaseResponse> {
+        self.allow(&req, "CheckpointLease", Target::stream(&req.get_ref().stream_name))?;
         self.checkpoint_impl(req.into_inner()).await?;
         Ok(Response::new(pb::CheckpointLeaseResponse {}))
     }
@@ -520,6 +582,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ReleaseLeasesRequest>,
     ) -> Reply<pb::ReleaseLeasesResponse> {
+        self.allow(&req, "ReleaseLeases", Target::stream(&req.get_ref().stream_name))?;
         self.release_impl(req.into_inner()).await?;
         Ok(Response::new(pb::ReleaseLeasesResponse {}))
     }
@@ -528,6 +591,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DescribeConsumerGroupRequest>,
     ) -> Reply<pb::DescribeConsumerGroupResponse> {
+        self.allow(&req, "DescribeConsumerGroup", Target::stream(&req.get_ref().stream_name))?;
         Ok(Response::new(
             self.describe_group_impl(req.into_inner()).await?,
         ))
@@ -552,6 +616,88 @@ impl Millrace for MillraceService {
                 .collect(),
             metadata_leader_id: self.node.metadata_leader().unwrap_or(0),
         }))
+    }
+
+    async fn create_access_key(
+        &self,
+        req: Request<pb::CreateAccessKeyRequest>,
+    ) -> Reply<pb::CreateAccessKeyResponse> {
+        self.allow(&req, "CreateAccessKey", Target::default())?;
+        Ok(Response::new(self.create_access_key_impl().await?))
+    }
+
+    async fn list_access_keys(
+        &self,
+        req: Request<pb::ListAccessKeysRequest>,
+    ) -> Reply<pb::ListAccessKeysResponse> {
+        self.allow(&req, "ListAccessKeys", Target::default())?;
+        Ok(Response::new(self.list_access_keys_impl().await?))
+    }
+
+    async fn delete_access_key(
+        &self,
+        req: Request<pb::DeleteAccessKeyRequest>,
+    ) -> Reply<pb::DeleteAccessKeyResponse> {
+        self.allow(&req, "DeleteAccessKey", Target::default())?;
+        let key_id = req.into_inner().access_key_id;
+        self.access_command(AccessCommand::DeleteKey { key_id })
+            .await?;
+        Ok(Response::new(pb::DeleteAccessKeyResponse {}))
+    }
+
+    async fn put_policy(&self, req: Request<pb::PutPolicyRequest>) -> Reply<pb::PutPolicyResponse> {
+        self.allow(&req, "PutPolicy", Target::default())?;
+        self.put_policy_impl(req.into_inner()).await?;
+        Ok(Response::new(pb::PutPolicyResponse {}))
+    }
+
+    async fn get_policy(&self, req: Request<pb::GetPolicyRequest>) -> Reply<pb::GetPolicyResponse> {
+        self.allow(&req, "GetPolicy", Target::default())?;
+        let policy_json = self.get_policy_impl(&req.get_ref().access_key_id).await?;
+        Ok(Response::new(pb::GetPolicyResponse { policy_json }))
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<pb::DeletePolicyRequest>,
+    ) -> Reply<pb::DeletePolicyResponse> {
+        self.allow(&req, "DeletePolicy", Target::default())?;
+        let key_id = req.into_inner().access_key_id;
+        self.access_command(AccessCommand::DeletePolicy { key_id })
+            .await?;
+        Ok(Response::new(pb::DeletePolicyResponse {}))
+    }
+
+    async fn put_resource_policy(
+        &self,
+        req: Request<pb::PutResourcePolicyRequest>,
+    ) -> Reply<pb::PutResourcePolicyResponse> {
+        self.allow_resource(&req, "PutResourcePolicy", &req.get_ref().resource_arn)?;
+        let r = req.into_inner();
+        self.put_resource_policy_impl(r.resource_arn, r.policy)
+            .await?;
+        Ok(Response::new(pb::PutResourcePolicyResponse {}))
+    }
+
+    async fn get_resource_policy(
+        &self,
+        req: Request<pb::GetResourcePolicyRequest>,
+    ) -> Reply<pb::GetResourcePolicyResponse> {
+        self.allow_resource(&req, "GetResourcePolicy", &req.get_ref().resource_arn)?;
+        let policy = self
+            .get_resource_policy_impl(&req.get_ref().resource_arn)
+            .await?;
+        Ok(Response::new(pb::GetResourcePolicyResponse { policy }))
+    }
+
+    async fn delete_resource_policy(
+        &self,
+        req: Request<pb::DeleteResourcePolicyRequest>,
+    ) -> Reply<pb::DeleteResourcePolicyResponse> {
+        self.allow_resource(&req, "DeleteResourcePolicy", &req.get_ref().resource_arn)?;
+        self.delete_resource_policy_impl(req.into_inner().resource_arn)
+            .await?;
+        Ok(Response::new(pb::DeleteResourcePolicyResponse {}))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The API layer: public gRPC, node-to-node gRPC and the HTTP port (health, status and the
 //! Kinesis API).
 
+pub mod access;
 pub mod consumers;
 pub mod error;
 pub mod groups;

@@ -201,10 +201,13 @@ impl MillraceService {
 
     /// Serves a PutRecords pipeline (see [`millrace_mux::serve`]): each call runs as a task
     /// of its own, at most [`PIPELINE_CALLS_MAX`] at once.
+    /// Every call is authorised like a PutRecords call by `principal`.
     pub(super) fn put_records_pipeline_impl(
         &self,
+        principal: Option<String>,
         calls: tonic::Streaming<pb::PipelinedPutRecordsBatch>,
     ) -> PipelineAnswers {
+        let principal: Option<std::sync::Arc<str>> = principal.map(Into::into);
         let node = self.node.clone();
         millrace_mux::serve(
             calls,
@@ -221,9 +224,17 @@ impl MillraceService {
                     .map(|(id, outcome)| pipelined(id, outcome))
                     .collect(),
             },
-            move |req| {
+            move |req: pb::PutRecordsRequest| {
                 let service = MillraceService { node: node.clone() };
-                async move { service.put_records_impl(req).await }
+                let principal = principal.clone();
+                async move {
+                    service.allow_key(
+                        principal.as_deref(),
+                        "PutRecords",
+                        super::access::Target::stream(&req.stream_name),
+                    )?;
+                    service.put_records_impl(req).await
+                }
             },
             PIPELINE_CALLS_MAX,
         )

@@ -32,6 +32,12 @@ struct NextToken {
     expires_ms: i64,
 }
 
+/// The stream a ListShards NextToken names (`None` when it is not a token).
+pub(super) fn next_token_stream(token: &str) -> Option<String> {
+    let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+    serde_json::from_slice::<NextToken>(&raw).ok().map(|t| t.stream)
+}
+
 /// Does the filter select this shard? `trim_horizon_ms` is now minus the retention period.
 fn selected(s: &ShardMeta, f: &pb::ShardFilter, trim_horizon_ms: i64) -> Result<bool, ApiError> {
     use pb::ShardFilterType as F;

@@ -1,5 +1,6 @@
 //! The metadata group: members, streams, shards and placement.
 
+pub mod access;
 pub mod groups;
 pub mod machine;
 pub mod placement;

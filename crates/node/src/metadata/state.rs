@@ -317,6 +317,8 @@ pub enum MetaCommand {
         group: String,
         worker: String,
     },
+    /// Access keys, policies and resource policies.
+    Access(super::access::AccessCommand),
 }
 
 /// Retention bounds (Kinesis: 24 hours to 365 days).
@@ -345,6 +347,9 @@ pub struct MetaState {
     /// Consumer groups by `stream/group` (leases and checkpoints).
     #[serde(default)]
     pub consumer_groups: BTreeMap<String, super::groups::ConsumerGroup>,
+    /// Access keys, their policies and resource policies.
+    #[serde(default)]
+    pub access: super::access::AccessState,
 }
 
 impl MetaState {
@@ -471,6 +476,7 @@ impl MetaState {
                 Some(s) if s.status == StreamStatus::Deleting => {
                     self.streams.remove(name);
                     self.consumer_groups.retain(|_, g| g.stream != *name);
+                    self.access.forget_resource(name, None);
                     MetaResponse::Ok
                 }
                 Some(_) => {
@@ -528,7 +534,10 @@ impl MetaState {
             },
             MetaCommand::DeregisterConsumer { name, consumer } => match self.live_stream(name) {
                 Ok(s) => match s.consumers.remove(consumer) {
-                    Some(_) => MetaResponse::Ok,
+                    Some(_) => {
+                        self.access.forget_resource(name, Some(consumer));
+                        MetaResponse::Ok
+                    }
                     None => MetaResponse::ResourceNotFound(format!(
                         "Consumer {consumer} not found on {name}"
                     )),
@@ -698,6 +707,15 @@ impl MetaState {
                     g.release(worker);
                 }
                 MetaResponse::Ok
+            }
+            MetaCommand::Access(cmd) => {
+                let streams = &self.streams;
+                self.access.apply(cmd, |stream, consumer| {
+                    streams.get(stream).is_some_and(|s| {
+                        s.status != StreamStatus::Deleting
+                            && consumer.is_none_or(|c| s.consumers.contains_key(c))
+                    })
+                })
             }
             MetaCommand::SetEncryption { name, key_id } => match self.live_stream(name) {
                 Ok(s) => {

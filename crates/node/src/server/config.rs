@@ -160,6 +160,10 @@ impl AccessKeys {
     pub fn secret(&self, key_id: &str) -> Option<&str> {
         self.0.get(key_id).map(String::as_str)
     }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
 }
 
 impl millrace_security::access_sig::KeyStore for AccessKeys {

@@ -121,7 +121,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             MillraceServer::new(MillraceService { node: node.clone() })
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-            Arc::new(config.kinesis.access_keys.clone()),
+            node.clone(),
             GRPC_MESSAGE_BYTES_MAX + GRPC_FRAME_HEADER_BYTES,
             refuse_call,
         ));

@@ -17,6 +17,7 @@ use crate::metadata::state::{
     MetaCommand, ShardStatus, StreamMeta, StreamMode, StreamStatus, SHARD_LEVEL_METRICS,
 };
 use crate::metadata::tags::TAGS_PER_STREAM_MAX;
+use millrace_security::resource_policy::RESOURCE_POLICY_CHARS_MAX;
 
 type Result<T> = std::result::Result<T, KinesisError>;
 
@@ -65,6 +66,7 @@ pub(super) async fn dispatch(
     action: &str,
     body: &Map<String, Value>,
     encoding: Encoding,
+    principal: Option<&str>,
 ) -> Result<Reply> {
     let svc = &api.svc;
     let mut i = Input::new(body, encoding == Encoding::Cbor);
@@ -73,7 +75,7 @@ pub(super) async fn dispatch(
         "DeleteStream" => delete_stream(svc, i).await?,
         "DescribeStream" => describe_stream(svc, i).await?,
         "DescribeStreamSummary" => describe_stream_summary(svc, i).await?,
-        "ListStreams" => list_streams(svc, i).await?,
+        "ListStreams" => list_streams(svc, i, principal).await?,
         "ListShards" => list_shards(svc, i).await?,
         "PutRecord" => put_record(svc, i).await?,
         "PutRecords" => put_records(svc, i).await?,
@@ -129,6 +131,29 @@ pub(super) async fn dispatch(
         "DisableEnhancedMonitoring" => monitoring(svc, i, false).await?,
         "StartStreamEncryption" => encryption(svc, i, true).await?,
         "StopStreamEncryption" => encryption(svc, i, false).await?,
+        "PutResourcePolicy" => {
+            let arn = resource_arn(&mut i);
+            let policy = i.string("Policy", true, (1, RESOURCE_POLICY_CHARS_MAX), None);
+            i.finish()?;
+            svc.put_resource_policy_impl(arn.unwrap_or_default(), policy.unwrap_or_default())
+                .await?;
+            no_output()
+        }
+        "GetResourcePolicy" => {
+            let arn = resource_arn(&mut i);
+            i.finish()?;
+            let policy = svc
+                .get_resource_policy_impl(&arn.unwrap_or_default())
+                .await?;
+            Out::map(vec![("Policy", Out::str(policy))])
+        }
+        "DeleteResourcePolicy" => {
+            let arn = resource_arn(&mut i);
+            i.finish()?;
+            svc.delete_resource_policy_impl(arn.unwrap_or_default())
+                .await?;
+            no_output()
+        }
         other => return Err(unknown_operation(&format!("Kinesis_20131202.{other}"))),
     };
     Ok(Reply::Body(out))
@@ -430,7 +455,11 @@ fn name_after(token: &str) -> Result<String> {
         .ok_or_else(|| invalid_token("NextToken"))
 }
 
-async fn list_streams(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+async fn list_streams(
+    svc: &MillraceService,
+    mut i: Input<'_>,
+    principal: Option<&str>,
+) -> Result<Out> {
     let limit = i.int("Limit", false, (1, 10_000)).unwrap_or(100) as usize;
     let start = i.name("ExclusiveStartStreamName", false, 128);
     let token = i.string("NextToken", false, (1, 1_048_576), None);
@@ -441,14 +470,19 @@ async fn list_streams(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
         None => start,
     };
     svc.node.sync_meta().await?;
-    let streams: Vec<StreamMeta> = svc.node.meta.read(|st| {
+    let after: Vec<StreamMeta> = svc.node.meta.read(|st| {
         st.streams
             .values()
             .filter(|s| after.as_ref().is_none_or(|a| s.name > *a))
-            .take(limit + 1)
             .cloned()
             .collect()
     });
+    // Only the streams the caller may read.
+    let streams: Vec<StreamMeta> = after
+        .into_iter()
+        .filter(|s| svc.node.may_read(principal, &s.name))
+        .take(limit + 1)
+        .collect();
     let more = streams.len() > limit;
     let page = &streams[..streams.len().min(limit)];
     let k = &svc.node.config.kinesis;

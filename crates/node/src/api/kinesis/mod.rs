@@ -19,8 +19,12 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 
+use millrace_security::access_sig::KeyStore;
+use serde_json::{Map, Value};
+
+use super::access::{resource_target, ResourceTarget};
 use super::error::ApiError;
-use super::grpc::MillraceService;
+use super::grpc::{stream_name_from, MillraceService};
 use crate::server::node::Node;
 use wire::{Encoding, Out};
 
@@ -208,7 +212,7 @@ async fn serve(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Reply, KinesisError> {
-    let kinesis = &api.svc.node.config.kinesis;
+    let node = &*api.svc.node;
     let signed = sigv4::SignedRequest {
         method,
         uri,
@@ -216,7 +220,7 @@ async fn serve(
         body,
     };
     let now_secs = crate::server::now_ms() / 1000;
-    sigv4::verify(&kinesis.access_keys, &kinesis.region, &signed, now_secs)?;
+    let principal = sigv4::verify(node, &node.config.kinesis.region, &signed, now_secs)?;
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -228,7 +232,27 @@ async fn serve(
         .decode(body)
         .map_err(|m| KinesisError::client("SerializationException", m))?;
     tracing::debug!(action, "Kinesis request");
-    actions::dispatch(api, action, &input, encoding).await
+    if node.enforced() {
+        let target = target_of(&api.svc, &input).await;
+        node.authorize(principal.as_deref(), action, target.as_target())?;
+    }
+    actions::dispatch(api, action, &input, encoding, principal.as_deref()).await
+}
+
+/// What a request acts on, read from its input before the action validates it (as the action
+/// reads it: a StreamARN wins over a StreamName, a ConsumerARN over both).
+async fn target_of(svc: &MillraceService, input: &Map<String, Value>) -> ResourceTarget {
+    let field = |k: &str| input.get(k).and_then(Value::as_str);
+    if let Some(arn) = field("ConsumerARN").or(field("ResourceARN")) {
+        return resource_target(arn);
+    }
+    if let Some(stream) = field("StreamARN").or(field("StreamName")) {
+        return ResourceTarget::stream(stream_name_from(stream).ok());
+    }
+    if let Some(iterator) = field("ShardIterator") {
+        return ResourceTarget::stream(svc.iterator_stream(iterator).await.ok());
+    }
+    ResourceTarget::stream(None)
 }
 
 fn unknown_operation(target: &str) -> KinesisError {

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::KinesisError;
-use crate::server::config::AccessKeys;
+use millrace_security::access_sig::KeyStore;
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const SERVICE: &str = "kinesis";
@@ -231,15 +231,16 @@ fn signature(
     Ok(hex::encode(hmac(&k_signing, string_to_sign.as_bytes())))
 }
 
-/// Checks a request's signature against the configured keys. Without keys, accepts anything.
+/// Checks a request's signature against the keys; answers the access key id that signed it.
+/// When no key is enforced, accepts anything (and answers `None`).
 pub fn verify(
-    keys: &AccessKeys,
+    keys: &impl KeyStore,
     region: &str,
     req: &SignedRequest<'_>,
     now_secs: i64,
-) -> Result<(), KinesisError> {
-    if keys.is_empty() {
-        return Ok(());
+) -> Result<Option<String>, KinesisError> {
+    if !keys.enforced() {
+        return Ok(None);
     }
     let header = |name: &str| {
         req.headers
@@ -294,7 +295,7 @@ pub fn verify(
             ),
         ));
     }
-    let expected = signature(req, secret, amz_date, &auth)?;
+    let expected = signature(req, &secret, amz_date, &auth)?;
     // Constant-time comparison of the hex strings.
     let same = expected.len() == auth.signature.len()
         && expected
@@ -303,7 +304,7 @@ pub fn verify(
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
     if same {
-        Ok(())
+        Ok(Some(auth.key_id.to_string()))
     } else {
         Err(KinesisError::client(
             "InvalidSignatureException",
@@ -315,6 +316,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::config::AccessKeys;
     use axum::http::HeaderValue;
 
     /// AWS's published example ("Create a signed AWS API request", IAM ListUsers).
@@ -408,7 +410,7 @@ mod tests {
             verify(&keys, "us-east-1", &req, now).map_err(|e| e.type_name.into_owned())
         };
         let good = signed("secret", "20261126T085500Z");
-        assert_eq!(check(&good, now), Ok(()));
+        assert_eq!(check(&good, now), Ok(Some("AKID".to_string())));
         assert_eq!(
             check(&signed("wrong", "20261126T085500Z"), now),
             Err("InvalidSignatureException".to_string())
@@ -418,7 +420,7 @@ mod tests {
             check(&good, now + 301),
             Err("InvalidSignatureException".to_string())
         );
-        assert_eq!(check(&good, now - 299), Ok(()));
+        assert_eq!(check(&good, now - 299), Ok(Some("AKID".to_string())));
         // A tampered body.
         let mut tampered = good.clone();
         tampered.3 = br#"{"StreamName":"t"}"#.to_vec();
@@ -453,7 +455,10 @@ mod tests {
             headers: &bare.2,
             body: &bare.3,
         };
-        assert!(verify(&AccessKeys::default(), "us-east-1", &req, now).is_ok());
+        assert_eq!(
+            verify(&AccessKeys::default(), "us-east-1", &req, now),
+            Ok(None)
+        );
     }
 
     #[test]
