@@ -100,15 +100,82 @@ def run(ca, key, secret):
     )
 
 
+def access_denied(what, call, says):
+    try:
+        call()
+    except botocore.exceptions.ClientError as e:
+        code, message = e.response["Error"]["Code"], e.response["Error"]["Message"]
+        if code != "AccessDeniedException" or says not in message:
+            sys.exit(f"{what}: refused with {code}: {message!r}, not AccessDeniedException saying {says!r}")
+        print(f"refused as it should be: {what}: {code}: {message[:140]}")
+        return
+    sys.exit(f"{what} was answered")
+
+
+def permissions(ca, key, secret, user_key, user_secret):
+    """A key the CLI created, whose policy lets it read tls-* streams only."""
+    admin = client(HTTPS, ca, key, secret)
+    user = client(HTTPS, ca, user_key, user_secret)
+    deadline = time.time() + 10
+    while True:  # the key is applied on every node within milliseconds; allow for a slow run
+        try:
+            names = user.list_streams()["StreamNames"]
+            break
+        except botocore.exceptions.ClientError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    if "tls-boto3" not in names or any(not n.startswith("tls-") for n in names):
+        sys.exit(f"the read-only key lists {names}")
+    user.describe_stream_summary(StreamName="tls-boto3")
+    access_denied(
+        "a key that may only read, writing",
+        lambda: user.put_record(StreamName="tls-boto3", PartitionKey="k", Data=b"x"),
+        f"User: arn:aws:iam::123456789012:user/{user_key} is not authorized to perform: kinesis:PutRecord",
+    )
+    arn = admin.describe_stream_summary(StreamName="tls-boto3")["StreamDescriptionSummary"]["StreamARN"]
+    policy = (
+        '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::123456789012:user/'
+        + user_key
+        + '"},"Action":"kinesis:Describe*","Resource":"'
+        + arn
+        + '"}]}'
+    )
+    admin.put_resource_policy(ResourceARN=arn, Policy=policy)
+    if admin.get_resource_policy(ResourceARN=arn)["Policy"] != policy:
+        sys.exit("GetResourcePolicy did not answer the policy put")
+    deadline = time.time() + 10
+    while True:
+        try:
+            user.describe_stream_summary(StreamName="tls-boto3")
+        except botocore.exceptions.ClientError:
+            break
+        if time.time() > deadline:
+            sys.exit("the resource policy's deny was not applied within 10 s")
+        time.sleep(0.2)
+    access_denied(
+        "a resource policy that denies",
+        lambda: user.describe_stream_summary(StreamName="tls-boto3"),
+        "with an explicit deny in a resource-based policy",
+    )
+    admin.describe_stream_summary(StreamName="tls-boto3")  # the deny names one key only
+    admin.delete_resource_policy(ResourceARN=arn)
+    print("boto3 permissions: read-only key, explicit deny in a resource policy")
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["wait", "run"])
+    p.add_argument("what", choices=["wait", "run", "permissions"])
     p.add_argument("--ca", required=True)
     p.add_argument("--key")
     p.add_argument("--secret")
+    p.add_argument("--user-key")
+    p.add_argument("--user-secret")
     a = p.parse_args()
     if a.what == "wait":
         wait(a.ca)
+    elif a.what == "permissions":
+        permissions(a.ca, a.key, a.secret, a.user_key, a.user_secret)
     else:
         run(a.ca, a.key, a.secret)
 

@@ -2,7 +2,8 @@
 # TLS end to end with unmodified tools (issue 15): a 3-node `millrace dev --tls` cluster with
 # access keys (MILLRACE_ACCESS_KEYS, which dev's nodes inherit) serves the CLI over https://
 # with the CA and a signed key, and boto3 over HTTPS with the CA and SigV4; boto3 without the
-# CA, with a wrong secret, or over plaintext is refused. Prints "tls check: PASSED".
+# CA, with a wrong secret, or over plaintext is refused; a key created with the CLI may do only
+# what its policy and the stream's resource policy allow. Prints "tls check: PASSED".
 # Run by .ci/run after the release build; on its own: tests/tls/check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,4 +53,23 @@ fi
 
 "$venv/bin/python" tests/tls/boto3_check.py run --ca "$data/tls/ca.pem" \
   --key AKIDTLSCHECK --secret tls-check-secret
+# Permissions: a key created with the CLI, whose policy lets it read tls-* streams only.
+created=$("$bin" access-key create)
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$created" "$1"; }
+user_key=$(field access_key_id)
+user_secret=$(field secret_access_key)
+printf '{"statements":[{"effect":"allow","actions":["read"],"streams":["tls-*"]}]}' \
+  | "$bin" policy put "$user_key" --file -
+"$bin" policy get "$user_key" | grep -q '"tls-\*"' || { echo "policy get lost the policy"; exit 1; }
+"$bin" access-key list | grep -q "\"$user_key\"" || { echo "access-key list misses the key"; exit 1; }
+if "$bin" access-key list | grep -q "$user_secret"; then echo "access-key list shows a secret"; exit 1; fi
+"$venv/bin/python" tests/tls/boto3_check.py permissions --ca "$data/tls/ca.pem" \
+  --key AKIDTLSCHECK --secret tls-check-secret --user-key "$user_key" --user-secret "$user_secret"
+"$bin" access-key delete "$user_key"
+for attempt in $(seq 50); do  # every node applies the deletion within milliseconds
+  MILLRACE_ACCESS_KEY_ID="$user_key" MILLRACE_SECRET_ACCESS_KEY="$user_secret" \
+    "$bin" stream list >/dev/null 2>&1 || break
+  [ "$attempt" = 50 ] && { echo "a deleted key was still answered after 10 s"; exit 1; }
+  sleep 0.2
+done
 echo "tls check: PASSED"

@@ -155,21 +155,22 @@ pub enum AccessKeyCommand {
     /// List access keys as JSON lines (ids, never secrets).
     List,
     /// Delete an access key and its policy.
-    Delete { access_key_id: String },
+    Delete { key: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Set an access key's policy from a JSON document (`--file`, or `-` for stdin).
     Put {
-        access_key_id: String,
+        /// The access key id (named `key`: `access_key_id` is the global credential flag).
+        key: String,
         #[arg(long)]
         file: std::path::PathBuf,
     },
     /// Print an access key's policy.
-    Get { access_key_id: String },
+    Get { key: String },
     /// Remove an access key's policy.
-    Delete { access_key_id: String },
+    Delete { key: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,25 +281,22 @@ pub async fn run(
                 )?;
             }
         }
-        ClientCommand::AccessKey(AccessKeyCommand::Delete { access_key_id }) => {
-            client.delete_access_key(&access_key_id).await?;
+        ClientCommand::AccessKey(AccessKeyCommand::Delete { key }) => {
+            client.delete_access_key(&key).await?;
         }
-        ClientCommand::Policy(PolicyCommand::Put {
-            access_key_id,
-            file,
-        }) => {
+        ClientCommand::Policy(PolicyCommand::Put { key, file }) => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
                 std::fs::read_to_string(&file)?
             };
-            client.put_policy(&access_key_id, &text).await?;
+            client.put_policy(&key, &text).await?;
         }
-        ClientCommand::Policy(PolicyCommand::Get { access_key_id }) => {
-            writeln!(out, "{}", client.get_policy(&access_key_id).await?)?;
+        ClientCommand::Policy(PolicyCommand::Get { key }) => {
+            writeln!(out, "{}", client.get_policy(&key).await?)?;
         }
-        ClientCommand::Policy(PolicyCommand::Delete { access_key_id }) => {
-            client.delete_policy(&access_key_id).await?;
+        ClientCommand::Policy(PolicyCommand::Delete { key }) => {
+            client.delete_policy(&key).await?;
         }
         ClientCommand::Stream(StreamCommand::List) => {
             for name in client.list_streams().await? {
