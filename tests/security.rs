@@ -716,9 +716,11 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
     let (key, secret) = (created.access_key_id, created.secret_access_key);
     assert!(key.starts_with("MRK") && secret.len() == 40);
     let user = keyed_client(&cluster, &[3], &key, &secret);
-    wait_until(Duration::from_secs(10), "the new key is known on node 3", || async {
-        user.list_streams().await.is_ok()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the new key is known on node 3",
+        || async { user.list_streams().await.is_ok() },
+    )
     .await;
     // Without a policy it may do nothing, and sees no stream.
     assert!(user.list_streams().await.unwrap().is_empty());
@@ -732,10 +734,16 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         {"effect": "allow", "actions": ["write"], "streams": ["orders-*"]},
         {"effect": "deny", "actions": ["write"], "streams": ["orders-audit"]}]}"#;
     admin.put_policy(&key, policy).await.expect("put policy");
-    assert!(admin.get_policy(&key).await.unwrap().contains("orders-audit"));
-    wait_until(Duration::from_secs(10), "the policy is applied on node 3", || async {
-        put_one(&user, "orders-eu").await.is_ok()
-    })
+    assert!(admin
+        .get_policy(&key)
+        .await
+        .unwrap()
+        .contains("orders-audit"));
+    wait_until(
+        Duration::from_secs(10),
+        "the policy is applied on node 3",
+        || async { put_one(&user, "orders-eu").await.is_ok() },
+    )
     .await;
     // May only read orders: writes are refused, reads work.
     denied(
@@ -754,10 +762,7 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         user.list_streams().await.unwrap(),
         ["orders", "orders-audit", "orders-eu"]
     );
-    denied(
-        user.create_stream("mine", 1).await,
-        "kinesis:CreateStream",
-    );
+    denied(user.create_stream("mine", 1).await, "kinesis:CreateStream");
     denied(user.create_access_key().await, "kinesis:CreateAccessKey");
     denied(
         user.get_shard_iterator("payroll", SHARD, StartPosition::TrimHorizon)
@@ -780,9 +785,11 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         admin.get_resource_policy(&arn("orders-eu")).await.unwrap(),
         deny
     );
-    wait_until(Duration::from_secs(10), "the resource policy applies on node 3", || async {
-        put_one(&user, "orders-eu").await.is_err()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the resource policy applies on node 3",
+        || async { put_one(&user, "orders-eu").await.is_err() },
+    )
     .await;
     denied(
         put_one(&user, "orders-eu").await,
@@ -797,9 +804,11 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         .put_resource_policy(&arn("payroll"), &allow)
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "the allow applies on node 3", || async {
-        put_one(&user, "payroll").await.is_ok()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the allow applies on node 3",
+        || async { put_one(&user, "payroll").await.is_ok() },
+    )
     .await;
     // A policy that cannot be evaluated faithfully is refused when put.
     let err = admin
@@ -822,13 +831,19 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
     // Listing shows ids, never secrets; a deleted key is refused everywhere.
     let keys = admin.list_access_keys().await.unwrap();
     assert!(keys.iter().any(|k| k.access_key_id == key && k.has_policy));
-    assert!(keys.iter().any(|k| k.access_key_id == "AKIDADMIN" && k.bootstrap));
+    assert!(keys
+        .iter()
+        .any(|k| k.access_key_id == "AKIDADMIN" && k.bootstrap));
     admin.delete_access_key(&key).await.expect("delete key");
-    wait_until(Duration::from_secs(10), "the deleted key is refused on node 3", || async {
-        user.list_streams()
-            .await
-            .is_err_and(|e| e.symbol() == Some("UNAUTHENTICATED"))
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the deleted key is refused on node 3",
+        || async {
+            user.list_streams()
+                .await
+                .is_err_and(|e| e.symbol() == Some("UNAUTHENTICATED"))
+        },
+    )
     .await;
     for node in &cluster.nodes {
         let log = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap();

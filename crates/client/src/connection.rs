@@ -761,9 +761,11 @@ impl Client {
 
     /// Every access key (bootstrap and created), without secrets.
     pub async fn list_access_keys(&self) -> Result<Vec<pb::AccessKeyInfo>, ClientError> {
-        self.read_call(|mut c| async move { c.list_access_keys(pb::ListAccessKeysRequest {}).await })
-            .await
-            .map(|r| r.keys)
+        self.read_call(
+            |mut c| async move { c.list_access_keys(pb::ListAccessKeysRequest {}).await },
+        )
+        .await
+        .map(|r| r.keys)
     }
 
     /// Deletes an access key and its policy.
@@ -810,7 +812,10 @@ impl Client {
         let access_key_id = key_id.to_string();
         self.call(|mut c| {
             let access_key_id = access_key_id.clone();
-            async move { c.delete_policy(pb::DeletePolicyRequest { access_key_id }).await }
+            async move {
+                c.delete_policy(pb::DeletePolicyRequest { access_key_id })
+                    .await
+            }
         })
         .await
         .map(|_| ())

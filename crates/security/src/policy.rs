@@ -163,10 +163,7 @@ impl Policy {
     pub fn decide(&self, permission: Permission, stream: Option<&str>) -> Decision {
         let mut decision = Decision::NotMentioned;
         for s in &self.statements {
-            let action = s
-                .actions
-                .iter()
-                .any(|a| a == "*" || a == permission.name());
+            let action = s.actions.iter().any(|a| a == "*" || a == permission.name());
             let resource = match stream {
                 None => true,
                 Some(name) => s.streams.iter().any(|p| glob_match(p, name)),
@@ -273,20 +270,26 @@ mod tests {
         let err = |t: &str| Policy::parse(t).unwrap_err();
         assert!(err("{}").contains("statements"));
         assert!(err(r#"{"statements":[]}"#).contains("1-100"));
-        assert!(err(r#"{"statements":[{"effect":"allow","actions":["fly"],"streams":["*"]}]}"#)
-            .contains("statements[0].actions"));
-        assert!(err(r#"{"statements":[{"effect":"allow","actions":["read"]}]}"#)
-            .contains("statements[0].streams"));
+        assert!(
+            err(r#"{"statements":[{"effect":"allow","actions":["fly"],"streams":["*"]}]}"#)
+                .contains("statements[0].actions")
+        );
+        assert!(
+            err(r#"{"statements":[{"effect":"allow","actions":["read"]}]}"#)
+                .contains("statements[0].streams")
+        );
         assert!(
             err(r#"{"statements":[{"effect":"allow","actions":["read"],"streams":["a b"]}]}"#)
                 .contains("[a-zA-Z0-9_.-*]")
         );
-        assert!(err(r#"{"statements":[{"effect":"maybe","actions":["read"],"streams":["*"]}]}"#)
-            .contains("not valid"));
+        assert!(
+            err(r#"{"statements":[{"effect":"maybe","actions":["read"],"streams":["*"]}]}"#)
+                .contains("not valid")
+        );
         assert!(err(&" ".repeat(POLICY_BYTES_MAX + 1)).contains("limit"));
         // A cluster-only statement needs no streams.
-        let p = Policy::parse(r#"{"statements":[{"effect":"allow","actions":["cluster"]}]}"#)
-            .unwrap();
+        let p =
+            Policy::parse(r#"{"statements":[{"effect":"allow","actions":["cluster"]}]}"#).unwrap();
         assert_eq!(p.decide(Permission::Cluster, None), Decision::Allow);
     }
 }

@@ -51,8 +51,8 @@ impl ResourcePolicy {
                 "Policy must be 1-{RESOURCE_POLICY_CHARS_MAX} characters, not {chars}"
             ));
         }
-        let doc: Value = serde_json::from_str(text)
-            .map_err(|e| format!("Policy is not valid JSON: {e}"))?;
+        let doc: Value =
+            serde_json::from_str(text).map_err(|e| format!("Policy is not valid JSON: {e}"))?;
         let doc = doc.as_object().ok_or("Policy must be a JSON object")?;
         for key in doc.keys() {
             if !matches!(key.as_str(), "Version" | "Id" | "Statement") {
@@ -130,7 +130,11 @@ fn statement(i: usize, s: &Value) -> Result<IamStatement, String> {
     let effect = match s.get("Effect").and_then(Value::as_str) {
         Some("Allow") => Effect::Allow,
         Some("Deny") => Effect::Deny,
-        _ => return Err(format!("Statement[{i}].Effect must be \"Allow\" or \"Deny\"")),
+        _ => {
+            return Err(format!(
+                "Statement[{i}].Effect must be \"Allow\" or \"Deny\""
+            ))
+        }
     };
     let principals = match s.get("Principal") {
         Some(Value::String(star)) if star == "*" => None,
@@ -255,9 +259,9 @@ mod tests {
 
     #[test]
     fn star_principals_and_a_single_statement_object() {
-        let p = ResourcePolicy::parse(&format!(
-            r#"{{"Statement":{{"Effect":"Deny","Principal":"*","Action":"kinesis:Get*","Resource":"arn:aws:kinesis:*"}}}}"#
-        ))
+        let p = ResourcePolicy::parse(
+            r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"kinesis:Get*","Resource":"arn:aws:kinesis:*"}}"#,
+        )
         .unwrap();
         assert_eq!(
             p.decide(&caller("ANY"), "kinesis:GetRecords", STREAM),
@@ -277,8 +281,10 @@ mod tests {
                 r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kinesis:*","Resource":"{STREAM}"{extra}}}]}}"#
             )
         };
-        assert!(err(&stmt(r#","Condition":{"Bool":{"aws:SecureTransport":"true"}}"#))
-            .contains("Condition"));
+        assert!(err(&stmt(
+            r#","Condition":{"Bool":{"aws:SecureTransport":"true"}}"#
+        ))
+        .contains("Condition"));
         assert!(err(&stmt(r#","NotAction":"kinesis:Get*""#)).contains("NotAction"));
         assert!(err("").contains("1-20480"));
         assert!(err("[]").contains("object"));

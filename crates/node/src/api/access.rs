@@ -28,17 +28,41 @@ use crate::server::now_ms;
 pub fn permission_of(action: &str) -> Option<Permission> {
     use Permission::*;
     Some(match action {
-        "DescribeStream" | "DescribeStreamSummary" | "ListShards" | "GetShardIterator"
-        | "GetRecords" | "SubscribeToShard" | "ListTagsForStream" | "ListTagsForResource"
-        | "ListStreamConsumers" | "DescribeStreamConsumer" | "ConsumerGroupHeartbeat"
-        | "CheckpointLease" | "ReleaseLeases" | "DescribeConsumerGroup" => Read,
+        "DescribeStream"
+        | "DescribeStreamSummary"
+        | "ListShards"
+        | "GetShardIterator"
+        | "GetRecords"
+        | "SubscribeToShard"
+        | "ListTagsForStream"
+        | "ListTagsForResource"
+        | "ListStreamConsumers"
+        | "DescribeStreamConsumer"
+        | "ConsumerGroupHeartbeat"
+        | "CheckpointLease"
+        | "ReleaseLeases"
+        | "DescribeConsumerGroup" => Read,
         "PutRecord" | "PutRecords" => Write,
-        "CreateStream" | "DeleteStream" | "SplitShard" | "MergeShards" | "UpdateShardCount"
-        | "IncreaseStreamRetentionPeriod" | "DecreaseStreamRetentionPeriod"
-        | "AddTagsToStream" | "RemoveTagsFromStream" | "TagResource" | "UntagResource"
-        | "RegisterStreamConsumer" | "DeregisterStreamConsumer" | "UpdateStreamMode"
-        | "EnableEnhancedMonitoring" | "DisableEnhancedMonitoring" | "StartStreamEncryption"
-        | "StopStreamEncryption" | "PutResourcePolicy" | "GetResourcePolicy"
+        "CreateStream"
+        | "DeleteStream"
+        | "SplitShard"
+        | "MergeShards"
+        | "UpdateShardCount"
+        | "IncreaseStreamRetentionPeriod"
+        | "DecreaseStreamRetentionPeriod"
+        | "AddTagsToStream"
+        | "RemoveTagsFromStream"
+        | "TagResource"
+        | "UntagResource"
+        | "RegisterStreamConsumer"
+        | "DeregisterStreamConsumer"
+        | "UpdateStreamMode"
+        | "EnableEnhancedMonitoring"
+        | "DisableEnhancedMonitoring"
+        | "StartStreamEncryption"
+        | "StopStreamEncryption"
+        | "PutResourcePolicy"
+        | "GetResourcePolicy"
         | "DeleteResourcePolicy" => Admin,
         "MoveShardReplica" | "GetClusterStatus" | "DecommissionNode" | "GetNodeStats"
         | "CreateAccessKey" | "ListAccessKeys" | "DeleteAccessKey" | "PutPolicy" | "GetPolicy"
@@ -202,7 +226,9 @@ impl ResourceTarget {
 pub fn resource_target(arn: &str) -> ResourceTarget {
     if arn.contains("/consumer/") {
         ResourceTarget {
-            stream: super::consumers::parse_consumer_arn(arn).ok().map(|(s, _)| s),
+            stream: super::consumers::parse_consumer_arn(arn)
+                .ok()
+                .map(|(s, _)| s),
             consumer_arn: Some(arn.to_string()),
         }
     } else {
@@ -372,7 +398,9 @@ impl MillraceService {
             .node
             .meta
             .read(|s| s.access.policies.get(key_id).cloned())
-            .ok_or_else(|| ApiError::ResourceNotFound(format!("Access key {key_id} has no policy")))?;
+            .ok_or_else(|| {
+                ApiError::ResourceNotFound(format!("Access key {key_id} has no policy"))
+            })?;
         serde_json::to_string_pretty(&policy).map_err(|e| ApiError::Internal(e.to_string()))
     }
 

@@ -8,9 +8,9 @@ use millrace_security::access_sig::KeyStore;
 use tonic::{Request, Response, Status};
 
 use super::access::{principal_of, Target};
-use crate::metadata::access::AccessCommand;
 use super::error::ApiError;
 use super::records::RECORD_DATA_BYTES_MAX;
+use crate::metadata::access::AccessCommand;
 use crate::metadata::state::{
     MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamMode, StreamStatus,
 };
@@ -220,7 +220,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::RegisterStreamConsumerRequest>,
     ) -> Reply<pb::RegisterStreamConsumerResponse> {
-        self.allow(&req, "RegisterStreamConsumer", Target::stream(&req.get_ref().stream_arn))?;
+        self.allow(
+            &req,
+            "RegisterStreamConsumer",
+            Target::stream(&req.get_ref().stream_arn),
+        )?;
         let consumer = self.register_consumer_impl(req.into_inner()).await?;
         Ok(Response::new(pb::RegisterStreamConsumerResponse {
             consumer: Some(consumer),
@@ -246,7 +250,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListStreamConsumersRequest>,
     ) -> Reply<pb::ListStreamConsumersResponse> {
-        self.allow(&req, "ListStreamConsumers", Target::stream(&req.get_ref().stream_arn))?;
+        self.allow(
+            &req,
+            "ListStreamConsumers",
+            Target::stream(&req.get_ref().stream_arn),
+        )?;
         let consumers = self.list_consumers_impl(req.into_inner()).await?;
         Ok(Response::new(pb::ListStreamConsumersResponse { consumers }))
     }
@@ -327,7 +335,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::CreateStreamRequest>,
     ) -> Reply<pb::CreateStreamResponse> {
-        self.allow(&req, "CreateStream", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "CreateStream",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.create_stream_impl(req.into_inner(), StreamMode::Provisioned)
             .await?;
         Ok(Response::new(pb::CreateStreamResponse {}))
@@ -337,7 +349,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DescribeStreamRequest>,
     ) -> Reply<pb::DescribeStreamResponse> {
-        self.allow(&req, "DescribeStream", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "DescribeStream",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         let s = self.stream_fresh(&req.into_inner().stream_name).await?;
         Ok(Response::new(pb::DescribeStreamResponse {
             stream: Some(pb::StreamDescription {
@@ -406,7 +422,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::SplitShardRequest>,
     ) -> Reply<pb::SplitShardResponse> {
-        self.allow(&req, "SplitShard", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "SplitShard",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.split_shard_impl(req.into_inner()).await?;
         Ok(Response::new(pb::SplitShardResponse {}))
     }
@@ -415,7 +435,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::MergeShardsRequest>,
     ) -> Reply<pb::MergeShardsResponse> {
-        self.allow(&req, "MergeShards", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "MergeShards",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.merge_shards_impl(req.into_inner()).await?;
         Ok(Response::new(pb::MergeShardsResponse {}))
     }
@@ -424,7 +448,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::UpdateShardCountRequest>,
     ) -> Reply<pb::UpdateShardCountResponse> {
-        self.allow(&req, "UpdateShardCount", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "UpdateShardCount",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         Ok(Response::new(
             self.update_shard_count_impl(req.into_inner()).await?,
         ))
@@ -434,7 +462,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::PutRecordsRequest>,
     ) -> Reply<pb::PutRecordsResponse> {
-        self.allow(&req, "PutRecords", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "PutRecords",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         Ok(Response::new(
             self.put_records_impl(req.into_inner()).await?,
         ))
@@ -444,7 +476,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::GetShardIteratorRequest>,
     ) -> Reply<pb::GetShardIteratorResponse> {
-        self.allow(&req, "GetShardIterator", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "GetShardIterator",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         Ok(Response::new(
             self.get_shard_iterator_impl(req.into_inner()).await?,
         ))
@@ -467,7 +503,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DeleteStreamRequest>,
     ) -> Reply<pb::DeleteStreamResponse> {
-        self.allow(&req, "DeleteStream", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "DeleteStream",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         let name = stream_name_from(&req.into_inner().stream_name)?;
         meta_result(
             self.node
@@ -481,7 +521,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::AddTagsToStreamRequest>,
     ) -> Reply<pb::AddTagsToStreamResponse> {
-        self.allow(&req, "AddTagsToStream", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "AddTagsToStream",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         let req = req.into_inner();
         let name = stream_name_from(&req.stream_name)?;
         if req.tags.is_empty() {
@@ -499,7 +543,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::RemoveTagsFromStreamRequest>,
     ) -> Reply<pb::RemoveTagsFromStreamResponse> {
-        self.allow(&req, "RemoveTagsFromStream", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "RemoveTagsFromStream",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         let req = req.into_inner();
         let name = stream_name_from(&req.stream_name)?;
         if req.tag_keys.is_empty() || req.tag_keys.len() > TAGS_PER_STREAM_MAX {
@@ -520,7 +568,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListTagsForStreamRequest>,
     ) -> Reply<pb::ListTagsForStreamResponse> {
-        self.allow(&req, "ListTagsForStream", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "ListTagsForStream",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         let req = req.into_inner();
         let s = self.stream_fresh(&req.stream_name).await?;
         let limit = match req.limit {
@@ -545,7 +597,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::UpdateRetentionPeriodRequest>,
     ) -> Reply<pb::UpdateRetentionPeriodResponse> {
-        self.allow(&req, "IncreaseStreamRetentionPeriod", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "IncreaseStreamRetentionPeriod",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.set_retention(req.into_inner(), true).await?;
         Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
     }
@@ -554,7 +610,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::UpdateRetentionPeriodRequest>,
     ) -> Reply<pb::UpdateRetentionPeriodResponse> {
-        self.allow(&req, "DecreaseStreamRetentionPeriod", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "DecreaseStreamRetentionPeriod",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.set_retention(req.into_inner(), false).await?;
         Ok(Response::new(pb::UpdateRetentionPeriodResponse {}))
     }
@@ -563,7 +623,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ConsumerGroupHeartbeatRequest>,
     ) -> Reply<pb::ConsumerGroupHeartbeatResponse> {
-        self.allow(&req, "ConsumerGroupHeartbeat", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "ConsumerGroupHeartbeat",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         Ok(Response::new(
             self.group_heartbeat_impl(req.into_inner()).await?,
         ))
@@ -573,7 +637,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::CheckpointLeaseRequest>,
     ) -> Reply<pb::CheckpointLeaseResponse> {
-        self.allow(&req, "CheckpointLease", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "CheckpointLease",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.checkpoint_impl(req.into_inner()).await?;
         Ok(Response::new(pb::CheckpointLeaseResponse {}))
     }
@@ -582,7 +650,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ReleaseLeasesRequest>,
     ) -> Reply<pb::ReleaseLeasesResponse> {
-        self.allow(&req, "ReleaseLeases", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "ReleaseLeases",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         self.release_impl(req.into_inner()).await?;
         Ok(Response::new(pb::ReleaseLeasesResponse {}))
     }
@@ -591,7 +663,11 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::DescribeConsumerGroupRequest>,
     ) -> Reply<pb::DescribeConsumerGroupResponse> {
-        self.allow(&req, "DescribeConsumerGroup", Target::stream(&req.get_ref().stream_name))?;
+        self.allow(
+            &req,
+            "DescribeConsumerGroup",
+            Target::stream(&req.get_ref().stream_name),
+        )?;
         Ok(Response::new(
             self.describe_group_impl(req.into_inner()).await?,
         ))

@@ -35,7 +35,9 @@ struct NextToken {
 /// The stream a ListShards NextToken names (`None` when it is not a token).
 pub(super) fn next_token_stream(token: &str) -> Option<String> {
     let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-    serde_json::from_slice::<NextToken>(&raw).ok().map(|t| t.stream)
+    serde_json::from_slice::<NextToken>(&raw)
+        .ok()
+        .map(|t| t.stream)
 }
 
 /// Does the filter select this shard? `trim_horizon_ms` is now minus the retention period.

@@ -110,14 +110,23 @@ pub enum AccessCommand {
         created_ms: i64,
     },
     /// Deletes the key and its policy.
-    DeleteKey { key_id: String },
-    PutPolicy { key_id: String, policy: Policy },
-    DeletePolicy { key_id: String },
+    DeleteKey {
+        key_id: String,
+    },
+    PutPolicy {
+        key_id: String,
+        policy: Policy,
+    },
+    DeletePolicy {
+        key_id: String,
+    },
     PutResourcePolicy {
         arn: String,
         policy: StoredResourcePolicy,
     },
-    DeleteResourcePolicy { arn: String },
+    DeleteResourcePolicy {
+        arn: String,
+    },
 }
 
 impl AccessState {
