@@ -850,3 +850,125 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         assert!(!log.contains(&secret) && !log.contains("admin-secret"));
     }
 }
+
+/// Starts a gRPC ListStreams call on a fresh HTTP/2 connection to `addr` whose body stops
+/// mid-frame (a frame header announcing 100 bytes, then nothing). Answers the pending response
+/// and the body's sender, which must be kept to hold the call open.
+async fn stalled_call(addr: &str) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2c, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // The server's SETTINGS bound the streams one connection may open at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while conn.max_concurrent_send_streams() != 1_024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SETTINGS with 1,024 streams"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), &mut conn).await;
+    }
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut h2c = h2c.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}/millrace.v1.Millrace/ListStreams"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = h2c.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 100]), false)
+        .unwrap();
+    (response, body)
+}
+
+#[tokio::test]
+async fn overload_stalled_calls_and_fast_keys_are_refused_clearly_and_counted() {
+    use millrace_proto::v1 as pb;
+    let env = [
+        ("MILLRACE_REPLICATION_FACTOR", "1"),
+        ("MILLRACE_REQUESTS_IN_FLIGHT_MAX", "2"),
+        ("MILLRACE_GRPC_CALL_TIMEOUT", "2s"),
+    ];
+    let cluster = Cluster::start_with_env("sec-overload", 1, &env).await;
+    let addr = cluster.nodes[0].grpc.clone();
+    let in_flight = || cluster.status(1).unwrap()["limits"]["requests_in_flight"].as_u64();
+    // Two calls whose bodies stall mid-frame fill the node's two slots.
+    let stalled = [stalled_call(&addr).await, stalled_call(&addr).await];
+    wait_until(
+        Duration::from_secs(10),
+        "two stalled calls in flight",
+        || async { in_flight() == Some(2) },
+    )
+    .await;
+    // A third call is refused at once, with a retryable error that names the limit.
+    let mut raw =
+        millrace_proto::v1::millrace_client::MillraceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+    let status = raw
+        .list_streams(pb::ListStreamsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(symbol_of(&status), "UNAVAILABLE", "{status:?}");
+    assert!(
+        status.message().contains("--requests-in-flight-max"),
+        "{status:?}"
+    );
+    // The stalled calls are ended after the call timeout (2 s), freeing their slots.
+    for (response, _body) in stalled {
+        let answer = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("a stalled call is answered within 10 s")
+            .expect("an HTTP/2 response");
+        assert_eq!(
+            answer.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"4"[..]),
+            "DEADLINE_EXCEEDED: {answer:?}"
+        );
+    }
+    raw.list_streams(pb::ListStreamsRequest::default())
+        .await
+        .expect("served once the stalled calls are gone");
+    let limits = cluster.status(1).unwrap()["limits"].clone();
+    assert!(
+        limits["requests_refused_in_flight"].as_u64().unwrap() >= 1,
+        "{limits}"
+    );
+    assert!(
+        limits["grpc_calls_timed_out"].as_u64().unwrap() >= 2,
+        "{limits}"
+    );
+    drop(cluster);
+
+    // A rate per access key: beyond it, Kinesis's throttling error; the next second, served.
+    let env = [
+        ("MILLRACE_REPLICATION_FACTOR", "1"),
+        ("MILLRACE_ACCESS_KEYS", "AKIDFAST:fast-secret"),
+        ("MILLRACE_KEY_REQUESTS_PER_SECOND", "5"),
+    ];
+    let cluster = Cluster::start_with_env("sec-rate", 1, &env).await;
+    let client = keyed_client(&cluster, &[1], "AKIDFAST", "fast-secret");
+    let mut refused = None;
+    for _ in 0..30 {
+        if let Err(e) = client.list_streams().await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("30 calls at once exceed 5 per second");
+    assert_eq!(err.symbol(), Some("LIMIT_EXCEEDED"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Rate exceeded for access key AKIDFAST"),
+        "{err}"
+    );
+    wait_until(Duration::from_secs(5), "the key's rate refills", || async {
+        client.list_streams().await.is_ok()
+    })
+    .await;
+    let limits = cluster.status(1).unwrap()["limits"].clone();
+    assert!(
+        limits["requests_refused_key_rate"].as_u64().unwrap() >= 1,
+        "{limits}"
+    );
+}

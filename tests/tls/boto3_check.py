@@ -128,6 +128,11 @@ def permissions(ca, key, secret, user_key, user_secret):
     if "tls-boto3" not in names or any(not n.startswith("tls-") for n in names):
         sys.exit(f"the read-only key lists {names}")
     user.describe_stream_summary(StreamName="tls-boto3")
+    # ListShards pages: the NextToken alone names the stream the key may read.
+    first = user.list_shards(StreamName="tls-cli", MaxResults=1)
+    rest = user.list_shards(NextToken=first["NextToken"])
+    if len(first["Shards"]) + len(rest["Shards"]) != 2:
+        sys.exit(f"the read-only key paged through {first} and {rest}, not 2 shards")
     access_denied(
         "a key that may only read, writing",
         lambda: user.put_record(StreamName="tls-boto3", PartitionKey="k", Data=b"x"),

@@ -189,6 +189,18 @@ struct ServeArgs {
     /// A Kinesis request's body must arrive whole within this time, else 408.
     #[arg(long, env = "MILLRACE_HTTP_BODY_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     http_body_read_timeout: std::time::Duration,
+    /// Requests the public APIs (gRPC and Kinesis) handle at once; more are refused at once
+    /// with a retryable error.
+    #[arg(long, env = "MILLRACE_REQUESTS_IN_FLIGHT_MAX", default_value_t = 4096)]
+    requests_in_flight_max: usize,
+    /// A public gRPC call must be received whole and answered within this time, else it is
+    /// ended with DEADLINE_EXCEEDED (a call stalled mid-frame holds nothing for long).
+    #[arg(long, env = "MILLRACE_GRPC_CALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    grpc_call_timeout: std::time::Duration,
+    /// Requests per second each access key may make of this node (0: unlimited); more are
+    /// refused with LimitExceededException.
+    #[arg(long, env = "MILLRACE_KEY_REQUESTS_PER_SECOND", default_value_t = 0)]
+    key_requests_per_second: u32,
     /// NOT A FEATURE. Injects a known bug (ack-before-fsync, skip-sequence-number,
     /// uncommitted-reads) to prove the jepsen harness catches it. Only debug builds and builds
     /// with the `calibration-bugs` feature accept it.
@@ -329,6 +341,9 @@ fn main() -> std::process::ExitCode {
                         handshake_timeout: a.handshake_timeout,
                         http_header_read_timeout: a.http_header_read_timeout,
                         http_body_read_timeout: a.http_body_read_timeout,
+                        requests_in_flight_max: a.requests_in_flight_max,
+                        grpc_call_timeout: a.grpc_call_timeout,
+                        key_requests_per_second: a.key_requests_per_second,
                     },
                 })
                 .await

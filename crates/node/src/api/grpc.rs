@@ -373,6 +373,7 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::ListStreamsRequest>,
     ) -> Reply<pb::ListStreamsResponse> {
+        self.allow(&req, "ListStreams", Target::default())?;
         let principal = principal_of(&req);
         let req = req.into_inner();
         self.node.sync_meta().await?;
@@ -675,8 +676,9 @@ impl Millrace for MillraceService {
 
     async fn describe_cluster(
         &self,
-        _req: Request<pb::DescribeClusterRequest>,
+        req: Request<pb::DescribeClusterRequest>,
     ) -> Reply<pb::DescribeClusterResponse> {
+        self.allow(&req, "DescribeCluster", Target::default())?;
         self.node.sync_meta().await?;
         Ok(Response::new(pb::DescribeClusterResponse {
             nodes: self

@@ -70,6 +70,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
             "pages_read_ahead": crate::shard::read_ahead::pages_served(),
         },
         "security": node.security.status_json(),
+        "limits": node.admission.status_json(),
     }))
 }
 

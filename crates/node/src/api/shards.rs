@@ -33,7 +33,7 @@ struct NextToken {
 }
 
 /// The stream a ListShards NextToken names (`None` when it is not a token).
-pub(super) fn next_token_stream(token: &str) -> Option<String> {
+pub(crate) fn next_token_stream(token: &str) -> Option<String> {
     let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
     serde_json::from_slice::<NextToken>(&raw)
         .ok()

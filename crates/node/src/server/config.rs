@@ -68,6 +68,12 @@ pub struct LimitsConfig {
     pub http_header_read_timeout: std::time::Duration,
     /// A Kinesis request's body must arrive whole within this time, else 408.
     pub http_body_read_timeout: std::time::Duration,
+    /// Requests both public APIs handle at once; more are refused at once (retryable).
+    pub requests_in_flight_max: usize,
+    /// A public gRPC call must be received and answered (its response head) within this time.
+    pub grpc_call_timeout: std::time::Duration,
+    /// Requests per second each access key may make of one node (0: unlimited).
+    pub key_requests_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -76,6 +82,9 @@ impl Default for LimitsConfig {
             handshake_timeout: millrace_security::incoming::HANDSHAKE_TIMEOUT,
             http_header_read_timeout: std::time::Duration::from_secs(10),
             http_body_read_timeout: std::time::Duration::from_secs(60),
+            requests_in_flight_max: 4_096,
+            grpc_call_timeout: std::time::Duration::from_secs(60),
+            key_requests_per_second: 0,
         }
     }
 }
@@ -219,6 +228,12 @@ impl ServeConfig {
         }
         if !bounds.contains(&self.limits.http_body_read_timeout) {
             return invalid("http-body-read-timeout", "must be between 100ms and 10m");
+        }
+        if !bounds.contains(&self.limits.grpc_call_timeout) {
+            return invalid("grpc-call-timeout", "must be between 100ms and 10m");
+        }
+        if !(1..=1_000_000).contains(&self.limits.requests_in_flight_max) {
+            return invalid("requests-in-flight-max", "must be between 1 and 1000000");
         }
         Ok(())
     }

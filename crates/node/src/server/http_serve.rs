@@ -34,6 +34,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(HTTP_HEADER_BYTES_MAX as u32)
+        .max_concurrent_streams(super::admission::STREAMS_PER_CONNECTION_MAX)
         .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
         .keep_alive_timeout(HTTP2_KEEP_ALIVE);
     let builder = Arc::new(builder);

@@ -1,5 +1,6 @@
 //! The server process: wiring storage, Raft groups, the API and background loops together.
 
+pub mod admission;
 pub mod cluster;
 pub mod config;
 mod http_serve;

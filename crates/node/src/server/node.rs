@@ -46,6 +46,8 @@ pub struct Node {
     pub(super) stats: Arc<super::stats::WriteStats>,
     /// TLS, the cluster secret and their counters (see [`super::security`]).
     pub security: Arc<super::security::NodeSecurity>,
+    /// Limits on the public APIs' requests (in flight, call time, rate per key).
+    pub admission: Arc<super::admission::Admission>,
 }
 
 /// Outcome of a local write attempt.

@@ -101,6 +101,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         quiet: Mutex::new(Default::default()),
         stats: Default::default(),
         security: security.clone(),
+        admission: Arc::new(super::admission::Admission::new(
+            config.limits.requests_in_flight_max,
+            config.limits.grpc_call_timeout,
+            Some(config.limits.key_requests_per_second)
+                .filter(|r| *r > 0)
+                .map(f64::from),
+        )),
     });
 
     // Pipelines carry many calls on one HTTP/2 stream: give streams a window of a few entries.
@@ -109,6 +116,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(PIPELINE_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * PIPELINE_STREAM_WINDOW_BYTES))
+        .max_concurrent_streams(Some(super::admission::STREAMS_PER_CONNECTION_MAX))
         .add_service(
             security.guard(
                 InternalServer::new(InternalService { node: node.clone() })
@@ -117,14 +125,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 node.clone(),
             ),
         )
-        .add_service(AccessGuard::new(
-            MillraceServer::new(MillraceService { node: node.clone() })
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-            node.clone(),
-            GRPC_MESSAGE_BYTES_MAX + GRPC_FRAME_HEADER_BYTES,
-            refuse_call,
-        ));
+        .add_service(
+            node.admission.grpc(AccessGuard::new(
+                MillraceServer::new(MillraceService { node: node.clone() })
+                    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                node.clone(),
+                GRPC_MESSAGE_BYTES_MAX + GRPC_FRAME_HEADER_BYTES,
+                refuse_call,
+            )),
+        );
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {}", config.grpc_addr))?;

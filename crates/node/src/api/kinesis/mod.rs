@@ -166,10 +166,24 @@ async fn handle(
     let encoding =
         Encoding::from_content_type(headers.get("content-type").and_then(|v| v.to_str().ok()));
     let id = request_id();
-    let timeout = api.svc.node.config.limits.http_body_read_timeout;
-    let result = match read_body(&headers, body, timeout).await {
-        Ok(body) => serve(&api, encoding, &method, &uri, &headers, &body).await,
-        Err(e) => Err(e),
+    let node = &api.svc.node;
+    let timeout = node.config.limits.http_body_read_timeout;
+    let result = match node.admission.enter() {
+        Err(e) => Err(KinesisError::from(e)),
+        Ok(_slot) => match read_body(&headers, body, timeout).await {
+            Ok(body) => serve(&api, encoding, &method, &uri, &headers, &body).await,
+            Err(e) => {
+                let counter = match e.status {
+                    StatusCode::PAYLOAD_TOO_LARGE => Some(&node.admission.kinesis_bodies_too_large),
+                    StatusCode::REQUEST_TIMEOUT => Some(&node.admission.kinesis_bodies_timed_out),
+                    _ => None,
+                };
+                if let Some(c) = counter {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        },
     };
     let mut response = match result {
         Ok(Reply::Body(out)) => {
@@ -233,7 +247,7 @@ async fn serve(
         .map_err(|m| KinesisError::client("SerializationException", m))?;
     tracing::debug!(action, "Kinesis request");
     if node.enforced() {
-        let target = target_of(&api.svc, &input).await;
+        let target = target_of(&api.svc, action, &input).await;
         node.authorize(principal.as_deref(), action, target.as_target())?;
     }
     actions::dispatch(api, action, &input, encoding, principal.as_deref()).await
@@ -241,7 +255,11 @@ async fn serve(
 
 /// What a request acts on, read from its input before the action validates it (as the action
 /// reads it: a StreamARN wins over a StreamName, a ConsumerARN over both).
-async fn target_of(svc: &MillraceService, input: &Map<String, Value>) -> ResourceTarget {
+async fn target_of(
+    svc: &MillraceService,
+    action: &str,
+    input: &Map<String, Value>,
+) -> ResourceTarget {
     let field = |k: &str| input.get(k).and_then(Value::as_str);
     if let Some(arn) = field("ConsumerARN").or(field("ResourceARN")) {
         return resource_target(arn);
@@ -251,6 +269,9 @@ async fn target_of(svc: &MillraceService, input: &Map<String, Value>) -> Resourc
     }
     if let Some(iterator) = field("ShardIterator") {
         return ResourceTarget::stream(svc.iterator_stream(iterator).await.ok());
+    }
+    if let Some(token) = field("NextToken").filter(|_| action == "ListShards") {
+        return ResourceTarget::stream(crate::api::shards::next_token_stream(token));
     }
     ResourceTarget::stream(None)
 }
