@@ -1,13 +1,18 @@
 """boto3 against a TLS Millrace cluster (tests/tls/check.sh): what works and what is refused."""
 
 import argparse
+import json
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import boto3
+import botocore.auth
+import botocore.awsrequest
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
 
 HTTPS = "https://127.0.0.1:4567"
@@ -112,6 +117,25 @@ def access_denied(what, call, says):
     sys.exit(f"{what} was answered")
 
 
+def raw(ca, key, secret, action, body):
+    """A SigV4-signed Kinesis request with exactly `body` (members an SDK would not send)."""
+    data = json.dumps(body).encode()
+    request = botocore.awsrequest.AWSRequest(
+        method="POST",
+        url=HTTPS + "/",
+        data=data,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "Kinesis_20131202." + action},
+    )
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(key, secret), "kinesis", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    sent = urllib.request.Request(prepared.url, data=data, headers=dict(prepared.headers), method="POST")
+    try:
+        answer = urllib.request.urlopen(sent, context=ssl.create_default_context(cafile=ca), timeout=10)
+        return answer.status, json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
 def permissions(ca, key, secret, user_key, user_secret):
     """A key the CLI created, whose policy lets it read tls-* streams only."""
     admin = client(HTTPS, ca, key, secret)
@@ -139,6 +163,22 @@ def permissions(ca, key, secret, user_key, user_secret):
         f"User: arn:aws:iam::123456789012:user/{user_key} is not authorized to perform: kinesis:PutRecord",
     )
     arn = admin.describe_stream_summary(StreamName="tls-boto3")["StreamDescriptionSummary"]["StreamARN"]
+    # Members an action does not read cannot choose what is checked: the stream the action
+    # acts on is the one authorised.
+    admin.create_stream(StreamName="secret-stream", ShardCount=1)
+    admin.get_waiter("stream_exists").wait(StreamName="secret-stream", WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    iterator = admin.get_shard_iterator(
+        StreamName="secret-stream", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    for action, body in [
+        ("DescribeStreamSummary", {"StreamName": "secret-stream", "ResourceARN": arn}),
+        ("DescribeStreamSummary", {"StreamName": "secret-stream", "ConsumerARN": arn + "/consumer/c:1"}),
+        ("GetRecords", {"ShardIterator": iterator, "StreamARN": arn}),
+    ]:
+        status, answer = raw(ca, user_key, user_secret, action, body)
+        if answer.get("__type") != "AccessDeniedException" or "secret-stream" not in answer.get("message", ""):
+            sys.exit(f"{action} {sorted(body)} by the tls-* key: {status} {answer}")
+        print(f"refused as it should be: {action} with {sorted(body)} on secret-stream")
     policy = (
         '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::123456789012:user/'
         + user_key

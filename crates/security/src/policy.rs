@@ -159,14 +159,18 @@ impl Policy {
     }
 
     /// What this policy says about `permission` on `stream` (`None` for cluster actions, which
-    /// concern no stream).
+    /// concern no stream). A statement covers cluster actions when it names `cluster`, or
+    /// `*` on every stream (no streams, or a `*` pattern): `*` on `team-a-*` is about those
+    /// streams, and grants (or denies) nothing on the cluster.
     pub fn decide(&self, permission: Permission, stream: Option<&str>) -> Decision {
         let mut decision = Decision::NotMentioned;
         for s in &self.statements {
-            let action = s.actions.iter().any(|a| a == "*" || a == permission.name());
-            let resource = match stream {
-                None => true,
-                Some(name) => s.streams.iter().any(|p| glob_match(p, name)),
+            let named = s.actions.iter().any(|a| a == permission.name());
+            let star = s.actions.iter().any(|a| a == "*");
+            let every_stream = s.streams.is_empty() || s.streams.iter().any(|p| p == "*");
+            let (action, resource) = match stream {
+                None => (named || (star && every_stream), true),
+                Some(name) => (named || star, s.streams.iter().any(|p| glob_match(p, name))),
             };
             if action && resource {
                 decision = decision.and(match s.effect {
@@ -287,6 +291,23 @@ mod tests {
                 .contains("not valid")
         );
         assert!(err(&" ".repeat(POLICY_BYTES_MAX + 1)).contains("limit"));
+        // `*` on some streams says nothing about the cluster; `*` on every stream does.
+        let scoped = Policy::parse(
+            r#"{"statements":[{"effect":"allow","actions":["*"],"streams":["team-a-*"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            scoped.decide(Permission::Cluster, None),
+            Decision::NotMentioned
+        );
+        assert_eq!(
+            scoped.decide(Permission::Admin, Some("team-a-1")),
+            Decision::Allow
+        );
+        let all =
+            Policy::parse(r#"{"statements":[{"effect":"deny","actions":["*"],"streams":["*"]}]}"#)
+                .unwrap();
+        assert_eq!(all.decide(Permission::Cluster, None), Decision::Deny);
         // A cluster-only statement needs no streams.
         let p =
             Policy::parse(r#"{"statements":[{"effect":"allow","actions":["cluster"]}]}"#).unwrap();

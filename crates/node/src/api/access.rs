@@ -71,19 +71,20 @@ pub fn permission_of(action: &str) -> Option<Permission> {
     })
 }
 
-/// What a request touches: the stream (for stream actions) and the consumer ARN (for actions
-/// on a registered consumer).
+/// What a request touches: the stream (for stream actions) and the consumer's name (for
+/// actions on a registered consumer; its resource policy is found by the consumer's own ARN,
+/// whatever spelling of it the request used).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Target<'a> {
     pub stream: Option<&'a str>,
-    pub consumer_arn: Option<&'a str>,
+    pub consumer: Option<&'a str>,
 }
 
 impl<'a> Target<'a> {
     pub fn stream(name: &'a str) -> Target<'a> {
         Target {
             stream: Some(name),
-            consumer_arn: None,
+            consumer: None,
         }
     }
 }
@@ -145,7 +146,13 @@ impl Node {
             _ => Some(target.stream.unwrap_or("")),
         };
         let admin = self.is_admin(key);
-        let (identity, resource) = self.meta.read(|s| {
+        let (identity, resource, consumer_arn) = self.meta.read(|s| {
+            // The registered consumer's canonical ARN (its resource policy's key).
+            let consumer_arn = stream.zip(target.consumer).and_then(|(name, c)| {
+                let sm = s.streams.get(name)?;
+                let cm = sm.consumers.get(c)?;
+                Some(super::consumers::consumer_arn(kinesis, sm, cm))
+            });
             let identity = if admin {
                 Decision::Allow
             } else {
@@ -163,7 +170,7 @@ impl Node {
                 };
                 let kinesis_action = format!("kinesis:{action}");
                 let stream_arn = kinesis.stream_arn(name);
-                for arn in [Some(stream_arn.as_str()), target.consumer_arn]
+                for arn in [Some(stream_arn.as_str()), consumer_arn.as_deref()]
                     .into_iter()
                     .flatten()
                 {
@@ -175,10 +182,10 @@ impl Node {
                     }
                 }
             }
-            (identity, resource)
+            (identity, resource, consumer_arn)
         });
-        let resource_arn = match (target.consumer_arn, stream) {
-            (Some(arn), _) => arn.to_string(),
+        let resource_arn = match (consumer_arn, stream) {
+            (Some(arn), _) => arn,
             (None, Some(name)) => kinesis.stream_arn(name),
             (None, None) => format!(
                 "arn:aws:kinesis:{}:{}:*",
@@ -210,24 +217,25 @@ impl Node {
     }
 }
 
-/// What a stream or consumer ARN names, owned.
+/// A [`Target`], owned.
+#[derive(Debug, Default)]
 pub struct ResourceTarget {
     pub stream: Option<String>,
-    pub consumer_arn: Option<String>,
+    pub consumer: Option<String>,
 }
 
 impl ResourceTarget {
     pub fn stream(stream: Option<String>) -> ResourceTarget {
         ResourceTarget {
             stream,
-            consumer_arn: None,
+            consumer: None,
         }
     }
 
     pub fn as_target(&self) -> Target<'_> {
         Target {
             stream: self.stream.as_deref(),
-            consumer_arn: self.consumer_arn.as_deref(),
+            consumer: self.consumer.as_deref(),
         }
     }
 }
@@ -236,17 +244,27 @@ impl ResourceTarget {
 /// then refuses it).
 pub fn resource_target(arn: &str) -> ResourceTarget {
     if arn.contains("/consumer/") {
-        ResourceTarget {
-            stream: super::consumers::parse_consumer_arn(arn)
-                .ok()
-                .map(|(s, _)| s),
-            consumer_arn: Some(arn.to_string()),
+        match super::consumers::parse_consumer_arn(arn) {
+            Ok((stream, consumer)) => ResourceTarget {
+                stream: Some(stream),
+                consumer: Some(consumer),
+            },
+            Err(_) => ResourceTarget::default(),
         }
     } else {
-        ResourceTarget {
-            stream: super::grpc::stream_name_from(arn).ok(),
-            consumer_arn: None,
-        }
+        ResourceTarget::stream(super::grpc::stream_name_from(arn).ok())
+    }
+}
+
+/// The consumer a call names, as the consumer calls read it: by its ARN when given, else by
+/// stream ARN and consumer name.
+pub fn consumer_target(stream_arn: &str, name: &str, consumer_arn: &str) -> ResourceTarget {
+    if !consumer_arn.is_empty() {
+        return resource_target(consumer_arn);
+    }
+    ResourceTarget {
+        stream: super::grpc::stream_name_from(stream_arn).ok(),
+        consumer: Some(name.to_string()).filter(|n| !n.is_empty()),
     }
 }
 
@@ -289,7 +307,7 @@ impl MillraceService {
             action,
             Target {
                 stream: stream.as_deref(),
-                consumer_arn: target.consumer_arn.filter(|a| !a.is_empty()),
+                consumer: target.consumer.filter(|c| !c.is_empty()),
             },
         )
     }
@@ -309,17 +327,6 @@ impl MillraceService {
     pub(crate) async fn iterator_stream(&self, iterator: &str) -> Result<String, ApiError> {
         let secret = self.secret().await?;
         Ok(super::iterator::IteratorToken::decode(iterator, &secret, now_ms())?.stream)
-    }
-
-    /// The stream of a consumer given by ARN, or by stream ARN and name.
-    pub(super) fn consumer_stream(stream_arn: &str, consumer_arn: &str) -> Option<String> {
-        if consumer_arn.is_empty() {
-            Some(stream_arn.to_string())
-        } else {
-            super::consumers::parse_consumer_arn(consumer_arn)
-                .ok()
-                .map(|(s, _)| s)
-        }
     }
 
     pub(super) async fn create_access_key_impl(

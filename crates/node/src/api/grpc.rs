@@ -7,7 +7,7 @@ use millrace_proto::v1::millrace_server::Millrace;
 use millrace_security::access_sig::KeyStore;
 use tonic::{Request, Response, Status};
 
-use super::access::{principal_of, Target};
+use super::access::{consumer_target, principal_of, resource_target, Target};
 use super::error::ApiError;
 use super::records::RECORD_DATA_BYTES_MAX;
 use crate::metadata::access::AccessCommand;
@@ -236,12 +236,8 @@ impl Millrace for MillraceService {
         req: Request<pb::DeregisterStreamConsumerRequest>,
     ) -> Reply<pb::DeregisterStreamConsumerResponse> {
         let r = req.get_ref();
-        let stream = Self::consumer_stream(&r.stream_arn, &r.consumer_arn);
-        let target = Target {
-            stream: stream.as_deref(),
-            consumer_arn: Some(&r.consumer_arn),
-        };
-        self.allow(&req, "DeregisterStreamConsumer", target)?;
+        let target = consumer_target(&r.stream_arn, &r.consumer_name, &r.consumer_arn);
+        self.allow(&req, "DeregisterStreamConsumer", target.as_target())?;
         self.deregister_consumer_impl(req.into_inner()).await?;
         Ok(Response::new(pb::DeregisterStreamConsumerResponse {}))
     }
@@ -264,12 +260,8 @@ impl Millrace for MillraceService {
         req: Request<pb::DescribeStreamConsumerRequest>,
     ) -> Reply<pb::DescribeStreamConsumerResponse> {
         let r = req.get_ref();
-        let stream = Self::consumer_stream(&r.stream_arn, &r.consumer_arn);
-        let target = Target {
-            stream: stream.as_deref(),
-            consumer_arn: Some(&r.consumer_arn),
-        };
-        self.allow(&req, "DescribeStreamConsumer", target)?;
+        let target = consumer_target(&r.stream_arn, &r.consumer_name, &r.consumer_arn);
+        self.allow(&req, "DescribeStreamConsumer", target.as_target())?;
         let consumer = self.describe_consumer_impl(req.into_inner()).await?;
         Ok(Response::new(pb::DescribeStreamConsumerResponse {
             consumer: Some(consumer),
@@ -321,13 +313,8 @@ impl Millrace for MillraceService {
         &self,
         req: Request<pb::SubscribeToShardRequest>,
     ) -> Reply<Self::SubscribeToShardStream> {
-        let arn = &req.get_ref().consumer_arn;
-        let stream = Self::consumer_stream("", arn);
-        let target = Target {
-            stream: stream.as_deref(),
-            consumer_arn: Some(arn),
-        };
-        self.allow(&req, "SubscribeToShard", target)?;
+        let target = resource_target(&req.get_ref().consumer_arn);
+        self.allow(&req, "SubscribeToShard", target.as_target())?;
         Ok(Response::new(self.subscribe_impl(req.into_inner()).await?))
     }
 

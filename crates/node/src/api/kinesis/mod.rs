@@ -22,7 +22,7 @@ use axum::Router;
 use millrace_security::access_sig::KeyStore;
 use serde_json::{Map, Value};
 
-use super::access::{resource_target, ResourceTarget};
+use super::access::{consumer_target, resource_target, ResourceTarget};
 use super::error::ApiError;
 use super::grpc::{stream_name_from, MillraceService};
 use crate::server::node::Node;
@@ -168,22 +168,19 @@ async fn handle(
     let id = request_id();
     let node = &api.svc.node;
     let timeout = node.config.limits.http_body_read_timeout;
-    let result = match node.admission.enter() {
-        Err(e) => Err(KinesisError::from(e)),
-        Ok(_slot) => match read_body(&headers, body, timeout).await {
-            Ok(body) => serve(&api, encoding, &method, &uri, &headers, &body).await,
-            Err(e) => {
-                let counter = match e.status {
-                    StatusCode::PAYLOAD_TOO_LARGE => Some(&node.admission.kinesis_bodies_too_large),
-                    StatusCode::REQUEST_TIMEOUT => Some(&node.admission.kinesis_bodies_timed_out),
-                    _ => None,
-                };
-                if let Some(c) = counter {
-                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e)
+    let result = match read_body(&headers, body, timeout).await {
+        Ok(body) => serve(&api, encoding, &method, &uri, &headers, &body).await,
+        Err(e) => {
+            let counter = match e.status {
+                StatusCode::PAYLOAD_TOO_LARGE => Some(&node.admission.kinesis_bodies_too_large),
+                StatusCode::REQUEST_TIMEOUT => Some(&node.admission.kinesis_bodies_timed_out),
+                _ => None,
+            };
+            if let Some(c) = counter {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-        },
+            Err(e)
+        }
     };
     let mut response = match result {
         Ok(Reply::Body(out)) => {
@@ -235,6 +232,9 @@ async fn serve(
     };
     let now_secs = crate::server::now_ms() / 1000;
     let principal = sigv4::verify(node, &node.config.kinesis.region, &signed, now_secs)?;
+    // A slot is taken once the caller proved who it is (its body is bounded by the body-read
+    // timeout and the connection limit): strangers cannot fill the node's slots.
+    let _slot = node.admission.enter()?;
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -253,27 +253,45 @@ async fn serve(
     actions::dispatch(api, action, &input, encoding, principal.as_deref()).await
 }
 
-/// What a request acts on, read from its input before the action validates it (as the action
-/// reads it: a StreamARN wins over a StreamName, a ConsumerARN over both).
+/// What a request acts on, read from its input before the action validates it, from exactly
+/// the members the action reads, with the same precedence (a StreamARN wins over a
+/// StreamName; a ConsumerARN over a StreamARN and ConsumerName). Members an action does not
+/// read play no part: a request cannot have one stream checked and another acted on.
 async fn target_of(
     svc: &MillraceService,
     action: &str,
     input: &Map<String, Value>,
 ) -> ResourceTarget {
     let field = |k: &str| input.get(k).and_then(Value::as_str);
-    if let Some(arn) = field("ConsumerARN").or(field("ResourceARN")) {
-        return resource_target(arn);
+    let named = |s: Option<&str>| ResourceTarget::stream(s.and_then(|s| stream_name_from(s).ok()));
+    let stream = field("StreamARN").or(field("StreamName"));
+    match action {
+        "CreateStream" => named(field("StreamName")),
+        "GetRecords" => match field("ShardIterator") {
+            Some(iterator) => ResourceTarget::stream(svc.iterator_stream(iterator).await.ok()),
+            None => ResourceTarget::default(),
+        },
+        "ListShards" => match (stream, field("NextToken")) {
+            (None, Some(token)) => {
+                ResourceTarget::stream(crate::api::shards::next_token_stream(token))
+            }
+            _ => named(stream),
+        },
+        "RegisterStreamConsumer" | "ListStreamConsumers" => named(field("StreamARN")),
+        "DeregisterStreamConsumer" | "DescribeStreamConsumer" => consumer_target(
+            field("StreamARN").unwrap_or(""),
+            field("ConsumerName").unwrap_or(""),
+            field("ConsumerARN").unwrap_or(""),
+        ),
+        "SubscribeToShard" => resource_target(field("ConsumerARN").unwrap_or("")),
+        "TagResource"
+        | "UntagResource"
+        | "ListTagsForResource"
+        | "PutResourcePolicy"
+        | "GetResourcePolicy"
+        | "DeleteResourcePolicy" => resource_target(field("ResourceARN").unwrap_or("")),
+        _ => named(stream),
     }
-    if let Some(stream) = field("StreamARN").or(field("StreamName")) {
-        return ResourceTarget::stream(stream_name_from(stream).ok());
-    }
-    if let Some(iterator) = field("ShardIterator") {
-        return ResourceTarget::stream(svc.iterator_stream(iterator).await.ok());
-    }
-    if let Some(token) = field("NextToken").filter(|_| action == "ListShards") {
-        return ResourceTarget::stream(crate::api::shards::next_token_stream(token));
-    }
-    ResourceTarget::stream(None)
 }
 
 fn unknown_operation(target: &str) -> KinesisError {
