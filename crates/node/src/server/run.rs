@@ -41,13 +41,40 @@ fn refuse_call(r: AccessRefusal) -> tonic::Status {
     .into()
 }
 
+/// How long a starting node waits for its data directory's lock: a previous instance may still
+/// be exiting (its threads finishing an fsync hold the lock after the process looks gone).
+const DATA_DIR_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens the node metadata, waiting up to [`DATA_DIR_LOCK_WAIT`] while another process (a
+/// previous instance still exiting) holds its lock.
+async fn open_node_meta(path: &std::path::Path) -> anyhow::Result<NodeMeta> {
+    let deadline = tokio::time::Instant::now() + DATA_DIR_LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match NodeMeta::open(path) {
+            Ok(meta) => return Ok(meta),
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    tracing::warn!(path = %path.display(), "the data directory is locked by another process (a previous instance still exiting?); waiting up to 30 s");
+                    logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("opening node metadata")),
+        }
+    }
+}
+
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let meta_db = NodeMeta::open(&config.data_dir.join("meta")).context("opening node metadata")?;
+    let meta_db = open_node_meta(&config.data_dir.join("meta")).await?;
     match meta_db.node_get::<u64>("node_id")? {
         Some(id) if id != config.node_id => anyhow::bail!(
             "data dir {} belongs to node {id}, not node {}",
