@@ -534,6 +534,7 @@ async fn a_node_runs_from_a_config_file_that_flags_override() {
              zone = \"from-file\"\n\
              replication-factor = 1\n\
              dead-node-timeout = \"30s\"\n\
+             plaintext = true\n\
              {extra}\n\
              [peers]\n\
              1 = \"localhost:{grpc}\"\n",
@@ -564,6 +565,31 @@ async fn a_node_runs_from_a_config_file_that_flags_override() {
         err.contains("replication-factor: 3 replicas per shard cannot be placed"),
         "{err}"
     );
+    // Without TLS files a node must be told to serve plaintext: never unencrypted by default.
+    write("");
+    let text = std::fs::read_to_string(&file).expect("config file");
+    std::fs::write(&file, text.replace("plaintext = true\n", "")).expect("config file");
+    let out = millrace(&["serve", "--config", file_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node without TLS started unasked");
+    assert!(
+        err.contains("tls-cert: required") && err.contains("set plaintext"),
+        "{err}"
+    );
+    // A file that holds access keys must not be readable by every user.
+    write("access-keys = \"AKIDFILE:file-secret\"");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let out = millrace(&["serve", "--config", file_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a world-readable file of keys was used"
+    );
+    assert!(err.contains("readable by every user"), "{err}");
+    assert!(!err.contains("file-secret"), "{err}");
 
     write("");
     let http_addr = format!("127.0.0.1:{http}");

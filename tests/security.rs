@@ -828,6 +828,81 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         "{}"
     );
 
+    // A consumer's resource policy, put on the consumer's ARN, decides for calls that name
+    // the consumer; the stream's own rights are untouched.
+    let consumer = admin.register_consumer("orders", "audit").await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the consumer is readable on node 3",
+        || async { user.describe_consumer(&consumer.consumer_arn).await.is_ok() },
+    )
+    .await;
+    let deny_consumer = format!(
+        r#"{{"Statement":[{{"Effect":"Deny","Principal":{{"AWS":"{key}"}},"Action":["kinesis:SubscribeToShard","kinesis:DescribeStreamConsumer"],"Resource":"{}"}}]}}"#,
+        consumer.consumer_arn
+    );
+    admin
+        .put_resource_policy(&consumer.consumer_arn, &deny_consumer)
+        .await
+        .expect("put consumer resource policy");
+    wait_until(
+        Duration::from_secs(10),
+        "the consumer's policy applies on node 3",
+        || async {
+            user.describe_consumer(&consumer.consumer_arn)
+                .await
+                .is_err()
+        },
+    )
+    .await;
+    denied(
+        user.describe_consumer(&consumer.consumer_arn).await,
+        "with an explicit deny in a resource-based policy",
+    );
+    denied(
+        user.subscribe_to_shard(&consumer.consumer_arn, SHARD, StartPosition::TrimHorizon)
+            .await,
+        &format!(
+            "kinesis:SubscribeToShard on resource: {}",
+            consumer.consumer_arn
+        ),
+    );
+    assert_eq!(read_all(&user, "orders").await.len(), 3);
+    admin
+        .subscribe_to_shard(&consumer.consumer_arn, SHARD, StartPosition::TrimHorizon)
+        .await
+        .expect("the admin is not named by the deny");
+
+    // The status pages answer only signed requests from a key allowed the cluster actions;
+    // the probes stay open for load balancers and kubelets.
+    let signer = |key_id: &str, secret: &str| common::SigV4Key {
+        key_id: key_id.into(),
+        secret: secret.into(),
+        region: "us-east-1".into(),
+    };
+    let (code, body) = cluster.get_as(2, "/v1/node/status", None).unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.contains("MissingAuthenticationTokenException"),
+        "{body}"
+    );
+    let (code, body) = cluster
+        .get_as(2, "/v1/node/status", Some(&signer(&key, "wrong")))
+        .unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("InvalidSignatureException"), "{body}");
+    let (code, body) = cluster
+        .get_as(2, "/v1/cluster/status", Some(&signer(&key, &secret)))
+        .unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("kinesis:GetClusterStatus"), "{body}");
+    assert!(!body.contains("orders"), "a refusal shows nothing: {body}");
+    let (code, body) = cluster.get(2, "/v1/cluster/status").unwrap();
+    assert_eq!(code, 200, "signed by the admin: {body}");
+    assert!(cluster.status(2).unwrap()["groups"].is_array());
+    assert_eq!(cluster.get_as(2, "/healthz", None).unwrap().0, 200);
+    assert_eq!(cluster.get_as(2, "/readyz", None).unwrap().0, 200);
+
     // Listing shows ids, never secrets; a deleted key is refused everywhere.
     let keys = admin.list_access_keys().await.unwrap();
     assert!(keys.iter().any(|k| k.access_key_id == key && k.has_policy));
@@ -848,6 +923,14 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
     for node in &cluster.nodes {
         let log = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap();
         assert!(!log.contains(&secret) && !log.contains("admin-secret"));
+        // The stores that hold the created keys are the node user's alone.
+        for sub in ["meta", "groups"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(node.data_dir.join(sub))
+                .unwrap()
+                .permissions();
+            assert_eq!(mode.mode() & 0o777, 0o700, "{sub}");
+        }
     }
 }
 
@@ -966,7 +1049,15 @@ async fn overload_stalled_calls_and_fast_keys_are_refused_clearly_and_counted() 
         client.list_streams().await.is_ok()
     })
     .await;
-    let limits = cluster.status(1).unwrap()["limits"].clone();
+    // The status page is signed with the same key, so it too waits for the key's rate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let limits = loop {
+        if let Some(status) = cluster.status(1) {
+            break status["limits"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no status page");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(
         limits["requests_refused_key_rate"].as_u64().unwrap() >= 1,
         "{limits}"

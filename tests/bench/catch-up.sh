@@ -16,7 +16,7 @@ export MILLRACE_ENDPOINT=http://127.0.0.1:7101,http://127.0.0.1:7102,http://127.
 declare -A PID
 start() {
   mkdir -p "$D/n$1"
-  "$BIN" serve --node-id "$1" --data-dir "$D/n$1" --grpc-addr "127.0.0.1:710$1" \
+  "$BIN" serve --plaintext --node-id "$1" --data-dir "$D/n$1" --grpc-addr "127.0.0.1:710$1" \
     --http-addr "127.0.0.1:456$((6 + $1))" --zone "z$1" --peers "$PEERS" >> "$D/n$1.log" 2>&1 &
   PID[$1]=$!
   disown "${PID[$1]}"

@@ -199,6 +199,8 @@ impl Cluster {
                 .arg(tls.key(id))
                 .arg("--tls-ca")
                 .arg(&tls.ca);
+        } else {
+            command.arg("--plaintext");
         }
         let node = &mut self.nodes[(id - 1) as usize];
         let child = command
@@ -305,12 +307,35 @@ impl Cluster {
         }
     }
 
-    /// A GET on node `id`'s HTTP port (HTTPS on a TLS cluster): (status code, body).
+    /// A GET on node `id`'s HTTP port (HTTPS on a TLS cluster): (status code, body). On a
+    /// cluster with access keys it is signed with the first bootstrap key, as the status pages
+    /// require.
     pub fn get(&self, id: u64, path: &str) -> Option<(u16, String)> {
+        let env = |name: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let signer = env("MILLRACE_ACCESS_KEYS").and_then(|keys| {
+            let first = keys.split(',').next()?.trim().to_string();
+            let (key_id, secret) = first.split_once(':')?;
+            Some(SigV4Key {
+                key_id: key_id.to_string(),
+                secret: secret.to_string(),
+                region: env("MILLRACE_REGION").unwrap_or_else(|| "us-east-1".into()),
+            })
+        });
+        self.get_as(id, path, signer.as_ref())
+    }
+
+    /// A GET on node `id`'s HTTP port signed with `key` (none: unsigned).
+    pub fn get_as(&self, id: u64, path: &str, key: Option<&SigV4Key>) -> Option<(u16, String)> {
         let addr = &self.node(id).http;
+        let headers = key.map(|k| k.headers(addr, path)).unwrap_or_default();
         match &self.tls {
-            Some(tls) => https_get(addr, path, &tls.ca),
-            None => http_get(addr, path),
+            Some(tls) => https_get_with(addr, path, &headers, &tls.ca),
+            None => http_get_with(addr, path, &headers),
         }
     }
 
@@ -442,9 +467,49 @@ pub fn test_client_config() -> ClientConfig {
 
 /// A minimal HTTP/1.0 GET: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_get_with(addr, path, "")
+}
+
+/// An access key that signs GETs with SigV4 (for the `kinesis` service in `region`).
+pub struct SigV4Key {
+    pub key_id: String,
+    pub secret: String,
+    pub region: String,
+}
+
+impl SigV4Key {
+    /// The headers (besides `Host`) of a GET of `path` on `addr`, signed now, as request lines.
+    pub fn headers(&self, addr: &str, path: &str) -> String {
+        use millrace_node::api::kinesis::sigv4;
+        let mut headers = http::HeaderMap::new();
+        headers.insert("host", addr.parse().expect("host header"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        sigv4::sign(
+            &http::Method::GET,
+            &path.parse().expect("path"),
+            &mut headers,
+            b"",
+            &self.key_id,
+            &self.secret,
+            &self.region,
+            now,
+        );
+        headers
+            .iter()
+            .filter(|(k, _)| *k != "host")
+            .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().expect("ascii header")))
+            .collect()
+    }
+}
+
+/// [`http_get`] with extra header lines (`Name: value\r\n` each).
+pub fn http_get_with(addr: &str, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let code = raw.split_whitespace().nth(1)?.parse().ok()?;
@@ -455,9 +520,20 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 /// [`http_get`] over TLS, trusting the CA in `ca` (its own thread and runtime, so that it can
 /// be called from synchronous code and from tests' runtimes alike).
 pub fn https_get(addr: &str, path: &str, ca: &std::path::Path) -> Option<(u16, String)> {
+    https_get_with(addr, path, "", ca)
+}
+
+/// [`https_get`] with extra header lines (`Name: value\r\n` each).
+pub fn https_get_with(
+    addr: &str,
+    path: &str,
+    headers: &str,
+    ca: &std::path::Path,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower_service::Service;
     let (addr, path, ca) = (addr.to_string(), path.to_string(), ca.to_path_buf());
+    let headers = headers.to_string();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -473,7 +549,7 @@ pub fn https_get(addr: &str, path: &str, ca: &std::path::Path) -> Option<(u16, S
                 .ok()?
                 .ok()?;
             let mut s = io.into_inner();
-            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").as_bytes())
                 .await
                 .ok()?;
             let mut raw = Vec::new();

@@ -3,7 +3,8 @@
 # access keys (MILLRACE_ACCESS_KEYS, which dev's nodes inherit) serves the CLI over https://
 # with the CA and a signed key, and boto3 over HTTPS with the CA and SigV4; boto3 without the
 # CA, with a wrong secret, or over plaintext is refused; a key created with the CLI may do only
-# what its policy and the stream's resource policy allow. Prints "tls check: PASSED".
+# what its policy and the stream's resource policy allow; curl gets the status pages signed
+# with SigV4 and is refused unsigned. Prints "tls check: PASSED".
 # Run by .ci/run after the release build; on its own: tests/tls/check.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,6 +66,17 @@ printf '{"statements":[{"effect":"allow","actions":["read"],"streams":["tls-*"]}
 if "$bin" access-key list | grep -q "$user_secret"; then echo "access-key list shows a secret"; exit 1; fi
 "$venv/bin/python" tests/tls/boto3_check.py permissions --ca "$data/tls/ca.pem" \
   --key AKIDTLSCHECK --secret tls-check-secret --user-key "$user_key" --user-secret "$user_secret"
+# The status pages: curl signs them itself (SigV4); unsigned, or by a key without the cluster
+# right, they are refused.
+status_url=https://127.0.0.1:4567/v1/cluster/status
+status_code() { curl -s -o /dev/null -w '%{http_code}' --cacert "$MILLRACE_CA_CERT" "$@" "$status_url"; }
+code=$(status_code)
+[ "$code" = 401 ] || { echo "an unsigned status page answered HTTP $code, not 401"; exit 1; }
+code=$(status_code --aws-sigv4 "aws:amz:us-east-1:kinesis" --user "$user_key:$user_secret")
+[ "$code" = 403 ] || { echo "a read-only key's status page answered HTTP $code, not 403"; exit 1; }
+curl -sf --cacert "$MILLRACE_CA_CERT" --aws-sigv4 "aws:amz:us-east-1:kinesis" \
+  --user "AKIDTLSCHECK:tls-check-secret" "$status_url" | grep -q '"metadata_leader"' \
+  || { echo "curl --aws-sigv4 with the admin key did not get the cluster status"; exit 1; }
 "$bin" access-key delete "$user_key"
 for attempt in $(seq 50); do  # every node applies the deletion within milliseconds
   MILLRACE_ACCESS_KEY_ID="$user_key" MILLRACE_SECRET_ACCESS_KEY="$user_secret" \

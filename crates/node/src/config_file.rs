@@ -52,6 +52,20 @@ pub fn file_flags(
     Ok(flags)
 }
 
+/// Whether a config file's text sets secrets (non-empty `access-keys`): such a file must not
+/// be world-readable, as a key file must not.
+pub fn holds_secrets(text: &str) -> bool {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    match table.get("access-keys") {
+        Some(toml::Value::String(s)) => !s.trim().is_empty(),
+        Some(toml::Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+        None => false,
+    }
+}
+
 /// The keys a config file may set.
 fn known_keys(serve: &Command) -> Vec<&str> {
     serve
@@ -142,6 +156,14 @@ mod tests {
             .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
             .expect("parses");
         file_flags(&cmd, &matches, "test.toml", text)
+    }
+
+    #[test]
+    fn files_with_access_keys_hold_secrets() {
+        assert!(holds_secrets("access-keys = \"A:s\""));
+        assert!(holds_secrets("access-keys = [\"A:s\"]"));
+        assert!(!holds_secrets("access-keys = \"\"\nzone = \"a\""));
+        assert!(!holds_secrets("zone = \"a\""));
     }
 
     #[test]

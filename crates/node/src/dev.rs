@@ -87,6 +87,9 @@ pub async fn run(nodes: usize, data_dir: &Path, tls: bool) -> anyhow::Result<()>
                 .arg(key)
                 .arg("--tls-ca")
                 .arg(&tls.ca);
+        } else {
+            // Loopback only: the one place a node runs without TLS unless told to.
+            command.arg("--plaintext");
         }
         let child = command
             .args(["--node-id", &i.to_string()])

@@ -174,6 +174,11 @@ struct ServeArgs {
     /// The cluster CA (PEM): peers must present a certificate it signed that names a member.
     #[arg(long, env = "MILLRACE_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Serve both ports without TLS, for a network you trust with everything on it (`millrace
+    /// dev` does). Without it `serve` needs --tls-cert, --tls-key and --tls-ca: a node never
+    /// runs unencrypted by accident.
+    #[arg(long, env = "MILLRACE_PLAINTEXT")]
+    plaintext: bool,
     /// A file holding the cluster secret (at least 16 bytes; refused if world-readable): every
     /// internal request is signed with it, so only nodes holding it can send Raft messages.
     /// The same file on every node; needed when nodes do not use TLS.
@@ -238,6 +243,10 @@ fn parse_cli() -> Result<Cli, clap::Error> {
     let fail =
         |message: String| Cli::command().error(clap::error::ErrorKind::InvalidValue, message);
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("{shown}: {e}")))?;
+    if millrace_node::config_file::holds_secrets(&text) {
+        millrace_security::files::refuse_world_readable(path)
+            .map_err(|e| fail(format!("{e} (it sets access-keys)")))?;
+    }
     let command = Cli::command();
     let serve_command = command
         .find_subcommand("serve")
@@ -336,6 +345,7 @@ fn main() -> std::process::ExitCode {
                         tls_key: a.tls_key,
                         tls_ca: a.tls_ca,
                         cluster_secret_file: a.cluster_secret_file,
+                        plaintext: a.plaintext,
                     },
                     limits: LimitsConfig {
                         handshake_timeout: a.handshake_timeout,

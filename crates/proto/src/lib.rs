@@ -22,6 +22,16 @@ pub mod millrace {
     }
 }
 
+impl std::fmt::Debug for v1::CreateAccessKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateAccessKeyResponse")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<secret>")
+            .field("created_ms", &self.created_ms)
+            .finish()
+    }
+}
+
 pub use millrace::internal::v1 as internal;
 pub use millrace::storage::v1 as storage;
 pub use millrace::v1;
@@ -34,3 +44,20 @@ pub const ERROR_CODE_METADATA_KEY: &str = "millrace-error-code";
 pub const ERRORS_PROTO: &str = include_str!("../../../proto/millrace/v1/errors.proto");
 /// gRPC metadata key carrying the node id of the leader a client should retry at.
 pub const LEADER_HINT_METADATA_KEY: &str = "millrace-leader";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_created_key_prints_without_its_secret() {
+        let r = super::v1::CreateAccessKeyResponse {
+            access_key_id: "MRKEXAMPLE".into(),
+            secret_access_key: "very-secret".into(),
+            created_ms: 1,
+        };
+        let shown = format!("{r:?}");
+        assert!(
+            shown.contains("MRKEXAMPLE") && !shown.contains("very-secret"),
+            "{shown}"
+        );
+    }
+}

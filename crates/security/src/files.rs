@@ -38,7 +38,8 @@ pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// Secrets (keys, key files) must not be world-readable: `chmod 600` (or 640 with a group).
+/// Secrets (keys, key files) must not be world-readable, nor world-writable (anyone could
+/// put their own key in place): `chmod 600` (or 640 with a group).
 pub fn refuse_world_readable(path: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
@@ -49,7 +50,16 @@ pub fn refuse_world_readable(path: &Path) -> Result<(), TlsError> {
         return Err(TlsError::file(
             path,
             format!(
-                "holds a secret but is readable by every user (mode {:o}); chmod o-r it",
+                "holds a secret but is readable by every user (mode {:o}); chmod o-rw it",
+                mode & 0o777
+            ),
+        ));
+    }
+    if mode & 0o002 != 0 {
+        return Err(TlsError::file(
+            path,
+            format!(
+                "holds a secret but is writable by every user (mode {:o}); chmod o-rw it",
                 mode & 0o777
             ),
         ));
@@ -71,6 +81,9 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = private_key(&key).unwrap_err().to_string();
         assert!(err.contains("readable by every user (mode 644)"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o602)).unwrap();
+        let err = private_key(&key).unwrap_err().to_string();
+        assert!(err.contains("writable by every user (mode 602)"), "{err}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         private_key(&key).unwrap();
     }

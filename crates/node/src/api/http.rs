@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
 use openraft::async_runtime::WatchReceiver;
 use serde_json::json;
 
+use super::access::Target;
 use crate::server::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -37,8 +38,59 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, String) {
     }
 }
 
+/// Lets a request for a status page through: with access keys configured it must be signed
+/// with SigV4 (as a Kinesis request is, for the node's region and the `kinesis` service; `curl
+/// --aws-sigv4 "aws:amz:REGION:kinesis"` does it) by a key allowed `action`, a cluster action.
+/// A refusal is a JSON error naming why: 401 unauthenticated, 403 not allowed.
+fn allow_status(
+    node: &Node,
+    action: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, Json<serde_json::Value>)> {
+    use super::kinesis::{sigv4, KinesisError};
+    let signed = sigv4::SignedRequest {
+        method,
+        uri,
+        headers,
+        body: b"",
+    };
+    let now_secs = crate::server::now_ms() / 1000;
+    let refused = |e: KinesisError, status| {
+        tracing::debug!(error = %e.type_name, path = uri.path(), "status page refused");
+        (
+            status,
+            Json(json!({"__type": e.type_name, "message": e.message})),
+        )
+    };
+    let principal = sigv4::verify(node, &node.config.kinesis.region, &signed, now_secs)
+        .map_err(|e| refused(e, StatusCode::UNAUTHORIZED))?;
+    node.authorize(principal.as_deref(), action, Target::default())
+        .map_err(|e| {
+            let status = match e.kinesis_name() {
+                "AccessDeniedException" => StatusCode::FORBIDDEN,
+                "LimitExceededException" => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            refused(e.into(), status)
+        })
+}
+
 /// This node's view of itself and its Raft group replicas (JSON, for operators and tests).
-async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+async fn status(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> (StatusCode, Json<serde_json::Value>) {
+    if let Err(refused) = allow_status(&node, "GetNodeStats", &method, &uri, &headers) {
+        return refused;
+    }
+    (StatusCode::OK, node_status(&node))
+}
+
+fn node_status(node: &Node) -> Json<serde_json::Value> {
     let mut ids = node.groups.group_ids();
     ids.sort_unstable();
     let groups: Vec<serde_json::Value> = ids
@@ -75,7 +127,15 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
 }
 
 /// The cluster status (as `millrace cluster status --json` prints it), for dashboards.
-async fn cluster_status(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+async fn cluster_status(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> (StatusCode, Json<serde_json::Value>) {
+    if let Err(refused) = allow_status(&node, "GetClusterStatus", &method, &uri, &headers) {
+        return refused;
+    }
     match node.fetch_cluster_status().await {
         Ok(s) => (StatusCode::OK, Json(s)),
         Err(e) => (

@@ -44,8 +44,8 @@ impl MetaShared {
     pub fn cluster_secret(&self) -> Option<Vec<u8>> {
         self.read(|s| {
             s.cluster_secret
-                .as_deref()
-                .and_then(|h| hex::decode(h).ok())
+                .as_ref()
+                .and_then(|h| hex::decode(&h.0).ok())
         })
     }
 
@@ -86,6 +86,8 @@ impl GroupStateMachine for MetaMachine {
                 r
             }
             Err(e) => {
+                // Only where and what kind: serde's message may quote a value, a secret's too.
+                let e = serde_shape(&e);
                 tracing::error!(index = log_id.index, error = %e, "undecodable metadata command skipped");
                 MetaResponse::InvalidArgument(format!("undecodable metadata command: {e}"))
             }
@@ -102,10 +104,22 @@ impl GroupStateMachine for MetaMachine {
         let state: MetaState = if data.is_empty() {
             MetaState::default()
         } else {
-            serde_json::from_slice(data).map_err(|e| format!("bad metadata snapshot: {e}"))?
+            serde_json::from_slice(data)
+                .map_err(|e| format!("bad metadata snapshot: {}", serde_shape(&e)))?
         };
         *self.shared.state.write().expect("metadata lock") = state;
         self.shared.version.send_modify(|v| *v += 1);
         Ok(())
     }
+}
+
+/// A JSON decoding error without its message (which may quote the value it could not take,
+/// an access key's secret among them): its kind and position only.
+fn serde_shape(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
 }

@@ -264,7 +264,7 @@ pub enum MetaCommand {
     },
     /// Sets the cluster secret if none is set yet (first writer wins).
     InitClusterSecret {
-        secret_hex: String,
+        secret_hex: super::access::Secret,
     },
     RemoveTags {
         name: String,
@@ -343,7 +343,7 @@ pub struct MetaState {
     pub next_group_id: u64,
     /// Key of the shard iterators' MAC (hex), created once by the first metadata leader.
     #[serde(default)]
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<super::access::Secret>,
     /// Consumer groups by `stream/group` (leases and checkpoints).
     #[serde(default)]
     pub consumer_groups: BTreeMap<String, super::groups::ConsumerGroup>,

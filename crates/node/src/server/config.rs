@@ -100,6 +100,8 @@ pub struct SecurityConfig {
     pub tls_ca: Option<PathBuf>,
     /// A file holding the cluster secret that signs every internal request.
     pub cluster_secret_file: Option<PathBuf>,
+    /// Serve without TLS: the operator's explicit choice (`--plaintext`), never a default.
+    pub plaintext: bool,
 }
 
 impl SecurityConfig {
@@ -241,7 +243,17 @@ impl ServeConfig {
     fn validate_security(&self) -> Result<(), ConfigError> {
         let s = &self.security;
         match (&s.tls_cert, &s.tls_key, &s.tls_ca) {
-            (None, None, None) | (Some(_), Some(_), Some(_)) => Ok(()),
+            (None, None, None) if s.plaintext => Ok(()),
+            (None, None, None) => invalid(
+                "tls-cert",
+                "required: a node serves both ports over TLS (tls-cert, tls-key and tls-ca; docs/security.md). \
+                 To serve unencrypted on a network you trust, set plaintext (millrace dev does)",
+            ),
+            (Some(_), Some(_), Some(_)) if s.plaintext => invalid(
+                "plaintext",
+                "contradicts tls-cert: give either the TLS files or plaintext, not both",
+            ),
+            (Some(_), Some(_), Some(_)) => Ok(()),
             (Some(_), None, _) => invalid("tls-key", "required with tls-cert: the certificate's private key"),
             (None, Some(_), _) => invalid("tls-cert", "required with tls-key: the certificate the key belongs to"),
             (Some(_), Some(_), None) => invalid(
@@ -460,7 +472,10 @@ mod tests {
             shard_throttling: false,
             dead_node_timeout: std::time::Duration::from_secs(300),
             kinesis: KinesisConfig::default(),
-            security: SecurityConfig::default(),
+            security: SecurityConfig {
+                plaintext: true,
+                ..SecurityConfig::default()
+            },
             limits: LimitsConfig::default(),
         }
     }
@@ -535,9 +550,19 @@ mod tests {
         cfg.security.tls_key = Some("node.key".into());
         assert_eq!(key_at_fault(&cfg), "tls-ca");
         cfg.security.tls_ca = Some("ca.pem".into());
+        // TLS and plaintext together contradict each other.
+        assert_eq!(key_at_fault(&cfg), "plaintext");
+        cfg.security.plaintext = false;
         assert_eq!(cfg.validate(), Ok(()));
         cfg.security.tls_cert = None;
         assert_eq!(key_at_fault(&cfg), "tls-cert");
+
+        // No TLS is an explicit choice: without plaintext, serve refuses to start.
+        let mut cfg = node3();
+        cfg.security.plaintext = false;
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.key, "tls-cert");
+        assert!(e.message.contains("set plaintext"), "{e}");
     }
 
     #[test]

@@ -314,7 +314,7 @@ pub async fn leader_loop(node: Arc<Node>) {
             if node.meta.cluster_secret().is_none() {
                 let secret: [u8; 32] = rand::random();
                 let cmd = MetaCommand::InitClusterSecret {
-                    secret_hex: hex::encode(secret),
+                    secret_hex: crate::metadata::access::Secret(hex::encode(secret)),
                 };
                 if let Err(e) = node.propose_meta(&cmd).await {
                     tracing::warn!(error = %e, "cannot store the cluster secret yet");

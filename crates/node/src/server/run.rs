@@ -68,12 +68,29 @@ async fn open_node_meta(path: &std::path::Path) -> anyhow::Result<NodeMeta> {
     }
 }
 
+/// Creates the data directory, the node user's alone (0700) when Millrace makes it, and makes
+/// the two directories that hold records and secrets — `meta` (the metadata store, with the
+/// created access keys) and `groups` (the Raft logs, the metadata group's among them) — 0700
+/// whatever made them: other users of the machine cannot read them.
+fn prepare_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder.create(dir)?;
+    for sub in ["meta", "groups"] {
+        let path = dir.join(sub);
+        builder.create(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    prepare_data_dir(&config.data_dir)
+        .with_context(|| format!("preparing data dir {}", config.data_dir.display()))?;
     let meta_db = open_node_meta(&config.data_dir.join("meta")).await?;
     match meta_db.node_get::<u64>("node_id")? {
         Some(id) if id != config.node_id => anyhow::bail!(

@@ -141,6 +141,8 @@ pub fn start_millrace(bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
         let (out, err) = log_file(&node_dir, "node.log")?;
         let child = Command::new(bin)
             .arg("serve")
+            // NATS runs without TLS beside it: compare like with like.
+            .arg("--plaintext")
             .args(["--node-id", &i.to_string()])
             .arg("--data-dir")
             .arg(node_dir.join("data"))

@@ -184,17 +184,32 @@ impl SignedRequest<'_> {
     fn canonical_request(&self, signed_headers: &[&str]) -> Result<String, KinesisError> {
         let mut canonical_headers = String::new();
         for name in signed_headers {
-            let value = canonical_header_value(self.headers, name).ok_or_else(|| {
-                incomplete(format!(
-                    "SignedHeaders names {name}, which the request lacks"
-                ))
-            })?;
+            // Over HTTP/2 the host travels as the `:authority` pseudo-header, in the URI.
+            let authority = || {
+                (*name == "host")
+                    .then(|| self.uri.authority().map(|a| a.as_str().to_string()))
+                    .flatten()
+            };
+            let value = canonical_header_value(self.headers, name)
+                .or_else(authority)
+                .ok_or_else(|| {
+                    incomplete(format!(
+                        "SignedHeaders names {name}, which the request lacks"
+                    ))
+                })?;
             canonical_headers.push_str(&format!("{name}:{value}\n"));
         }
-        let payload_hash = match self.headers.get("x-amz-content-sha256") {
-            Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            None => sha256_hex(self.body),
-        };
+        // The body's hash is always computed: a request's `X-Amz-Content-SHA256` (which need
+        // not be signed) must match it, else a captured signature would carry another body.
+        let payload_hash = sha256_hex(self.body);
+        if let Some(v) = self.headers.get("x-amz-content-sha256") {
+            if !v.as_bytes().eq_ignore_ascii_case(payload_hash.as_bytes()) {
+                return Err(KinesisError::client(
+                    "InvalidSignatureException",
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                ));
+            }
+        }
         Ok(format!(
             "{}\n{}\n{}\n{}\n{}\n{}",
             self.method.as_str(),
@@ -229,6 +244,63 @@ fn signature(
     let k_service = hmac(&k_region, auth.service.as_bytes());
     let k_signing = hmac(&k_service, b"aws4_request");
     Ok(hex::encode(hmac(&k_signing, string_to_sign.as_bytes())))
+}
+
+/// `secs` (since the Unix epoch) as SigV4's `YYYYMMDD'T'HHMMSS'Z'`.
+pub fn amz_date(secs: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+/// Signs a request as an AWS SDK does, with `key_id`/`secret` for `region` and the `kinesis`
+/// service at `now_secs`: adds `X-Amz-Date` and the `Authorization` header, signing every
+/// header the request carries (which must include `host`). For tools and tests that call the
+/// node's HTTP port without an SDK.
+#[allow(clippy::too_many_arguments)]
+pub fn sign(
+    method: &Method,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    body: &[u8],
+    key_id: &str,
+    secret: &str,
+    region: &str,
+    now_secs: i64,
+) {
+    let amz_date = amz_date(now_secs);
+    if let Ok(v) = amz_date.parse() {
+        headers.insert("x-amz-date", v);
+    }
+    let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let auth = Authorization {
+        key_id,
+        date: &amz_date[..8],
+        region,
+        service: SERVICE,
+        signed_headers: names,
+        signature: "",
+    };
+    let req = SignedRequest {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    let Ok(sig) = signature(&req, secret, &amz_date, &auth) else {
+        return;
+    };
+    let value = format!(
+        "{ALGORITHM} Credential={key_id}/{}/{region}/{SERVICE}/aws4_request, SignedHeaders={}, Signature={sig}",
+        auth.date,
+        auth.signed_headers.join(";")
+    );
+    if let Ok(v) = value.parse() {
+        headers.insert("authorization", v);
+    }
 }
 
 /// Checks a request's signature against the keys; answers the access key id that signed it.
@@ -368,31 +440,22 @@ mod tests {
         let body = br#"{"StreamName":"s"}"#.to_vec();
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("127.0.0.1:4567"));
-        headers.insert("x-amz-date", HeaderValue::from_str(date).unwrap());
         headers.insert(
             "x-amz-target",
             HeaderValue::from_static("Kinesis_20131202.ListStreams"),
         );
-        let auth = Authorization {
-            key_id: "AKID",
-            date: &date[..8],
-            region: "us-east-1",
-            service: "kinesis",
-            signed_headers: vec!["host", "x-amz-date", "x-amz-target"],
-            signature: "",
-        };
-        let req = SignedRequest {
-            method: &method,
-            uri: &uri,
-            headers: &headers,
-            body: &body,
-        };
-        let sig = signature(&req, secret, date, &auth).unwrap();
-        let value = format!(
-            "AWS4-HMAC-SHA256 Credential=AKID/{}/us-east-1/kinesis/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature={sig}",
-            &date[..8]
+        let at = parse_amz_date(date).unwrap();
+        sign(
+            &method,
+            &uri,
+            &mut headers,
+            &body,
+            "AKID",
+            secret,
+            "us-east-1",
+            at,
         );
-        headers.insert("authorization", HeaderValue::from_str(&value).unwrap());
+        assert_eq!(headers["x-amz-date"], date);
         (method, uri, headers, body)
     }
 
@@ -428,6 +491,28 @@ mod tests {
             check(&tampered, now),
             Err("InvalidSignatureException".to_string())
         );
+        // A tampered body that claims, in an unsigned X-Amz-Content-SHA256, the hash of the
+        // body that was signed.
+        tampered.2.insert(
+            "x-amz-content-sha256",
+            HeaderValue::from_str(&sha256_hex(&good.3)).unwrap(),
+        );
+        assert_eq!(
+            check(&tampered, now),
+            Err("InvalidSignatureException".to_string())
+        );
+        // The header with the body's own hash is fine.
+        let mut declared = good.clone();
+        declared.2.insert(
+            "x-amz-content-sha256",
+            HeaderValue::from_str(&sha256_hex(&good.3)).unwrap(),
+        );
+        assert_eq!(check(&declared, now), Ok(Some("AKID".to_string())));
+        // Over HTTP/2 the signed host is the URI's authority.
+        let mut h2 = good.clone();
+        h2.2.remove("host");
+        h2.1 = "http://127.0.0.1:4567/".parse().unwrap();
+        assert_eq!(check(&h2, now), Ok(Some("AKID".to_string())));
         // Unknown key, missing header.
         let other = AccessKeys::parse("OTHER:secret").unwrap();
         let req = SignedRequest {
