@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TLS end to end with unmodified tools (issue 15): a 3-node `millrace dev --tls` cluster with
 # access keys (MILLRACE_ACCESS_KEYS, which dev's nodes inherit) serves the CLI over https://
-# with the CA and a signed key, and boto3 over HTTPS with the CA and SigV4; boto3 without the
+# with the CA and a signed key, the AWS CLI and boto3 over HTTPS with the CA and SigV4; boto3 without the
 # CA, with a wrong secret, or over plaintext is refused; a key created with the CLI may do only
 # what its policy and the stream's resource policy allow; curl gets the status pages signed
 # with SigV4 and is refused unsigned. Prints "tls check: PASSED".
@@ -12,9 +12,9 @@ root=$(pwd)
 bin="$root/target/release/millrace"
 venv="$root/target/compose-venv"
 [ -x "$bin" ] || cargo build --release --bin millrace
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
+if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet boto3
+  "$venv/bin/pip" install --quiet boto3 awscli
 fi
 
 data=$(mktemp -d /tmp/millrace-tls-check.XXXXXX)
@@ -52,6 +52,19 @@ if MILLRACE_SECRET_ACCESS_KEY=wrong "$bin" stream list >/dev/null 2>&1; then
   echo "the CLI with a wrong secret was answered"; exit 1
 fi
 
+# The AWS CLI, unmodified, over HTTPS with the CA and the key (a wrong secret is refused).
+aws_kinesis() {
+  AWS_ACCESS_KEY_ID=AKIDTLSCHECK AWS_DEFAULT_REGION=us-east-1 "$venv/bin/aws" \
+    --endpoint-url https://127.0.0.1:4567 --ca-bundle "$MILLRACE_CA_CERT" kinesis "$@"
+}
+AWS_SECRET_ACCESS_KEY=tls-check-secret aws_kinesis list-streams | grep -q '"tls-cli"' \
+  || { echo "aws kinesis list-streams does not list tls-cli"; exit 1; }
+AWS_SECRET_ACCESS_KEY=tls-check-secret aws_kinesis describe-stream-summary \
+  --stream-name tls-cli | grep -q '"OpenShardCount": 2' \
+  || { echo "aws kinesis describe-stream-summary lost the shard count"; exit 1; }
+if AWS_SECRET_ACCESS_KEY=wrong aws_kinesis list-streams >/dev/null 2>&1; then
+  echo "the AWS CLI with a wrong secret was answered"; exit 1
+fi
 "$venv/bin/python" tests/tls/boto3_check.py run --ca "$data/tls/ca.pem" \
   --key AKIDTLSCHECK --secret tls-check-secret
 # Permissions: a key created with the CLI, whose policy lets it read tls-* streams only.
