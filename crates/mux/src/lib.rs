@@ -310,7 +310,10 @@ where
                 // Called here, in arrival order: what a handler does before its future is
                 // first polled (e.g. queue the call behind the ones before it) keeps the
                 // order in which the client sent the calls.
-                let call = handler(req);
+                // Boxed once here: a call's future is kilobytes (a PutRecords is ~3.5 KB), and
+                // the task would otherwise copy all of it on every move — into its cell when
+                // spawned, and again when its output replaces it.
+                let call = Box::pin(handler(req));
                 let answers = answers.clone();
                 tokio::spawn(async move {
                     let resp = call.await;

@@ -261,7 +261,7 @@ impl MillraceService {
                 None => retry.push((i, r)),
             }
         }
-        let writes = per_shard.into_iter().map(|(shard, (slots, batch))| {
+        let write = |shard: usize, slots: Vec<usize>, batch: Vec<BatchRecord>| {
             let sh = routes.shard(shard);
             async move {
                 let _dirty = crate::shard::dirty::begin(sh.group_id, &batch);
@@ -271,8 +271,20 @@ impl MillraceService {
                     .await;
                 (sh, slots, batch, r)
             }
-        });
-        for (sh, slots, batch, r) in futures::future::join_all(writes).await {
+        };
+        // A write's future is kilobytes (the append under way): a request to one shard awaits
+        // it where it is; several are boxed, as join_all moves a finished future's whole state
+        // to take its output.
+        let done = if per_shard.len() == 1 {
+            let (shard, (slots, batch)) = per_shard.pop_first().expect("one shard");
+            vec![write(shard, slots, batch).await]
+        } else {
+            let writes = per_shard
+                .into_iter()
+                .map(|(shard, (slots, batch))| Box::pin(write(shard, slots, batch)));
+            futures::future::join_all(writes).await
+        };
+        for (sh, slots, batch, r) in done {
             match r {
                 Ok(Appended::Closed) => retry.extend(slots.into_iter().zip(batch)),
                 Ok(Appended::At { index, position }) => {
