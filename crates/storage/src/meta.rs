@@ -352,6 +352,24 @@ impl GroupMeta {
 mod tests {
     use super::*;
 
+    /// Opens `path` again after a `NodeMeta` on it was dropped, waiting (at most 10 s) for the
+    /// lock: sled's background flusher thread holds the database until it notices the drop.
+    async fn reopen(path: &Path) -> NodeMeta {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match NodeMeta::open(path) {
+                Ok(meta) => return meta,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("reopening {}: {e}", path.display()),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_flushes_are_coalesced_and_all_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -372,7 +390,7 @@ mod tests {
             assert_eq!(f.requested.load(Ordering::SeqCst), 40);
             assert_eq!(f.durable.load(Ordering::SeqCst), 40);
         }
-        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        let meta = reopen(&dir.path().join("meta")).await;
         for g in 1..=40u64 {
             assert_eq!(meta.group(g).unwrap().get::<u64>("vote").unwrap(), Some(g));
         }
@@ -401,7 +419,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
-        let meta = NodeMeta::open(&path).unwrap();
+        let meta = reopen(&path).await;
         assert_eq!(meta.group_ids(), vec![0, 7, 12]);
         for g in [0u64, 7, 12] {
             let group = meta.group(g).unwrap();
@@ -422,7 +440,7 @@ mod tests {
         );
         drop(meta);
         // Reopening finds format 2 and the same values.
-        let meta = NodeMeta::open(&path).unwrap();
+        let meta = reopen(&path).await;
         assert_eq!(
             meta.node.get(FORMAT_KEY).unwrap().unwrap().as_ref(),
             META_FORMAT_VERSION.to_le_bytes()
@@ -450,7 +468,7 @@ mod tests {
             meta.node_put("node_id", &1u64).unwrap();
             g.flush().await.unwrap();
         }
-        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        let meta = reopen(&dir.path().join("meta")).await;
         assert_eq!(
             meta.group(7).unwrap().get::<(u64, u64)>("vote").unwrap(),
             Some((3, 1))
