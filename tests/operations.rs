@@ -611,6 +611,14 @@ async fn a_node_runs_from_a_config_file_that_flags_override() {
         },
     )
     .await;
+    // The node made its data directory, the node user's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root.join("node-1"))
+            .expect("data dir")
+            .permissions();
+        assert_eq!(mode.mode() & 0o777, 0o700);
+    }
     let (_, status) = http_get(&http_addr, "/v1/node/status").expect("status page");
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     assert_eq!(

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use openraft::async_runtime::WatchReceiver;
@@ -13,11 +15,18 @@ use super::access::Target;
 use crate::server::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
+    let signed = |action: &'static str| from_fn_with_state((node.clone(), action), signed_by);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/v1/node/status", get(status))
-        .route("/v1/cluster/status", get(cluster_status))
+        .route(
+            "/v1/node/status",
+            get(status).route_layer(signed("GetNodeStats")),
+        )
+        .route(
+            "/v1/cluster/status",
+            get(cluster_status).route_layer(signed("GetClusterStatus")),
+        )
         .with_state(node.clone())
         .merge(super::kinesis::router(super::kinesis::KinesisApi::new(
             node,
@@ -35,6 +44,18 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: registered={registered} metadata_leader={leader:?}\n"),
         ),
+    }
+}
+
+/// Serves a status page only to a request [`allow_status`] lets through.
+async fn signed_by(
+    State((node, action)): State<(Arc<Node>, &'static str)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match allow_status(&node, action, req.method(), req.uri(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -78,19 +99,7 @@ fn allow_status(
 }
 
 /// This node's view of itself and its Raft group replicas (JSON, for operators and tests).
-async fn status(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> (StatusCode, Json<serde_json::Value>) {
-    if let Err(refused) = allow_status(&node, "GetNodeStats", &method, &uri, &headers) {
-        return refused;
-    }
-    (StatusCode::OK, node_status(&node))
-}
-
-fn node_status(node: &Node) -> Json<serde_json::Value> {
+async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
     let mut ids = node.groups.group_ids();
     ids.sort_unstable();
     let groups: Vec<serde_json::Value> = ids
@@ -127,15 +136,7 @@ fn node_status(node: &Node) -> Json<serde_json::Value> {
 }
 
 /// The cluster status (as `millrace cluster status --json` prints it), for dashboards.
-async fn cluster_status(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> (StatusCode, Json<serde_json::Value>) {
-    if let Err(refused) = allow_status(&node, "GetClusterStatus", &method, &uri, &headers) {
-        return refused;
-    }
+async fn cluster_status(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
     match node.fetch_cluster_status().await {
         Ok(s) => (StatusCode::OK, Json(s)),
         Err(e) => (

@@ -123,3 +123,35 @@ fn serde_shape(e: &serde_json::Error) -> String {
         e.column()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_entries_are_reported_without_their_values() {
+        // A key's secret where a number belongs: serde's own message would quote it.
+        let bad = r#"{"RemoveMember":{"node_id":"s3cr3t-value"}}"#;
+        let e = serde_json::from_str::<MetaCommand>(bad).unwrap_err();
+        assert!(
+            e.to_string().contains("s3cr3t-value"),
+            "serde quotes it: {e}"
+        );
+        let shown = serde_shape(&e);
+        assert!(
+            !shown.contains("s3cr3t-value") && shown.contains("line 1"),
+            "{shown}"
+        );
+        // The iterator MAC key prints redacted, in the command and in the state.
+        let text = r#"{"InitClusterSecret":{"secret_hex":"s3cr3t-value"}}"#;
+        let cmd: MetaCommand = serde_json::from_str(text).unwrap();
+        assert!(!format!("{cmd:?}").contains("s3cr3t-value"), "{cmd:?}");
+        let mut state = MetaState::default();
+        state.apply(&cmd);
+        assert!(!format!("{state:?}").contains("s3cr3t-value"));
+        assert_eq!(
+            state.cluster_secret.map(|s| s.0).as_deref(),
+            Some("s3cr3t-value")
+        );
+    }
+}
