@@ -106,9 +106,33 @@ impl Segment {
     /// Byte range `[start, end)` of the frames for indexes `from..=to` (both in this segment).
     fn byte_range(&self, from: u64, to: u64) -> (u64, u64) {
         let start = self.offsets[(from - self.base) as usize];
-        let next = (to - self.base + 1) as usize;
-        let end = self.offsets.get(next).copied().unwrap_or(self.end);
-        (start, end)
+        (start, self.frame_end(to))
+    }
+
+    /// Where the frame of `index` (in this segment) ends.
+    fn frame_end(&self, index: u64) -> u64 {
+        let next = (index - self.base + 1) as usize;
+        self.offsets.get(next).copied().unwrap_or(self.end)
+    }
+
+    /// The last index in `from..=to` whose payloads, from `from` on, fit in `budget` bytes, or
+    /// `from` itself (the first entry is always taken), computed from the frame offsets alone so
+    /// that a bounded read reads only what it returns.
+    fn last_within(&self, from: u64, to: u64, budget: usize) -> u64 {
+        let payload_of = |index: u64| {
+            let start = self.offsets[(index - self.base) as usize];
+            (self.frame_end(index) - start) as usize - frame::FRAME_HEADER_BYTES
+        };
+        let mut last = from;
+        let mut payload = payload_of(from);
+        while last < to {
+            payload += payload_of(last + 1);
+            if payload > budget {
+                break;
+            }
+            last += 1;
+        }
+        last
     }
 }
 
@@ -426,7 +450,16 @@ impl SegmentLog {
                 continue;
             }
             let seg_last = seg.last_index().expect("contains implies entries");
-            let to = seg_last.min(end - 1);
+            let mut to = seg_last.min(end - 1);
+            // Read only the frames that fit the rest of the budget (the first entry of the
+            // whole read always does), not the segment's remainder.
+            to = if out.is_empty() {
+                seg.last_within(next, to, bytes_max)
+            } else if bytes_max > bytes {
+                seg.last_within(next, to, bytes_max - bytes)
+            } else {
+                return Ok(out);
+            };
             let (from_off, to_off) = seg.byte_range(next, to);
             let raw = read_at(&seg.file, (to_off - from_off) as usize, from_off)
                 .map_err(|e| StorageError::io("read", seg.path.display(), e))?;

@@ -55,6 +55,36 @@ fn append_read_reopen_across_segments() {
 }
 
 #[test]
+fn a_bounded_read_returns_the_longest_prefix_within_the_bound_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<_> = (1..=120)
+        .map(|i| (i, payload(i, 40 + (i as usize * 7 % 200))))
+        .collect();
+    let (mut log, _) = SegmentLog::open(dir.path(), small(), None).unwrap();
+    append_all(&mut log, &entries);
+    assert!(log.segment_count() > 3);
+    for start in [1u64, 2, 17, 60, 119, 120] {
+        for budget in [0usize, 39, 40, 250, 1000, 4096, 9000, usize::MAX] {
+            let got = log.read(start, 121, budget).unwrap();
+            // The expected answer, from the payload sizes alone.
+            let mut want = Vec::new();
+            let mut sum = 0usize;
+            for (i, p) in &entries[(start - 1) as usize..] {
+                if !want.is_empty() && sum + p.len() > budget {
+                    break;
+                }
+                sum += p.len();
+                want.push((*i, p.clone()));
+            }
+            let got: Vec<_> = got.into_iter().map(|(i, p)| (i, p.to_vec())).collect();
+            assert_eq!(got, want, "start {start}, budget {budget}");
+        }
+    }
+    // An end before the segment's last entry is kept too.
+    assert_eq!(log.read(5, 8, usize::MAX).unwrap().len(), 3);
+}
+
+#[test]
 fn zero_filled_space_is_kept_ahead_of_appends_and_recovered_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let config = SegmentLogConfig {
