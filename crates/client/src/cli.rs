@@ -71,7 +71,8 @@ pub enum StreamCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Write records as fast as the cluster acknowledges them.
+    /// Write records as fast as the cluster acknowledges them (through every member of the
+    /// cluster, found from `--endpoint`: each write goes to its shard leader's node).
     Produce {
         #[arg(long)]
         stream: String,
@@ -326,6 +327,9 @@ pub async fn run(
                 batch_records,
                 shards,
             };
+            // Every member, so that each write goes straight to its shard's leader, as a
+            // producer application's discovered client would, whatever `--endpoint` names.
+            let client = &client.discovered().await;
             if producer {
                 let linger = Duration::from_millis(linger_ms);
                 crate::bench::produce_batched(client, opts, linger, json, out).await?
@@ -343,7 +347,7 @@ pub async fn run(
             crate::group::describe(client, &stream, &group, out).await?
         }
         ClientCommand::Bench(BenchCommand::Consume { stream, json }) => {
-            crate::bench::consume(client, &stream, json, out).await?
+            crate::bench::consume(&client.discovered().await, &stream, json, out).await?
         }
         ClientCommand::Cluster(ClusterCommand::Decommission { node_id, no_wait }) => {
             client.decommission_node(node_id).await?;

@@ -196,6 +196,19 @@ impl Client {
         })
     }
 
+    /// This client's endpoints and settings, widened to every member of the cluster (see
+    /// [`Client::discover`]); the client itself when the cluster cannot be described (a key
+    /// without the cluster permission), which still works, through forwarding hops.
+    pub async fn discovered(&self) -> Client {
+        match Client::discover(self.endpoints(), self.inner.config.clone()).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not discover the cluster's members; using the given endpoints");
+                self.clone()
+            }
+        }
+    }
+
     /// The endpoint index of a node, when this client knows node ids (see [`Client::discover`];
     /// otherwise learned with the first routed write).
     fn node_index(&self, node_id: u64) -> Option<usize> {

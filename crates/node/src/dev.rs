@@ -8,6 +8,8 @@ use tokio::process::{Child, Command};
 
 pub const DEV_GRPC_PORT_BASE: u16 = 7100;
 pub const DEV_HTTP_PORT_BASE: u16 = 4566;
+/// How long `dev` waits for its nodes to stop gracefully when it is stopped.
+const DEV_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Zones a, b, c, … (wrapping after z).
 pub fn dev_zone(i: usize) -> String {
     ((b'a' + ((i - 1) % 26) as u8) as char).to_string()
@@ -146,10 +148,11 @@ pub async fn run(nodes: usize, data_dir: &Path, tls: bool) -> anyhow::Result<()>
     println!("Ctrl-C stops the cluster; run again with the same --data-dir to resume it.");
 
     let mut waits = Vec::new();
+    let mut exits = Vec::new();
     for (i, mut child) in children {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         waits.push(tx);
-        tokio::spawn(async move {
+        exits.push(tokio::spawn(async move {
             tokio::select! {
                 status = child.wait() => {
                     tracing::warn!(node = i, ?status, "node exited; dev does not restart it");
@@ -162,13 +165,26 @@ pub async fn run(nodes: usize, data_dir: &Path, tls: bool) -> anyhow::Result<()>
                     let _ = child.wait().await;
                 }
             }
-        });
+        }));
     }
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C, or a SIGTERM sent to `dev` alone (a supervisor, `kill`): either way the nodes are
+    // stopped, not left running without their parent.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     println!("stopping the cluster");
     for w in waits {
         let _ = w.send(());
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Each node gets time to stop gracefully; one still running then is killed (kill_on_drop).
+    let stopped = futures::future::join_all(exits);
+    if tokio::time::timeout(DEV_STOP_TIMEOUT, stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a node did not stop within {DEV_STOP_TIMEOUT:?}; killing it");
+    }
     Ok(())
 }
