@@ -900,6 +900,20 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
     let (code, body) = cluster.get(2, "/v1/cluster/status").unwrap();
     assert_eq!(code, 200, "signed by the admin: {body}");
     assert!(cluster.status(2).unwrap()["groups"].is_array());
+    // /metrics names streams too: guarded the same way.
+    let (code, body) = cluster.get_as(2, "/metrics", None).unwrap();
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = cluster
+        .get_as(2, "/metrics", Some(&signer(&key, &secret)))
+        .unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("orders"), "a refusal shows nothing: {body}");
+    let (code, body) = cluster.get(2, "/metrics").unwrap();
+    assert_eq!(code, 200, "signed by the admin: {body}");
+    assert!(
+        body.contains("millrace_stream_records_written_total"),
+        "{body}"
+    );
     assert_eq!(cluster.get_as(2, "/healthz", None).unwrap().0, 200);
     assert_eq!(cluster.get_as(2, "/readyz", None).unwrap().0, 200);
 

@@ -12,9 +12,9 @@ root=$(pwd)
 bin="$root/target/release/millrace"
 venv="$root/target/compose-venv"
 [ -x "$bin" ] || cargo build --release --bin millrace
-if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
+if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c 'import boto3, prometheus_client' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet boto3 awscli
+  "$venv/bin/pip" install --quiet boto3 awscli prometheus_client
 fi
 
 data=$(mktemp -d /tmp/millrace-tls-check.XXXXXX)
@@ -90,6 +90,15 @@ code=$(status_code --aws-sigv4 "aws:amz:us-east-1:kinesis" --user "$user_key:$us
 curl -sf --cacert "$MILLRACE_CA_CERT" --aws-sigv4 "aws:amz:us-east-1:kinesis" \
   --user "AKIDTLSCHECK:tls-check-secret" "$status_url" | grep -q '"metadata_leader"' \
   || { echo "curl --aws-sigv4 with the admin key did not get the cluster status"; exit 1; }
+# /metrics (issue 16), signed like the status pages, parsed by the reference OpenMetrics parser.
+metrics_url=https://127.0.0.1:4567/metrics
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$MILLRACE_CA_CERT" "$metrics_url")
+[ "$code" = 401 ] || { echo "an unsigned /metrics answered HTTP $code, not 401"; exit 1; }
+for port in 4567 4568 4569; do
+  curl -sf --cacert "$MILLRACE_CA_CERT" --aws-sigv4 "aws:amz:us-east-1:kinesis" \
+    --user "AKIDTLSCHECK:tls-check-secret" "https://127.0.0.1:$port/metrics" > "$data/metrics-$port.txt"
+done
+"$venv/bin/python" tests/tls/openmetrics_check.py "$data"/metrics-45*.txt
 "$bin" access-key delete "$user_key"
 for attempt in $(seq 50); do  # every node applies the deletion within milliseconds
   MILLRACE_ACCESS_KEY_ID="$user_key" MILLRACE_SECRET_ACCESS_KEY="$user_secret" \

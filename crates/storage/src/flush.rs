@@ -85,6 +85,8 @@ pub struct FlushStats {
     pub filesystem_syncs: AtomicU64,
     /// Time spent syncing, over all rounds (microseconds).
     pub sync_micros: AtomicU64,
+    /// How long each round's syncs took.
+    pub round_seconds: crate::histogram::LatencyHistogram,
 }
 
 /// Handle to the node's flush thread. Cloning shares the thread.
@@ -149,9 +151,11 @@ fn run(mut rx: mpsc::Receiver<FlushRequest>, method: SyncMethod, stats: Arc<Flus
         let started = std::time::Instant::now();
         let plan = SyncPlan::new(files, method);
         let result = plan.run(&mut helpers).map_err(Arc::new);
+        let took = started.elapsed();
         stats
             .sync_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        stats.round_seconds.observe(took);
         if let Err(e) = &result {
             tracing::error!(error = %e, "sync failed; covered appends will be reported failed");
         }

@@ -13,10 +13,12 @@
 pub mod calibration;
 pub mod error;
 pub mod flush;
+pub mod histogram;
 pub mod meta;
 pub mod segment;
 
 pub use error::{StorageError, StorageResult};
 pub use flush::{FlushCoordinator, FlushStats, SyncMethod};
+pub use histogram::{HistogramSnapshot, LatencyHistogram};
 pub use meta::{GroupMeta, NodeMeta};
 pub use segment::{SegmentLog, SegmentLogConfig};

@@ -23,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/node/status",
             get(status).route_layer(signed("GetNodeStats")),
         )
+        .route("/metrics", get(metrics).route_layer(signed("GetNodeStats")))
         .route(
             "/v1/cluster/status",
             get(cluster_status).route_layer(signed("GetClusterStatus")),
@@ -96,6 +97,17 @@ fn allow_status(
             };
             refused(e.into(), status)
         })
+}
+
+/// This node's metrics, in the Prometheus text format (see `docs/metrics.md`).
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::server::metrics::render(&node),
+    )
 }
 
 /// This node's view of itself and its Raft group replicas (JSON, for operators and tests).

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,6 +148,36 @@ impl MillraceService {
         &self,
         req: pb::PutRecordsRequest,
     ) -> Result<pb::PutRecordsResponse, ApiError> {
+        let started = std::time::Instant::now();
+        let mut sizes = Vec::new();
+        let outcome = self.put_records_measured(req, &mut sizes).await;
+        let metrics = &self.node.metrics;
+        metrics.produce_seconds.observe(started.elapsed());
+        if let Ok((name, resp)) = &outcome {
+            if let Some(c) = metrics.stream(name) {
+                let (mut records, mut bytes) = (0, 0);
+                for (r, size) in resp.records.iter().zip(&sizes) {
+                    if r.error_code.is_empty() {
+                        records += 1;
+                        bytes += *size as u64;
+                    }
+                }
+                c.records_written.fetch_add(records, Relaxed);
+                c.bytes_written.fetch_add(bytes, Relaxed);
+                c.records_failed
+                    .fetch_add(resp.failed_record_count as u64, Relaxed);
+            }
+        }
+        outcome.map(|(_, resp)| resp)
+    }
+
+    /// [`Self::put_records_impl`], also giving the stream's name and (in `sizes`) each
+    /// record's data bytes, for the metrics.
+    async fn put_records_measured(
+        &self,
+        req: pb::PutRecordsRequest,
+        sizes: &mut Vec<usize>,
+    ) -> Result<(String, pb::PutRecordsResponse), ApiError> {
         let name = stream_name_from(&req.stream_name)?;
         let mut routes = self.write_routes(&name).await?;
         if routes.deleting {
@@ -157,6 +188,7 @@ impl MillraceService {
         }
         let producer = producer_of(&req)?;
         let records = validate(req, routes.max_record_bytes)?;
+        sizes.extend(records.iter().map(|r| r.data.len()));
         let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
         let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
@@ -180,10 +212,11 @@ impl MillraceService {
             routes = self.write_routes(&name).await?;
         }
         let failed = results.iter().filter(|r| !r.error_code.is_empty()).count() as u32;
-        Ok(pb::PutRecordsResponse {
+        let resp = pb::PutRecordsResponse {
             failed_record_count: failed,
             records: results,
-        })
+        };
+        Ok((name, resp))
     }
 
     /// The stream's write routes; if unknown here, catches up with the metadata leader
@@ -385,6 +418,25 @@ impl MillraceService {
         &self,
         req: pb::GetRecordsRequest,
     ) -> Result<pb::GetRecordsResponse, ApiError> {
+        let started = std::time::Instant::now();
+        let outcome = self.get_records_measured(req).await;
+        let metrics = &self.node.metrics;
+        metrics.get_records_seconds.observe(started.elapsed());
+        if let Ok((stream, resp)) = &outcome {
+            if let Some(c) = metrics.stream(stream) {
+                let bytes: usize = resp.records.iter().map(|r| r.data.len()).sum();
+                c.records_read.fetch_add(resp.records.len() as u64, Relaxed);
+                c.bytes_read.fetch_add(bytes as u64, Relaxed);
+            }
+        }
+        outcome.map(|(_, resp)| resp)
+    }
+
+    /// [`Self::get_records_impl`], also giving the stream's name, for the metrics.
+    async fn get_records_measured(
+        &self,
+        req: pb::GetRecordsRequest,
+    ) -> Result<(String, pb::GetRecordsResponse), ApiError> {
         let secret = self.secret().await?;
         let token = IteratorToken::decode(&req.shard_iterator, &secret, now_ms())?;
         let limit = match req.limit {
@@ -429,7 +481,7 @@ impl MillraceService {
         } else {
             Vec::new()
         };
-        Ok(pb::GetRecordsResponse {
+        let resp = pb::GetRecordsResponse {
             records: records_proto(read.outcome.records),
             next_shard_iterator: if at_end {
                 String::new()
@@ -438,7 +490,8 @@ impl MillraceService {
             },
             millis_behind_latest: millis_behind,
             child_shards,
-        })
+        };
+        Ok((next.stream, resp))
     }
 }
 

@@ -4,6 +4,7 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 mod http_serve;
+pub mod metrics;
 pub mod node;
 mod quiesce;
 mod reconcile;

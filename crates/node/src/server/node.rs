@@ -48,6 +48,8 @@ pub struct Node {
     pub security: Arc<super::security::NodeSecurity>,
     /// Limits on the public APIs' requests (in flight, call time, rate per key).
     pub admission: Arc<super::admission::Admission>,
+    /// What `/metrics` reports beyond the counters above (see [`super::metrics`]).
+    pub(crate) metrics: super::metrics::NodeMetrics,
 }
 
 /// Outcome of a local write attempt.

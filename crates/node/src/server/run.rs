@@ -144,6 +144,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         leave: tokio::sync::Notify::new(),
         quiet: Mutex::new(Default::default()),
         stats: Default::default(),
+        metrics: Default::default(),
         security: security.clone(),
         admission: Arc::new(super::admission::Admission::new(
             config.limits.requests_in_flight_max,

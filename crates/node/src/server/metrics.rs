@@ -1,0 +1,412 @@
+//! `GET /metrics`: this node's metrics in the Prometheus (OpenMetrics) text format, encoded by
+//! `prometheus-client`. Every name, unit and label is listed in `docs/metrics.md`.
+//!
+//! Counters the hot paths already keep (write path, group commit, admission) are read at scrape
+//! time; what only this module keeps (latency histograms, per-stream counters) is recorded
+//! without a lock per request: histograms are atomic buckets, and a stream's counters are found
+//! under a read lock, created once. Per-stream series are capped at [`STREAM_SERIES_MAX`]; writes
+//! and reads of streams past the cap are counted in `millrace_metrics_series_dropped_total`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+
+use millrace_storage::{HistogramSnapshot, LatencyHistogram};
+use openraft::async_runtime::WatchReceiver;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::node::Node;
+
+/// Streams with series of their own at most, per node.
+pub const STREAM_SERIES_MAX: usize = 1_000;
+
+/// The metrics only this module keeps (the others are read from their owners at scrape time).
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    /// A PutRecords (native or Kinesis, one record or many) from its arrival to its answer.
+    pub produce_seconds: LatencyHistogram,
+    /// A GetRecords (native or Kinesis) from its arrival to its answer.
+    pub get_records_seconds: LatencyHistogram,
+    streams: RwLock<HashMap<String, Arc<StreamCounters>>>,
+    series_dropped: AtomicU64,
+}
+
+/// Counters of one stream, on this node (the node that received the clients' calls).
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pub records_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Records of PutRecords calls refused per record (throttled, not led, resharding…).
+    pub records_failed: AtomicU64,
+    pub records_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+impl NodeMetrics {
+    /// The stream's counters, or `None` once [`STREAM_SERIES_MAX`] streams have series here
+    /// (then the caller's events are counted as dropped).
+    pub fn stream(&self, name: &str) -> Option<Arc<StreamCounters>> {
+        if let Some(c) = self.streams.read().expect("metrics lock").get(name) {
+            return Some(c.clone());
+        }
+        let mut streams = self.streams.write().expect("metrics lock");
+        if let Some(c) = streams.get(name) {
+            return Some(c.clone());
+        }
+        if streams.len() >= STREAM_SERIES_MAX {
+            self.series_dropped.fetch_add(1, Relaxed);
+            return None;
+        }
+        let c = Arc::new(StreamCounters::default());
+        streams.insert(name.to_string(), c.clone());
+        Some(c)
+    }
+
+    /// Forgets the series of streams that no longer exist (deleted), so they stop being
+    /// reported and free their place under the cap.
+    fn forget_streams_except(&self, exists: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = {
+            let streams = self.streams.read().expect("metrics lock");
+            streams.keys().filter(|n| !exists(n)).cloned().collect()
+        };
+        if !gone.is_empty() {
+            let mut streams = self.streams.write().expect("metrics lock");
+            for name in gone {
+                streams.remove(&name);
+            }
+        }
+    }
+}
+
+/// The node's metrics, as `GET /metrics` answers them.
+pub fn render(node: &Node) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape::of(node)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Everything one scrape reports, read from the node at once.
+#[derive(Debug)]
+struct Scrape {
+    node_id: u64,
+    zone: String,
+    version: &'static str,
+    write: millrace_proto::v1::GetNodeStatsResponse,
+    flush_round: HistogramSnapshot,
+    produce: HistogramSnapshot,
+    get_records: HistogramSnapshot,
+    streams: Vec<(String, [u64; 5])>,
+    series_dropped: u64,
+    groups_hosted: u64,
+    groups_led: u64,
+    requests_in_flight: u64,
+    admission: serde_json::Value,
+    pages_read_ahead: u64,
+}
+
+impl Scrape {
+    fn of(node: &Node) -> Scrape {
+        let m = &node.metrics;
+        m.forget_streams_except(|name| node.meta.read(|s| s.streams.contains_key(name)));
+        let mut streams: Vec<(String, [u64; 5])> = m
+            .streams
+            .read()
+            .expect("metrics lock")
+            .iter()
+            .map(|(name, c)| {
+                let v = [
+                    c.records_written.load(Relaxed),
+                    c.bytes_written.load(Relaxed),
+                    c.records_failed.load(Relaxed),
+                    c.records_read.load(Relaxed),
+                    c.bytes_read.load(Relaxed),
+                ];
+                (name.clone(), v)
+            })
+            .collect();
+        streams.sort();
+        let (mut hosted, mut led) = (0, 0);
+        for id in node.groups.group_ids() {
+            if let Some(h) = node.groups.get(id) {
+                hosted += 1;
+                if h.raft.metrics().borrow_watched().current_leader == Some(node.id) {
+                    led += 1;
+                }
+            }
+        }
+        let admission = node.admission.status_json();
+        Scrape {
+            node_id: node.id,
+            zone: node.config.zone.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            write: node.write_stats(),
+            flush_round: node.groups.flusher().stats().round_seconds.snapshot(),
+            produce: m.produce_seconds.snapshot(),
+            get_records: m.get_records_seconds.snapshot(),
+            streams,
+            series_dropped: m.series_dropped.load(Relaxed),
+            groups_hosted: hosted,
+            groups_led: led,
+            requests_in_flight: admission["requests_in_flight"].as_u64().unwrap_or(0),
+            admission,
+            pages_read_ahead: crate::shard::read_ahead::pages_served(),
+        }
+    }
+}
+
+/// Writes one unlabelled counter or gauge.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, unit, kind)?;
+    match kind {
+        MetricType::Counter => metric.encode_counter::<NoLabelSet, _, u64>(&value, None),
+        _ => metric.encode_gauge(&(value as i64)),
+    }
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let info = [
+            ("node_id", self.node_id.to_string()),
+            ("zone", self.zone.clone()),
+            ("version", self.version.to_string()),
+        ];
+        e.encode_descriptor("millrace_node", "This node", None, MetricType::Info)?
+            .encode_info(&info)?;
+
+        // The write path and its group commit.
+        let w = &self.write;
+        let counters: [(&str, &str, u64); 9] = [
+            (
+                "millrace_requests_led",
+                "Write requests appended here as their shard's leader",
+                w.requests_led,
+            ),
+            (
+                "millrace_requests_forwarded",
+                "Write requests handed on to their shard leader's node",
+                w.requests_forwarded,
+            ),
+            (
+                "millrace_entries_proposed",
+                "Raft entries of records proposed here as a shard leader",
+                w.entries_proposed,
+            ),
+            (
+                "millrace_records_proposed",
+                "Records in the entries proposed here",
+                w.records_proposed,
+            ),
+            (
+                "millrace_flush_rounds",
+                "Group-commit rounds of this node's flush thread",
+                w.flush_rounds,
+            ),
+            (
+                "millrace_flush_requests",
+                "Appends made durable by the flush rounds",
+                w.flush_requests,
+            ),
+            (
+                "millrace_fsyncs",
+                "Sync calls (fdatasync of a file or syncfs of a filesystem)",
+                w.fsyncs,
+            ),
+            (
+                "millrace_filesystem_syncs",
+                "Of the sync calls, those of a whole filesystem (syncfs)",
+                w.filesystem_syncs,
+            ),
+            (
+                "millrace_read_ahead_pages",
+                "GetRecords pages served from read-ahead",
+                self.pages_read_ahead,
+            ),
+        ];
+        for (name, help, v) in counters {
+            single(&mut e, name, help, None, Counter, v)?;
+        }
+        e.encode_descriptor(
+            "millrace_flush",
+            "Time the flush thread spent syncing",
+            Some(&Unit::Seconds),
+            Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&(w.flush_micros as f64 / 1e6), None)?;
+        histogram(
+            &mut e,
+            "millrace_flush_round",
+            "How long one group-commit round's syncs took",
+            &self.flush_round,
+        )?;
+        histogram(
+            &mut e,
+            "millrace_produce",
+            "PutRecords calls from arrival to answer (the ack)",
+            &self.produce,
+        )?;
+        histogram(
+            &mut e,
+            "millrace_get_records",
+            "GetRecords calls from arrival to answer",
+            &self.get_records,
+        )?;
+
+        // Raft groups on this node.
+        single(
+            &mut e,
+            "millrace_raft_groups",
+            "Raft groups (shards and the metadata group) with a replica here",
+            None,
+            Gauge,
+            self.groups_hosted,
+        )?;
+        single(
+            &mut e,
+            "millrace_raft_groups_led",
+            "Raft groups this node leads",
+            None,
+            Gauge,
+            self.groups_led,
+        )?;
+
+        // Admission.
+        single(
+            &mut e,
+            "millrace_requests_in_flight",
+            "Public API requests being served",
+            None,
+            Gauge,
+            self.requests_in_flight,
+        )?;
+        let a = |key: &str| self.admission[key].as_u64().unwrap_or(0);
+        let refused: [(&str, &str, &str); 5] = [
+            (
+                "millrace_requests_refused_in_flight",
+                "Requests refused at the in-flight limit",
+                "requests_refused_in_flight",
+            ),
+            (
+                "millrace_grpc_calls_timed_out",
+                "gRPC calls ended at the call timeout",
+                "grpc_calls_timed_out",
+            ),
+            (
+                "millrace_requests_refused_key_rate",
+                "Requests refused at an access key's rate limit",
+                "requests_refused_key_rate",
+            ),
+            (
+                "millrace_kinesis_bodies_too_large",
+                "Kinesis requests refused for their body size (413)",
+                "kinesis_bodies_too_large",
+            ),
+            (
+                "millrace_kinesis_bodies_timed_out",
+                "Kinesis requests whose body did not arrive in time (408)",
+                "kinesis_bodies_timed_out",
+            ),
+        ];
+        for (name, help, key) in refused {
+            single(&mut e, name, help, None, Counter, a(key))?;
+        }
+
+        // Per stream.
+        let per_stream: [(&str, &str, Option<Unit>, usize); 5] = [
+            (
+                "millrace_stream_records_written",
+                "Records acknowledged to writers through this node",
+                None,
+                0,
+            ),
+            (
+                "millrace_stream_written",
+                "Record data acknowledged to writers through this node",
+                Some(Unit::Bytes),
+                1,
+            ),
+            (
+                "millrace_stream_records_failed",
+                "Records of PutRecords calls refused per record (throttled, resharding, …)",
+                None,
+                2,
+            ),
+            (
+                "millrace_stream_records_read",
+                "Records returned to readers by this node's GetRecords",
+                None,
+                3,
+            ),
+            (
+                "millrace_stream_read",
+                "Record data returned to readers by this node's GetRecords",
+                Some(Unit::Bytes),
+                4,
+            ),
+        ];
+        for (name, help, unit, i) in per_stream {
+            let mut family = e.encode_descriptor(name, help, unit.as_ref(), Counter)?;
+            for (stream, v) in &self.streams {
+                let labels = [("stream", stream.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v[i], None)?;
+            }
+        }
+        single(
+            &mut e,
+            "millrace_metrics_series_dropped",
+            "Events of streams past the per-node series cap, not counted per stream",
+            None,
+            Counter,
+            self.series_dropped,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_past_the_cap_are_counted_as_dropped_and_deleted_ones_free_their_place() {
+        let m = NodeMetrics::default();
+        for i in 0..STREAM_SERIES_MAX {
+            assert!(m.stream(&format!("s{i}")).is_some());
+        }
+        // The same stream again: its counters, not a new series.
+        let a = m.stream("s0").unwrap();
+        a.records_written.fetch_add(3, Relaxed);
+        assert_eq!(m.stream("s0").unwrap().records_written.load(Relaxed), 3);
+        assert!(m.stream("one-too-many").is_none());
+        assert_eq!(m.series_dropped.load(Relaxed), 1);
+        m.forget_streams_except(|name| name != "s1");
+        assert!(m.stream("one-too-many").is_some(), "s1's place was freed");
+        assert_eq!(m.streams.read().unwrap().len(), STREAM_SERIES_MAX);
+    }
+}

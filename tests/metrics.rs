@@ -1,0 +1,174 @@
+//! `GET /metrics` on a real 3-node cluster (issue 16): it parses as Prometheus text, its
+//! counters move with the writes and reads made, and `docs/metrics.md` lists every metric.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::Cluster;
+use millrace_client::{PutRecord, StartPosition};
+use prometheus_parse::{Scrape, Value};
+
+fn scrape(cluster: &Cluster, id: u64) -> Scrape {
+    let (code, body) = cluster.get(id, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text")
+}
+
+/// The value of `name` (with `stream` = `stream` when given), 0 when absent.
+fn value(s: &Scrape, name: &str, stream: Option<&str>) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && stream.is_none_or(|st| x.labels.get("stream") == Some(st)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(b) => b.iter().map(|c| c.count).fold(0.0, f64::max),
+            Value::Summary(_) => panic!("no summaries are exported"),
+        })
+        .sum()
+}
+
+fn total(scrapes: &[Scrape], name: &str, stream: Option<&str>) -> f64 {
+    scrapes.iter().map(|s| value(s, name, stream)).sum()
+}
+
+/// The names a query uses: sample names, a histogram's parts (`_bucket`, `_count`, `_sum`)
+/// under its own name.
+fn families(s: &Scrape) -> BTreeSet<String> {
+    s.samples
+        .iter()
+        .map(|x| {
+            let name = x.metric.as_str();
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
+    let cluster = Cluster::start("metrics", 3).await;
+    let client = cluster.client();
+    client.create_stream("metered", 2).await.expect("create");
+    client
+        .wait_for_active("metered", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let before: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
+    assert_eq!(
+        total(
+            &before,
+            "millrace_stream_records_written_total",
+            Some("metered")
+        ),
+        0.0
+    );
+
+    // 40 calls of 5 records of 100 bytes each.
+    for call in 0..40 {
+        let records = (0..5)
+            .map(|i| PutRecord::new(format!("key-{call}-{i}"), vec![7u8; 100]))
+            .collect();
+        for r in client.put_records("metered", records).await.expect("put") {
+            r.expect("record written");
+        }
+    }
+    let mut read = 0;
+    for shard in client.list_shards("metered").await.expect("shards") {
+        let mut it = client
+            .get_shard_iterator("metered", &shard.shard_id, StartPosition::TrimHorizon)
+            .await
+            .expect("iterator");
+        loop {
+            let page = client.get_records(&it, 10_000).await.expect("read");
+            if page.records.is_empty() {
+                break;
+            }
+            read += page.records.len();
+            it = page.next_shard_iterator;
+        }
+    }
+    assert_eq!(read, 200);
+
+    let after: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
+    let moved = |name: &str, stream: Option<&str>| {
+        total(&after, name, stream) - total(&before, name, stream)
+    };
+    // Each call was answered by one node, whichever received it: summed over the nodes, the
+    // per-stream counters count each record once.
+    assert_eq!(
+        moved("millrace_stream_records_written_total", Some("metered")),
+        200.0
+    );
+    assert_eq!(
+        moved("millrace_stream_written_bytes_total", Some("metered")),
+        20_000.0
+    );
+    assert_eq!(
+        moved("millrace_stream_records_failed_total", Some("metered")),
+        0.0
+    );
+    assert_eq!(
+        moved("millrace_stream_records_read_total", Some("metered")),
+        200.0
+    );
+    assert_eq!(
+        moved("millrace_stream_read_bytes_total", Some("metered")),
+        20_000.0
+    );
+    // Every PutRecords call was timed; the reads too (the last, empty page of each shard
+    // included).
+    assert!(moved("millrace_produce_seconds_count", None) >= 40.0);
+    assert!(moved("millrace_get_records_seconds_count", None) >= 4.0);
+    // The shard leaders proposed the 200 records, and every node synced what it appended.
+    assert_eq!(moved("millrace_records_proposed_total", None), 200.0);
+    assert!(moved("millrace_entries_proposed_total", None) >= 1.0);
+    for (id, (b, a)) in before.iter().zip(&after).enumerate() {
+        let fsyncs =
+            value(a, "millrace_fsyncs_total", None) - value(b, "millrace_fsyncs_total", None);
+        let rounds = value(a, "millrace_flush_round_seconds_count", None)
+            - value(b, "millrace_flush_round_seconds_count", None);
+        assert!(
+            fsyncs >= 1.0 && rounds >= 1.0,
+            "node {}: fsyncs {fsyncs}, rounds {rounds}",
+            id + 1
+        );
+    }
+    // Groups: 2 shards and the metadata group, 3 replicas each, one leader each.
+    assert_eq!(total(&after, "millrace_raft_groups", None), 9.0);
+    assert_eq!(total(&after, "millrace_raft_groups_led", None), 3.0);
+    // The node's identity.
+    let info = after[1]
+        .samples
+        .iter()
+        .find(|x| x.metric == "millrace_node_info")
+        .expect("millrace_node_info");
+    assert_eq!(info.labels.get("node_id"), Some("2"));
+
+    // docs/metrics.md names every family exported, and exports every family it names.
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ))
+    .expect("docs/metrics.md");
+    let documented: BTreeSet<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `millrace_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("millrace_{name}"))
+        .collect();
+    let exported = families(&after[0]);
+    assert_eq!(
+        exported, documented,
+        "docs/metrics.md's table and the exported families differ"
+    );
+}
