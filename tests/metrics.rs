@@ -1,5 +1,6 @@
 //! `GET /metrics` on a real 3-node cluster (issue 16): it parses as Prometheus text, its
 //! counters move with the writes and reads made, and `docs/metrics.md` lists every metric.
+//! The nodes log as JSON (`--log-format json`), which is checked too.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -56,7 +57,7 @@ fn families(s: &Scrape) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
-    let cluster = Cluster::start("metrics", 3).await;
+    let cluster = Cluster::start_with_env("metrics", 3, &[("MILLRACE_LOG_FORMAT", "json")]).await;
     let client = cluster.client();
     client.create_stream("metered", 2).await.expect("create");
     client
@@ -153,6 +154,27 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         .find(|x| x.metric == "millrace_node_info")
         .expect("millrace_node_info");
     assert_eq!(info.labels.get("node_id"), Some("2"));
+
+    // Every log line is one JSON object with a time, a level and the event's fields.
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(cluster.log_path(id)).expect("node log");
+        let mut lines = 0;
+        for line in log.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("node {id}: a log line is not JSON ({e}): {line}"));
+            assert!(
+                v["timestamp"].is_string() && v["level"].is_string(),
+                "{line}"
+            );
+            assert!(v["fields"].is_object(), "{line}");
+            lines += 1;
+        }
+        assert!(lines > 0, "node {id} logged nothing");
+        assert!(
+            log.contains("millrace node starting"),
+            "node {id}'s start is logged"
+        );
+    }
 
     // docs/metrics.md names every family exported, and exports every family it names.
     let docs = std::fs::read_to_string(concat!(

@@ -179,6 +179,11 @@ struct ServeArgs {
     /// runs unencrypted by accident.
     #[arg(long, env = "MILLRACE_PLAINTEXT")]
     plaintext: bool,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per line:
+    /// timestamp, level, target, fields, span) for log shippers. Which lines: MILLRACE_LOG,
+    /// a filter such as `info,millrace_node=debug,openraft=warn` (see docs/operations.md).
+    #[arg(long, env = "MILLRACE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// A file holding the cluster secret (at least 16 bytes; refused if world-readable): every
     /// internal request is signed with it, so only nodes holding it can send Raft messages.
     /// The same file on every node; needed when nodes do not use TLS.
@@ -213,14 +218,26 @@ struct ServeArgs {
     calibration_inject_bug_unsafe: Option<String>,
 }
 
-fn init_tracing() {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn")
     });
-    tracing_subscriber::fmt()
+    // Colours only on a terminal: a log file or a shipper gets plain text.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(terminal)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 /// The command line, with the settings of `serve --config FILE` added as the flags they stand
@@ -286,7 +303,10 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_tracing();
+    init_tracing(match &cli.command {
+        Command::Serve(a) => a.log_format,
+        _ => LogFormat::Text,
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
