@@ -177,20 +177,95 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     }
 
     // docs/metrics.md names every family exported, and exports every family it names.
-    let docs = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/metrics.md"
-    ))
-    .expect("docs/metrics.md");
-    let documented: BTreeSet<String> = docs
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `millrace_"))
-        .filter_map(|l| l.split('`').next())
-        .map(|name| format!("millrace_{name}"))
-        .collect();
+    let documented = documented();
     let exported = families(&after[0]);
     assert_eq!(
         exported, documented,
         "docs/metrics.md's table and the exported families differ"
     );
+}
+
+/// The metric names listed in docs/metrics.md's tables.
+fn documented() -> BTreeSet<String> {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/metrics.md"
+    ))
+    .expect("docs/metrics.md");
+    docs.lines()
+        .filter_map(|l| l.strip_prefix("| `millrace_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("millrace_{name}"))
+        .collect()
+}
+
+/// Every query string (`expr`) in a Grafana dashboard, wherever its panels nest them.
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+        _ => {}
+    }
+}
+
+/// deploy/grafana's dashboard parses, and every Millrace metric its queries name is one the
+/// nodes export (docs/metrics.md, which the test above checks against a real scrape).
+#[test]
+fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/millrace-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    assert_eq!(dashboard["uid"], "millrace-overview");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(
+        panels.len() >= 10 && queries.len() >= 20,
+        "{} queries",
+        queries.len()
+    );
+    let documented = documented();
+    let mut named = BTreeSet::new();
+    for q in &queries {
+        let mut rest = q.as_str();
+        while let Some(at) = rest.find("millrace_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name)
+                .to_string();
+            assert!(
+                documented.contains(&family),
+                "the dashboard queries {name}, which no node exports: {q}"
+            );
+            named.insert(family);
+        }
+    }
+    // The dashboard covers throughput, latency and group commit.
+    for needed in [
+        "millrace_stream_records_written_total",
+        "millrace_produce_seconds",
+        "millrace_flush_round_seconds",
+        "millrace_raft_groups_led",
+    ] {
+        assert!(
+            named.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
 }

@@ -700,7 +700,20 @@ fn denied(r: Result<impl std::fmt::Debug, millrace_client::ClientError>, why: &s
 
 #[tokio::test]
 async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
-    let env = [("MILLRACE_ACCESS_KEYS", "AKIDADMIN:admin-secret")];
+    // Prometheus's credential for /metrics: a token file, 0600 like every secret file.
+    let token_file =
+        std::env::temp_dir().join(format!("millrace-metrics-token-{}", std::process::id()));
+    std::fs::write(&token_file, "scrape-token-0123456789\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let token_path = token_file.to_str().unwrap();
+    let env = [
+        ("MILLRACE_ACCESS_KEYS", "AKIDADMIN:admin-secret"),
+        ("MILLRACE_METRICS_TOKEN_FILE", token_path),
+    ];
     let cluster = Cluster::start_with_env("sec-perms", 3, &env).await;
     let admin = keyed_client(&cluster, &[1, 2, 3], "AKIDADMIN", "admin-secret");
     for name in ["orders", "orders-eu", "orders-audit", "payroll"] {
@@ -914,6 +927,23 @@ async fn access_keys_and_policies_are_replicated_and_enforced_on_every_node() {
         body.contains("millrace_stream_records_written_total"),
         "{body}"
     );
+    // Or with the metrics token, as Prometheus scrapes; a wrong token is refused, and the
+    // token opens nothing else.
+    let bearer = |token: &str| format!("Authorization: Bearer {token}\r\n");
+    let (code, body) = cluster
+        .get_with(2, "/metrics", &bearer("scrape-token-0123456789"))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("millrace_fsyncs_total"), "{body}");
+    let (code, body) = cluster
+        .get_with(2, "/metrics", &bearer("scrape-token-012345678X"))
+        .unwrap();
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = cluster
+        .get_with(2, "/v1/node/status", &bearer("scrape-token-0123456789"))
+        .unwrap();
+    assert_eq!(code, 401, "the token is for /metrics only: {body}");
+    let _ = std::fs::remove_file(&token_file);
     assert_eq!(cluster.get_as(2, "/healthz", None).unwrap().0, 200);
     assert_eq!(cluster.get_as(2, "/readyz", None).unwrap().0, 200);
 

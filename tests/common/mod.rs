@@ -333,6 +333,12 @@ impl Cluster {
     pub fn get_as(&self, id: u64, path: &str, key: Option<&SigV4Key>) -> Option<(u16, String)> {
         let addr = &self.node(id).http;
         let headers = key.map(|k| k.headers(addr, path)).unwrap_or_default();
+        self.get_with(id, path, &headers)
+    }
+
+    /// A GET on node `id`'s HTTP port with extra header lines (`Name: value\r\n` each).
+    pub fn get_with(&self, id: u64, path: &str, headers: &str) -> Option<(u16, String)> {
+        let addr = &self.node(id).http;
         match &self.tls {
             Some(tls) => https_get_with(addr, path, &headers, &tls.ca),
             None => http_get_with(addr, path, &headers),

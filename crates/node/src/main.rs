@@ -189,6 +189,11 @@ struct ServeArgs {
     /// The same file on every node; needed when nodes do not use TLS.
     #[arg(long, env = "MILLRACE_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// A file holding a token (at least 16 bytes; refused if world-readable) that `/metrics`
+    /// accepts as `Authorization: Bearer <token>` when access keys are configured, so that
+    /// Prometheus can scrape without SigV4. It grants nothing else.
+    #[arg(long, env = "MILLRACE_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// A new connection must finish its TLS handshake (without TLS: send its first bytes)
     /// within this time, else it is closed.
     #[arg(long, env = "MILLRACE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -365,6 +370,7 @@ fn main() -> std::process::ExitCode {
                         tls_key: a.tls_key,
                         tls_ca: a.tls_ca,
                         cluster_secret_file: a.cluster_secret_file,
+                        metrics_token_file: a.metrics_token_file,
                         plaintext: a.plaintext,
                     },
                     limits: LimitsConfig {

@@ -341,6 +341,60 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for PeerChannel {
     }
 }
 
+/// A bearer token for one purpose (the metrics scrape: `serve --metrics-token-file`), read from
+/// a file like the cluster secret: not world-readable, at least [`CLUSTER_SECRET_BYTES_MIN`]
+/// bytes. It never prints.
+#[derive(Clone)]
+pub struct BearerToken {
+    /// HMAC of a fixed message under the token: what a presented token must reproduce.
+    proof: Vec<u8>,
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+impl BearerToken {
+    const CONTEXT: &'static [u8] = b"millrace bearer token v1";
+
+    pub fn load(path: &Path) -> Result<BearerToken, TlsError> {
+        crate::files::refuse_world_readable(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| TlsError::file(path, e))?;
+        BearerToken::new(text.trim()).map_err(|e| TlsError::file(path, e))
+    }
+
+    pub fn new(token: &str) -> Result<BearerToken, String> {
+        if token.len() < CLUSTER_SECRET_BYTES_MIN {
+            return Err(format!(
+                "a token must be at least {CLUSTER_SECRET_BYTES_MIN} bytes (it has {})",
+                token.len()
+            ));
+        }
+        Ok(BearerToken {
+            proof: Self::mac(token).finalize().into_bytes().to_vec(),
+        })
+    }
+
+    fn mac(token: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("any key length");
+        mac.update(Self::CONTEXT);
+        mac
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this token>` (compared in constant
+    /// time).
+    pub fn admits(&self, authorization: &str) -> bool {
+        let Some(presented) = authorization.strip_prefix("Bearer ") else {
+            return false;
+        };
+        Self::mac(presented.trim())
+            .verify_slice(&self.proof)
+            .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +494,16 @@ mod tests {
         assert!(err.contains("readable by every user"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(ClusterSecret::load(&path).is_ok());
+    }
+
+    #[test]
+    fn a_bearer_token_admits_only_itself_and_never_prints() {
+        assert!(BearerToken::new("short").is_err());
+        let t = BearerToken::new("metrics-token-0123456789").unwrap();
+        assert!(t.admits("Bearer metrics-token-0123456789"));
+        assert!(!t.admits("Bearer metrics-token-012345678"));
+        assert!(!t.admits("metrics-token-0123456789"));
+        assert!(!t.admits("Basic metrics-token-0123456789"));
+        assert!(!format!("{t:?}").contains("metrics-token"));
     }
 }

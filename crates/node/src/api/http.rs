@@ -23,7 +23,10 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/node/status",
             get(status).route_layer(signed("GetNodeStats")),
         )
-        .route("/metrics", get(metrics).route_layer(signed("GetNodeStats")))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(from_fn_with_state(node.clone(), scraper)),
+        )
         .route(
             "/v1/cluster/status",
             get(cluster_status).route_layer(signed("GetClusterStatus")),
@@ -57,6 +60,38 @@ async fn signed_by(
     match allow_status(&node, action, req.method(), req.uri(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(refused) => refused.into_response(),
+    }
+}
+
+/// Serves `/metrics` to a request bearing the metrics token (`--metrics-token-file`), or else
+/// to one [`allow_status`] lets through as for `GetNodeStats`.
+async fn scraper(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let token = node.security.metrics_token.as_ref();
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("Bearer "));
+    match (token, bearer) {
+        (Some(token), Some(presented)) if token.admits(presented) => next.run(req).await,
+        (_, Some(_)) => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"__type": "UnrecognizedClientException",
+                        "message": "The bearer token is not this node's metrics token"})),
+        )
+            .into_response(),
+        (_, None) => {
+            match allow_status(
+                &node,
+                "GetNodeStats",
+                req.method(),
+                req.uri(),
+                req.headers(),
+            ) {
+                Ok(()) => next.run(req).await,
+                Err(refused) => refused.into_response(),
+            }
+        }
     }
 }
 

@@ -100,6 +100,8 @@ pub struct SecurityConfig {
     pub tls_ca: Option<PathBuf>,
     /// A file holding the cluster secret that signs every internal request.
     pub cluster_secret_file: Option<PathBuf>,
+    /// A file holding a bearer token that `/metrics` accepts besides SigV4 (for Prometheus).
+    pub metrics_token_file: Option<PathBuf>,
     /// Serve without TLS: the operator's explicit choice (`--plaintext`), never a default.
     pub plaintext: bool,
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use millrace_raft::network::PeerSecurity;
 use millrace_security::incoming::{accept_loop, AcceptCounters, AcceptLimits};
-use millrace_security::peer_auth::{ClusterSecret, PeerSigner, PeerVerifier};
+use millrace_security::peer_auth::{BearerToken, ClusterSecret, PeerSigner, PeerVerifier};
 use millrace_security::{Conn, NodeTls, PeerInfo};
 use tonic::server::NamedService;
 
@@ -34,6 +34,8 @@ pub struct NodeSecurity {
     pub peers_refused: Arc<std::sync::atomic::AtomicU64>,
     pub grpc_accepts: Arc<AcceptCounters>,
     pub http_accepts: Arc<AcceptCounters>,
+    /// The token `/metrics` also accepts (`--metrics-token-file`).
+    pub metrics_token: Option<BearerToken>,
 }
 
 impl NodeSecurity {
@@ -47,6 +49,10 @@ impl NodeSecurity {
         };
         let secret = match &config.security.cluster_secret_file {
             Some(path) => Some(ClusterSecret::load(path).context("loading the cluster secret")?),
+            None => None,
+        };
+        let metrics_token = match &config.security.metrics_token_file {
+            Some(path) => Some(BearerToken::load(path).context("loading the metrics token")?),
             None => None,
         };
         if tls.is_none() && secret.is_none() {
@@ -64,6 +70,7 @@ impl NodeSecurity {
             peers_refused: Default::default(),
             grpc_accepts: Default::default(),
             http_accepts: Default::default(),
+            metrics_token,
         })
     }
 
