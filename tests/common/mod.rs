@@ -340,8 +340,8 @@ impl Cluster {
     pub fn get_with(&self, id: u64, path: &str, headers: &str) -> Option<(u16, String)> {
         let addr = &self.node(id).http;
         match &self.tls {
-            Some(tls) => https_get_with(addr, path, &headers, &tls.ca),
-            None => http_get_with(addr, path, &headers),
+            Some(tls) => https_get_with(addr, path, headers, &tls.ca),
+            None => http_get_with(addr, path, headers),
         }
     }
 
