@@ -57,7 +57,11 @@ fn families(s: &Scrape) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
-    let cluster = Cluster::start_with_env("metrics", 3, &[("MILLRACE_LOG_FORMAT", "json")]).await;
+    let env = [
+        ("MILLRACE_LOG_FORMAT", "json"),
+        ("MILLRACE_LOG", "info,openraft=warn,millrace_node::server::routing=debug,millrace_node::api::internal=debug"),
+    ];
+    let cluster = Cluster::start_with_env("metrics", 3, &env).await;
     let client = cluster.client();
     client.create_stream("metered", 2).await.expect("create");
     client
@@ -154,6 +158,52 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         .find(|x| x.metric == "millrace_node_info")
         .expect("millrace_node_info");
     assert_eq!(info.labels.get("node_id"), Some("2"));
+
+    // A write sent to a node that does not lead its shard is forwarded: both nodes log it
+    // with the same request id.
+    client.create_stream("forwarded", 1).await.expect("create");
+    client
+        .wait_for_active("forwarded", Duration::from_secs(60))
+        .await
+        .expect("active");
+    // Through each node alone: the two that do not lead the shard forward the write.
+    for sender in 1..=3 {
+        let one = vec![PutRecord::new("k", b"forward me".to_vec())];
+        cluster
+            .client_for(sender)
+            .put_records("forwarded", one)
+            .await
+            .expect("put")
+            .remove(0)
+            .expect("written");
+    }
+    let request_ids = |id: u64, message: &str| -> BTreeSet<String> {
+        std::fs::read_to_string(cluster.log_path(id))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .filter_map(|v| v["fields"]["request_id"].as_str().map(String::from))
+            .collect()
+    };
+    let mut pairs = 0;
+    for sender in 1..=3 {
+        for id in request_ids(sender, "forwarding a write to the shard leader's node") {
+            assert_eq!(id.len(), 16, "{id}");
+            let leader = (1..=3)
+                .filter(|n| *n != sender)
+                .find(|n| request_ids(*n, "a write forwarded from another node").contains(&id));
+            assert!(
+                leader.is_some(),
+                "node {sender} forwarded request {id}; no node logged it"
+            );
+            pairs += 1;
+        }
+    }
+    assert!(
+        pairs >= 2,
+        "two of the three writes were forwarded ({pairs} found)"
+    );
 
     // Every log line is one JSON object with a time, a level and the event's fields.
     for id in 1..=3 {

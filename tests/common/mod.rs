@@ -394,12 +394,12 @@ impl Cluster {
             .collect()
     }
 
-    /// The log directory of a group replica on node `id`.
     /// Node `id`'s log file (its stderr).
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.node(id).data_dir.join("node.log")
     }
 
+    /// The log directory of a group replica on node `id`.
     pub fn group_dir(&self, id: u64, group_id: u64) -> PathBuf {
         self.node(id)
             .data_dir

@@ -94,6 +94,11 @@ impl Internal for InternalService {
         req: Request<ipb::ShardAppendRequest>,
     ) -> Result<Response<ipb::ShardAppendReply>, Status> {
         let req = req.into_inner();
+        tracing::debug!(
+            request_id = %req.request_id,
+            group_id = req.group_id,
+            "a write forwarded from another node"
+        );
         let local = if req.seal {
             self.node.seal_local(req.group_id).await
         } else {

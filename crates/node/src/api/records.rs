@@ -150,7 +150,13 @@ impl MillraceService {
     ) -> Result<pb::PutRecordsResponse, ApiError> {
         let started = std::time::Instant::now();
         let mut sizes = Vec::new();
-        let outcome = self.put_records_measured(req, &mut sizes).await;
+        let id = crate::server::request_id::new();
+        let span = tracing::debug_span!("request", id = %id, action = "PutRecords");
+        let outcome = crate::server::request_id::scope(
+            id,
+            tracing::Instrument::instrument(self.put_records_measured(req, &mut sizes), span),
+        )
+        .await;
         let metrics = &self.node.metrics;
         metrics.produce_seconds.observe(started.elapsed());
         if let Ok((name, resp)) = &outcome {

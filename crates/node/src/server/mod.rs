@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod node;
 mod quiesce;
 mod reconcile;
+pub mod request_id;
 mod retention;
 pub mod routing;
 mod run;

@@ -149,12 +149,15 @@ impl Node {
                 }
                 let (batch, producer) = records.unwrap_or_default();
                 let (producer_id, producer_sequence) = producer.unwrap_or_default();
+                let request_id = super::request_id::current();
+                tracing::debug!(%request_id, group_id, to = target, "forwarding a write to the shard leader's node");
                 let req = ShardAppendRequest {
                     group_id,
                     seal,
                     batch,
                     producer_id,
                     producer_sequence,
+                    request_id,
                 };
                 let reply = match client.shard_append(req).await {
                     Ok(r) => r.into_inner(),
