@@ -151,7 +151,11 @@ impl MillraceService {
         let started = std::time::Instant::now();
         let mut sizes = Vec::new();
         let id = crate::server::request_id::new();
-        let span = tracing::debug_span!("request", id = %id, action = "PutRecords");
+        let span = tracing::debug_span!(
+            "request",
+            id = %format_args!("{id:016x}"),
+            action = "PutRecords"
+        );
         let outcome = crate::server::request_id::scope(
             id,
             tracing::Instrument::instrument(self.put_records_measured(req, &mut sizes), span),
