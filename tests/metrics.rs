@@ -148,6 +148,23 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
             id + 1
         );
     }
+    // Every node holds a replica of both shards, so a copy of the stream's data on disk; the
+    // leaders report how far each follower is behind.
+    for (id, s) in after.iter().enumerate() {
+        assert!(
+            value(s, "millrace_stream_disk_bytes", Some("metered")) >= 20_000.0,
+            "node {}",
+            id + 1
+        );
+        assert!(value(s, "millrace_open_files", None) > 0.0);
+        assert!(value(s, "millrace_connections_accepted_total", None) > 0.0);
+    }
+    let lags: Vec<_> = after
+        .iter()
+        .flat_map(|s| s.samples.iter())
+        .filter(|x| x.metric == "millrace_raft_follower_lag_entries")
+        .collect();
+    assert!(!lags.is_empty(), "the leaders report their followers' lag");
     // Groups: 2 shards and the metadata group, 3 replicas each, one leader each.
     assert_eq!(total(&after, "millrace_raft_groups", None), 9.0);
     assert_eq!(total(&after, "millrace_raft_groups_led", None), 3.0);
@@ -228,7 +245,7 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
 
     // docs/metrics.md names every family exported, and exports every family it names.
     let documented = documented();
-    let exported = families(&after[0]);
+    let exported: BTreeSet<String> = after.iter().flat_map(families).collect();
     assert_eq!(
         exported, documented,
         "docs/metrics.md's table and the exported families differ"

@@ -108,6 +108,13 @@ struct Scrape {
     requests_in_flight: u64,
     admission: serde_json::Value,
     pages_read_ahead: u64,
+    /// Per follower node: the most entries it is behind in a group this node leads.
+    follower_lag: std::collections::BTreeMap<u64, u64>,
+    /// Per stream: bytes of its shards' segment files on this node.
+    stream_disk_bytes: Vec<(String, u64)>,
+    /// (port, accepted, handshakes failed, handshakes timed out, refused over the limit).
+    connections: [(&'static str, [u64; 4]); 2],
+    open_files: u64,
 }
 
 impl Scrape {
@@ -131,15 +138,50 @@ impl Scrape {
             })
             .collect();
         streams.sort();
+        let stream_of: HashMap<u64, String> = node.meta.read(|s| {
+            s.streams
+                .values()
+                .flat_map(|st| st.shards.iter().map(|sh| (sh.group_id, st.name.clone())))
+                .collect()
+        });
         let (mut hosted, mut led) = (0, 0);
+        let mut follower_lag = std::collections::BTreeMap::new();
+        let mut disk: HashMap<&str, u64> = HashMap::new();
         for id in node.groups.group_ids() {
-            if let Some(h) = node.groups.get(id) {
-                hosted += 1;
-                if h.raft.metrics().borrow_watched().current_leader == Some(node.id) {
-                    led += 1;
+            let Some(h) = node.groups.get(id) else {
+                continue;
+            };
+            hosted += 1;
+            if let Some(stream) = stream_of.get(&id) {
+                *disk.entry(stream.as_str()).or_default() += h.log.disk_bytes();
+            }
+            let m = h.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(node.id) {
+                continue;
+            }
+            led += 1;
+            let last = m.last_log_index.unwrap_or(0);
+            for (follower, matched) in m.replication.iter().flatten() {
+                if *follower == node.id {
+                    continue;
                 }
+                let behind = last.saturating_sub(matched.as_ref().map_or(0, |l| l.index));
+                let worst = follower_lag.entry(*follower).or_insert(0);
+                *worst = (*worst).max(behind);
             }
         }
+        let mut stream_disk_bytes: Vec<(String, u64)> =
+            disk.into_iter().map(|(s, b)| (s.to_string(), b)).collect();
+        stream_disk_bytes.sort();
+        stream_disk_bytes.truncate(STREAM_SERIES_MAX);
+        let accepts = |c: &millrace_security::incoming::AcceptCounters| {
+            [
+                c.accepted.load(Relaxed),
+                c.handshakes_failed.load(Relaxed),
+                c.handshakes_timed_out.load(Relaxed),
+                c.refused_over_limit.load(Relaxed),
+            ]
+        };
         let admission = node.admission.status_json();
         Scrape {
             node_id: node.id,
@@ -156,6 +198,13 @@ impl Scrape {
             requests_in_flight: admission["requests_in_flight"].as_u64().unwrap_or(0),
             admission,
             pages_read_ahead: crate::shard::read_ahead::pages_served(),
+            follower_lag,
+            stream_disk_bytes,
+            connections: [
+                ("grpc", accepts(&node.security.grpc_accepts)),
+                ("http", accepts(&node.security.http_accepts)),
+            ],
+            open_files: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
         }
     }
 }
@@ -294,6 +343,42 @@ impl Collector for Scrape {
             self.groups_led,
         )?;
 
+        let mut lag = e.encode_descriptor(
+            "millrace_raft_follower_lag_entries",
+            "Per follower: the most log entries it is behind in a group this node leads",
+            None,
+            Gauge,
+        )?;
+        for (follower, behind) in &self.follower_lag {
+            let labels = [("follower", follower.to_string())];
+            lag.encode_family(&labels)?
+                .encode_gauge(&(*behind as i64))?;
+        }
+
+        // Connections and files.
+        let kinds: [(&str, &str, usize); 4] = [
+            ("millrace_connections_accepted", "Connections accepted", 0),
+            ("millrace_connections_handshake_failed", "Connections whose TLS handshake failed", 1),
+            ("millrace_connections_handshake_timed_out", "Connections that did not finish their handshake (or, without TLS, send anything) in time", 2),
+            ("millrace_connections_refused", "Connections closed at once because the port held its maximum", 3),
+        ];
+        for (name, help, i) in kinds {
+            let mut family = e.encode_descriptor(name, help, None, Counter)?;
+            for (port, counts) in &self.connections {
+                family
+                    .encode_family(&[("port", *port)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&counts[i], None)?;
+            }
+        }
+        single(
+            &mut e,
+            "millrace_open_files",
+            "File descriptors this process holds open",
+            None,
+            Gauge,
+            self.open_files,
+        )?;
+
         // Admission.
         single(
             &mut e,
@@ -376,6 +461,16 @@ impl Collector for Scrape {
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&v[i], None)?;
             }
+        }
+        let mut disk = e.encode_descriptor(
+            "millrace_stream_disk",
+            "Segment files of the stream's shard replicas on this node",
+            Some(&Unit::Bytes),
+            Gauge,
+        )?;
+        for (stream, bytes) in &self.stream_disk_bytes {
+            disk.encode_family(&[("stream", stream.as_str())])?
+                .encode_gauge(&(*bytes as i64))?;
         }
         single(
             &mut e,
