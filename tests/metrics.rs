@@ -103,6 +103,11 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         }
     }
     assert_eq!(read, 200);
+    // A write to a stream that does not exist is counted by its outcome.
+    let missing = client
+        .put_records("no-such-stream", vec![PutRecord::new("k", b"x".to_vec())])
+        .await;
+    assert!(missing.is_err());
 
     let after: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
     let moved = |name: &str, stream: Option<&str>| {
@@ -137,6 +142,25 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     // The shard leaders proposed the 200 records, and every node synced what it appended.
     assert_eq!(moved("millrace_records_proposed_total", None), 200.0);
     assert!(moved("millrace_entries_proposed_total", None) >= 1.0);
+    let calls = |action: &str, outcome: &str| -> f64 {
+        let count = |scrapes: &[Scrape]| -> f64 {
+            scrapes
+                .iter()
+                .flat_map(|s| s.samples.iter())
+                .filter(|x| x.metric == "millrace_calls_total")
+                .filter(|x| x.labels.get("action") == Some(action))
+                .filter(|x| x.labels.get("outcome") == Some(outcome))
+                .map(|x| match x.value {
+                    Value::Counter(v) | Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        count(&after) - count(&before)
+    };
+    assert_eq!(calls("PutRecords", "ok"), 40.0);
+    assert_eq!(calls("PutRecords", "RESOURCE_NOT_FOUND"), 1.0);
+    assert!(calls("GetRecords", "ok") >= 4.0);
     for (id, (b, a)) in before.iter().zip(&after).enumerate() {
         let fsyncs =
             value(a, "millrace_fsyncs_total", None) - value(b, "millrace_fsyncs_total", None);

@@ -163,6 +163,7 @@ impl MillraceService {
         .await;
         let metrics = &self.node.metrics;
         metrics.produce_seconds.observe(started.elapsed());
+        metrics.call(crate::server::metrics::Action::PutRecords, &outcome);
         if let Ok((name, resp)) = &outcome {
             if let Some(c) = metrics.stream(name) {
                 let (mut records, mut bytes) = (0, 0);
@@ -432,6 +433,7 @@ impl MillraceService {
         let outcome = self.get_records_measured(req).await;
         let metrics = &self.node.metrics;
         metrics.get_records_seconds.observe(started.elapsed());
+        metrics.call(crate::server::metrics::Action::GetRecords, &outcome);
         if let Ok((stream, resp)) = &outcome {
             if let Some(c) = metrics.stream(stream) {
                 let bytes: usize = resp.records.iter().map(|r| r.data.len()).sum();

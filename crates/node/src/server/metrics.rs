@@ -32,6 +32,26 @@ pub struct NodeMetrics {
     pub get_records_seconds: LatencyHistogram,
     streams: RwLock<HashMap<String, Arc<StreamCounters>>>,
     series_dropped: AtomicU64,
+    /// Calls answered without an error, per [`Action`].
+    calls_ok: [AtomicU64; 2],
+    /// Calls answered with an error, per (action, error code): a rare path, so a lock.
+    calls_failed: std::sync::Mutex<std::collections::BTreeMap<(Action, &'static str), u64>>,
+}
+
+/// The calls whose outcomes `millrace_calls_total` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    PutRecords = 0,
+    GetRecords = 1,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::PutRecords => "PutRecords",
+            Action::GetRecords => "GetRecords",
+        }
+    }
 }
 
 /// Counters of one stream, on this node (the node that received the clients' calls).
@@ -63,6 +83,19 @@ impl NodeMetrics {
         let c = Arc::new(StreamCounters::default());
         streams.insert(name.to_string(), c.clone());
         Some(c)
+    }
+
+    /// Counts a call's outcome: `ok`, or the error's code (`errors.proto`'s names).
+    pub fn call<T>(&self, action: Action, outcome: &Result<T, crate::api::error::ApiError>) {
+        match outcome {
+            Ok(_) => {
+                self.calls_ok[action as usize].fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                let mut failed = self.calls_failed.lock().expect("metrics lock");
+                *failed.entry((action, e.symbol())).or_default() += 1;
+            }
+        }
     }
 
     /// Forgets the series of streams that no longer exist (deleted), so they stop being
@@ -103,6 +136,8 @@ struct Scrape {
     get_records: HistogramSnapshot,
     streams: Vec<(String, [u64; 5])>,
     series_dropped: u64,
+    /// (action, outcome, calls).
+    calls: Vec<(&'static str, &'static str, u64)>,
     groups_hosted: u64,
     groups_led: u64,
     requests_in_flight: u64,
@@ -193,6 +228,15 @@ impl Scrape {
             get_records: m.get_records_seconds.snapshot(),
             streams,
             series_dropped: m.series_dropped.load(Relaxed),
+            calls: {
+                let mut calls: Vec<_> = [Action::PutRecords, Action::GetRecords]
+                    .into_iter()
+                    .map(|a| (a.name(), "ok", m.calls_ok[a as usize].load(Relaxed)))
+                    .collect();
+                let failed = m.calls_failed.lock().expect("metrics lock");
+                calls.extend(failed.iter().map(|((a, code), n)| (a.name(), *code, *n)));
+                calls
+            },
             groups_hosted: hosted,
             groups_led: led,
             requests_in_flight: admission["requests_in_flight"].as_u64().unwrap_or(0),
@@ -324,6 +368,18 @@ impl Collector for Scrape {
             "GetRecords calls from arrival to answer",
             &self.get_records,
         )?;
+
+        let mut calls = e.encode_descriptor(
+            "millrace_calls",
+            "PutRecords and GetRecords calls (native or Kinesis) by outcome: ok, or the error's code",
+            None,
+            Counter,
+        )?;
+        for (action, outcome, n) in &self.calls {
+            calls
+                .encode_family(&[("action", *action), ("outcome", *outcome)])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
 
         // Raft groups on this node.
         single(
