@@ -192,6 +192,37 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     // Groups: 2 shards and the metadata group, 3 replicas each, one leader each.
     assert_eq!(total(&after, "millrace_raft_groups", None), 9.0);
     assert_eq!(total(&after, "millrace_raft_groups_led", None), 3.0);
+    // Each shard group's first election was started by a node (elections timers are off).
+    assert!(total(&after, "millrace_raft_elections_total", None) >= 2.0);
+    // Every node hears both peers; one node is the metadata leader, and it sees all three up
+    // and every shard fully replicated and spread.
+    for (id, s) in after.iter().enumerate() {
+        let peers: Vec<_> = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == "millrace_peer_up")
+            .collect();
+        assert_eq!(peers.len(), 2, "node {}: {peers:?}", id + 1);
+        assert_eq!(value(s, "millrace_peer_up", None), 2.0, "node {}", id + 1);
+    }
+    assert_eq!(total(&after, "millrace_metadata_leader", None), 1.0);
+    let nodes_in = |state: &str| -> f64 {
+        after
+            .iter()
+            .flat_map(|s| s.samples.iter())
+            .filter(|x| x.metric == "millrace_cluster_nodes")
+            .filter(|x| x.labels.get("state") == Some(state))
+            .map(|x| match x.value {
+                Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!((nodes_in("up"), nodes_in("down")), (3.0, 0.0));
+    assert_eq!(
+        total(&after, "millrace_cluster_shards_under_replicated", None),
+        0.0
+    );
     // The node's identity.
     let info = after[1]
         .samples

@@ -130,6 +130,10 @@ pub async fn run(nodes: usize, data_dir: &Path, tls: bool) -> anyhow::Result<()>
         .map(|i| format!("{scheme}://127.0.0.1:{}", DEV_GRPC_PORT_BASE + i as u16))
         .collect();
     println!("MILLRACE_ENDPOINT={}", endpoints.join(","));
+    println!(
+        "Console: {scheme}://127.0.0.1:{}/console  (metrics: /metrics)",
+        DEV_HTTP_PORT_BASE + 1
+    );
     if let Some(tls) = &tls {
         let ca = tls.ca.display();
         let http = format!("https://127.0.0.1:{}", DEV_HTTP_PORT_BASE + 1);

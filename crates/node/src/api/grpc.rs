@@ -287,7 +287,7 @@ impl Millrace for MillraceService {
         req: Request<pb::GetClusterStatusRequest>,
     ) -> Reply<pb::GetClusterStatusResponse> {
         self.allow(&req, "GetClusterStatus", Target::default())?;
-        let status = self.node.fetch_cluster_status().await?;
+        let status = self.node.fetch_cluster_status(false).await?;
         Ok(Response::new(pb::GetClusterStatusResponse {
             status_json: status.to_string(),
         }))

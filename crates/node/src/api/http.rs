@@ -1,4 +1,5 @@
-//! The HTTP port: health, readiness and status (GET), and the Kinesis API (`POST /`).
+//! The HTTP port: health, readiness, status and metrics (GET), the console (`GET /console`), and
+//! the Kinesis API (`POST /`).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::server::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
     let signed = |action: &'static str| from_fn_with_state((node.clone(), action), signed_by);
+    let console_viewer = from_fn_with_state(node.clone(), super::console::viewer);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -30,6 +32,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/v1/cluster/status",
             get(cluster_status).route_layer(signed("GetClusterStatus")),
+        )
+        .route(
+            "/console",
+            get(super::console::page).route_layer(console_viewer.clone()),
+        )
+        .route(
+            "/console/state",
+            get(super::console::state).route_layer(console_viewer),
         )
         .with_state(node.clone())
         .merge(super::kinesis::router(super::kinesis::KinesisApi::new(
@@ -99,7 +109,7 @@ async fn scraper(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
 /// with SigV4 (as a Kinesis request is, for the node's region and the `kinesis` service; `curl
 /// --aws-sigv4 "aws:amz:REGION:kinesis"` does it) by a key allowed `action`, a cluster action.
 /// A refusal is a JSON error naming why: 401 unauthenticated, 403 not allowed.
-fn allow_status(
+pub(super) fn allow_status(
     node: &Node,
     action: &str,
     method: &Method,
@@ -184,7 +194,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
 
 /// The cluster status (as `millrace cluster status --json` prints it), for dashboards.
 async fn cluster_status(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
-    match node.fetch_cluster_status().await {
+    match node.fetch_cluster_status(false).await {
         Ok(s) => (StatusCode::OK, Json(s)),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -262,7 +262,7 @@ impl Internal for InternalService {
 
     async fn cluster_status(
         &self,
-        _req: Request<ipb::ClusterStatusRequest>,
+        req: Request<ipb::ClusterStatusRequest>,
     ) -> Result<Response<ipb::ClusterStatusReply>, Status> {
         if !self.node.meta_group.raft.is_leader() {
             let leader = self.node.metadata_leader();
@@ -272,7 +272,7 @@ impl Internal for InternalService {
             }));
         }
         Ok(Response::new(ipb::ClusterStatusReply {
-            status_json: self.node.cluster_status().to_string(),
+            status_json: self.node.cluster_status(req.get_ref().detail).to_string(),
             ..Default::default()
         }))
     }

@@ -2,6 +2,7 @@
 //! Kinesis API).
 
 pub mod access;
+pub mod console;
 pub mod consumers;
 pub mod error;
 pub mod groups;

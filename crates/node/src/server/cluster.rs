@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use millrace_proto::internal::{GroupReport, NodeReportRequest};
 use openraft::async_runtime::WatchReceiver;
 use serde_json::json;
+use std::collections::VecDeque;
 
 use super::node::Node;
 use crate::api::error::ApiError;
@@ -22,10 +23,28 @@ pub const DOWN_AFTER: Duration = Duration::from_secs(3);
 /// counts every node as seen when it took over).
 #[derive(Default)]
 pub struct Liveness {
-    seen: HashMap<u64, (Instant, Vec<GroupReport>)>,
+    seen: HashMap<u64, (Instant, NodeReportRequest)>,
     leader_since: Option<Instant>,
     /// When leaderships were last rebalanced (the next reports must reflect it first).
     last_leader_balance: Option<Instant>,
+    /// Each group's leader as last reported: group → (node, term).
+    leaders: HashMap<u64, (u64, u64)>,
+    /// The latest leader changes, oldest first (at most [`LEADER_CHANGES_KEPT`]).
+    changes: VecDeque<LeaderChange>,
+}
+
+/// Leader changes the metadata leader remembers for the console.
+pub const LEADER_CHANGES_KEPT: usize = 50;
+
+/// A group's leadership passing from one node to another, as the reports showed it.
+#[derive(Debug, Clone)]
+pub struct LeaderChange {
+    /// When the report showing the new leader arrived (ms since the epoch).
+    pub at_ms: i64,
+    pub group_id: u64,
+    pub from: u64,
+    pub to: u64,
+    pub term: u64,
 }
 
 impl Liveness {
@@ -41,31 +60,55 @@ impl Node {
     /// This node's report: every local group's role and applied index.
     pub fn local_report(&self) -> NodeReportRequest {
         let mut groups = Vec::new();
+        let mut leaders = Vec::new();
         // One pass over the groups, each read under its metrics borrow: looking every group
         // up again and cloning its whole metrics cost an idle node most of its CPU once it
         // held thousands of groups.
         self.groups.for_each_raft(|id, raft| {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
+            leaders.push((id, m.current_leader.unwrap_or(0)));
             groups.push(GroupReport {
                 group_id: id,
                 state: format!("{:?}", m.state),
                 leader_id: m.current_leader.unwrap_or(0),
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 has_applied: m.last_applied.is_some(),
+                term: m.current_term,
             });
         });
+        self.metrics.note_leaders(&leaders);
         NodeReportRequest {
             node_id: self.id,
             groups,
+            traffic: self.metrics.traffic(),
         }
     }
 
     /// On the metadata leader: remembers a node's report.
     pub fn record_report(&self, report: NodeReportRequest) {
         let mut l = self.liveness.lock().expect("liveness lock");
-        l.seen
-            .insert(report.node_id, (Instant::now(), report.groups));
+        let l = &mut *l;
+        for g in report.groups.iter().filter(|g| g.state == "Leader") {
+            let known = l.leaders.get(&g.group_id).copied();
+            if known.is_some_and(|(_, term)| term >= g.term) {
+                continue;
+            }
+            l.leaders.insert(g.group_id, (report.node_id, g.term));
+            if let Some((from, _)) = known.filter(|(from, _)| *from != report.node_id) {
+                if l.changes.len() == LEADER_CHANGES_KEPT {
+                    l.changes.pop_front();
+                }
+                l.changes.push_back(LeaderChange {
+                    at_ms: super::now_ms(),
+                    group_id: g.group_id,
+                    from,
+                    to: report.node_id,
+                    term: g.term,
+                });
+            }
+        }
+        l.seen.insert(report.node_id, (Instant::now(), report));
     }
 
     /// Notes that this node leads (or no longer leads) the metadata group.
@@ -75,6 +118,8 @@ impl Node {
             (true, None) => {
                 l.leader_since = Some(Instant::now());
                 l.seen.clear();
+                l.leaders.clear();
+                l.changes.clear();
             }
             (false, Some(_)) => l.leader_since = None,
             _ => {}
@@ -88,13 +133,39 @@ impl Node {
             .silent_for(node, Instant::now())
     }
 
-    /// The cluster status (on the metadata leader).
-    pub fn cluster_status(&self) -> serde_json::Value {
-        let reports: HashMap<u64, Vec<GroupReport>> = {
+    /// The cluster status (on the metadata leader); with `detail`, also what the console shows
+    /// (see [`super::cluster_view`]).
+    pub fn cluster_status(&self, detail: bool) -> serde_json::Value {
+        let (reports, traffic, changes) = {
             let l = self.liveness.lock().expect("liveness lock");
-            l.seen.iter().map(|(n, (_, g))| (*n, g.clone())).collect()
+            let reports: HashMap<u64, Vec<GroupReport>> = l
+                .seen
+                .iter()
+                .map(|(n, (_, r))| (*n, r.groups.clone()))
+                .collect();
+            let traffic: Vec<_> = match detail {
+                true => l
+                    .seen
+                    .values()
+                    .flat_map(|(_, r)| r.traffic.clone())
+                    .collect(),
+                false => Vec::new(),
+            };
+            (
+                reports,
+                traffic,
+                l.changes.iter().cloned().collect::<Vec<_>>(),
+            )
         };
         let up = |n: u64| self.silent_for(n) < DOWN_AFTER;
+        // Each group's replicas as reported, so that a shard's are found without a scan of
+        // every report (thousands of groups per node).
+        let mut by_group: HashMap<u64, Vec<(u64, &GroupReport)>> = HashMap::new();
+        for (node, groups) in &reports {
+            for g in groups {
+                by_group.entry(g.group_id).or_default().push((*node, g));
+            }
+        }
         self.meta.read(|s| {
             let mut shards_per_node: BTreeMap<u64, usize> = BTreeMap::new();
             let mut leaders_per_node: BTreeMap<u64, usize> = BTreeMap::new();
@@ -103,11 +174,11 @@ impl Node {
             let zones: BTreeSet<&str> = s.members.values().map(|m| m.zone.as_str()).collect();
             for st in s.streams.values() {
                 for sh in st.shards.iter().filter(|sh| sh.status != ShardStatus::Closed) {
-                    let leader_applied = reports
-                        .values()
-                        .flatten()
-                        .find(|g| g.group_id == sh.group_id && g.state == "Leader")
-                        .map(|g| g.applied_index);
+                    let replicas_reported = by_group.get(&sh.group_id).map_or(&[][..], Vec::as_slice);
+                    let leader_applied = replicas_reported
+                        .iter()
+                        .find(|(_, g)| g.state == "Leader")
+                        .map(|(_, g)| g.applied_index);
                     for r in &sh.replicas {
                         *shards_per_node.entry(*r).or_default() += 1;
                     }
@@ -126,8 +197,7 @@ impl Node {
                     if let Some((from, to)) = sh.moving {
                         moving.push(json!({"stream": st.name, "shard_id": sh.shard_id, "from": from, "to": to}));
                     }
-                    for (node, groups) in &reports {
-                        let Some(g) = groups.iter().find(|g| g.group_id == sh.group_id) else { continue };
+                    for (node, g) in replicas_reported {
                         if let Some(la) = leader_applied {
                             if g.state != "Leader" && g.applied_index + 100 < la {
                                 catching_up.push(json!({"stream": st.name, "shard_id": sh.shard_id, "node_id": node, "applied_index": g.applied_index, "leader_applied_index": la}));
@@ -136,7 +206,8 @@ impl Node {
                     }
                 }
             }
-            for (node, groups) in &reports {
+            // A down node leads nothing, whatever its last report said.
+            for (node, groups) in reports.iter().filter(|(n, _)| up(**n)) {
                 let led = groups.iter().filter(|g| g.group_id != METADATA_GROUP_ID && g.state == "Leader").count();
                 leaders_per_node.insert(*node, led);
             }
@@ -156,14 +227,19 @@ impl Node {
                     })
                 })
                 .collect();
-            json!({
+            let mut status = json!({
                 "metadata_leader": self.id,
                 "nodes": nodes,
                 "under_replicated": under_replicated,
                 "under_spread": under_spread,
                 "catching_up": catching_up,
                 "moving": moving,
-            })
+            });
+            if detail {
+                let leaders = super::cluster_view::leaders(&reports, &up);
+                super::cluster_view::add_detail(&mut status, s, &leaders, &traffic, &changes);
+            }
+            status
         })
     }
 
@@ -206,10 +282,11 @@ impl Node {
         Ok(())
     }
 
-    /// The cluster status from the metadata leader, wherever it is.
-    pub async fn fetch_cluster_status(&self) -> Result<serde_json::Value, ApiError> {
+    /// The cluster status from the metadata leader, wherever it is (`detail`: see
+    /// [`Node::cluster_status`]).
+    pub async fn fetch_cluster_status(&self, detail: bool) -> Result<serde_json::Value, ApiError> {
         if self.meta_group.raft.is_leader() {
-            return Ok(self.cluster_status());
+            return Ok(self.cluster_status(detail));
         }
         let leader = self
             .metadata_leader()
@@ -223,7 +300,7 @@ impl Node {
             .client(&addr)
             .map_err(ApiError::Internal)?;
         let reply = client
-            .cluster_status(millrace_proto::internal::ClusterStatusRequest {})
+            .cluster_status(millrace_proto::internal::ClusterStatusRequest { detail })
             .await
             .map_err(|s| ApiError::Unavailable(s.message().to_string()))?
             .into_inner();
@@ -354,7 +431,7 @@ async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
             .seen
             .iter()
             .filter(|(n, (t, _))| !unavailable.contains(n) && t.elapsed() < DOWN_AFTER)
-            .map(|(n, (_, g))| (*n, led(g)))
+            .map(|(n, (_, r))| (*n, led(&r.groups)))
             .collect();
         if led_by.len() < 2 {
             return;

@@ -36,6 +36,12 @@ pub struct NodeMetrics {
     calls_ok: [AtomicU64; 2],
     /// Calls answered with an error, per (action, error code): a rare path, so a lock.
     calls_failed: std::sync::Mutex<std::collections::BTreeMap<(Action, &'static str), u64>>,
+    /// Elections this node started for its shard groups (their election timers are off).
+    pub elections_started: AtomicU64,
+    /// Times a local group's known leader became another node, seen by the report pass.
+    leader_changes: AtomicU64,
+    /// Each local group's last known leader, for [`NodeMetrics::note_leaders`].
+    leaders_seen: std::sync::Mutex<HashMap<u64, u64>>,
 }
 
 /// The calls whose outcomes `millrace_calls_total` counts.
@@ -98,6 +104,42 @@ impl NodeMetrics {
         }
     }
 
+    /// Notes each local group's current leader (`(group, leader)`, 0 for none) and counts the
+    /// groups whose known leader became another node since the last call.
+    pub fn note_leaders(&self, current: &[(u64, u64)]) {
+        let mut seen = self.leaders_seen.lock().expect("metrics lock");
+        let mut changes = 0;
+        for (group, leader) in current.iter().filter(|(_, l)| *l != 0) {
+            if seen
+                .insert(*group, *leader)
+                .is_some_and(|was| was != *leader)
+            {
+                changes += 1;
+            }
+        }
+        if seen.len() > current.len() {
+            let hosted: std::collections::HashSet<u64> = current.iter().map(|(g, _)| *g).collect();
+            seen.retain(|g, _| hosted.contains(g));
+        }
+        self.leader_changes.fetch_add(changes, Relaxed);
+    }
+
+    /// What this node's clients wrote and read per stream, for the node's report (the console
+    /// sums it over the nodes).
+    pub fn traffic(&self) -> Vec<millrace_proto::internal::StreamTraffic> {
+        let streams = self.streams.read().expect("metrics lock");
+        streams
+            .iter()
+            .map(|(name, c)| millrace_proto::internal::StreamTraffic {
+                stream: name.clone(),
+                records_written: c.records_written.load(Relaxed),
+                bytes_written: c.bytes_written.load(Relaxed),
+                records_read: c.records_read.load(Relaxed),
+                bytes_read: c.bytes_read.load(Relaxed),
+            })
+            .collect()
+    }
+
     /// Forgets the series of streams that no longer exist (deleted), so they stop being
     /// reported and free their place under the cap.
     fn forget_streams_except(&self, exists: impl Fn(&str) -> bool) {
@@ -150,6 +192,42 @@ struct Scrape {
     /// (port, accepted, handshakes failed, handshakes timed out, refused over the limit).
     connections: [(&'static str, [u64; 4]); 2],
     open_files: u64,
+    elections_started: u64,
+    leader_changes: u64,
+    /// Per peer member: whether it answered this node's pings lately.
+    peers_up: Vec<(u64, bool)>,
+    /// On the metadata leader only: the cluster's health as [`Node::cluster_status`] sees it.
+    cluster: Option<ClusterHealth>,
+}
+
+/// Counts from the cluster status, exported by the metadata leader.
+#[derive(Debug, Default)]
+struct ClusterHealth {
+    nodes_up: u64,
+    nodes_down: u64,
+    under_replicated: u64,
+    under_spread: u64,
+    catching_up: u64,
+    moving: u64,
+}
+
+impl ClusterHealth {
+    fn of(status: &serde_json::Value) -> ClusterHealth {
+        let count = |key: &str| status[key].as_array().map_or(0, |a| a.len() as u64);
+        let nodes = status["nodes"].as_array().map_or(&[][..], Vec::as_slice);
+        let up = nodes
+            .iter()
+            .filter(|n| n["up"].as_bool() == Some(true))
+            .count() as u64;
+        ClusterHealth {
+            nodes_up: up,
+            nodes_down: nodes.len() as u64 - up,
+            under_replicated: count("under_replicated"),
+            under_spread: count("under_spread"),
+            catching_up: count("catching_up"),
+            moving: count("moving"),
+        }
+    }
 }
 
 impl Scrape {
@@ -249,6 +327,14 @@ impl Scrape {
                 ("http", accepts(&node.security.http_accepts)),
             ],
             open_files: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+            elections_started: m.elections_started.load(Relaxed),
+            leader_changes: m.leader_changes.load(Relaxed),
+            peers_up: node.peers_up(),
+            cluster: node
+                .meta_group
+                .raft
+                .is_leader()
+                .then(|| ClusterHealth::of(&node.cluster_status(false))),
         }
     }
 }
@@ -398,6 +484,63 @@ impl Collector for Scrape {
             Gauge,
             self.groups_led,
         )?;
+
+        single(
+            &mut e,
+            "millrace_raft_elections",
+            "Elections this node started for its shard groups (their leader went silent, or the group is new)",
+            None,
+            Counter,
+            self.elections_started,
+        )?;
+        single(
+            &mut e,
+            "millrace_raft_leader_changes",
+            "Times a group with a replica here got another leader (seen once a second)",
+            None,
+            Counter,
+            self.leader_changes,
+        )?;
+        let mut peers = e.encode_descriptor(
+            "millrace_peer_up",
+            "Per peer member: 1 if it answered this node's pings in the last 1.5 s, else 0",
+            None,
+            Gauge,
+        )?;
+        for (peer, up) in &self.peers_up {
+            peers
+                .encode_family(&[("peer", peer.to_string())])?
+                .encode_gauge(&i64::from(*up))?;
+        }
+        single(
+            &mut e,
+            "millrace_metadata_leader",
+            "1 on the metadata leader, which alone exports the millrace_cluster_ series; else 0",
+            None,
+            Gauge,
+            u64::from(self.cluster.is_some()),
+        )?;
+        if let Some(c) = &self.cluster {
+            let mut nodes = e.encode_descriptor(
+                "millrace_cluster_nodes",
+                "Member nodes by state (down: unheard of for 3 s)",
+                None,
+                Gauge,
+            )?;
+            for (state, n) in [("up", c.nodes_up), ("down", c.nodes_down)] {
+                nodes
+                    .encode_family(&[("state", state)])?
+                    .encode_gauge(&(n as i64))?;
+            }
+            for (name, help, value) in [
+                ("millrace_cluster_shards_under_replicated", "Open shards with a replica down or fewer replicas than the stream's replication factor", c.under_replicated),
+                ("millrace_cluster_shards_under_spread", "Open shards with replicas sharing a zone while another zone has none", c.under_spread),
+                ("millrace_cluster_replicas_catching_up", "Replicas more than 100 entries behind their shard's leader", c.catching_up),
+                ("millrace_cluster_replicas_moving", "Replica moves in progress", c.moving),
+            ] {
+                single(&mut e, name, help, None, Gauge, value)?;
+            }
+        }
 
         let mut lag = e.encode_descriptor(
             "millrace_raft_follower_lag_entries",

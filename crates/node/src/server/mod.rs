@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod cluster_view;
 pub mod config;
 mod http_serve;
 pub mod metrics;

@@ -64,6 +64,25 @@ impl Node {
             .insert(node_id, Instant::now());
     }
 
+    /// Each peer member and whether it answered this node's pings within
+    /// `LEADER_SILENT_AFTER`.
+    pub fn peers_up(&self) -> Vec<(u64, bool)> {
+        let members: Vec<u64> = self.meta.read(|s| s.members.keys().copied().collect());
+        let q = self.quiet.lock().expect("quiet lock");
+        let now = Instant::now();
+        members
+            .into_iter()
+            .filter(|m| *m != self.id)
+            .map(|m| {
+                let fresh = q
+                    .peer_seen
+                    .get(&m)
+                    .is_some_and(|t| now.duration_since(*t) < LEADER_SILENT_AFTER);
+                (m, fresh)
+            })
+            .collect()
+    }
+
     /// Heartbeats for the listed groups this node leads.
     pub async fn nudge(&self, groups: &[u64]) {
         for g in groups {
@@ -226,6 +245,9 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
         tracing::info!(group_id = s.group_id, leader = ?s.leader, "shard leader silent: starting an election");
         // With a known (now silent) leader, pre-vote first so a healthy leader is not deposed;
         // with none known (a new group, or after a leader left), a plain election.
+        node.metrics
+            .elections_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = s.raft.trigger().elect(s.leader.is_some()).await;
     }
     nudges

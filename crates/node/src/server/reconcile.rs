@@ -300,6 +300,9 @@ async fn initialize_group(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> 
     tracing::info!(group_id, ?replicas, "initialized shard group");
     // Election timers are off for shard groups: elect the first leader explicitly (if a peer
     // has not opened its replica yet, the quiet-group watcher elects again shortly).
+    node.metrics
+        .elections_started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = handle.raft.trigger().elect(false).await;
     Ok(())
 }

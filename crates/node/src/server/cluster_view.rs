@@ -1,0 +1,249 @@
+//! The detailed cluster status the console shows (`/console/state`), built on the metadata
+//! leader from the metadata and the nodes' last reports: every stream with its shards, their
+//! leaders and replicas and the stream's traffic, consumer groups with their lag, and the
+//! latest leader changes. Bounded: a stream lists at most [`SHARDS_LISTED_MAX`] shards.
+
+use std::collections::{BTreeMap, HashMap};
+
+use millrace_proto::internal::{GroupReport, StreamTraffic};
+use serde_json::{json, Value};
+
+use super::cluster::LeaderChange;
+use crate::metadata::state::{MetaState, ShardStatus, METADATA_GROUP_ID};
+use crate::shard::sequence::SequenceNumber;
+
+/// Shards listed per stream (the rest are counted in `shards_omitted`).
+pub const SHARDS_LISTED_MAX: usize = 256;
+
+/// A group's leader as the live nodes report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Led {
+    pub node: u64,
+    pub term: u64,
+    pub applied_index: u64,
+}
+
+/// Each group's leader: of the nodes up that report leading it, the one in the highest term
+/// (a node that just lost leadership may not have reported so yet).
+pub fn leaders(
+    reports: &HashMap<u64, Vec<GroupReport>>,
+    up: &impl Fn(u64) -> bool,
+) -> HashMap<u64, Led> {
+    let mut out: HashMap<u64, Led> = HashMap::new();
+    for (node, groups) in reports.iter().filter(|(n, _)| up(**n)) {
+        for g in groups.iter().filter(|g| g.state == "Leader") {
+            let led = Led {
+                node: *node,
+                term: g.term,
+                applied_index: g.applied_index,
+            };
+            out.entry(g.group_id)
+                .and_modify(|known| {
+                    if led.term > known.term {
+                        *known = led;
+                    }
+                })
+                .or_insert(led);
+        }
+    }
+    out
+}
+
+/// Adds `streams`, `consumer_groups` and `leader_changes` to the cluster status `status`.
+pub fn add_detail(
+    status: &mut Value,
+    s: &MetaState,
+    leaders: &HashMap<u64, Led>,
+    traffic: &[StreamTraffic],
+    changes: &[LeaderChange],
+) {
+    let mut totals: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+    for t in traffic {
+        let sum = totals.entry(t.stream.as_str()).or_default();
+        for (total, v) in sum.iter_mut().zip([
+            t.records_written,
+            t.bytes_written,
+            t.records_read,
+            t.bytes_read,
+        ]) {
+            *total += v;
+        }
+    }
+    let mut shard_of_group: HashMap<u64, (&str, &str)> = HashMap::new();
+    let streams: Vec<Value> = s
+        .streams
+        .values()
+        .map(|st| {
+            let current: Vec<_> = st
+                .shards
+                .iter()
+                .filter(|sh| sh.status != ShardStatus::Closed)
+                .collect();
+            for sh in &st.shards {
+                shard_of_group.insert(sh.group_id, (st.name.as_str(), sh.shard_id.as_str()));
+            }
+            let shards: Vec<Value> = current
+                .iter()
+                .take(SHARDS_LISTED_MAX)
+                .map(|sh| {
+                    let led = leaders.get(&sh.group_id);
+                    json!({
+                        "shard_id": sh.shard_id,
+                        "status": format!("{:?}", sh.status),
+                        "group_id": sh.group_id,
+                        "leader": led.map(|l| l.node),
+                        "term": led.map(|l| l.term),
+                        "replicas": sh.replicas,
+                    })
+                })
+                .collect();
+            let [records_written, bytes_written, records_read, bytes_read] =
+                totals.get(st.name.as_str()).copied().unwrap_or_default();
+            json!({
+                "name": st.name,
+                "status": format!("{:?}", st.status),
+                "replication_factor": st.replication_factor,
+                "open_shards": current.len(),
+                "closed_shards": st.shards.len() - current.len(),
+                "shards": shards,
+                "shards_omitted": current.len().saturating_sub(SHARDS_LISTED_MAX),
+                "traffic": {
+                    "records_written": records_written,
+                    "bytes_written": bytes_written,
+                    "records_read": records_read,
+                    "bytes_read": bytes_read,
+                },
+            })
+        })
+        .collect();
+    let groups: Vec<Value> = s
+        .consumer_groups
+        .values()
+        .map(|g| {
+            let group_of_shard = |shard_id: &str| {
+                s.streams
+                    .get(&g.stream)?
+                    .shards
+                    .iter()
+                    .find(|sh| sh.shard_id == shard_id)
+                    .map(|sh| sh.group_id)
+            };
+            let shards: Vec<Value> = g
+                .leases
+                .iter()
+                .map(|(shard_id, lease)| {
+                    json!({
+                        "shard_id": shard_id,
+                        "owner": lease.owner,
+                        "checkpoint": lease.checkpoint,
+                        "finished": lease.finished,
+                        "lag_entries": lag_entries(
+                            lease.finished,
+                            lease.checkpoint.as_deref(),
+                            group_of_shard(shard_id).and_then(|id| leaders.get(&id)),
+                        ),
+                    })
+                })
+                .collect();
+            json!({
+                "stream": g.stream,
+                "name": g.name,
+                "workers": g.workers.keys().collect::<Vec<_>>(),
+                "shards": shards,
+            })
+        })
+        .collect();
+    let changes: Vec<Value> = changes
+        .iter()
+        .rev()
+        .map(|c| {
+            let (stream, shard_id) = match c.group_id {
+                METADATA_GROUP_ID => (Some("(metadata)"), None),
+                id => shard_of_group
+                    .get(&id)
+                    .map_or((None, None), |(st, sh)| (Some(*st), Some(*sh))),
+            };
+            json!({
+                "at_ms": c.at_ms,
+                "group_id": c.group_id,
+                "stream": stream,
+                "shard_id": shard_id,
+                "from": c.from,
+                "to": c.to,
+                "term": c.term,
+            })
+        })
+        .collect();
+    status["streams"] = Value::from(streams);
+    status["consumer_groups"] = Value::from(groups);
+    status["leader_changes"] = Value::from(changes);
+    status["generated_ms"] = Value::from(super::now_ms());
+}
+
+/// Log entries the shard's leader has applied past a group's checkpoint: 0 once the lease is
+/// finished, every applied entry with no checkpoint yet, unknown (`None`) without a leader.
+fn lag_entries(finished: bool, checkpoint: Option<&str>, leader: Option<&Led>) -> Option<u64> {
+    if finished {
+        return Some(0);
+    }
+    let applied = leader?.applied_index;
+    let done = match checkpoint {
+        Some(text) => SequenceNumber::parse("checkpoint", text).ok()?.log_index,
+        None => 0,
+    };
+    Some(applied.saturating_sub(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(group_id: u64, state: &str, term: u64, applied_index: u64) -> GroupReport {
+        GroupReport {
+            group_id,
+            state: state.into(),
+            term,
+            applied_index,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_leader_is_the_live_node_leading_in_the_highest_term() {
+        let reports = HashMap::from([
+            (1, vec![report(7, "Leader", 3, 10)]),
+            (
+                2,
+                vec![report(7, "Leader", 4, 12), report(8, "Follower", 4, 1)],
+            ),
+            (3, vec![report(7, "Leader", 5, 14)]),
+        ]);
+        let all = leaders(&reports, &|_| true);
+        assert_eq!(all[&7].node, 3);
+        assert!(!all.contains_key(&8));
+        let without_3 = leaders(&reports, &|n| n != 3);
+        assert_eq!(
+            without_3[&7],
+            Led {
+                node: 2,
+                term: 4,
+                applied_index: 12
+            }
+        );
+    }
+
+    #[test]
+    fn lag_counts_entries_past_the_checkpoint() {
+        let led = Led {
+            node: 1,
+            term: 2,
+            applied_index: 50,
+        };
+        let at_40 = SequenceNumber::new(40, 3).to_string();
+        assert_eq!(lag_entries(false, Some(&at_40), Some(&led)), Some(10));
+        assert_eq!(lag_entries(false, None, Some(&led)), Some(50));
+        assert_eq!(lag_entries(true, None, None), Some(0));
+        assert_eq!(lag_entries(false, Some(&at_40), None), None);
+        assert_eq!(lag_entries(false, Some("not a number"), Some(&led)), None);
+    }
+}
