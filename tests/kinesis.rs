@@ -17,7 +17,7 @@ use aws_sdk_kinesis::types::{
     SubscribeToShardEventStream,
 };
 use aws_sdk_kinesis::Client;
-use common::{wait_until, Cluster};
+use common::{raw_post, wait_until, Cluster};
 use millrace_node::api::kinesis::eventstream;
 
 fn sdk(http: &str, key: &str, secret: &str) -> Client {
@@ -951,49 +951,6 @@ async fn sigv4_signatures_are_verified_when_keys_are_configured() {
     let (status, body) = raw_post(&http, "ListStreams", "application/x-amz-json-1.1", b"{}");
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("MissingAuthenticationTokenException"));
-}
-
-/// A minimal HTTP/1.1 POST of a Kinesis action: (status, body).
-fn raw_post(addr: &str, action: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: Kinesis_20131202.{action}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("headers end");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16)
-            .unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
-        raw = &raw[line_end + 2 + size + 2..];
-    }
 }
 
 fn cbor(v: &ciborium::Value) -> Vec<u8> {

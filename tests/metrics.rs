@@ -68,6 +68,8 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         .wait_for_active("metered", Duration::from_secs(60))
         .await
         .expect("active");
+    // Enhanced monitoring on for every shard-level metric: each node then counts per shard.
+    enhanced_monitoring(&cluster, "metered", &["ALL"]);
     let before: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
     assert_eq!(
         total(
@@ -158,6 +160,38 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         };
         count(&after) - count(&before)
     };
+    // Per shard (enhanced monitoring): the same records, split over the two shards.
+    let per_shard = |name: &str| -> BTreeSet<String> {
+        after
+            .iter()
+            .flat_map(|s| s.samples.iter())
+            .filter(|x| x.metric == name && x.labels.get("stream") == Some("metered"))
+            .filter_map(|x| x.labels.get("shard").map(String::from))
+            .collect()
+    };
+    assert_eq!(per_shard("millrace_shard_incoming_records_total").len(), 2);
+    for (name, want) in [
+        ("millrace_shard_incoming_records_total", 200.0),
+        ("millrace_shard_incoming_bytes_total", 20_000.0),
+        ("millrace_shard_outgoing_records_total", 200.0),
+        ("millrace_shard_outgoing_bytes_total", 20_000.0),
+        ("millrace_shard_write_throttled_total", 0.0),
+    ] {
+        assert_eq!(moved(name, Some("metered")), want, "{name}");
+    }
+    assert!(!per_shard("millrace_shard_iterator_age_seconds").is_empty());
+    assert_eq!(
+        moved("millrace_stream_records_throttled_total", Some("metered")),
+        0.0
+    );
+    // The reads were caught up: at most a moment behind.
+    assert!(
+        total(
+            &after,
+            "millrace_stream_iterator_age_seconds",
+            Some("metered")
+        ) < 60.0
+    );
     assert_eq!(calls("PutRecords", "ok"), 40.0);
     assert_eq!(calls("PutRecords", "RESOURCE_NOT_FOUND"), 1.0);
     assert!(calls("GetRecords", "ok") >= 4.0);
@@ -238,6 +272,8 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         .wait_for_active("forwarded", Duration::from_secs(60))
         .await
         .expect("active");
+    // Only the metric enabled gets shard series.
+    enhanced_monitoring(&cluster, "forwarded", &["IncomingBytes"]);
     // Through each node alone: the two that do not lead the shard forward the write.
     for sender in 1..=3 {
         let one = vec![PutRecord::new("k", b"forward me".to_vec())];
@@ -249,6 +285,25 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
             .remove(0)
             .expect("written");
     }
+    let last: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
+    let shard_families: BTreeSet<&str> = last
+        .iter()
+        .flat_map(|s| s.samples.iter())
+        .filter(|x| x.labels.get("stream") == Some("forwarded") && x.labels.get("shard").is_some())
+        .map(|x| x.metric.as_str())
+        .collect();
+    assert_eq!(
+        shard_families,
+        BTreeSet::from(["millrace_shard_incoming_bytes_total"])
+    );
+    assert_eq!(
+        total(
+            &last,
+            "millrace_shard_incoming_bytes_total",
+            Some("forwarded")
+        ),
+        30.0
+    );
     let request_ids = |id: u64, message: &str| -> BTreeSet<String> {
         std::fs::read_to_string(cluster.log_path(id))
             .unwrap()
@@ -305,6 +360,31 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         exported, documented,
         "docs/metrics.md's table and the exported families differ"
     );
+}
+
+/// Turns enhanced monitoring on for `metrics` of `stream` (Kinesis API, through node 1), and
+/// makes every node catch up with that change (a DescribeStreamSummary on each reads the
+/// metadata at its leader's commit), so that the next writes are counted per shard.
+fn enhanced_monitoring(cluster: &Cluster, stream: &str, metrics: &[&str]) {
+    let json = "application/x-amz-json-1.1";
+    let body = serde_json::json!({"StreamName": stream, "ShardLevelMetrics": metrics});
+    let (status, reply) = common::raw_post(
+        cluster.http_addr(1),
+        "EnableEnhancedMonitoring",
+        json,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    for id in 1..=3 {
+        let body = serde_json::json!({"StreamName": stream}).to_string();
+        let (status, reply) = common::raw_post(
+            cluster.http_addr(id),
+            "DescribeStreamSummary",
+            json,
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    }
 }
 
 /// The metric names listed in docs/metrics.md's tables.

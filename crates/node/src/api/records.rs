@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use super::grpc::{stream_name_from, MillraceService};
 use super::iterator::IteratorToken;
 use crate::metadata::state::StreamMeta;
 use crate::metadata::write_routes::WriteRoutes;
+use crate::server::metrics::WrittenSizes;
 use crate::server::node::LEADER_SEARCH_TIMEOUT;
 use crate::server::now_ms;
 use crate::server::routing::Appended;
@@ -149,7 +149,7 @@ impl MillraceService {
         req: pb::PutRecordsRequest,
     ) -> Result<pb::PutRecordsResponse, ApiError> {
         let started = std::time::Instant::now();
-        let mut sizes = Vec::new();
+        let mut sizes = WrittenSizes::default();
         let id = crate::server::request_id::new();
         let span = tracing::debug_span!(
             "request",
@@ -166,28 +166,18 @@ impl MillraceService {
         metrics.call(crate::server::metrics::Action::PutRecords, &outcome);
         if let Ok((name, resp)) = &outcome {
             if let Some(c) = metrics.stream(name) {
-                let (mut records, mut bytes) = (0, 0);
-                for (r, size) in resp.records.iter().zip(&sizes) {
-                    if r.error_code.is_empty() {
-                        records += 1;
-                        bytes += *size as u64;
-                    }
-                }
-                c.records_written.fetch_add(records, Relaxed);
-                c.bytes_written.fetch_add(bytes, Relaxed);
-                c.records_failed
-                    .fetch_add(resp.failed_record_count as u64, Relaxed);
+                c.count_written(resp, &sizes);
             }
         }
         outcome.map(|(_, resp)| resp)
     }
 
-    /// [`Self::put_records_impl`], also giving the stream's name and (in `sizes`) each
-    /// record's data bytes, for the metrics.
+    /// [`Self::put_records_impl`], also giving the stream's name and (in `sizes`) the
+    /// records' data bytes, for the metrics.
     async fn put_records_measured(
         &self,
         req: pb::PutRecordsRequest,
-        sizes: &mut Vec<usize>,
+        sizes: &mut WrittenSizes,
     ) -> Result<(String, pb::PutRecordsResponse), ApiError> {
         let name = stream_name_from(&req.stream_name)?;
         let mut routes = self.write_routes(&name).await?;
@@ -199,7 +189,10 @@ impl MillraceService {
         }
         let producer = producer_of(&req)?;
         let records = validate(req, routes.max_record_bytes)?;
-        sizes.extend(records.iter().map(|r| r.data.len()));
+        sizes.note(
+            records.iter().map(|r| r.data.len()),
+            routes.shard_level_metrics,
+        );
         let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
         let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
@@ -434,21 +427,20 @@ impl MillraceService {
         let metrics = &self.node.metrics;
         metrics.get_records_seconds.observe(started.elapsed());
         metrics.call(crate::server::metrics::Action::GetRecords, &outcome);
-        if let Ok((stream, resp)) = &outcome {
-            if let Some(c) = metrics.stream(stream) {
-                let bytes: usize = resp.records.iter().map(|r| r.data.len()).sum();
-                c.records_read.fetch_add(resp.records.len() as u64, Relaxed);
-                c.bytes_read.fetch_add(bytes as u64, Relaxed);
+        if let Ok((read, resp)) = &outcome {
+            if let Some(c) = metrics.stream(&read.stream) {
+                c.count_read(resp, read.shard_id.as_deref());
             }
         }
         outcome.map(|(_, resp)| resp)
     }
 
-    /// [`Self::get_records_impl`], also giving the stream's name, for the metrics.
+    /// [`Self::get_records_impl`], also giving the stream's name (and the shard's id when
+    /// the stream has shard-level metrics enabled), for the metrics.
     async fn get_records_measured(
         &self,
         req: pb::GetRecordsRequest,
-    ) -> Result<(String, pb::GetRecordsResponse), ApiError> {
+    ) -> Result<(ReadOf, pb::GetRecordsResponse), ApiError> {
         let secret = self.secret().await?;
         let token = IteratorToken::decode(&req.shard_iterator, &secret, now_ms())?;
         let limit = match req.limit {
@@ -503,8 +495,19 @@ impl MillraceService {
             millis_behind_latest: millis_behind,
             child_shards,
         };
-        Ok((next.stream, resp))
+        let read_of = ReadOf {
+            shard_id: (!stream.shard_level_metrics.is_empty()).then_some(shard.shard_id),
+            stream: next.stream,
+        };
+        Ok((read_of, resp))
     }
+}
+
+/// What a GetRecords read, for the metrics.
+struct ReadOf {
+    stream: String,
+    /// The shard, when its stream counts reads per shard (enhanced monitoring).
+    shard_id: Option<String>,
 }
 
 /// Records as the public API shows them.

@@ -16,6 +16,8 @@ pub struct WriteRoutes {
     pub name: String,
     pub deleting: bool,
     pub max_record_bytes: usize,
+    /// Enhanced monitoring is on for some shard-level metric: writes are counted per shard.
+    pub shard_level_metrics: bool,
     /// Open (and closing) shards, by starting hash key.
     shards: Vec<ShardRoute>,
 }
@@ -49,6 +51,7 @@ impl WriteRoutes {
             name: stream.name.clone(),
             deleting: stream.status == StreamStatus::Deleting,
             max_record_bytes: stream.max_record_bytes,
+            shard_level_metrics: !stream.shard_level_metrics.is_empty(),
             shards,
         }
     }

@@ -67,8 +67,188 @@ pub struct StreamCounters {
     pub bytes_written: AtomicU64,
     /// Records of PutRecords calls refused per record (throttled, not led, resharding…).
     pub records_failed: AtomicU64,
+    /// Of those, the ones refused as over the shard's throughput.
+    pub records_throttled: AtomicU64,
     pub records_read: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// The largest `MillisBehindLatest` GetRecords answered lately.
+    pub iterator_age: RecentMax,
+    /// Per shard id, while the stream has enhanced monitoring on (at most
+    /// [`SHARD_SERIES_MAX`] shards per node over all streams).
+    shards: RwLock<HashMap<String, Arc<ShardCounters>>>,
+}
+
+/// Shards with series of their own at most, per node (enhanced monitoring).
+pub const SHARD_SERIES_MAX: usize = 10_000;
+/// Shards with series now, over every stream of this process's node.
+static SHARD_SERIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Events of shards past [`SHARD_SERIES_MAX`], counted only in the dropped total.
+static SHARD_SERIES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Shard-level counters (Kinesis enhanced monitoring), kept only for streams that enabled it.
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub incoming_records: AtomicU64,
+    pub incoming_bytes: AtomicU64,
+    pub outgoing_records: AtomicU64,
+    pub outgoing_bytes: AtomicU64,
+    pub write_throttled: AtomicU64,
+    pub iterator_age: RecentMax,
+}
+
+/// The largest value observed in the current and the previous minute (0 when none): what
+/// Kinesis reports as the maximum of `IteratorAgeMilliseconds` over a period.
+#[derive(Debug, Default)]
+pub struct RecentMax {
+    /// Per minute parity: (minute since the epoch, largest value in it).
+    slots: [(AtomicU64, AtomicU64); 2],
+}
+
+impl RecentMax {
+    pub fn observe(&self, value: u64, now_ms: u64) {
+        let minute = now_ms / 60_000;
+        let (at, max) = &self.slots[(minute % 2) as usize];
+        if at.load(Relaxed) == minute {
+            max.fetch_max(value, Relaxed);
+        } else {
+            at.store(minute, Relaxed);
+            max.store(value, Relaxed);
+        }
+    }
+
+    pub fn get(&self, now_ms: u64) -> u64 {
+        let minute = now_ms / 60_000;
+        self.slots
+            .iter()
+            .filter(|(at, _)| at.load(Relaxed) + 1 >= minute && at.load(Relaxed) <= minute)
+            .map(|(_, max)| max.load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The data bytes of a PutRecords call's records, noted before they are written: their total,
+/// and each one's size only when it is needed (a call of several records, or one whose
+/// stream counts per shard).
+#[derive(Debug, Default)]
+pub struct WrittenSizes {
+    total: u64,
+    each: Vec<usize>,
+}
+
+impl WrittenSizes {
+    pub fn note(&mut self, sizes: impl ExactSizeIterator<Item = usize>, per_shard: bool) {
+        if sizes.len() > 1 || per_shard {
+            self.each.extend(sizes);
+            self.total = self.each.iter().sum::<usize>() as u64;
+        } else {
+            self.total = sizes.sum::<usize>() as u64;
+        }
+    }
+}
+
+impl StreamCounters {
+    /// Counts a PutRecords call's answer: what it wrote, what was refused, and per shard
+    /// when the stream counts per shard (`sizes.each` then holds every record's size).
+    pub fn count_written(
+        &self,
+        resp: &millrace_proto::v1::PutRecordsResponse,
+        sizes: &WrittenSizes,
+    ) {
+        const THROTTLED: &str = "PROVISIONED_THROUGHPUT_EXCEEDED";
+        let failed = resp.failed_record_count as u64;
+        let throttled = || {
+            resp.records
+                .iter()
+                .filter(|r| r.error_code == THROTTLED)
+                .count() as u64
+        };
+        let (records, bytes) = match failed {
+            0 => (resp.records.len() as u64, sizes.total),
+            _ if sizes.each.is_empty() => (0, 0),
+            _ => resp
+                .records
+                .iter()
+                .zip(&sizes.each)
+                .filter(|(r, _)| r.error_code.is_empty())
+                .fold((0, 0), |(n, b), (_, size)| (n + 1, b + *size as u64)),
+        };
+        self.records_written.fetch_add(records, Relaxed);
+        self.bytes_written.fetch_add(bytes, Relaxed);
+        if failed > 0 {
+            self.records_failed.fetch_add(failed, Relaxed);
+            self.records_throttled.fetch_add(throttled(), Relaxed);
+        }
+        if sizes.each.is_empty() || sizes.each.len() != resp.records.len() {
+            return;
+        }
+        for (r, size) in resp.records.iter().zip(&sizes.each) {
+            let Some(shard) = self.shard(&r.shard_id) else {
+                continue;
+            };
+            if r.error_code.is_empty() {
+                shard.incoming_records.fetch_add(1, Relaxed);
+                shard.incoming_bytes.fetch_add(*size as u64, Relaxed);
+            } else if r.error_code == THROTTLED {
+                shard.write_throttled.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Counts a GetRecords answer; `shard_id` when the stream counts per shard.
+    pub fn count_read(
+        &self,
+        resp: &millrace_proto::v1::GetRecordsResponse,
+        shard_id: Option<&str>,
+    ) {
+        let bytes: u64 = resp.records.iter().map(|r| r.data.len() as u64).sum();
+        let now = super::now_ms().max(0) as u64;
+        self.records_read
+            .fetch_add(resp.records.len() as u64, Relaxed);
+        self.bytes_read.fetch_add(bytes, Relaxed);
+        self.iterator_age
+            .observe(resp.millis_behind_latest.max(0) as u64, now);
+        if let Some(shard) = shard_id.and_then(|id| self.shard(id)) {
+            shard
+                .outgoing_records
+                .fetch_add(resp.records.len() as u64, Relaxed);
+            shard.outgoing_bytes.fetch_add(bytes, Relaxed);
+            shard
+                .iterator_age
+                .observe(resp.millis_behind_latest.max(0) as u64, now);
+        }
+    }
+
+    /// The shard's counters (made on first use); `None` for no shard id, or past
+    /// [`SHARD_SERIES_MAX`] shards of this stream.
+    fn shard(&self, shard_id: &str) -> Option<Arc<ShardCounters>> {
+        if shard_id.is_empty() {
+            return None;
+        }
+        if let Some(c) = self.shards.read().expect("metrics lock").get(shard_id) {
+            return Some(c.clone());
+        }
+        let mut shards = self.shards.write().expect("metrics lock");
+        if let Some(c) = shards.get(shard_id) {
+            return Some(c.clone());
+        }
+        if SHARD_SERIES.fetch_add(1, Relaxed) >= SHARD_SERIES_MAX {
+            SHARD_SERIES.fetch_sub(1, Relaxed);
+            SHARD_SERIES_DROPPED.fetch_add(1, Relaxed);
+            return None;
+        }
+        let c = Arc::new(ShardCounters::default());
+        shards.insert(shard_id.to_string(), c.clone());
+        Some(c)
+    }
+}
+
+impl Drop for StreamCounters {
+    /// A forgotten (deleted) stream frees its shards' places under the cap.
+    fn drop(&mut self) {
+        let shards = self.shards.get_mut().map_or(0, |s| s.len());
+        SHARD_SERIES.fetch_sub(shards, Relaxed);
+    }
 }
 
 impl NodeMetrics {
@@ -176,7 +356,11 @@ struct Scrape {
     flush_round: HistogramSnapshot,
     produce: HistogramSnapshot,
     get_records: HistogramSnapshot,
-    streams: Vec<(String, [u64; 5])>,
+    /// Per stream: written records and bytes, failed, read records and bytes, throttled,
+    /// iterator age (ms).
+    streams: Vec<(String, [u64; 7])>,
+    /// Per shard of the streams with enhanced monitoring on.
+    shards: Vec<ShardSeries>,
     series_dropped: u64,
     /// (action, outcome, calls).
     calls: Vec<(&'static str, &'static str, u64)>,
@@ -198,6 +382,60 @@ struct Scrape {
     peers_up: Vec<(u64, bool)>,
     /// On the metadata leader only: the cluster's health as [`Node::cluster_status`] sees it.
     cluster: Option<ClusterHealth>,
+}
+
+/// One shard's series: only the metrics its stream enabled (Kinesis names, "ALL" expanded).
+#[derive(Debug)]
+struct ShardSeries {
+    stream: String,
+    shard_id: String,
+    enabled: std::collections::BTreeSet<String>,
+    /// Incoming records and bytes, outgoing records and bytes, writes throttled, iterator
+    /// age (ms).
+    values: [u64; 6],
+}
+
+/// The shard-level families: (Kinesis metric, family name, help, unit, index in
+/// [`ShardSeries::values`]); the iterator age is the gauge, the rest are counters.
+const SHARD_FAMILIES: [(&str, &str, &str, Option<Unit>, usize); 6] = [
+    ("IncomingRecords", "millrace_shard_incoming_records", "Records written to the shard through this node", None, 0),
+    ("IncomingBytes", "millrace_shard_incoming", "Record data written to the shard through this node", Some(Unit::Bytes), 1),
+    ("OutgoingRecords", "millrace_shard_outgoing_records", "Records GetRecords returned from the shard through this node", None, 2),
+    ("OutgoingBytes", "millrace_shard_outgoing", "Record data GetRecords returned from the shard through this node", Some(Unit::Bytes), 3),
+    ("WriteProvisionedThroughputExceeded", "millrace_shard_write_throttled", "Records refused as over the shard's write throughput", None, 4),
+    ("IteratorAgeMilliseconds", "millrace_shard_iterator_age", "The largest MillisBehindLatest GetRecords answered for the shard in this minute and the last", Some(Unit::Seconds), 5),
+];
+
+impl ShardSeries {
+    /// The shard series of `stream` whose enhanced monitoring is on (none when it is off).
+    fn of(node: &Node, stream: &str, c: &StreamCounters, now: u64) -> Vec<ShardSeries> {
+        let enabled = node.meta.read(|s| {
+            s.streams
+                .get(stream)
+                .map(|st| st.shard_level_metrics.clone())
+                .unwrap_or_default()
+        });
+        if enabled.is_empty() {
+            return Vec::new();
+        }
+        let shards = c.shards.read().expect("metrics lock");
+        shards
+            .iter()
+            .map(|(id, sh)| ShardSeries {
+                stream: stream.to_string(),
+                shard_id: id.clone(),
+                enabled: enabled.clone(),
+                values: [
+                    sh.incoming_records.load(Relaxed),
+                    sh.incoming_bytes.load(Relaxed),
+                    sh.outgoing_records.load(Relaxed),
+                    sh.outgoing_bytes.load(Relaxed),
+                    sh.write_throttled.load(Relaxed),
+                    sh.iterator_age.get(now),
+                ],
+            })
+            .collect()
+    }
 }
 
 /// Counts from the cluster status, exported by the metadata leader.
@@ -234,7 +472,9 @@ impl Scrape {
     fn of(node: &Node) -> Scrape {
         let m = &node.metrics;
         m.forget_streams_except(|name| node.meta.read(|s| s.streams.contains_key(name)));
-        let mut streams: Vec<(String, [u64; 5])> = m
+        let now = super::now_ms().max(0) as u64;
+        let mut shards = Vec::new();
+        let mut streams: Vec<(String, [u64; 7])> = m
             .streams
             .read()
             .expect("metrics lock")
@@ -246,11 +486,15 @@ impl Scrape {
                     c.records_failed.load(Relaxed),
                     c.records_read.load(Relaxed),
                     c.bytes_read.load(Relaxed),
+                    c.records_throttled.load(Relaxed),
+                    c.iterator_age.get(now),
                 ];
+                shards.extend(ShardSeries::of(node, name, c, now));
                 (name.clone(), v)
             })
             .collect();
         streams.sort();
+        shards.sort_by(|a, b| (&a.stream, &a.shard_id).cmp(&(&b.stream, &b.shard_id)));
         let stream_of: HashMap<u64, String> = node.meta.read(|s| {
             s.streams
                 .values()
@@ -305,7 +549,8 @@ impl Scrape {
             produce: m.produce_seconds.snapshot(),
             get_records: m.get_records_seconds.snapshot(),
             streams,
-            series_dropped: m.series_dropped.load(Relaxed),
+            shards,
+            series_dropped: m.series_dropped.load(Relaxed) + SHARD_SERIES_DROPPED.load(Relaxed),
             calls: {
                 let mut calls: Vec<_> = [Action::PutRecords, Action::GetRecords]
                     .into_iter()
@@ -661,6 +906,50 @@ impl Collector for Scrape {
                     .encode_counter::<NoLabelSet, _, u64>(&v[i], None)?;
             }
         }
+        let mut throttled = e.encode_descriptor(
+            "millrace_stream_records_throttled",
+            "Records of PutRecords calls refused as over their shard's write throughput",
+            None,
+            Counter,
+        )?;
+        for (stream, v) in &self.streams {
+            throttled
+                .encode_family(&[("stream", stream.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&v[5], None)?;
+        }
+        let mut age = e.encode_descriptor(
+            "millrace_stream_iterator_age",
+            "The largest MillisBehindLatest this node's GetRecords answered for the stream in this minute and the last (0 if none)",
+            Some(&Unit::Seconds),
+            Gauge,
+        )?;
+        for (stream, v) in &self.streams {
+            age.encode_family(&[("stream", stream.as_str())])?
+                .encode_gauge(&(v[6] as f64 / 1000.0))?;
+        }
+        for (metric, name, help, unit, i) in SHARD_FAMILIES {
+            let mut series = self
+                .shards
+                .iter()
+                .filter(|s| s.enabled.contains(metric))
+                .peekable();
+            if series.peek().is_none() {
+                continue;
+            }
+            let kind = if i == 5 { Gauge } else { Counter };
+            let mut family = e.encode_descriptor(name, help, unit.as_ref(), kind)?;
+            for s in series {
+                let labels = [
+                    ("stream", s.stream.as_str()),
+                    ("shard", s.shard_id.as_str()),
+                ];
+                let mut metric = family.encode_family(&labels)?;
+                match kind {
+                    Gauge => metric.encode_gauge(&(s.values[i] as f64 / 1000.0))?,
+                    _ => metric.encode_counter::<NoLabelSet, _, u64>(&s.values[i], None)?,
+                }
+            }
+        }
         let mut disk = e.encode_descriptor(
             "millrace_stream_disk",
             "Segment files of the stream's shard replicas on this node",
@@ -674,7 +963,7 @@ impl Collector for Scrape {
         single(
             &mut e,
             "millrace_metrics_series_dropped",
-            "Events of streams past the per-node series cap, not counted per stream",
+            "Events of streams (or enhanced-monitoring shards) past the per-node series caps, not counted per stream (or shard)",
             None,
             Counter,
             self.series_dropped,
@@ -686,6 +975,62 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recent_max_covers_this_minute_and_the_last() {
+        let m = RecentMax::default();
+        assert_eq!(m.get(0), 0);
+        m.observe(5, 60_000);
+        m.observe(3, 61_000);
+        assert_eq!(m.get(61_000), 5);
+        m.observe(2, 120_000);
+        assert_eq!(m.get(120_000), 5, "the previous minute still counts");
+        assert_eq!(m.get(180_000), 2, "two minutes on, only the last one");
+        assert_eq!(m.get(240_000), 0, "nothing in the last two minutes");
+    }
+
+    #[test]
+    fn writes_are_counted_per_stream_and_per_shard_with_throttled_ones_apart() {
+        use millrace_proto::v1::{PutRecordsResponse, PutRecordsResultEntry};
+        let entry = |shard: &str, error: &str| PutRecordsResultEntry {
+            shard_id: shard.into(),
+            error_code: error.into(),
+            ..Default::default()
+        };
+        let c = StreamCounters::default();
+        let resp = PutRecordsResponse {
+            failed_record_count: 2,
+            records: vec![
+                entry("s0", ""),
+                entry("s1", "PROVISIONED_THROUGHPUT_EXCEEDED"),
+                entry("s1", ""),
+                entry("s0", "UNAVAILABLE"),
+            ],
+        };
+        let mut sizes = WrittenSizes::default();
+        sizes.note([10, 20, 30, 40].into_iter(), true);
+        c.count_written(&resp, &sizes);
+        assert_eq!(c.records_written.load(Relaxed), 2);
+        assert_eq!(c.bytes_written.load(Relaxed), 40);
+        assert_eq!(c.records_failed.load(Relaxed), 2);
+        assert_eq!(c.records_throttled.load(Relaxed), 1);
+        let s1 = c.shard("s1").unwrap();
+        assert_eq!(s1.incoming_records.load(Relaxed), 1);
+        assert_eq!(s1.incoming_bytes.load(Relaxed), 30);
+        assert_eq!(s1.write_throttled.load(Relaxed), 1);
+        // One record, no per-shard counting: its size needs no list.
+        let one = StreamCounters::default();
+        let mut sizes = WrittenSizes::default();
+        sizes.note([7].into_iter(), false);
+        assert!(sizes.each.is_empty());
+        let resp = PutRecordsResponse {
+            failed_record_count: 0,
+            records: vec![entry("s0", "")],
+        };
+        one.count_written(&resp, &sizes);
+        assert_eq!(one.bytes_written.load(Relaxed), 7);
+        assert!(one.shards.read().unwrap().is_empty());
+    }
 
     #[test]
     fn streams_past_the_cap_are_counted_as_dropped_and_deleted_ones_free_their_place() {
