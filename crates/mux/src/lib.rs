@@ -281,13 +281,15 @@ const ANSWERS_PER_MESSAGE_MAX: usize = 256;
 /// order they arrived and runs the future it returns as a task (at most `in_flight_max` at
 /// once; reading the next message waits for a slot), and streams the answers back, those
 /// ready together in one message. The answer stream ends once the
-/// client's side has ended and every call is answered.
+/// client's side has ended (or `stop` is ready: the server is stopping) and every call taken
+/// is answered.
 pub fn serve<In, Req, Resp, Out, H, Fut>(
     mut inbound: tonic::Streaming<In>,
     unpack: fn(In) -> Vec<(u64, Req)>,
     pack: fn(Vec<(u64, Resp)>) -> Out,
     handler: H,
     in_flight_max: usize,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Pin<Box<dyn Stream<Item = Result<Out, Status>> + Send>>
 where
     In: Send + 'static,
@@ -300,9 +302,18 @@ where
     let (answers, rx) = mpsc::channel::<(u64, Resp)>(in_flight_max.max(1));
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(in_flight_max.max(1)));
-        // The client ended its side or the stream broke: the calls under way still answer
-        // (into a closed stream, if it broke).
-        while let Ok(Some(message)) = inbound.message().await {
+        // The client ended its side, the stream broke, or the server is stopping (`stop`):
+        // the calls under way still answer (into a closed stream, if it broke), then the
+        // answers' stream ends, so a stopping server is not held open by a pipeline.
+        tokio::pin!(stop);
+        loop {
+            let message = tokio::select! {
+                m = inbound.message() => m,
+                _ = &mut stop => break,
+            };
+            let Ok(Some(message)) = message else {
+                break;
+            };
             for (id, req) in unpack(message) {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;

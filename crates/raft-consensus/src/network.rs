@@ -589,6 +589,9 @@ pub struct GroupRegistry {
     /// The ordered append stream of each (group, sending leader) under way.
     appends: Mutex<HashMap<(u64, NodeId), AppendSession>>,
     sweeping: AtomicBool,
+    /// Set when the node stops: pipelines served end (see [`GroupRegistry::stopping`]).
+    stopping: AtomicBool,
+    stopped: tokio::sync::Notify,
 }
 
 /// A follower's side of one leader's streamed appends to one group: the requests, in the
@@ -715,6 +718,31 @@ impl GroupRegistry {
             .collect()
     }
 
+    /// Ends every pipeline this node serves (peers' Raft pipelines, clients' PutRecords
+    /// pipelines): they take no more calls, answer the ones under way and end, so that the
+    /// server's graceful shutdown is not held open by streams that never end on their own.
+    pub fn stop_pipelines(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stopped.notify_waiters();
+    }
+
+    /// Ready once [`GroupRegistry::stop_pipelines`] was called.
+    pub fn stopping(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let registry = self.clone();
+        async move {
+            loop {
+                let notified = registry.stopped.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if registry.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
     /// Serves a peer's Raft pipeline: each call is handled as [`GroupRegistry::handle`] does.
     pub fn serve_pipeline(
         self: &Arc<Self>,
@@ -758,6 +786,7 @@ impl GroupRegistry {
                 }
             },
             PIPELINE_CALLS_MAX,
+            self.stopping(),
         )
     }
 

@@ -274,6 +274,7 @@ impl MillraceService {
                 }
             },
             PIPELINE_CALLS_MAX,
+            self.node.groups.registry().stopping(),
         )
     }
 

@@ -231,7 +231,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
     }
     transfer_leaderships(&node).await;
-    // Stop taking requests and let in-flight ones finish (bounded).
+    // Stop taking requests and let in-flight ones finish (bounded); pipelines (peers',
+    // clients') end once their calls under way are answered.
+    node.groups.registry().stop_pipelines();
     let _ = stop_grpc.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), grpc_task).await;
     node.groups.shutdown_all().await;
