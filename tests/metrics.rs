@@ -90,6 +90,7 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         }
     }
     let mut read = 0;
+    let mut last_read = std::collections::BTreeMap::new();
     for shard in client.list_shards("metered").await.expect("shards") {
         let mut it = client
             .get_shard_iterator("metered", &shard.shard_id, StartPosition::TrimHorizon)
@@ -101,10 +102,55 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
                 break;
             }
             read += page.records.len();
+            let last = page.records.last().unwrap().sequence_number.clone();
+            last_read.insert(shard.shard_id.clone(), last);
             it = page.next_shard_iterator;
         }
     }
     assert_eq!(read, 200);
+    // A consumer group: one worker holds both shards' leases and checkpoints one of them at
+    // the last record read; the other shard has no checkpoint.
+    let leases = client
+        .group_heartbeat("metered", "readers", "w1", 60_000)
+        .await
+        .expect("heartbeat");
+    assert_eq!(leases.len(), 2);
+    let done = &leases[0];
+    client
+        .checkpoint_lease(
+            "metered",
+            "readers",
+            "w1",
+            done,
+            &last_read[&done.shard_id],
+            false,
+        )
+        .await
+        .expect("checkpoint");
+    let lag_of = |scrapes: &[Scrape], shard: &str| -> Option<f64> {
+        scrapes
+            .iter()
+            .flat_map(|s| s.samples.iter())
+            .find(|x| {
+                x.metric == "millrace_consumer_group_lag_entries"
+                    && x.labels.get("group") == Some("readers")
+                    && x.labels.get("shard") == Some(shard)
+            })
+            .map(|x| match x.value {
+                Value::Gauge(v) | Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    // The lag needs the shards' leaders, from the nodes' reports (once a second).
+    common::wait_until(
+        Duration::from_secs(20),
+        "the group's lag per shard",
+        || async {
+            let now: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
+            leases.iter().all(|l| lag_of(&now, &l.shard_id).is_some())
+        },
+    )
+    .await;
     // A write to a stream that does not exist is counted by its outcome.
     let missing = client
         .put_records("no-such-stream", vec![PutRecord::new("k", b"x".to_vec())])
@@ -115,6 +161,26 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     let moved = |name: &str, stream: Option<&str>| {
         total(&after, name, stream) - total(&before, name, stream)
     };
+    // The group, as the metadata leader exports it.
+    let checkpointed = lag_of(&after, &done.shard_id).expect("lag");
+    let unread = lag_of(&after, &leases[1].shard_id).expect("lag");
+    assert!(
+        unread >= 1.0 && checkpointed < unread,
+        "checkpointed {checkpointed}, without a checkpoint {unread}"
+    );
+    assert_eq!(total(&after, "millrace_consumer_group_workers", None), 1.0);
+    assert_eq!(
+        total(
+            &after,
+            "millrace_consumer_group_leases_acquired_total",
+            None
+        ),
+        2.0
+    );
+    assert_eq!(
+        total(&after, "millrace_consumer_group_lease_expiries_total", None),
+        0.0
+    );
     // Each call was answered by one node, whichever received it: summed over the nodes, the
     // per-stream counters count each record once.
     assert_eq!(

@@ -23,6 +23,10 @@ pub struct ConsumerGroup {
     pub leases: BTreeMap<String, Lease>,
     /// Live workers: id → time of their last heartbeat.
     pub workers: BTreeMap<String, i64>,
+    /// Leases taken over from another worker whose lease had expired (it stopped
+    /// heartbeating), since the group was made.
+    #[serde(default)]
+    pub lease_expiries: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +119,9 @@ impl ConsumerGroup {
             }
             let lease = self.leases.get_mut(id).expect("lease");
             if lease.owner.is_none() || lease.expires_ms < now_ms {
+                if lease.owner.as_deref().is_some_and(|o| o != worker) {
+                    self.lease_expiries += 1;
+                }
                 lease.owner = Some(worker.to_string());
                 lease.epoch += 1;
                 lease.expires_ms = now_ms + lease_ms;
@@ -246,6 +253,8 @@ mod tests {
         for (id, before) in taken.iter().zip(epochs) {
             assert!(g.leases[id].epoch > before);
         }
+        // Those two were taken over on expiry; the moves between live workers were not.
+        assert_eq!(g.lease_expiries, 2);
         // The fenced owner's checkpoint is refused; the new owner's is kept.
         let lease = g.leases[&taken[0]].clone();
         assert!(matches!(
@@ -282,5 +291,6 @@ mod tests {
         assert!(owned(&g, "w").is_empty());
         g.heartbeat(&s, "v", 200, 10_000);
         assert_eq!(owned(&g, "v"), vec!["c1", "c2"]);
+        assert_eq!(g.lease_expiries, 0, "released leases did not expire");
     }
 }

@@ -243,6 +243,22 @@ impl Node {
         })
     }
 
+    /// Every consumer group with its lag, as the metadata leader sees it (from the nodes'
+    /// last reports).
+    pub fn consumer_group_lags(&self) -> Vec<super::cluster_view::GroupLag> {
+        let reports: HashMap<u64, Vec<GroupReport>> = {
+            let l = self.liveness.lock().expect("liveness lock");
+            l.seen
+                .iter()
+                .map(|(n, (_, r))| (*n, r.groups.clone()))
+                .collect()
+        };
+        let up = |n: u64| self.silent_for(n) < DOWN_AFTER;
+        let leaders = super::cluster_view::leaders(&reports, &up);
+        self.meta
+            .read(|s| super::cluster_view::group_lags(s, &leaders))
+    }
+
     /// On the metadata leader: admits a joining node as a member and a metadata learner.
     pub async fn admit(
         &self,

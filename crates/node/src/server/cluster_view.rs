@@ -180,6 +180,49 @@ pub fn add_detail(
     status["generated_ms"] = Value::from(super::now_ms());
 }
 
+/// A consumer group's state for the metrics (see [`group_lags`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    pub stream: String,
+    pub group: String,
+    pub workers: u64,
+    /// Times a lease was handed out (first owner, a move, a take-over): the sum of the
+    /// leases' epochs.
+    pub leases_acquired: u64,
+    pub lease_expiries: u64,
+    /// Per shard with a lease: entries behind, when its leader is known.
+    pub shards: Vec<(String, Option<u64>)>,
+}
+
+/// Every consumer group with its lag per shard (in log entries; see [`lag_entries`]).
+pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>) -> Vec<GroupLag> {
+    s.consumer_groups
+        .values()
+        .map(|g| {
+            let stream = s.streams.get(&g.stream);
+            let shards = g
+                .leases
+                .iter()
+                .map(|(shard_id, lease)| {
+                    let leader = stream
+                        .and_then(|st| st.shards.iter().find(|sh| &sh.shard_id == shard_id))
+                        .and_then(|sh| leaders.get(&sh.group_id));
+                    let lag = lag_entries(lease.finished, lease.checkpoint.as_deref(), leader);
+                    (shard_id.clone(), lag)
+                })
+                .collect();
+            GroupLag {
+                stream: g.stream.clone(),
+                group: g.name.clone(),
+                workers: g.workers.len() as u64,
+                leases_acquired: g.leases.values().map(|l| l.epoch).sum(),
+                lease_expiries: g.lease_expiries,
+                shards,
+            }
+        })
+        .collect()
+}
+
 /// Log entries the shard's leader has applied past a group's checkpoint: 0 once the lease is
 /// finished, every applied entry with no checkpoint yet, unknown (`None`) without a leader.
 fn lag_entries(finished: bool, checkpoint: Option<&str>, leader: Option<&Led>) -> Option<u64> {

@@ -382,7 +382,13 @@ struct Scrape {
     peers_up: Vec<(u64, bool)>,
     /// On the metadata leader only: the cluster's health as [`Node::cluster_status`] sees it.
     cluster: Option<ClusterHealth>,
+    /// On the metadata leader only: the consumer groups.
+    groups: Vec<super::cluster_view::GroupLag>,
 }
+
+/// Consumer-group lag series (group × shard) the metadata leader exports at most (the
+/// console lists them all).
+pub const GROUP_LAG_SERIES_MAX: usize = 10_000;
 
 /// One shard's series: only the metrics its stream enabled (Kinesis names, "ALL" expanded).
 #[derive(Debug)]
@@ -540,6 +546,7 @@ impl Scrape {
             ]
         };
         let admission = node.admission.status_json();
+        let leading = node.meta_group.raft.is_leader();
         Scrape {
             node_id: node.id,
             zone: node.config.zone.clone(),
@@ -575,12 +582,74 @@ impl Scrape {
             elections_started: m.elections_started.load(Relaxed),
             leader_changes: m.leader_changes.load(Relaxed),
             peers_up: node.peers_up(),
-            cluster: node
-                .meta_group
-                .raft
-                .is_leader()
-                .then(|| ClusterHealth::of(&node.cluster_status(false))),
+            cluster: leading.then(|| ClusterHealth::of(&node.cluster_status(false))),
+            groups: if leading {
+                node.consumer_group_lags()
+            } else {
+                Vec::new()
+            },
         }
+    }
+}
+
+impl Scrape {
+    /// The consumer groups' series (the metadata leader's).
+    fn encode_groups(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let labels = |g: &super::cluster_view::GroupLag| {
+            [("stream", g.stream.clone()), ("group", g.group.clone())]
+        };
+        for (name, help, kind, value) in [
+            (
+                "millrace_consumer_group_workers",
+                "Live workers of the group (heartbeating within their lease time)",
+                Gauge,
+                (|g| g.workers) as fn(&super::cluster_view::GroupLag) -> u64,
+            ),
+            (
+                "millrace_consumer_group_leases_acquired",
+                "Times a lease of the group was handed out: to a first owner, moved to even the load, or taken over",
+                Counter,
+                |g| g.leases_acquired,
+            ),
+            (
+                "millrace_consumer_group_lease_expiries",
+                "Leases taken over because their owner stopped heartbeating and the lease expired",
+                Counter,
+                |g| g.lease_expiries,
+            ),
+        ] {
+            let mut family = e.encode_descriptor(name, help, None, kind)?;
+            for g in &self.groups {
+                let labels = labels(g);
+                let mut metric = family.encode_family(&labels)?;
+                match kind {
+                    Gauge => metric.encode_gauge(&(value(g) as i64))?,
+                    _ => metric.encode_counter::<NoLabelSet, _, u64>(&value(g), None)?,
+                }
+            }
+        }
+        let mut lag = e.encode_descriptor(
+            "millrace_consumer_group_lag_entries",
+            "Per group and shard: log entries the shard's leader applied past the group's checkpoint (0 once a closed shard is finished)",
+            None,
+            Gauge,
+        )?;
+        let series = self
+            .groups
+            .iter()
+            .flat_map(|g| g.shards.iter().map(move |(shard, lag)| (g, shard, lag)))
+            .filter_map(|(g, shard, lag)| lag.map(|lag| (g, shard, lag)))
+            .take(GROUP_LAG_SERIES_MAX);
+        for (g, shard, behind) in series {
+            let labels = [
+                ("stream", g.stream.as_str()),
+                ("group", g.group.as_str()),
+                ("shard", shard.as_str()),
+            ];
+            lag.encode_family(&labels)?.encode_gauge(&(behind as i64))?;
+        }
+        Ok(())
     }
 }
 
@@ -785,6 +854,10 @@ impl Collector for Scrape {
             ] {
                 single(&mut e, name, help, None, Gauge, value)?;
             }
+        }
+
+        if self.cluster.is_some() {
+            self.encode_groups(&mut e)?;
         }
 
         let mut lag = e.encode_descriptor(
