@@ -109,17 +109,30 @@ impl Admission {
     }
 
     pub fn status_json(&self) -> serde_json::Value {
+        let c = self.counts();
         serde_json::json!({
-            "requests_in_flight": self.in_flight.load(Relaxed),
+            "requests_in_flight": c.in_flight,
             "requests_in_flight_max": self.in_flight_max,
-            "requests_refused_in_flight": self.refused_in_flight.load(Relaxed),
+            "requests_refused_in_flight": c.refused_in_flight,
             "grpc_call_timeout_ms": self.call_timeout.as_millis() as u64,
-            "grpc_calls_timed_out": self.calls_timed_out.load(Relaxed),
+            "grpc_calls_timed_out": c.calls_timed_out,
             "key_requests_per_second": self.key_rate,
-            "requests_refused_key_rate": self.refused_key_rate.load(Relaxed),
-            "kinesis_bodies_too_large": self.kinesis_bodies_too_large.load(Relaxed),
-            "kinesis_bodies_timed_out": self.kinesis_bodies_timed_out.load(Relaxed),
+            "requests_refused_key_rate": c.refused_key_rate,
+            "kinesis_bodies_too_large": c.kinesis_bodies_too_large,
+            "kinesis_bodies_timed_out": c.kinesis_bodies_timed_out,
         })
+    }
+
+    /// The counters now (for the status page and the metrics).
+    pub fn counts(&self) -> AdmissionCounts {
+        AdmissionCounts {
+            in_flight: self.in_flight.load(Relaxed) as u64,
+            refused_in_flight: self.refused_in_flight.load(Relaxed),
+            calls_timed_out: self.calls_timed_out.load(Relaxed),
+            refused_key_rate: self.refused_key_rate.load(Relaxed),
+            kinesis_bodies_too_large: self.kinesis_bodies_too_large.load(Relaxed),
+            kinesis_bodies_timed_out: self.kinesis_bodies_timed_out.load(Relaxed),
+        }
     }
 
     /// Wraps the public gRPC service in these limits.
@@ -129,6 +142,18 @@ impl Admission {
             admission: self.clone(),
         }
     }
+}
+
+/// [`Admission`]'s counters at one moment: requests being served, and those refused or ended
+/// by each limit since the node started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmissionCounts {
+    pub in_flight: u64,
+    pub refused_in_flight: u64,
+    pub calls_timed_out: u64,
+    pub refused_key_rate: u64,
+    pub kinesis_bodies_too_large: u64,
+    pub kinesis_bodies_timed_out: u64,
 }
 
 /// The public gRPC service behind [`Admission`]: a call takes a slot until its response head

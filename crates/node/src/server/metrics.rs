@@ -367,7 +367,7 @@ struct Scrape {
     groups_hosted: u64,
     groups_led: u64,
     requests_in_flight: u64,
-    admission: serde_json::Value,
+    admission: super::admission::AdmissionCounts,
     pages_read_ahead: u64,
     /// Per follower node: the most entries it is behind in a group this node leads.
     follower_lag: std::collections::BTreeMap<u64, u64>,
@@ -545,7 +545,7 @@ impl Scrape {
                 c.refused_over_limit.load(Relaxed),
             ]
         };
-        let admission = node.admission.status_json();
+        let admission = node.admission.counts();
         let leading = node.meta_group.raft.is_leader();
         Scrape {
             node_id: node.id,
@@ -569,7 +569,7 @@ impl Scrape {
             },
             groups_hosted: hosted,
             groups_led: led,
-            requests_in_flight: admission["requests_in_flight"].as_u64().unwrap_or(0),
+            requests_in_flight: admission.in_flight,
             admission,
             pages_read_ahead: crate::shard::read_ahead::pages_served(),
             follower_lag,
@@ -905,36 +905,36 @@ impl Collector for Scrape {
             Gauge,
             self.requests_in_flight,
         )?;
-        let a = |key: &str| self.admission[key].as_u64().unwrap_or(0);
-        let refused: [(&str, &str, &str); 5] = [
+        let a = &self.admission;
+        let refused: [(&str, &str, u64); 5] = [
             (
                 "millrace_requests_refused_in_flight",
                 "Requests refused at the in-flight limit",
-                "requests_refused_in_flight",
+                a.refused_in_flight,
             ),
             (
                 "millrace_grpc_calls_timed_out",
                 "gRPC calls ended at the call timeout",
-                "grpc_calls_timed_out",
+                a.calls_timed_out,
             ),
             (
                 "millrace_requests_refused_key_rate",
                 "Requests refused at an access key's rate limit",
-                "requests_refused_key_rate",
+                a.refused_key_rate,
             ),
             (
                 "millrace_kinesis_bodies_too_large",
                 "Kinesis requests refused for their body size (413)",
-                "kinesis_bodies_too_large",
+                a.kinesis_bodies_too_large,
             ),
             (
                 "millrace_kinesis_bodies_timed_out",
                 "Kinesis requests whose body did not arrive in time (408)",
-                "kinesis_bodies_timed_out",
+                a.kinesis_bodies_timed_out,
             ),
         ];
-        for (name, help, key) in refused {
-            single(&mut e, name, help, None, Counter, a(key))?;
+        for (name, help, value) in refused {
+            single(&mut e, name, help, None, Counter, value)?;
         }
 
         // Per stream.
