@@ -148,6 +148,18 @@ async fn expired_records_are_purged_and_a_returning_replica_gets_exactly_the_res
         kept_at.elapsed() < Duration::from_secs(RETENTION_SECS),
         "the check ran before the kept records could expire"
     );
+    // The metrics saw it: the live replicas built snapshots at the retention point and purged
+    // their logs; node 3 installed the leader's snapshot.
+    for id in [1, 2] {
+        let built = cluster.metric(id, "millrace_raft_snapshots_built_total");
+        let purges = cluster.metric(id, "millrace_raft_log_purges_total");
+        assert!(
+            built >= Some(1.0) && purges >= Some(1.0),
+            "node {id}: snapshots built {built:?}, purges {purges:?}"
+        );
+    }
+    let installed = cluster.metric(3, "millrace_raft_snapshots_installed_total");
+    assert!(installed >= Some(1.0), "node 3 installed {installed:?}");
 
     // Read node 3's log from a copy of its segment files.
     let copy = cluster.root.join("node-3-log-copy");

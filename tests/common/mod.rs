@@ -160,6 +160,18 @@ impl Cluster {
         cluster
     }
 
+    /// The value of node `id`'s unlabelled metric `name` (as `GET /metrics` shows it), if
+    /// the node answers and exports it.
+    pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let (code, body) = self.get(id, "/metrics")?;
+        if code != 200 {
+            return None;
+        }
+        body.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|v| v.trim().parse().ok())
+    }
+
     /// Node `id`'s HTTP address (host:port).
     pub fn http_addr(&self, id: u64) -> &str {
         &self.node(id).http

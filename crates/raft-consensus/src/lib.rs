@@ -9,6 +9,7 @@
 //! * [`group`]: creating, looking up and removing group replicas on this node.
 
 pub mod codec;
+pub mod events;
 pub mod group;
 pub mod log_store;
 pub mod network;

@@ -569,6 +569,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         if log.last_log_id < Some(log_id) {
             log.last_log_id = Some(log_id);
         }
+        crate::events::log_purged();
         Ok(())
     }
 }

@@ -191,6 +191,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSm {
         };
         self.persist(&meta, &data).await?;
         self.lock().current_snapshot = Some((meta.clone(), data.clone()));
+        crate::events::snapshot_built();
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -257,6 +258,7 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
         inner.last_membership = meta.last_membership.clone();
         inner.membership_history = vec![meta.last_membership.clone()];
         inner.current_snapshot = Some((meta.clone(), snapshot));
+        crate::events::snapshot_installed();
         Ok(())
     }
 

@@ -378,6 +378,7 @@ struct Scrape {
     open_files: u64,
     elections_started: u64,
     leader_changes: u64,
+    storage_events: millrace_raft::events::StorageEvents,
     /// Per peer member: whether it answered this node's pings lately.
     peers_up: Vec<(u64, bool)>,
     /// On the metadata leader only: the cluster's health as [`Node::cluster_status`] sees it.
@@ -581,6 +582,7 @@ impl Scrape {
             open_files: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
             elections_started: m.elections_started.load(Relaxed),
             leader_changes: m.leader_changes.load(Relaxed),
+            storage_events: millrace_raft::events::storage_events(),
             peers_up: node.peers_up(),
             cluster: leading.then(|| ClusterHealth::of(&node.cluster_status(false))),
             groups: if leading {
@@ -815,6 +817,14 @@ impl Collector for Scrape {
             Counter,
             self.leader_changes,
         )?;
+        let ev = &self.storage_events;
+        for (name, help, value) in [
+            ("millrace_raft_snapshots_built", "Snapshots this node's groups built (shard groups at their retention point, the metadata group every 1,000 entries)", ev.snapshots_built),
+            ("millrace_raft_snapshots_installed", "Snapshots received from a leader and installed (a replica too far behind)", ev.snapshots_installed),
+            ("millrace_raft_log_purges", "Log prefixes purged (segments deleted) once a snapshot covered them", ev.log_purges),
+        ] {
+            single(&mut e, name, help, None, Counter, value)?;
+        }
         let mut peers = e.encode_descriptor(
             "millrace_peer_up",
             "Per peer member: 1 if it answered this node's pings in the last 1.5 s, else 0",
