@@ -91,6 +91,7 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     }
     let mut read = 0;
     let mut last_read = std::collections::BTreeMap::new();
+    let mut per_shard_read = std::collections::BTreeMap::new();
     for shard in client.list_shards("metered").await.expect("shards") {
         let mut it = client
             .get_shard_iterator("metered", &shard.shard_id, StartPosition::TrimHorizon)
@@ -102,12 +103,34 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
                 break;
             }
             read += page.records.len();
+            *per_shard_read.entry(shard.shard_id.clone()).or_insert(0) += page.records.len();
             let last = page.records.last().unwrap().sequence_number.clone();
             last_read.insert(shard.shard_id.clone(), last);
             it = page.next_shard_iterator;
         }
     }
     assert_eq!(read, 200);
+    // The same records again, pushed to an enhanced fan-out consumer, shard by shard.
+    let consumer = client
+        .register_consumer("metered", "pushed")
+        .await
+        .expect("register consumer");
+    for (shard, count) in &per_shard_read {
+        let mut events = client
+            .subscribe_to_shard(&consumer.consumer_arn, shard, StartPosition::TrimHorizon)
+            .await
+            .expect("subscribe");
+        let mut got = 0;
+        while got < *count {
+            let event = tokio::time::timeout(Duration::from_secs(20), events.message())
+                .await
+                .expect("an event in time")
+                .expect("event")
+                .expect("the subscription goes on");
+            got += event.records.len();
+        }
+        assert_eq!(got, *count);
+    }
     // A consumer group: one worker holds both shards' leases and checkpoints one of them at
     // the last record read; the other shard has no checkpoint.
     let leases = client
@@ -239,8 +262,9 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     for (name, want) in [
         ("millrace_shard_incoming_records_total", 200.0),
         ("millrace_shard_incoming_bytes_total", 20_000.0),
-        ("millrace_shard_outgoing_records_total", 200.0),
-        ("millrace_shard_outgoing_bytes_total", 20_000.0),
+        // Read twice: by GetRecords and pushed to the subscriber.
+        ("millrace_shard_outgoing_records_total", 400.0),
+        ("millrace_shard_outgoing_bytes_total", 40_000.0),
         ("millrace_shard_write_throttled_total", 0.0),
     ] {
         assert_eq!(moved(name, Some("metered")), want, "{name}");
@@ -259,6 +283,19 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         ) < 60.0
     );
     assert_eq!(calls("PutRecords", "ok"), 40.0);
+    assert_eq!(calls("SubscribeToShard", "ok"), 2.0);
+    assert_eq!(
+        moved("millrace_stream_subscriptions_total", Some("metered")),
+        2.0
+    );
+    assert_eq!(
+        moved("millrace_stream_records_pushed_total", Some("metered")),
+        200.0
+    );
+    assert_eq!(
+        moved("millrace_stream_pushed_bytes_total", Some("metered")),
+        20_000.0
+    );
     assert_eq!(calls("PutRecords", "RESOURCE_NOT_FOUND"), 1.0);
     assert!(calls("GetRecords", "ok") >= 4.0);
     for (id, (b, a)) in before.iter().zip(&after).enumerate() {

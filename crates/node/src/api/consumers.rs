@@ -152,6 +152,17 @@ impl MillraceService {
         &self,
         req: pb::SubscribeToShardRequest,
     ) -> Result<EventStream, ApiError> {
+        let outcome = self.subscribe_counted(req).await;
+        let action = crate::server::metrics::Action::SubscribeToShard;
+        self.node.metrics.call(action, &outcome);
+        outcome
+    }
+
+    /// [`Self::subscribe_impl`], counting the subscription and what it pushes per stream.
+    async fn subscribe_counted(
+        &self,
+        req: pb::SubscribeToShardRequest,
+    ) -> Result<EventStream, ApiError> {
         let (stream_name, consumer) = parse_consumer_arn(&req.consumer_arn)?;
         let stream = self.stream_fresh(&stream_name).await?;
         let registered = stream
@@ -179,6 +190,12 @@ impl MillraceService {
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
             ApiError::ResourceNotFound(format!("Shard {} not found", req.shard_id))
         })?;
+        let counters = self.node.metrics.stream(&stream_name);
+        if let Some(c) = &counters {
+            c.subscriptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let per_shard = !stream.shard_level_metrics.is_empty();
         let (tx, rx) = mpsc::channel(EVENTS_BUFFERED_MAX);
         let service = MillraceService {
             node: self.node.clone(),
@@ -232,6 +249,9 @@ impl MillraceService {
                             _ => Vec::new(),
                         },
                     };
+                    if let Some(c) = &counters {
+                        c.count_pushed(&event, per_shard.then_some(shard.shard_id.as_str()));
+                    }
                     if tx.send(Ok(event)).await.is_err() {
                         return; // the client went away
                     }

@@ -33,7 +33,7 @@ pub struct NodeMetrics {
     streams: RwLock<HashMap<String, Arc<StreamCounters>>>,
     series_dropped: AtomicU64,
     /// Calls answered without an error, per [`Action`].
-    calls_ok: [AtomicU64; 2],
+    calls_ok: [AtomicU64; 3],
     /// Calls answered with an error, per (action, error code): a rare path, so a lock.
     calls_failed: std::sync::Mutex<std::collections::BTreeMap<(Action, &'static str), u64>>,
     /// Elections this node started for its shard groups (their election timers are off).
@@ -49,13 +49,21 @@ pub struct NodeMetrics {
 pub enum Action {
     PutRecords = 0,
     GetRecords = 1,
+    SubscribeToShard = 2,
 }
 
 impl Action {
+    const ALL: [Action; 3] = [
+        Action::PutRecords,
+        Action::GetRecords,
+        Action::SubscribeToShard,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Action::PutRecords => "PutRecords",
             Action::GetRecords => "GetRecords",
+            Action::SubscribeToShard => "SubscribeToShard",
         }
     }
 }
@@ -71,7 +79,11 @@ pub struct StreamCounters {
     pub records_throttled: AtomicU64,
     pub records_read: AtomicU64,
     pub bytes_read: AtomicU64,
-    /// The largest `MillisBehindLatest` GetRecords answered lately.
+    /// SubscribeToShard calls taken, and the records and bytes pushed to them.
+    pub subscriptions: AtomicU64,
+    pub records_pushed: AtomicU64,
+    pub bytes_pushed: AtomicU64,
+    /// The largest `MillisBehindLatest` GetRecords (or a subscription) answered lately.
     pub iterator_age: RecentMax,
     /// Per shard id, while the stream has enhanced monitoring on (at most
     /// [`SHARD_SERIES_MAX`] shards per node over all streams).
@@ -201,22 +213,45 @@ impl StreamCounters {
         resp: &millrace_proto::v1::GetRecordsResponse,
         shard_id: Option<&str>,
     ) {
-        let bytes: u64 = resp.records.iter().map(|r| r.data.len() as u64).sum();
-        let now = super::now_ms().max(0) as u64;
+        let bytes = self.count_outgoing(&resp.records, resp.millis_behind_latest, shard_id);
         self.records_read
             .fetch_add(resp.records.len() as u64, Relaxed);
         self.bytes_read.fetch_add(bytes, Relaxed);
-        self.iterator_age
-            .observe(resp.millis_behind_latest.max(0) as u64, now);
+    }
+
+    /// Counts an event pushed to a SubscribeToShard subscriber; `shard_id` when the stream
+    /// counts per shard.
+    pub fn count_pushed(
+        &self,
+        event: &millrace_proto::v1::SubscribeToShardEvent,
+        shard_id: Option<&str>,
+    ) {
+        let bytes = self.count_outgoing(&event.records, event.millis_behind_latest, shard_id);
+        self.records_pushed
+            .fetch_add(event.records.len() as u64, Relaxed);
+        self.bytes_pushed.fetch_add(bytes, Relaxed);
+    }
+
+    /// What GetRecords and subscriptions share: the iterator age, and the shard's outgoing
+    /// counts. Answers the records' data bytes.
+    fn count_outgoing(
+        &self,
+        records: &[millrace_proto::v1::Record],
+        millis_behind: i64,
+        shard_id: Option<&str>,
+    ) -> u64 {
+        let bytes: u64 = records.iter().map(|r| r.data.len() as u64).sum();
+        let now = super::now_ms().max(0) as u64;
+        let behind = millis_behind.max(0) as u64;
+        self.iterator_age.observe(behind, now);
         if let Some(shard) = shard_id.and_then(|id| self.shard(id)) {
             shard
                 .outgoing_records
-                .fetch_add(resp.records.len() as u64, Relaxed);
+                .fetch_add(records.len() as u64, Relaxed);
             shard.outgoing_bytes.fetch_add(bytes, Relaxed);
-            shard
-                .iterator_age
-                .observe(resp.millis_behind_latest.max(0) as u64, now);
+            shard.iterator_age.observe(behind, now);
         }
+        bytes
     }
 
     /// The shard's counters (made on first use); `None` for no shard id, or past
@@ -357,8 +392,8 @@ struct Scrape {
     produce: HistogramSnapshot,
     get_records: HistogramSnapshot,
     /// Per stream: written records and bytes, failed, read records and bytes, throttled,
-    /// iterator age (ms).
-    streams: Vec<(String, [u64; 7])>,
+    /// iterator age (ms), subscriptions, records and bytes pushed to them.
+    streams: Vec<(String, [u64; 10])>,
     /// Per shard of the streams with enhanced monitoring on.
     shards: Vec<ShardSeries>,
     series_dropped: u64,
@@ -481,7 +516,7 @@ impl Scrape {
         m.forget_streams_except(|name| node.meta.read(|s| s.streams.contains_key(name)));
         let now = super::now_ms().max(0) as u64;
         let mut shards = Vec::new();
-        let mut streams: Vec<(String, [u64; 7])> = m
+        let mut streams: Vec<(String, [u64; 10])> = m
             .streams
             .read()
             .expect("metrics lock")
@@ -495,6 +530,9 @@ impl Scrape {
                     c.bytes_read.load(Relaxed),
                     c.records_throttled.load(Relaxed),
                     c.iterator_age.get(now),
+                    c.subscriptions.load(Relaxed),
+                    c.records_pushed.load(Relaxed),
+                    c.bytes_pushed.load(Relaxed),
                 ];
                 shards.extend(ShardSeries::of(node, name, c, now));
                 (name.clone(), v)
@@ -560,7 +598,7 @@ impl Scrape {
             shards,
             series_dropped: m.series_dropped.load(Relaxed) + SHARD_SERIES_DROPPED.load(Relaxed),
             calls: {
-                let mut calls: Vec<_> = [Action::PutRecords, Action::GetRecords]
+                let mut calls: Vec<_> = Action::ALL
                     .into_iter()
                     .map(|a| (a.name(), "ok", m.calls_ok[a as usize].load(Relaxed)))
                     .collect();
@@ -948,7 +986,25 @@ impl Collector for Scrape {
         }
 
         // Per stream.
-        let per_stream: [(&str, &str, Option<Unit>, usize); 5] = [
+        let per_stream: [(&str, &str, Option<Unit>, usize); 8] = [
+            (
+                "millrace_stream_subscriptions",
+                "SubscribeToShard calls this node took for the stream",
+                None,
+                7,
+            ),
+            (
+                "millrace_stream_records_pushed",
+                "Records this node pushed to SubscribeToShard subscribers",
+                None,
+                8,
+            ),
+            (
+                "millrace_stream_pushed",
+                "Record data this node pushed to SubscribeToShard subscribers",
+                Some(Unit::Bytes),
+                9,
+            ),
             (
                 "millrace_stream_records_written",
                 "Records acknowledged to writers through this node",
