@@ -174,6 +174,14 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         },
     )
     .await;
+    // A record over the stream's size limit is refused, and counted for the stream.
+    let oversized = client
+        .put_records(
+            "metered",
+            vec![PutRecord::new("k", vec![0u8; 1024 * 1024 + 1])],
+        )
+        .await;
+    assert!(oversized.is_err());
     // A write to a stream that does not exist is counted by its outcome.
     let missing = client
         .put_records("no-such-stream", vec![PutRecord::new("k", b"x".to_vec())])
@@ -283,6 +291,27 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         ) < 60.0
     );
     assert_eq!(calls("PutRecords", "ok"), 40.0);
+    // Per stream: the same calls, and the refused one, not the one for a missing stream.
+    let stream_calls = |action: &str, ok: bool| -> f64 {
+        let count = |scrapes: &[Scrape]| -> f64 {
+            scrapes
+                .iter()
+                .flat_map(|s| s.samples.iter())
+                .filter(|x| x.metric == "millrace_stream_calls_total")
+                .filter(|x| x.labels.get("stream") == Some("metered"))
+                .filter(|x| x.labels.get("action") == Some(action))
+                .filter(|x| (x.labels.get("outcome") == Some("ok")) == ok)
+                .map(|x| match x.value {
+                    Value::Counter(v) | Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        count(&after) - count(&before)
+    };
+    assert_eq!(stream_calls("PutRecords", true), 40.0);
+    assert_eq!(stream_calls("PutRecords", false), 1.0);
+    assert_eq!(stream_calls("GetRecords", true), calls("GetRecords", "ok"));
     assert_eq!(calls("SubscribeToShard", "ok"), 2.0);
     assert_eq!(
         moved("millrace_stream_subscriptions_total", Some("metered")),
@@ -343,6 +372,10 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         assert_eq!(value(s, "millrace_peer_up", None), 2.0, "node {}", id + 1);
     }
     assert_eq!(total(&after, "millrace_metadata_leader", None), 1.0);
+    // The metadata group elected a leader: every node knows a term of at least 1.
+    for s in &after {
+        assert!(value(s, "millrace_metadata_term", None) >= 1.0);
+    }
     let nodes_in = |state: &str| -> f64 {
         after
             .iter()

@@ -17,7 +17,7 @@ use super::grpc::{stream_name_from, MillraceService};
 use super::iterator::IteratorToken;
 use crate::metadata::state::StreamMeta;
 use crate::metadata::write_routes::WriteRoutes;
-use crate::server::metrics::WrittenSizes;
+use crate::server::metrics::{StreamCounters, WrittenSizes};
 use crate::server::node::LEADER_SEARCH_TIMEOUT;
 use crate::server::now_ms;
 use crate::server::routing::Appended;
@@ -150,6 +150,7 @@ impl MillraceService {
     ) -> Result<pb::PutRecordsResponse, ApiError> {
         let started = std::time::Instant::now();
         let mut sizes = WrittenSizes::default();
+        let mut counters = None;
         let id = crate::server::request_id::new();
         let span = tracing::debug_span!(
             "request",
@@ -158,29 +159,36 @@ impl MillraceService {
         );
         let outcome = crate::server::request_id::scope(
             id,
-            tracing::Instrument::instrument(self.put_records_measured(req, &mut sizes), span),
+            tracing::Instrument::instrument(
+                self.put_records_measured(req, &mut sizes, &mut counters),
+                span,
+            ),
         )
         .await;
         let metrics = &self.node.metrics;
         metrics.produce_seconds.observe(started.elapsed());
         metrics.call(crate::server::metrics::Action::PutRecords, &outcome);
-        if let Ok((name, resp)) = &outcome {
-            if let Some(c) = metrics.stream(name) {
+        if let Some(c) = counters {
+            c.calls
+                .count(crate::server::metrics::Action::PutRecords, &outcome);
+            if let Ok(resp) = &outcome {
                 c.count_written(resp, &sizes);
             }
         }
-        outcome.map(|(_, resp)| resp)
+        outcome
     }
 
-    /// [`Self::put_records_impl`], also giving the stream's name and (in `sizes`) the
-    /// records' data bytes, for the metrics.
+    /// [`Self::put_records_impl`], also giving, for the metrics, the records' data bytes
+    /// (`sizes`) and the stream's counters once the stream is known (`counters`).
     async fn put_records_measured(
         &self,
         req: pb::PutRecordsRequest,
         sizes: &mut WrittenSizes,
-    ) -> Result<(String, pb::PutRecordsResponse), ApiError> {
+        counters: &mut Option<Arc<StreamCounters>>,
+    ) -> Result<pb::PutRecordsResponse, ApiError> {
         let name = stream_name_from(&req.stream_name)?;
         let mut routes = self.write_routes(&name).await?;
+        *counters = self.node.metrics.stream(&routes.name);
         if routes.deleting {
             return Err(ApiError::ResourceNotFound(format!(
                 "Stream {} is being deleted",
@@ -220,7 +228,7 @@ impl MillraceService {
             failed_record_count: failed,
             records: results,
         };
-        Ok((name, resp))
+        Ok(resp)
     }
 
     /// The stream's write routes; if unknown here, catches up with the metadata leader
@@ -424,24 +432,29 @@ impl MillraceService {
         req: pb::GetRecordsRequest,
     ) -> Result<pb::GetRecordsResponse, ApiError> {
         let started = std::time::Instant::now();
-        let outcome = self.get_records_measured(req).await;
+        let mut counters = None;
+        let outcome = self.get_records_measured(req, &mut counters).await;
         let metrics = &self.node.metrics;
+        let action = crate::server::metrics::Action::GetRecords;
         metrics.get_records_seconds.observe(started.elapsed());
-        metrics.call(crate::server::metrics::Action::GetRecords, &outcome);
-        if let Ok((read, resp)) = &outcome {
-            if let Some(c) = metrics.stream(&read.stream) {
-                c.count_read(resp, read.shard_id.as_deref());
+        metrics.call(action, &outcome);
+        if let Some(c) = counters {
+            c.calls.count(action, &outcome);
+            if let Ok((shard_id, resp)) = &outcome {
+                c.count_read(resp, shard_id.as_deref());
             }
         }
         outcome.map(|(_, resp)| resp)
     }
 
-    /// [`Self::get_records_impl`], also giving the stream's name (and the shard's id when
-    /// the stream has shard-level metrics enabled), for the metrics.
+    /// [`Self::get_records_impl`], also giving, for the metrics, the stream's counters once
+    /// the stream is known, and the shard's id when the stream counts per shard (enhanced
+    /// monitoring).
     async fn get_records_measured(
         &self,
         req: pb::GetRecordsRequest,
-    ) -> Result<(ReadOf, pb::GetRecordsResponse), ApiError> {
+        counters: &mut Option<Arc<StreamCounters>>,
+    ) -> Result<(Option<String>, pb::GetRecordsResponse), ApiError> {
         let secret = self.secret().await?;
         let token = IteratorToken::decode(&req.shard_iterator, &secret, now_ms())?;
         let limit = match req.limit {
@@ -454,6 +467,7 @@ impl MillraceService {
             l => l,
         };
         let stream = self.stream(&token.stream).await?;
+        *counters = self.node.metrics.stream(&stream.name);
         let shard = stream
             .shard(&token.shard_id)
             .filter(|s| s.group_id == token.group_id)
@@ -496,19 +510,9 @@ impl MillraceService {
             millis_behind_latest: millis_behind,
             child_shards,
         };
-        let read_of = ReadOf {
-            shard_id: (!stream.shard_level_metrics.is_empty()).then_some(shard.shard_id),
-            stream: next.stream,
-        };
-        Ok((read_of, resp))
+        let per_shard = !stream.shard_level_metrics.is_empty();
+        Ok((per_shard.then_some(shard.shard_id), resp))
     }
-}
-
-/// What a GetRecords read, for the metrics.
-struct ReadOf {
-    stream: String,
-    /// The shard, when its stream counts reads per shard (enhanced monitoring).
-    shard_id: Option<String>,
 }
 
 /// Records as the public API shows them.

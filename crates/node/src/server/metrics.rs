@@ -32,10 +32,8 @@ pub struct NodeMetrics {
     pub get_records_seconds: LatencyHistogram,
     streams: RwLock<HashMap<String, Arc<StreamCounters>>>,
     series_dropped: AtomicU64,
-    /// Calls answered without an error, per [`Action`].
-    calls_ok: [AtomicU64; 3],
-    /// Calls answered with an error, per (action, error code): a rare path, so a lock.
-    calls_failed: std::sync::Mutex<std::collections::BTreeMap<(Action, &'static str), u64>>,
+    /// Calls by outcome, on this node.
+    calls: CallCounts,
     /// Elections this node started for its shard groups (their election timers are off).
     pub elections_started: AtomicU64,
     /// Times a local group's known leader became another node, seen by the report pass.
@@ -68,6 +66,40 @@ impl Action {
     }
 }
 
+/// Calls by how they were answered: `ok`, or the error's code (`errors.proto`'s names).
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    /// Calls answered without an error, per [`Action`].
+    ok: [AtomicU64; 3],
+    /// Calls answered with an error, per (action, error code): a rare path, so a lock.
+    failed: std::sync::Mutex<std::collections::BTreeMap<(Action, &'static str), u64>>,
+}
+
+impl CallCounts {
+    pub fn count<T>(&self, action: Action, outcome: &Result<T, crate::api::error::ApiError>) {
+        match outcome {
+            Ok(_) => {
+                self.ok[action as usize].fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                let mut failed = self.failed.lock().expect("metrics lock");
+                *failed.entry((action, e.symbol())).or_default() += 1;
+            }
+        }
+    }
+
+    /// (action, outcome, calls): every action's `ok`, and each error seen.
+    fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut calls: Vec<_> = Action::ALL
+            .into_iter()
+            .map(|a| (a.name(), "ok", self.ok[a as usize].load(Relaxed)))
+            .collect();
+        let failed = self.failed.lock().expect("metrics lock");
+        calls.extend(failed.iter().map(|((a, code), n)| (a.name(), *code, *n)));
+        calls
+    }
+}
+
 /// Counters of one stream, on this node (the node that received the clients' calls).
 #[derive(Debug, Default)]
 pub struct StreamCounters {
@@ -79,6 +111,9 @@ pub struct StreamCounters {
     pub records_throttled: AtomicU64,
     pub records_read: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Calls for the stream by outcome (those refused before the stream was known, e.g. a
+    /// name that does not exist, are counted per node only).
+    pub calls: CallCounts,
     /// SubscribeToShard calls taken, and the records and bytes pushed to them.
     pub subscriptions: AtomicU64,
     pub records_pushed: AtomicU64,
@@ -306,17 +341,9 @@ impl NodeMetrics {
         Some(c)
     }
 
-    /// Counts a call's outcome: `ok`, or the error's code (`errors.proto`'s names).
+    /// Counts a call's outcome on this node (see [`CallCounts::count`]).
     pub fn call<T>(&self, action: Action, outcome: &Result<T, crate::api::error::ApiError>) {
-        match outcome {
-            Ok(_) => {
-                self.calls_ok[action as usize].fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                let mut failed = self.calls_failed.lock().expect("metrics lock");
-                *failed.entry((action, e.symbol())).or_default() += 1;
-            }
-        }
+        self.calls.count(action, outcome);
     }
 
     /// Notes each local group's current leader (`(group, leader)`, 0 for none) and counts the
@@ -396,6 +423,8 @@ struct Scrape {
     streams: Vec<(String, [u64; 10])>,
     /// Per shard of the streams with enhanced monitoring on.
     shards: Vec<ShardSeries>,
+    /// (stream, action, outcome, calls).
+    stream_calls: Vec<(String, &'static str, &'static str, u64)>,
     series_dropped: u64,
     /// (action, outcome, calls).
     calls: Vec<(&'static str, &'static str, u64)>,
@@ -413,6 +442,8 @@ struct Scrape {
     open_files: u64,
     elections_started: u64,
     leader_changes: u64,
+    /// The metadata group's term, as this node knows it.
+    metadata_term: u64,
     storage_events: millrace_raft::events::StorageEvents,
     /// Per peer member: whether it answered this node's pings lately.
     peers_up: Vec<(u64, bool)>,
@@ -516,6 +547,7 @@ impl Scrape {
         m.forget_streams_except(|name| node.meta.read(|s| s.streams.contains_key(name)));
         let now = super::now_ms().max(0) as u64;
         let mut shards = Vec::new();
+        let mut stream_calls = Vec::new();
         let mut streams: Vec<(String, [u64; 10])> = m
             .streams
             .read()
@@ -535,11 +567,18 @@ impl Scrape {
                     c.bytes_pushed.load(Relaxed),
                 ];
                 shards.extend(ShardSeries::of(node, name, c, now));
+                stream_calls.extend(
+                    c.calls
+                        .snapshot()
+                        .into_iter()
+                        .map(|(a, o, n)| (name.clone(), a, o, n)),
+                );
                 (name.clone(), v)
             })
             .collect();
         streams.sort();
         shards.sort_by(|a, b| (&a.stream, &a.shard_id).cmp(&(&b.stream, &b.shard_id)));
+        stream_calls.sort();
         let stream_of: HashMap<u64, String> = node.meta.read(|s| {
             s.streams
                 .values()
@@ -596,16 +635,9 @@ impl Scrape {
             get_records: m.get_records_seconds.snapshot(),
             streams,
             shards,
+            stream_calls,
             series_dropped: m.series_dropped.load(Relaxed) + SHARD_SERIES_DROPPED.load(Relaxed),
-            calls: {
-                let mut calls: Vec<_> = Action::ALL
-                    .into_iter()
-                    .map(|a| (a.name(), "ok", m.calls_ok[a as usize].load(Relaxed)))
-                    .collect();
-                let failed = m.calls_failed.lock().expect("metrics lock");
-                calls.extend(failed.iter().map(|((a, code), n)| (a.name(), *code, *n)));
-                calls
-            },
+            calls: m.calls.snapshot(),
             groups_hosted: hosted,
             groups_led: led,
             requests_in_flight: admission.in_flight,
@@ -621,6 +653,7 @@ impl Scrape {
             elections_started: m.elections_started.load(Relaxed),
             leader_changes: m.leader_changes.load(Relaxed),
             storage_events: millrace_raft::events::storage_events(),
+            metadata_term: node.meta_group.raft.metrics().borrow_watched().current_term,
             peers_up: node.peers_up(),
             cluster: leading.then(|| ClusterHealth::of(&node.cluster_status(false))),
             groups: if leading {
@@ -876,6 +909,14 @@ impl Collector for Scrape {
         }
         single(
             &mut e,
+            "millrace_metadata_term",
+            "The metadata group's Raft term as this node knows it (each election raises it)",
+            None,
+            Gauge,
+            self.metadata_term,
+        )?;
+        single(
+            &mut e,
             "millrace_metadata_leader",
             "1 on the metadata leader, which alone exports the millrace_cluster_ series; else 0",
             None,
@@ -1044,6 +1085,22 @@ impl Collector for Scrape {
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&v[i], None)?;
             }
+        }
+        let mut calls = e.encode_descriptor(
+            "millrace_stream_calls",
+            "Calls for the stream by action and outcome, on the node the client called",
+            None,
+            Counter,
+        )?;
+        for (stream, action, outcome, n) in &self.stream_calls {
+            let labels = [
+                ("stream", stream.as_str()),
+                ("action", *action),
+                ("outcome", *outcome),
+            ];
+            calls
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
         let mut throttled = e.encode_descriptor(
             "millrace_stream_records_throttled",
