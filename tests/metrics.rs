@@ -238,6 +238,8 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     // included).
     assert!(moved("millrace_produce_seconds_count", None) >= 40.0);
     assert!(moved("millrace_get_records_seconds_count", None) >= 4.0);
+    // The shard leaders timed each entry's commit: at least one entry per shard.
+    assert!(moved("millrace_commit_seconds_count", None) >= 2.0);
     // The shard leaders proposed the 200 records, and every node synced what it appended.
     assert_eq!(moved("millrace_records_proposed_total", None), 200.0);
     assert!(moved("millrace_entries_proposed_total", None) >= 1.0);

@@ -417,6 +417,7 @@ struct Scrape {
     write: millrace_proto::v1::GetNodeStatsResponse,
     flush_round: HistogramSnapshot,
     produce: HistogramSnapshot,
+    commit: HistogramSnapshot,
     get_records: HistogramSnapshot,
     /// Per stream: written records and bytes, failed, read records and bytes, throttled,
     /// iterator age (ms), subscriptions, records and bytes pushed to them.
@@ -632,6 +633,7 @@ impl Scrape {
             write: node.write_stats(),
             flush_round: node.groups.flusher().stats().round_seconds.snapshot(),
             produce: m.produce_seconds.snapshot(),
+            commit: node.stats.commit_seconds.snapshot(),
             get_records: m.get_records_seconds.snapshot(),
             streams,
             shards,
@@ -834,6 +836,12 @@ impl Collector for Scrape {
             "millrace_produce",
             "PutRecords calls from arrival to answer (the ack)",
             &self.produce,
+        )?;
+        histogram(
+            &mut e,
+            "millrace_commit",
+            "Record batch entries from proposal to commit on a majority and apply, on their shard leader",
+            &self.commit,
         )?;
         histogram(
             &mut e,

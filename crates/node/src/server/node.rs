@@ -603,8 +603,10 @@ async fn propose_entries(
         let bytes = entry::encode_batch(now_ms(), &parts);
         let records = parts.iter().map(|p| p.records.len()).sum();
         drop(parts);
+        let proposed_at = std::time::Instant::now();
         match raft.client_write(Request(bytes.into())).await {
             Ok(resp) => {
+                stats.commit_seconds.observe(proposed_at.elapsed());
                 stats.proposed(records);
                 let index = resp.log_id.index;
                 match decode_outcomes(&resp.data.0).filter(|o| o.len() == entry.len()) {

@@ -18,6 +18,8 @@ pub struct WriteStats {
     /// Record batch entries proposed here as a leader, and the records in them.
     entries_proposed: AtomicU64,
     records_proposed: AtomicU64,
+    /// From proposing a record batch entry to its commit and apply here, as the leader.
+    pub commit_seconds: millrace_storage::LatencyHistogram,
 }
 
 impl WriteStats {
