@@ -39,6 +39,26 @@ fn total(scrapes: &[Scrape], name: &str, stream: Option<&str>) -> f64 {
     scrapes.iter().map(|s| value(s, name, stream)).sum()
 }
 
+/// The sum over `scrapes` of `name`'s samples whose labels have the values in `labels`; a
+/// value starting with `!` matches any other value.
+fn labelled(scrapes: &[Scrape], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matches = |x: &prometheus_parse::Sample| {
+        labels.iter().all(|(k, v)| match v.strip_prefix('!') {
+            Some(not) => x.labels.get(k) != Some(not),
+            None => x.labels.get(k) == Some(*v),
+        })
+    };
+    scrapes
+        .iter()
+        .flat_map(|s| s.samples.iter())
+        .filter(|x| x.metric == name && matches(x))
+        .map(|x| match x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 /// The names a query uses: sample names, a histogram's parts (`_bucket`, `_count`, `_sum`)
 /// under its own name.
 fn families(s: &Scrape) -> BTreeSet<String> {
@@ -244,20 +264,9 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     assert_eq!(moved("millrace_records_proposed_total", None), 200.0);
     assert!(moved("millrace_entries_proposed_total", None) >= 1.0);
     let calls = |action: &str, outcome: &str| -> f64 {
-        let count = |scrapes: &[Scrape]| -> f64 {
-            scrapes
-                .iter()
-                .flat_map(|s| s.samples.iter())
-                .filter(|x| x.metric == "millrace_calls_total")
-                .filter(|x| x.labels.get("action") == Some(action))
-                .filter(|x| x.labels.get("outcome") == Some(outcome))
-                .map(|x| match x.value {
-                    Value::Counter(v) | Value::Untyped(v) => v,
-                    _ => 0.0,
-                })
-                .sum()
-        };
-        count(&after) - count(&before)
+        let labels = [("action", action), ("outcome", outcome)];
+        labelled(&after, "millrace_calls_total", &labels)
+            - labelled(&before, "millrace_calls_total", &labels)
     };
     // Per shard (enhanced monitoring): the same records, split over the two shards.
     let per_shard = |name: &str| -> BTreeSet<String> {
@@ -294,26 +303,18 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     );
     assert_eq!(calls("PutRecords", "ok"), 40.0);
     // Per stream: the same calls, and the refused one, not the one for a missing stream.
-    let stream_calls = |action: &str, ok: bool| -> f64 {
-        let count = |scrapes: &[Scrape]| -> f64 {
-            scrapes
-                .iter()
-                .flat_map(|s| s.samples.iter())
-                .filter(|x| x.metric == "millrace_stream_calls_total")
-                .filter(|x| x.labels.get("stream") == Some("metered"))
-                .filter(|x| x.labels.get("action") == Some(action))
-                .filter(|x| (x.labels.get("outcome") == Some("ok")) == ok)
-                .map(|x| match x.value {
-                    Value::Counter(v) | Value::Untyped(v) => v,
-                    _ => 0.0,
-                })
-                .sum()
-        };
-        count(&after) - count(&before)
+    let stream_calls = |action: &str, outcome: &str| -> f64 {
+        let labels = [
+            ("stream", "metered"),
+            ("action", action),
+            ("outcome", outcome),
+        ];
+        labelled(&after, "millrace_stream_calls_total", &labels)
+            - labelled(&before, "millrace_stream_calls_total", &labels)
     };
-    assert_eq!(stream_calls("PutRecords", true), 40.0);
-    assert_eq!(stream_calls("PutRecords", false), 1.0);
-    assert_eq!(stream_calls("GetRecords", true), calls("GetRecords", "ok"));
+    assert_eq!(stream_calls("PutRecords", "ok"), 40.0);
+    assert_eq!(stream_calls("PutRecords", "!ok"), 1.0);
+    assert_eq!(stream_calls("GetRecords", "ok"), calls("GetRecords", "ok"));
     assert_eq!(calls("SubscribeToShard", "ok"), 2.0);
     assert_eq!(
         moved("millrace_stream_subscriptions_total", Some("metered")),
@@ -378,18 +379,8 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
     for s in &after {
         assert!(value(s, "millrace_metadata_term", None) >= 1.0);
     }
-    let nodes_in = |state: &str| -> f64 {
-        after
-            .iter()
-            .flat_map(|s| s.samples.iter())
-            .filter(|x| x.metric == "millrace_cluster_nodes")
-            .filter(|x| x.labels.get("state") == Some(state))
-            .map(|x| match x.value {
-                Value::Gauge(v) | Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
+    let nodes_in =
+        |state: &str| -> f64 { labelled(&after, "millrace_cluster_nodes", &[("state", state)]) };
     assert_eq!((nodes_in("up"), nodes_in("down")), (3.0, 0.0));
     assert_eq!(
         total(&after, "millrace_cluster_shards_under_replicated", None),

@@ -16,11 +16,7 @@ root="$ctx/rootfs"
 mkdir -p "$root/usr/local/bin" "$root/etc" "$ctx/data"
 strip --strip-debug -o "$root/usr/local/bin/millrace" "$bin"
 # Every library the dynamic loader resolves, and the loader itself, at their own paths.
-ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
-  while read -r lib; do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
+bash deploy/docker/copy-libs.sh "$bin" "$root"
 cat > "$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/:/sbin/nologin
 millrace:x:10001:10001:millrace:/data:/sbin/nologin

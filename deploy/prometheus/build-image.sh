@@ -11,6 +11,7 @@ tag=${1:-millrace-prometheus:dev}
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
+repo=$(pwd)
 cd "$ctx"
 # apt-get download keeps the package out of the host's installed set; the index may need an
 # update on a fresh machine.
@@ -26,11 +27,7 @@ if [ -d pkg/usr/share/prometheus ]; then
   mkdir -p "$root/usr/share"
   cp -r pkg/usr/share/prometheus "$root/usr/share/"
 fi
-ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
-  while read -r lib; do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
+bash "$repo/deploy/docker/copy-libs.sh" "$bin" "$root"
 cat > "$root/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/:/sbin/nologin
 nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
