@@ -4,7 +4,8 @@
 # Usage: deploy/docker/copy-libs.sh BINARY ROOT
 set -euo pipefail
 bin=$1 root=$2
-ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
+# A static binary has none (ldd then says so and fails): nothing to copy.
+{ ldd "$bin" || true; } | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
   while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"

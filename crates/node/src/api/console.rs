@@ -79,11 +79,15 @@ pub async fn viewer(State(node): State<Arc<Node>>, req: Request, next: Next) -> 
             }
             match node.authorize(Some(&key_id), CONSOLE_ACTION, Target::default()) {
                 Ok(()) => next.run(req).await,
-                Err(e) => (
-                    StatusCode::FORBIDDEN,
-                    Json(json!({"__type": e.kinesis_name(), "message": e.to_string()})),
-                )
-                    .into_response(),
+                Err(e) => {
+                    // As the status pages answer: over the key's rate 429, else 403.
+                    let status = match e.kinesis_name() {
+                        "LimitExceededException" => StatusCode::TOO_MANY_REQUESTS,
+                        _ => StatusCode::FORBIDDEN,
+                    };
+                    let body = json!({"__type": e.kinesis_name(), "message": e.to_string()});
+                    (status, Json(body)).into_response()
+                }
             }
         }
         Some(Err(why)) => challenge(why),

@@ -78,6 +78,12 @@ impl Node {
             });
         });
         self.metrics.note_leaders(&leaders);
+        // Deleted streams' counters go (not only when something scrapes /metrics): the
+        // names first, so no metrics lock is taken under the metadata lock.
+        let streams: std::collections::HashSet<String> =
+            self.meta.read(|s| s.streams.keys().cloned().collect());
+        self.metrics
+            .forget_streams_except(|name| streams.contains(name));
         NodeReportRequest {
             node_id: self.id,
             groups,
@@ -136,7 +142,7 @@ impl Node {
     /// The cluster status (on the metadata leader); with `detail`, also what the console shows
     /// (see [`super::cluster_view`]).
     pub fn cluster_status(&self, detail: bool) -> serde_json::Value {
-        let (reports, traffic, changes) = {
+        let (reports, traffic, changes, traffic_nodes) = {
             let l = self.liveness.lock().expect("liveness lock");
             let reports: HashMap<u64, Vec<GroupReport>> = l
                 .seen
@@ -151,11 +157,8 @@ impl Node {
                     .collect(),
                 false => Vec::new(),
             };
-            (
-                reports,
-                traffic,
-                l.changes.iter().cloned().collect::<Vec<_>>(),
-            )
+            let changes = l.changes.iter().cloned().collect::<Vec<_>>();
+            (reports, traffic, changes, l.seen.len())
         };
         let up = |n: u64| self.silent_for(n) < DOWN_AFTER;
         // Each group's replicas as reported, so that a shard's are found without a scan of
@@ -237,7 +240,13 @@ impl Node {
             });
             if detail {
                 let leaders = super::cluster_view::leaders(&reports, &up);
-                super::cluster_view::add_detail(&mut status, s, &leaders, &traffic, &changes);
+                let detail = super::cluster_view::Detail {
+                    leaders: &leaders,
+                    traffic: &traffic,
+                    traffic_nodes,
+                    changes: &changes,
+                };
+                super::cluster_view::add_detail(&mut status, s, &detail);
             }
             status
         })
@@ -255,8 +264,9 @@ impl Node {
         };
         let up = |n: u64| self.silent_for(n) < DOWN_AFTER;
         let leaders = super::cluster_view::leaders(&reports, &up);
+        let now = super::now_ms();
         self.meta
-            .read(|s| super::cluster_view::group_lags(s, &leaders))
+            .read(|s| super::cluster_view::group_lags(s, &leaders, now))
     }
 
     /// On the metadata leader: admits a joining node as a member and a metadata learner.

@@ -49,14 +49,45 @@ pub fn leaders(
     out
 }
 
-/// Adds `streams`, `consumer_groups` and `leader_changes` to the cluster status `status`.
-pub fn add_detail(
-    status: &mut Value,
-    s: &MetaState,
-    leaders: &HashMap<u64, Led>,
-    traffic: &[StreamTraffic],
-    changes: &[LeaderChange],
-) {
+/// What the metadata leader heard, for [`add_detail`].
+pub struct Detail<'a> {
+    pub leaders: &'a HashMap<u64, Led>,
+    /// Every node's per-stream counters, from its last report.
+    pub traffic: &'a [StreamTraffic],
+    /// How many nodes' reports `traffic` sums (the console restarts its rates when it changes).
+    pub traffic_nodes: usize,
+    pub changes: &'a [LeaderChange],
+}
+
+/// A consumer group's live workers: those holding an unexpired lease (a worker that stopped
+/// is listed until some other worker's heartbeat prunes it; its leases expire regardless).
+fn live_workers(g: &crate::metadata::groups::ConsumerGroup, now_ms: i64) -> Vec<&str> {
+    let mut live: Vec<&str> = g
+        .leases
+        .values()
+        .filter(|l| l.expires_ms >= now_ms)
+        .filter_map(|l| l.owner.as_deref())
+        .collect();
+    live.sort_unstable();
+    live.dedup();
+    live
+}
+
+/// The group id of each shard of `stream`, by shard id.
+fn groups_by_shard(s: &MetaState, stream: &str) -> HashMap<String, u64> {
+    s.streams.get(stream).map_or_else(HashMap::new, |st| {
+        st.shards
+            .iter()
+            .map(|sh| (sh.shard_id.clone(), sh.group_id))
+            .collect()
+    })
+}
+
+/// Adds `streams`, `consumer_groups`, `leader_changes` and `traffic_nodes` to the cluster
+/// status `status`.
+pub fn add_detail(status: &mut Value, s: &MetaState, d: &Detail<'_>) {
+    let (leaders, traffic, changes) = (d.leaders, d.traffic, d.changes);
+    let now_ms = super::now_ms();
     let mut totals: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
     for t in traffic {
         let sum = totals.entry(t.stream.as_str()).or_default();
@@ -120,14 +151,8 @@ pub fn add_detail(
         .consumer_groups
         .values()
         .map(|g| {
-            let group_of_shard = |shard_id: &str| {
-                s.streams
-                    .get(&g.stream)?
-                    .shards
-                    .iter()
-                    .find(|sh| sh.shard_id == shard_id)
-                    .map(|sh| sh.group_id)
-            };
+            let by_shard = groups_by_shard(s, &g.stream);
+            let group_of_shard = |shard_id: &str| by_shard.get(shard_id).copied();
             let shards: Vec<Value> = g
                 .leases
                 .iter()
@@ -148,7 +173,7 @@ pub fn add_detail(
             json!({
                 "stream": g.stream,
                 "name": g.name,
-                "workers": g.workers.keys().collect::<Vec<_>>(),
+                "workers": live_workers(g, now_ms),
                 "shards": shards,
             })
         })
@@ -177,7 +202,8 @@ pub fn add_detail(
     status["streams"] = Value::from(streams);
     status["consumer_groups"] = Value::from(groups);
     status["leader_changes"] = Value::from(changes);
-    status["generated_ms"] = Value::from(super::now_ms());
+    status["traffic_nodes"] = Value::from(d.traffic_nodes);
+    status["generated_ms"] = Value::from(now_ms);
 }
 
 /// A consumer group's state for the metrics (see [`group_lags`]).
@@ -195,18 +221,16 @@ pub struct GroupLag {
 }
 
 /// Every consumer group with its lag per shard (in log entries; see [`lag_entries`]).
-pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>) -> Vec<GroupLag> {
+pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>, now_ms: i64) -> Vec<GroupLag> {
     s.consumer_groups
         .values()
         .map(|g| {
-            let stream = s.streams.get(&g.stream);
+            let by_shard = groups_by_shard(s, &g.stream);
             let shards = g
                 .leases
                 .iter()
                 .map(|(shard_id, lease)| {
-                    let leader = stream
-                        .and_then(|st| st.shards.iter().find(|sh| &sh.shard_id == shard_id))
-                        .and_then(|sh| leaders.get(&sh.group_id));
+                    let leader = by_shard.get(shard_id).and_then(|id| leaders.get(id));
                     let lag = lag_entries(lease.finished, lease.checkpoint.as_deref(), leader);
                     (shard_id.clone(), lag)
                 })
@@ -214,7 +238,7 @@ pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>) -> Vec<GroupLag> {
             GroupLag {
                 stream: g.stream.clone(),
                 group: g.name.clone(),
-                workers: g.workers.len() as u64,
+                workers: live_workers(g, now_ms).len() as u64,
                 leases_acquired: g.leases.values().map(|l| l.epoch).sum(),
                 lease_expiries: g.lease_expiries,
                 shards,

@@ -181,10 +181,13 @@ impl RecentMax {
 pub struct WrittenSizes {
     total: u64,
     each: Vec<usize>,
+    /// The stream counts per shard (enhanced monitoring).
+    per_shard: bool,
 }
 
 impl WrittenSizes {
     pub fn note(&mut self, sizes: impl ExactSizeIterator<Item = usize>, per_shard: bool) {
+        self.per_shard = per_shard;
         if sizes.len() > 1 || per_shard {
             self.each.extend(sizes);
             self.total = self.each.iter().sum::<usize>() as u64;
@@ -226,7 +229,7 @@ impl StreamCounters {
             self.records_failed.fetch_add(failed, Relaxed);
             self.records_throttled.fetch_add(throttled(), Relaxed);
         }
-        if sizes.each.is_empty() || sizes.each.len() != resp.records.len() {
+        if !sizes.per_shard || sizes.each.len() != resp.records.len() {
             return;
         }
         for (r, size) in resp.records.iter().zip(&sizes.each) {
@@ -376,15 +379,16 @@ impl NodeMetrics {
                 stream: name.clone(),
                 records_written: c.records_written.load(Relaxed),
                 bytes_written: c.bytes_written.load(Relaxed),
-                records_read: c.records_read.load(Relaxed),
-                bytes_read: c.bytes_read.load(Relaxed),
+                // Reads by GetRecords and by subscriptions alike.
+                records_read: c.records_read.load(Relaxed) + c.records_pushed.load(Relaxed),
+                bytes_read: c.bytes_read.load(Relaxed) + c.bytes_pushed.load(Relaxed),
             })
             .collect()
     }
 
     /// Forgets the series of streams that no longer exist (deleted), so they stop being
     /// reported and free their place under the cap.
-    fn forget_streams_except(&self, exists: impl Fn(&str) -> bool) {
+    pub fn forget_streams_except(&self, exists: impl Fn(&str) -> bool) {
         let gone: Vec<String> = {
             let streams = self.streams.read().expect("metrics lock");
             streams.keys().filter(|n| !exists(n)).cloned().collect()
@@ -474,10 +478,10 @@ struct ShardSeries {
 const SHARD_FAMILIES: [(&str, &str, &str, Option<Unit>, usize); 6] = [
     ("IncomingRecords", "millrace_shard_incoming_records", "Records written to the shard through this node", None, 0),
     ("IncomingBytes", "millrace_shard_incoming", "Record data written to the shard through this node", Some(Unit::Bytes), 1),
-    ("OutgoingRecords", "millrace_shard_outgoing_records", "Records GetRecords returned from the shard through this node", None, 2),
-    ("OutgoingBytes", "millrace_shard_outgoing", "Record data GetRecords returned from the shard through this node", Some(Unit::Bytes), 3),
+    ("OutgoingRecords", "millrace_shard_outgoing_records", "Records GetRecords returned, or subscriptions were pushed, from the shard through this node", None, 2),
+    ("OutgoingBytes", "millrace_shard_outgoing", "Record data GetRecords returned, or subscriptions were pushed, from the shard through this node", Some(Unit::Bytes), 3),
     ("WriteProvisionedThroughputExceeded", "millrace_shard_write_throttled", "Records refused as over the shard's write throughput", None, 4),
-    ("IteratorAgeMilliseconds", "millrace_shard_iterator_age", "The largest MillisBehindLatest GetRecords answered for the shard in this minute and the last", Some(Unit::Seconds), 5),
+    ("IteratorAgeMilliseconds", "millrace_shard_iterator_age", "The largest MillisBehindLatest GetRecords (or a subscription) answered for the shard in this minute and the last", Some(Unit::Seconds), 5),
 ];
 
 impl ShardSeries {
@@ -677,7 +681,7 @@ impl Scrape {
         for (name, help, kind, value) in [
             (
                 "millrace_consumer_group_workers",
-                "Live workers of the group (heartbeating within their lease time)",
+                "Workers of the group holding an unexpired lease",
                 Gauge,
                 (|g| g.workers) as fn(&super::cluster_view::GroupLag) -> u64,
             ),
@@ -1123,7 +1127,7 @@ impl Collector for Scrape {
         }
         let mut age = e.encode_descriptor(
             "millrace_stream_iterator_age",
-            "The largest MillisBehindLatest this node's GetRecords answered for the stream in this minute and the last (0 if none)",
+            "The largest MillisBehindLatest this node's GetRecords (or subscriptions) answered for the stream in this minute and the last (0 if none)",
             Some(&Unit::Seconds),
             Gauge,
         )?;
@@ -1167,7 +1171,7 @@ impl Collector for Scrape {
         single(
             &mut e,
             "millrace_metrics_series_dropped",
-            "Events of streams (or enhanced-monitoring shards) past the per-node series caps, not counted per stream (or shard)",
+            "Events of streams (or enhanced-monitoring shards) past the per-node series caps (1,000 streams, 10,000 shards), not counted per stream (or shard)",
             None,
             Counter,
             self.series_dropped,
@@ -1234,6 +1238,17 @@ mod tests {
         one.count_written(&resp, &sizes);
         assert_eq!(one.bytes_written.load(Relaxed), 7);
         assert!(one.shards.read().unwrap().is_empty());
+        // Several records of a stream that does not count per shard: no shard counters.
+        let many = StreamCounters::default();
+        let mut sizes = WrittenSizes::default();
+        sizes.note([1, 2].into_iter(), false);
+        let resp = PutRecordsResponse {
+            failed_record_count: 1,
+            records: vec![entry("s0", ""), entry("s1", "UNAVAILABLE")],
+        };
+        many.count_written(&resp, &sizes);
+        assert_eq!(many.bytes_written.load(Relaxed), 1);
+        assert!(many.shards.read().unwrap().is_empty());
     }
 
     #[test]
