@@ -235,19 +235,23 @@ impl MillraceService {
                 position = (read.outcome.next_index, read.outcome.next_position);
                 let has_records = !read.outcome.records.is_empty();
                 if has_records || at_end || last_sent.elapsed() >= HEARTBEAT {
-                    let stream = service
-                        .node
-                        .meta
-                        .read(|s| s.streams.get(&stream_name).cloned());
+                    // The child shards only at the shard's end, read in place (a stream's
+                    // metadata is not copied per event).
+                    let children = match at_end {
+                        true => service.node.meta.read(|s| {
+                            s.streams
+                                .get(&stream_name)
+                                .map(|st| child_shards(st, &shard.shard_id))
+                                .unwrap_or_default()
+                        }),
+                        false => Vec::new(),
+                    };
                     let event = pb::SubscribeToShardEvent {
                         records: records_proto(read.outcome.records),
                         continuation_sequence_number: SequenceNumber::new(position.0, position.1)
                             .to_string(),
                         millis_behind_latest: millis_behind,
-                        child_shards: match (&stream, at_end) {
-                            (Some(s), true) => child_shards(s, &shard.shard_id),
-                            _ => Vec::new(),
-                        },
+                        child_shards: children,
                     };
                     if let Some(c) = &counters {
                         c.count_pushed(&event, per_shard.then_some(shard.shard_id.as_str()));
