@@ -141,11 +141,9 @@ fn assert_caught(bug: &str, c: RunConfig, expected: &[&str]) {
         c.seed += attempt * 1000;
         c.inject_bug = Some(bug.into());
         let outcome = go(c);
-        assert!(
-            outcome.vacuous.is_empty(),
-            "calibration run for {bug} was vacuous: {:?}",
-            outcome.vacuous
-        );
+        // The injected bug slows some runs (e.g. an ack before fsync that later fails), so a run
+        // can both catch it and fall short of the ops a valid run needs. Catching it counts; a
+        // vacuous run that missed it is a try that proved nothing, reported as such below.
         if outcome
             .anomalies
             .iter()
@@ -153,9 +151,9 @@ fn assert_caught(bug: &str, c: RunConfig, expected: &[&str]) {
         {
             return;
         }
-        found.push((outcome.anomalies, outcome.dir));
+        found.push((outcome.anomalies, outcome.vacuous, outcome.dir));
     }
-    panic!("the harness missed the injected bug {bug} in {RUNS} runs: found {found:?}, expected one of {expected:?}");
+    panic!("the harness missed the injected bug {bug} in {RUNS} runs: found (anomalies, vacuous, dir) {found:?}, expected one of {expected:?}");
 }
 
 #[test]
