@@ -170,12 +170,12 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         )
         .await
         .expect("checkpoint");
-    let lag_of = |scrapes: &[Scrape], shard: &str| -> Option<f64> {
+    let lag_in = |scrapes: &[Scrape], metric: &str, shard: &str| -> Option<f64> {
         scrapes
             .iter()
             .flat_map(|s| s.samples.iter())
             .find(|x| {
-                x.metric == "millrace_consumer_group_lag_entries"
+                x.metric == metric
                     && x.labels.get("group") == Some("readers")
                     && x.labels.get("shard") == Some(shard)
             })
@@ -184,16 +184,38 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
                 _ => f64::NAN,
             })
     };
-    // The lag needs the shards' leaders, from the nodes' reports (once a second).
+    let lag_of = |scrapes: &[Scrape], shard: &str| {
+        lag_in(scrapes, "millrace_consumer_group_lag_entries", shard)
+    };
+    // The lag in records and time is measured by each shard's leader and reaches the metadata
+    // leader with the nodes' reports (once a second): the checkpointed shard is caught up,
+    // the other is behind by every record written to it.
+    let unread_shard = &leases[1].shard_id;
+    let expected_records = [
+        (&done.shard_id, 0.0),
+        (unread_shard, per_shard_read[unread_shard] as f64),
+    ];
     common::wait_until(
         Duration::from_secs(20),
-        "the group's lag per shard",
+        "the group's lag per shard, in entries, records and time",
         || async {
             let now: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
             leases.iter().all(|l| lag_of(&now, &l.shard_id).is_some())
+                && expected_records.iter().all(|(shard, records)| {
+                    lag_in(&now, "millrace_consumer_group_lag_records", shard) == Some(*records)
+                })
         },
     )
     .await;
+    let now: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
+    let seconds = |shard: &str| lag_in(&now, "millrace_consumer_group_lag_seconds", shard);
+    assert_eq!(seconds(&done.shard_id), Some(0.0));
+    // The unread shard's first record was written before everything above: it has waited.
+    let waited = seconds(unread_shard).expect("the unread shard's lag in time");
+    assert!(
+        waited > 0.0 && waited < 600.0,
+        "the oldest unread record waited {waited} s"
+    );
     // A record over the stream's size limit is refused, and counted for the stream.
     let oversized = client
         .put_records(
@@ -220,6 +242,10 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         "checkpointed {checkpointed}, without a checkpoint {unread}"
     );
     assert_eq!(total(&after, "millrace_consumer_group_workers", None), 1.0);
+    // Every node holds replicas of the two shards, each elected once at least.
+    for s in &after {
+        assert!(value(s, "millrace_raft_shard_term_max", None) >= 1.0);
+    }
     assert_eq!(
         total(
             &after,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use millrace_proto::internal::{GroupReport, NodeReportRequest};
+use millrace_proto::internal::{ConsumerLag, GroupReport, NodeReportRequest};
 use openraft::async_runtime::WatchReceiver;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use super::node::Node;
 use crate::api::error::ApiError;
 use crate::metadata::state::{MetaCommand, ShardStatus, METADATA_GROUP_ID};
+use crate::shard::sequence::SequenceNumber;
 
 /// How often every node reports to the metadata leader.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,6 +49,23 @@ pub struct LeaderChange {
 }
 
 impl Liveness {
+    /// Every node's group reports, as last heard.
+    fn group_reports(&self) -> HashMap<u64, Vec<GroupReport>> {
+        self.seen
+            .iter()
+            .map(|(n, (_, r))| (*n, r.groups.clone()))
+            .collect()
+    }
+
+    /// The consumer groups' lag, as the nodes last reported it.
+    fn consumer_lags(&self) -> super::cluster_view::ReportedLags {
+        super::cluster_view::reported_lags(
+            self.seen
+                .iter()
+                .map(|(n, (_, r))| (*n, r.consumer_lags.as_slice())),
+        )
+    }
+
     /// Time since `node` was last heard of, counting from this node's leadership at most.
     fn silent_for(&self, node: u64, now: Instant) -> Duration {
         let since = self.leader_since.unwrap_or(now);
@@ -64,10 +82,18 @@ impl Node {
         // One pass over the groups, each read under its metrics borrow: looking every group
         // up again and cloning its whole metrics cost an idle node most of its CPU once it
         // held thousands of groups.
+        let mut led = std::collections::HashSet::new();
+        let mut shard_term_max = 0;
         self.groups.for_each_raft(|id, raft| {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
             leaders.push((id, m.current_leader.unwrap_or(0)));
+            if m.state.is_leader() {
+                led.insert(id);
+            }
+            if id != METADATA_GROUP_ID {
+                shard_term_max = shard_term_max.max(m.current_term);
+            }
             groups.push(GroupReport {
                 group_id: id,
                 state: format!("{:?}", m.state),
@@ -78,6 +104,9 @@ impl Node {
             });
         });
         self.metrics.note_leaders(&leaders);
+        self.metrics
+            .shard_term_max
+            .store(shard_term_max, std::sync::atomic::Ordering::Relaxed);
         // Deleted streams' counters go (not only when something scrapes /metrics): the
         // names first, so no metrics lock is taken under the metadata lock.
         let streams: std::collections::HashSet<String> =
@@ -88,7 +117,69 @@ impl Node {
             node_id: self.id,
             groups,
             traffic: self.metrics.traffic(),
+            consumer_lags: self.consumer_lags(&led),
         }
+    }
+
+    /// How far each consumer group is behind on the shards this node leads (`led`): records
+    /// after its checkpoint and the age of the oldest of them. Finished leases are not behind
+    /// and are left out; so is a checkpoint that is not a sequence number.
+    fn consumer_lags(&self, led: &std::collections::HashSet<u64>) -> Vec<ConsumerLag> {
+        // (stream, group, shard id, group id, checkpoint), copied out of the metadata lock.
+        type Wanted = (String, String, String, u64, Option<(u64, u32)>);
+        let wanted: Vec<Wanted> = self.meta.read(|s| {
+            let mut out = Vec::new();
+            for g in s.consumer_groups.values() {
+                let Some(stream) = s.streams.get(&g.stream) else {
+                    continue;
+                };
+                for sh in stream.shards.iter().filter(|sh| led.contains(&sh.group_id)) {
+                    let Some(lease) = g.leases.get(&sh.shard_id).filter(|l| !l.finished) else {
+                        continue;
+                    };
+                    let checkpoint = match lease.checkpoint.as_deref() {
+                        None => None,
+                        Some(text) => match SequenceNumber::parse("checkpoint", text) {
+                            Ok(seq) => Some((seq.log_index, seq.position)),
+                            Err(_) => continue,
+                        },
+                    };
+                    let names = (g.stream.clone(), g.name.clone(), sh.shard_id.clone());
+                    out.push((names.0, names.1, names.2, sh.group_id, checkpoint));
+                }
+            }
+            out
+        });
+        let now = super::now_ms();
+        let mut lags = Vec::with_capacity(wanted.len());
+        for (stream, group, shard_id, group_id, checkpoint) in wanted {
+            let (Some(h), Some(shared)) = (self.groups.get(group_id), self.shard_shared(group_id))
+            else {
+                continue;
+            };
+            let behind = shared.behind(checkpoint);
+            let arrival = match behind.first_index {
+                None => None,
+                Some(index) => {
+                    match shared.arrival_of(index, || crate::shard::read::arrival_at(&h.log, index))
+                    {
+                        Ok(arrival) => arrival,
+                        Err(e) => {
+                            tracing::warn!(group_id, index, error = %e, "cannot read an arrival time");
+                            continue;
+                        }
+                    }
+                }
+            };
+            lags.push(ConsumerLag {
+                stream,
+                group,
+                shard_id,
+                records: behind.records,
+                millis: arrival.map_or(0, |at| (now - at).max(0) as u64),
+            });
+        }
+        lags
     }
 
     /// On the metadata leader: remembers a node's report.
@@ -142,13 +233,9 @@ impl Node {
     /// The cluster status (on the metadata leader); with `detail`, also what the console shows
     /// (see [`super::cluster_view`]).
     pub fn cluster_status(&self, detail: bool) -> serde_json::Value {
-        let (reports, traffic, changes, traffic_nodes) = {
+        let (reports, traffic, changes, traffic_nodes, lags) = {
             let l = self.liveness.lock().expect("liveness lock");
-            let reports: HashMap<u64, Vec<GroupReport>> = l
-                .seen
-                .iter()
-                .map(|(n, (_, r))| (*n, r.groups.clone()))
-                .collect();
+            let reports = l.group_reports();
             let traffic: Vec<_> = match detail {
                 true => l
                     .seen
@@ -158,7 +245,11 @@ impl Node {
                 false => Vec::new(),
             };
             let changes = l.changes.iter().cloned().collect::<Vec<_>>();
-            (reports, traffic, changes, l.seen.len())
+            let lags = match detail {
+                true => l.consumer_lags(),
+                false => Default::default(),
+            };
+            (reports, traffic, changes, l.seen.len(), lags)
         };
         let up = |n: u64| self.silent_for(n) < DOWN_AFTER;
         // Each group's replicas as reported, so that a shard's are found without a scan of
@@ -245,6 +336,7 @@ impl Node {
                     traffic: &traffic,
                     traffic_nodes,
                     changes: &changes,
+                    lags: &lags,
                 };
                 super::cluster_view::add_detail(&mut status, s, &detail);
             }
@@ -255,18 +347,15 @@ impl Node {
     /// Every consumer group with its lag, as the metadata leader sees it (from the nodes'
     /// last reports).
     pub fn consumer_group_lags(&self) -> Vec<super::cluster_view::GroupLag> {
-        let reports: HashMap<u64, Vec<GroupReport>> = {
+        let (reports, lags) = {
             let l = self.liveness.lock().expect("liveness lock");
-            l.seen
-                .iter()
-                .map(|(n, (_, r))| (*n, r.groups.clone()))
-                .collect()
+            (l.group_reports(), l.consumer_lags())
         };
         let up = |n: u64| self.silent_for(n) < DOWN_AFTER;
         let leaders = super::cluster_view::leaders(&reports, &up);
         let now = super::now_ms();
         self.meta
-            .read(|s| super::cluster_view::group_lags(s, &leaders, now))
+            .read(|s| super::cluster_view::group_lags(s, &leaders, &lags, now))
     }
 
     /// On the metadata leader: admits a joining node as a member and a metadata learner.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use millrace_proto::internal::{GroupReport, StreamTraffic};
+use millrace_proto::internal::{ConsumerLag, GroupReport, StreamTraffic};
 use serde_json::{json, Value};
 
 use super::cluster::LeaderChange;
@@ -57,6 +57,63 @@ pub struct Detail<'a> {
     /// How many nodes' reports `traffic` sums (the console restarts its rates when it changes).
     pub traffic_nodes: usize,
     pub changes: &'a [LeaderChange],
+    pub lags: &'a ReportedLags,
+}
+
+/// Consumer groups' lag as the nodes reported it for the shards they lead:
+/// (stream, group, shard id) → (reporting node, records, millis).
+pub type ReportedLags = HashMap<(String, String, String), (u64, u64, u64)>;
+
+/// Collects the consumer groups' lag from every node's last report.
+pub fn reported_lags<'a>(reports: impl Iterator<Item = (u64, &'a [ConsumerLag])>) -> ReportedLags {
+    let mut out = ReportedLags::new();
+    for (node, lags) in reports {
+        for l in lags {
+            let key = (l.stream.clone(), l.group.clone(), l.shard_id.clone());
+            out.insert(key, (node, l.records, l.millis));
+        }
+    }
+    out
+}
+
+/// How far a consumer group is behind on one shard (each `None` when unknown: no leader yet,
+/// or its leader has not reported the group yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardLag {
+    /// Log entries the shard's leader applied past the checkpoint.
+    pub entries: Option<u64>,
+    /// Records past the checkpoint.
+    pub records: Option<u64>,
+    /// Age of the oldest record past the checkpoint (0 with none).
+    pub millis: Option<u64>,
+}
+
+/// A group's lag on `shard_id` of `stream`: 0 once the lease is finished; otherwise entries
+/// from the leader's applied index, records and age from the leader's own report (a report
+/// from a node that no longer leads the shard is stale and not used).
+fn shard_lag(
+    key: (&str, &str, &str),
+    lease: &crate::metadata::groups::Lease,
+    leader: Option<&Led>,
+    lags: &ReportedLags,
+) -> ShardLag {
+    if lease.finished {
+        return ShardLag {
+            entries: Some(0),
+            records: Some(0),
+            millis: Some(0),
+        };
+    }
+    let (stream, group, shard) = key;
+    let reported = leader.and_then(|led| {
+        lags.get(&(stream.to_string(), group.to_string(), shard.to_string()))
+            .filter(|(node, _, _)| *node == led.node)
+    });
+    ShardLag {
+        entries: lag_entries(false, lease.checkpoint.as_deref(), leader),
+        records: reported.map(|(_, records, _)| *records),
+        millis: reported.map(|(_, _, millis)| *millis),
+    }
 }
 
 /// A consumer group's live workers: those holding an unexpired lease (a worker that stopped
@@ -157,16 +214,16 @@ pub fn add_detail(status: &mut Value, s: &MetaState, d: &Detail<'_>) {
                 .leases
                 .iter()
                 .map(|(shard_id, lease)| {
+                    let leader = group_of_shard(shard_id).and_then(|id| leaders.get(&id));
+                    let lag = shard_lag((&g.stream, &g.name, shard_id), lease, leader, d.lags);
                     json!({
                         "shard_id": shard_id,
                         "owner": lease.owner,
                         "checkpoint": lease.checkpoint,
                         "finished": lease.finished,
-                        "lag_entries": lag_entries(
-                            lease.finished,
-                            lease.checkpoint.as_deref(),
-                            group_of_shard(shard_id).and_then(|id| leaders.get(&id)),
-                        ),
+                        "lag_entries": lag.entries,
+                        "lag_records": lag.records,
+                        "lag_millis": lag.millis,
                     })
                 })
                 .collect();
@@ -216,12 +273,17 @@ pub struct GroupLag {
     /// leases' epochs.
     pub leases_acquired: u64,
     pub lease_expiries: u64,
-    /// Per shard with a lease: entries behind, when its leader is known.
-    pub shards: Vec<(String, Option<u64>)>,
+    /// Per shard with a lease: how far behind the group is.
+    pub shards: Vec<(String, ShardLag)>,
 }
 
-/// Every consumer group with its lag per shard (in log entries; see [`lag_entries`]).
-pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>, now_ms: i64) -> Vec<GroupLag> {
+/// Every consumer group with its lag per shard (see [`shard_lag`]).
+pub fn group_lags(
+    s: &MetaState,
+    leaders: &HashMap<u64, Led>,
+    lags: &ReportedLags,
+    now_ms: i64,
+) -> Vec<GroupLag> {
     s.consumer_groups
         .values()
         .map(|g| {
@@ -231,7 +293,7 @@ pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>, now_ms: i64) -> Ve
                 .iter()
                 .map(|(shard_id, lease)| {
                     let leader = by_shard.get(shard_id).and_then(|id| leaders.get(id));
-                    let lag = lag_entries(lease.finished, lease.checkpoint.as_deref(), leader);
+                    let lag = shard_lag((&g.stream, &g.name, shard_id), lease, leader, lags);
                     (shard_id.clone(), lag)
                 })
                 .collect();
@@ -248,7 +310,8 @@ pub fn group_lags(s: &MetaState, leaders: &HashMap<u64, Led>, now_ms: i64) -> Ve
 }
 
 /// Log entries the shard's leader has applied past a group's checkpoint: 0 once the lease is
-/// finished, every applied entry with no checkpoint yet, unknown (`None`) without a leader.
+/// finished, every applied entry with no checkpoint yet, unknown (`None`) without a leader
+/// (or with a checkpoint that is not a sequence number).
 fn lag_entries(finished: bool, checkpoint: Option<&str>, leader: Option<&Led>) -> Option<u64> {
     if finished {
         return Some(0);
@@ -312,5 +375,67 @@ mod tests {
         assert_eq!(lag_entries(true, None, None), Some(0));
         assert_eq!(lag_entries(false, Some(&at_40), None), None);
         assert_eq!(lag_entries(false, Some("not a number"), Some(&led)), None);
+    }
+
+    #[test]
+    fn records_and_time_behind_come_from_the_shards_current_leader() {
+        let lease = |finished| crate::metadata::groups::Lease {
+            owner: Some("w1".into()),
+            epoch: 1,
+            expires_ms: 0,
+            checkpoint: Some(SequenceNumber::new(40, 0).to_string()),
+            finished,
+        };
+        let led = |node| Led {
+            node,
+            term: 2,
+            applied_index: 50,
+        };
+        let reported = reported_lags(
+            [
+                (
+                    2,
+                    &[ConsumerLag {
+                        stream: "s".into(),
+                        group: "g".into(),
+                        shard_id: "shard-0".into(),
+                        records: 17,
+                        millis: 1500,
+                    }][..],
+                ),
+                (3, &[][..]),
+            ]
+            .into_iter(),
+        );
+        let key = ("s", "g", "shard-0");
+        assert_eq!(
+            shard_lag(key, &lease(false), Some(&led(2)), &reported),
+            ShardLag {
+                entries: Some(10),
+                records: Some(17),
+                millis: Some(1500)
+            }
+        );
+        // Node 2 no longer leads: its report is stale until node 3 reports the group.
+        assert_eq!(
+            shard_lag(key, &lease(false), Some(&led(3)), &reported),
+            ShardLag {
+                entries: Some(10),
+                records: None,
+                millis: None
+            }
+        );
+        assert_eq!(
+            shard_lag(key, &lease(false), None, &reported),
+            ShardLag::default()
+        );
+        assert_eq!(
+            shard_lag(key, &lease(true), None, &reported),
+            ShardLag {
+                entries: Some(0),
+                records: Some(0),
+                millis: Some(0)
+            }
+        );
     }
 }

@@ -40,6 +40,8 @@ pub struct NodeMetrics {
     leader_changes: AtomicU64,
     /// Each local group's last known leader, for [`NodeMetrics::note_leaders`].
     leaders_seen: std::sync::Mutex<HashMap<u64, u64>>,
+    /// The highest term among this node's shard groups, as of the last report pass.
+    pub shard_term_max: AtomicU64,
 }
 
 /// The calls whose outcomes `millrace_calls_total` counts.
@@ -449,6 +451,7 @@ struct Scrape {
     leader_changes: u64,
     /// The metadata group's term, as this node knows it.
     metadata_term: u64,
+    shard_term_max: u64,
     storage_events: millrace_raft::events::StorageEvents,
     /// Per peer member: whether it answered this node's pings lately.
     peers_up: Vec<(u64, bool)>,
@@ -660,6 +663,7 @@ impl Scrape {
             leader_changes: m.leader_changes.load(Relaxed),
             storage_events: millrace_raft::events::storage_events(),
             metadata_term: node.meta_group.raft.metrics().borrow_watched().current_term,
+            shard_term_max: m.shard_term_max.load(Relaxed),
             peers_up: node.peers_up(),
             cluster: leading.then(|| ClusterHealth::of(&node.cluster_status(false))),
             groups: if leading {
@@ -708,25 +712,39 @@ impl Scrape {
                 }
             }
         }
-        let mut lag = e.encode_descriptor(
-            "millrace_consumer_group_lag_entries",
-            "Per group and shard: log entries the shard's leader applied past the group's checkpoint (0 once a closed shard is finished)",
-            None,
-            Gauge,
-        )?;
-        let series = self
-            .groups
-            .iter()
-            .flat_map(|g| g.shards.iter().map(move |(shard, lag)| (g, shard, lag)))
-            .filter_map(|(g, shard, lag)| lag.map(|lag| (g, shard, lag)))
-            .take(GROUP_LAG_SERIES_MAX);
-        for (g, shard, behind) in series {
-            let labels = [
-                ("stream", g.stream.as_str()),
-                ("group", g.group.as_str()),
-                ("shard", shard.as_str()),
-            ];
-            lag.encode_family(&labels)?.encode_gauge(&(behind as i64))?;
+        type Lag = super::cluster_view::ShardLag;
+        for (name, help, value) in [
+            (
+                "millrace_consumer_group_lag_entries",
+                "Per group and shard: log entries the shard's leader applied past the group's checkpoint (0 once a closed shard is finished)",
+                (|l| l.entries.map(|n| n as f64)) as fn(&Lag) -> Option<f64>,
+            ),
+            (
+                "millrace_consumer_group_lag_records",
+                "Per group and shard: records past the group's checkpoint, counted by the shard's leader (0 once a closed shard is finished)",
+                |l| l.records.map(|n| n as f64),
+            ),
+            (
+                "millrace_consumer_group_lag_seconds",
+                "Per group and shard: how long the oldest record past the group's checkpoint has waited (0 when none is)",
+                |l| l.millis.map(|ms| ms as f64 / 1000.0),
+            ),
+        ] {
+            let mut family = e.encode_descriptor(name, help, None, Gauge)?;
+            let series = self
+                .groups
+                .iter()
+                .flat_map(|g| g.shards.iter().map(move |(shard, lag)| (g, shard, lag)))
+                .filter_map(|(g, shard, lag)| value(lag).map(|v| (g, shard, v)))
+                .take(GROUP_LAG_SERIES_MAX);
+            for (g, shard, behind) in series {
+                let labels = [
+                    ("stream", g.stream.as_str()),
+                    ("group", g.group.as_str()),
+                    ("shard", shard.as_str()),
+                ];
+                family.encode_family(&labels)?.encode_gauge(&behind)?;
+            }
         }
         Ok(())
     }
@@ -926,6 +944,14 @@ impl Collector for Scrape {
             None,
             Gauge,
             self.metadata_term,
+        )?;
+        single(
+            &mut e,
+            "millrace_raft_shard_term_max",
+            "The highest Raft term among this node's shard groups (each has its own; a rise is an election in one of them)",
+            None,
+            Gauge,
+            self.shard_term_max,
         )?;
         single(
             &mut e,

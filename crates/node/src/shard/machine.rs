@@ -103,6 +103,11 @@ pub struct ShardShared {
     /// (arrival time, log index) of the first entry of each arrival second: a sparse index
     /// for AT_TIMESTAMP iterators (at most one sample per second of writes).
     arrival_samples: Mutex<Vec<(i64, u64)>>,
+    /// Records each applied entry added (for consumer groups' lag in records).
+    record_counts: Mutex<super::record_counts::RecordCounts>,
+    /// Arrival times of entries read for consumer groups' lag in time (a few: each group's
+    /// first unprocessed entry), by log index.
+    arrivals_read: Mutex<BTreeMap<u64, i64>>,
     /// Idempotent producers' recent requests, by producer id.
     producers: Mutex<BTreeMap<String, ProducerRequests>>,
     /// Log index → the positions in that entry of requests that repeat an earlier one:
@@ -126,6 +131,8 @@ impl ShardShared {
             sealed_at: Mutex::new(None),
             retention_mark: Mutex::new(None),
             throttle: Mutex::new(ShardThrottle::new(std::time::Instant::now())),
+            record_counts: Mutex::default(),
+            arrivals_read: Mutex::default(),
             producers: Mutex::new(BTreeMap::new()),
             duplicates: Mutex::new(BTreeMap::new()),
             proposer: super::proposer::ShardProposer::default(),
@@ -184,8 +191,13 @@ impl ShardShared {
         }
     }
 
-    /// Forgets duplicates and producers wholly at or below a retention mark (purged anyway).
+    /// Forgets duplicates, producers and record counts wholly at or below a retention mark
+    /// (purged anyway).
     fn forget_upto(&self, mark: u64) {
+        self.record_counts
+            .lock()
+            .expect("record counts lock")
+            .forget_upto(mark);
         self.duplicates
             .lock()
             .expect("duplicates lock")
@@ -227,6 +239,45 @@ impl ShardShared {
     pub fn latest_arrival_ms(&self) -> i64 {
         *self.latest_arrival_ms.lock().expect("arrival lock")
     }
+
+    /// The arrival time of the entry at `index`, read with `read` unless read before.
+    pub fn arrival_of(
+        &self,
+        index: u64,
+        read: impl FnOnce() -> Result<Option<i64>, String>,
+    ) -> Result<Option<i64>, String> {
+        /// Arrival times kept: the lowest indexes go first (consumers move forward).
+        const KEPT: usize = 256;
+        if let Some(at) = self
+            .arrivals_read
+            .lock()
+            .expect("arrivals lock")
+            .get(&index)
+        {
+            return Ok(Some(*at));
+        }
+        let arrival = read()?;
+        if let Some(at) = arrival {
+            let mut kept = self.arrivals_read.lock().expect("arrivals lock");
+            kept.insert(index, at);
+            while kept.len() > KEPT {
+                kept.pop_first();
+            }
+        }
+        Ok(arrival)
+    }
+
+    /// How far a consumer whose checkpoint is the record at `(log index, position)` (or none)
+    /// is behind this replica's applied entries.
+    pub fn behind(&self, checkpoint: Option<(u64, u32)>) -> super::record_counts::Behind {
+        let duplicates = checkpoint
+            .and_then(|(index, _)| self.duplicate_spans(index))
+            .unwrap_or_default();
+        self.record_counts
+            .lock()
+            .expect("record counts lock")
+            .behind(checkpoint, &duplicates)
+    }
 }
 
 impl Default for ShardShared {
@@ -258,14 +309,21 @@ impl ShardMachine {
     }
 
     /// Applies the requests `(records, producer id, producer sequence)` of a record batch
-    /// entry, reading nothing but its header.
-    fn apply_batch(&mut self, index: u64, arrival: i64, requests: &[(u64, &str, u64)]) -> Vec<u8> {
+    /// entry, reading nothing but its header; also returns the records it added to the shard.
+    fn apply_batch(
+        &mut self,
+        index: u64,
+        arrival: i64,
+        requests: &[(u64, &str, u64)],
+    ) -> (Vec<u8>, u64) {
         // A batch ordered after the seal is not part of this shard: refuse it.
         if self.shared.sealed_at().is_some() {
-            return encode_outcomes(&vec![RequestOutcome::Closed; requests.len()]);
+            let closed = vec![RequestOutcome::Closed; requests.len()];
+            return (encode_outcomes(&closed), 0);
         }
         let mut position = 0u32;
         let mut any_new = false;
+        let mut added = 0u64;
         let outcomes: Vec<RequestOutcome> = requests
             .iter()
             .map(|&(records, producer, sequence)| {
@@ -275,7 +333,10 @@ impl ShardMachine {
                     self.shared
                         .check_producer(producer, sequence, records, index, position)
                 };
-                any_new |= matches!(outcome, RequestOutcome::Appended { .. });
+                if matches!(outcome, RequestOutcome::Appended { .. }) {
+                    any_new = true;
+                    added += records;
+                }
                 position = position.saturating_add(records as u32);
                 outcome
             })
@@ -283,10 +344,15 @@ impl ShardMachine {
         if any_new {
             self.note_arrival(arrival, index);
         }
-        encode_outcomes(&outcomes)
+        (encode_outcomes(&outcomes), added)
     }
 
-    fn advance(&mut self, index: u64) {
+    fn advance(&mut self, index: u64, records: u64) {
+        self.shared
+            .record_counts
+            .lock()
+            .expect("record counts lock")
+            .push(index, records);
         self.shared.applied.send_if_modified(|a| {
             debug_assert!(a.is_none_or(|a| a < index), "applied index went backwards");
             *a = Some(index);
@@ -297,7 +363,7 @@ impl ShardMachine {
 
 impl GroupStateMachine for ShardMachine {
     fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
-        let response = match entry::decode(data) {
+        let (response, records) = match entry::decode(data) {
             Ok(ShardEntry::Batch { header, .. }) => {
                 let requests: Vec<(u64, &str, u64)> = header
                     .requests
@@ -327,25 +393,25 @@ impl GroupStateMachine for ShardMachine {
                     *m = Some(mark.upto_index);
                     self.shared.forget_upto(mark.upto_index);
                 }
-                Vec::new()
+                (Vec::new(), 0)
             }
             Ok(ShardEntry::Command(Command::Seal(_))) => {
                 let mut seal = self.shared.sealed_at.lock().expect("seal lock");
                 seal.get_or_insert(log_id.index);
-                Vec::new()
+                (Vec::new(), 0)
             }
-            Ok(ShardEntry::Empty) => Vec::new(),
+            Ok(ShardEntry::Empty) => (Vec::new(), 0),
             Err(e) => {
                 tracing::error!(index = log_id.index, error = %e, "undecodable shard entry");
-                Vec::new()
+                (Vec::new(), 0)
             }
         };
-        self.advance(log_id.index);
+        self.advance(log_id.index, records);
         response
     }
 
     fn apply_empty(&mut self, log_id: &LogId) {
-        self.advance(log_id.index);
+        self.advance(log_id.index, 0);
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -535,6 +601,13 @@ mod tests {
             apply(&mut m, 7, &put("p", 10, 1)),
             [Appended { position: 0 }]
         );
+        // The retries are not records of the shard: a consumer with no checkpoint is behind
+        // 3 + 2 + 2 + 1 + 1 records, the first of them at index 1.
+        assert_eq!(shared.behind(None).records, 9);
+        assert_eq!(shared.behind(None).first_index, Some(1));
+        // Past the first request: the second (index 3) is next, its retry (index 4) is not.
+        assert_eq!(shared.behind(Some((2, 2))).records, 6);
+        assert_eq!(shared.behind(Some((3, 1))).first_index, Some(5));
 
         // The state survives a snapshot as of index 4: entries after it re-apply the same way.
         let snap = m.snapshot_at(&log_id(2, 2, 4));

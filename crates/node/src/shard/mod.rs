@@ -8,5 +8,6 @@ pub mod machine;
 pub mod proposer;
 pub mod read;
 pub mod read_ahead;
+pub mod record_counts;
 pub mod sequence;
 pub mod throttle;

@@ -64,6 +64,23 @@ pub fn find_index_at_timestamp(
     Ok(applied + 1)
 }
 
+/// The arrival time of the record batch entry at `index` (`None` for other entries).
+pub fn arrival_at(log: &GroupLogStore, index: u64) -> Result<Option<i64>, String> {
+    // A budget of 0 bytes reads exactly one entry (the first is always taken).
+    let frames = log
+        .read_raw(index, index + 1, 0)
+        .map_err(|e| e.to_string())?;
+    let Some((at, raw)) = frames.into_iter().next() else {
+        return Ok(None);
+    };
+    match decode_entry(at, &raw)?.payload {
+        EntryPayload::Normal(req) => {
+            entry::arrival_of(&req.0).map_err(|e| format!("entry {at}: {e}"))
+        }
+        _ => Ok(None),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ReadOutcome {
     pub records: Vec<StoredRecord>,
