@@ -598,6 +598,250 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
     .await;
 }
 
+/// The error code (`__type`) and message of a failed SDK call.
+fn failure<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    r: Result<T, E>,
+) -> (String, String) {
+    match r {
+        Err(e) => (
+            e.code().unwrap_or("<no code>").to_string(),
+            e.message().unwrap_or("").to_string(),
+        ),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+/// Errors as Amazon Kinesis words them (issue 17): code written against Kinesis matches on
+/// these types and texts. The cluster's account is the default one, 123456789012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_errors_read_as_kinesis_words_them() {
+    let cluster = Cluster::start("kinesis-errors", 3).await;
+    let c = client(&cluster, 0);
+    let expect = |got: (String, String), kind: &str, text: &str| {
+        assert_eq!((got.0.as_str(), got.1.as_str()), (kind, text));
+    };
+    let not_found = "ResourceNotFoundException";
+    let invalid = "InvalidArgumentException";
+
+    let r = c.describe_stream_summary().stream_name("nope").send().await;
+    expect(
+        failure(r),
+        not_found,
+        "Stream nope under account 123456789012 not found.",
+    );
+    let r = c
+        .put_record()
+        .stream_name("nope")
+        .partition_key("k")
+        .data(Blob::new("x"))
+        .send()
+        .await;
+    expect(
+        failure(r),
+        not_found,
+        "Stream nope under account 123456789012 not found.",
+    );
+
+    c.create_stream()
+        .stream_name("orders")
+        .shard_count(2)
+        .send()
+        .await
+        .expect("create orders");
+    wait_active(&c, "orders").await;
+
+    // Shards that do not exist, in the words of each action.
+    let r = c
+        .get_shard_iterator()
+        .stream_name("orders")
+        .shard_id("shardId-000000000007")
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await;
+    expect(
+        failure(r),
+        not_found,
+        "Shard shardId-000000000007 in stream orders under account 123456789012 does not exist",
+    );
+    let r = c
+        .split_shard()
+        .stream_name("orders")
+        .shard_to_split("shardId-000000000007")
+        .new_starting_hash_key("1000")
+        .send()
+        .await;
+    expect(
+        failure(r),
+        not_found,
+        "Could not find shard shardId-000000000007 in stream orders under account 123456789012.",
+    );
+    let shards = c
+        .list_shards()
+        .stream_name("orders")
+        .send()
+        .await
+        .expect("list shards")
+        .shards
+        .unwrap_or_default();
+    let range = shards[0].hash_key_range.as_ref().expect("a range");
+    let (start, end) = (range.starting_hash_key(), range.ending_hash_key());
+    for outside in [start.to_string(), end.to_string()] {
+        let r = c
+            .split_shard()
+            .stream_name("orders")
+            .shard_to_split("shardId-000000000000")
+            .new_starting_hash_key(&outside)
+            .send()
+            .await;
+        expect(
+            failure(r),
+            invalid,
+            &format!(
+                "NewStartingHashKey {outside} used in SplitShard() on shard shardId-000000000000 in stream orders under account 123456789012 is not both greater than one plus the shard's StartingHashKey {start} and less than the shard's EndingHashKey {end}."
+            ),
+        );
+    }
+
+    // Record sizes: data over the stream's limit breaks the model's length constraint
+    // (ValidationException, naming the member); the partition key counts toward the limit;
+    // a request over 5 MiB in all is refused whole.
+    let mib = 1024 * 1024;
+    let r = c
+        .put_record()
+        .stream_name("orders")
+        .partition_key("k")
+        .data(Blob::new(vec![0u8; mib + 1]))
+        .send()
+        .await;
+    expect(
+        failure(r),
+        "ValidationException",
+        "1 validation error detected: Value at 'data' failed to satisfy constraint: Member must have length less than or equal to 1048576",
+    );
+    let entry = |len: usize| {
+        PutRecordsRequestEntry::builder()
+            .partition_key("k")
+            .data(Blob::new(vec![1u8; len]))
+            .build()
+            .unwrap()
+    };
+    let r = c
+        .put_records()
+        .stream_name("orders")
+        .records(entry(10))
+        .records(entry(mib + 1))
+        .send()
+        .await;
+    expect(
+        failure(r),
+        "ValidationException",
+        "1 validation error detected: Value at 'records.2.member.data' failed to satisfy constraint: Member must have length less than or equal to 1048576",
+    );
+    let r = c
+        .put_record()
+        .stream_name("orders")
+        .partition_key("k")
+        .data(Blob::new(vec![0u8; mib]))
+        .send()
+        .await;
+    let (kind, text) = failure(r);
+    assert_eq!(kind, invalid);
+    assert!(
+        text.contains("PartitionKey") && text.contains("1048576"),
+        "{text}"
+    );
+    let mut six = c.put_records().stream_name("orders");
+    for _ in 0..6 {
+        six = six.records(entry(mib - 16));
+    }
+    expect(
+        failure(six.send().await),
+        invalid,
+        "Records size exceeds 5 MB limit",
+    );
+
+    // Retention: every refusal is InvalidArgumentException, with Kinesis's sentence.
+    let increase = |hours: i32| {
+        c.increase_stream_retention_period()
+            .stream_name("orders")
+            .retention_period_hours(hours)
+            .send()
+    };
+    expect(
+        failure(increase(20).await),
+        invalid,
+        "Minimum allowed retention period is 24 hours. Requested retention period (20 hours) is too short.",
+    );
+    expect(
+        failure(increase(9000).await),
+        invalid,
+        "Maximum allowed retention period is 8760 hours. Requested retention period (9000 hours) is too long.",
+    );
+    increase(30).await.expect("increase to 30 hours");
+    expect(
+        failure(increase(25).await),
+        invalid,
+        "Requested retention period (25 hours) for stream orders can not be shorter than existing retention period (30 hours). Use DecreaseRetentionPeriod API.",
+    );
+    let r = c
+        .decrease_stream_retention_period()
+        .stream_name("orders")
+        .retention_period_hours(40)
+        .send()
+        .await;
+    expect(
+        failure(r),
+        invalid,
+        "Requested retention period (40 hours) for stream orders can not be longer than existing retention period (30 hours). Use IncreaseRetentionPeriod API.",
+    );
+
+    // ListShards: a NextToken stands alone; without one, a stream is needed.
+    let first = c
+        .list_shards()
+        .stream_name("orders")
+        .max_results(1)
+        .send()
+        .await
+        .expect("first page");
+    let token = first.next_token.expect("a second page");
+    let r = c
+        .list_shards()
+        .next_token(&token)
+        .stream_name("orders")
+        .send()
+        .await;
+    expect(
+        failure(r),
+        invalid,
+        "NextToken and StreamName cannot be provided together.",
+    );
+    let r = c
+        .list_shards()
+        .next_token(&token)
+        .exclusive_start_shard_id("shardId-000000000000")
+        .send()
+        .await;
+    expect(
+        failure(r),
+        invalid,
+        "NextToken and ExclusiveStartShardId cannot be provided together.",
+    );
+    let r = c.list_shards().send().await;
+    expect(
+        failure(r),
+        invalid,
+        "Either NextToken or StreamName should be provided.",
+    );
+    // The token alone continues the listing.
+    let rest = c
+        .list_shards()
+        .next_token(&token)
+        .send()
+        .await
+        .expect("second page");
+    assert_eq!(rest.shards.unwrap_or_default().len(), 1);
+}
+
 fn common_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

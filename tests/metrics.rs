@@ -242,6 +242,34 @@ async fn metrics_parse_move_with_writes_and_reads_and_are_all_documented() {
         "checkpointed {checkpointed}, without a checkpoint {unread}"
     );
     assert_eq!(total(&after, "millrace_consumer_group_workers", None), 1.0);
+    // A worker that stops heartbeating loses its leases once they expire: the next worker's
+    // heartbeat takes them over, and that is counted as an expiry (a move to even the load
+    // while the owner lives is not).
+    let held = client
+        .group_heartbeat("metered", "brief", "w1", 1_000)
+        .await
+        .expect("heartbeat");
+    assert_eq!(held.len(), 2);
+    common::wait_until(
+        Duration::from_secs(20),
+        "w2 holding both leases of the group after w1's expired",
+        || async {
+            let got = client
+                .group_heartbeat("metered", "brief", "w2", 1_000)
+                .await
+                .expect("heartbeat");
+            got.len() == 2
+        },
+    )
+    .await;
+    let scrapes: Vec<Scrape> = (1..=3).map(|id| scrape(&cluster, id)).collect();
+    let of_brief = |name: &str| labelled(&scrapes, name, &[("group", "brief")]);
+    // w1 took both; w2 took one to even the load and the other once it expired (1 expiry),
+    // or, on a machine slow enough that w1's leases expired before w2's first heartbeat,
+    // both at once (2). Every hand-out is counted: at least those 4.
+    let expiries = of_brief("millrace_consumer_group_lease_expiries_total");
+    assert!(expiries == 1.0 || expiries == 2.0, "{expiries} expiries");
+    assert!(of_brief("millrace_consumer_group_leases_acquired_total") >= 4.0);
     // Every node holds replicas of the two shards, each elected once at least.
     for s in &after {
         assert!(value(s, "millrace_raft_shard_term_max", None) >= 1.0);

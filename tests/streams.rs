@@ -626,6 +626,28 @@ async fn record_limits_throttling_and_list_shards_filters() {
         throttled >= 500,
         "a shard takes at most 1,000 records per second ({throttled} refused)"
     );
+    // Each refused record is counted for the stream, on the node that answered the call.
+    let counted: f64 = (1..=3)
+        .map(|id| {
+            let (code, body) = cluster.get(id, "/metrics").expect("GET /metrics");
+            assert_eq!(code, 200);
+            let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+                .expect("Prometheus text");
+            scrape
+                .samples
+                .iter()
+                .filter(|x| {
+                    x.metric == "millrace_stream_records_throttled_total"
+                        && x.labels.get("stream") == Some("thr")
+                })
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    assert_eq!(counted, throttled as f64);
     let shard = client.list_shards("thr").await.unwrap()[0].shard_id.clone();
     let it = client
         .get_shard_iterator("thr", &shard, StartPosition::TrimHorizon)

@@ -1,7 +1,7 @@
 """The console in a real browser (issue 16): headless Chromium, driven over the DevTools
 protocol, loads /console of a running 3-node cluster once and is never reloaded; the rendered
 DOM must name all three nodes (up) and the stream with a leader for every shard (with
---writing, a write rate above 0; with --group, the consumer group). Then one node
+--writing, a write rate above 0; with --group, the consumer group and its lag in records). Then one node
 (not the one serving the page, not the metadata leader, leading at least one shard) is killed
 with SIGKILL, and the same page must show it down and every shard led by a live node, within
 three refresh intervals (and 2 s) of the cluster status saying so. Screenshots before and after are saved.
@@ -102,6 +102,7 @@ VIEW = """JSON.stringify({
   streams: [...document.querySelectorAll('[data-stream]')].map(d => d.dataset.stream),
   write_rates: [...document.querySelectorAll('[data-stream]')].map(d => Number(d.dataset.writeRate || 0)),
   groups: [...document.querySelectorAll('[data-group]')].map(g => g.dataset.group),
+  group_lags: [...document.querySelectorAll('[data-group]')].map(g => g.dataset.lagRecords || ""),
   shards: [...document.querySelectorAll('[data-stream] [data-shard]')].map(r => ({shard: r.dataset.shard, leader: r.dataset.leader})),
   warnings: [...document.querySelectorAll('[data-warning]')].map(w => w.dataset.warning),
   text: document.body.innerText,
@@ -183,6 +184,8 @@ def main():
                 and v["shards"]
                 and all(s["leader"] for s in v["shards"])
                 and (not a.group or a.group in v["groups"])
+                # The group's lag in records, measured by the shards' leaders, has arrived.
+                and (not a.group or any(lag.isdigit() for lag in v["group_lags"]))
                 and (not a.writing or max(v["write_rates"], default=0) > 0)
             )
             return ok, v

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config_file;
 pub mod dev;
 pub mod health;
+pub mod messages;
 pub mod metadata;
 pub mod server;
 pub mod shard;

@@ -188,7 +188,10 @@ impl MillraceService {
         let secret = self.secret().await?;
         let token = IteratorToken::decode(&iterator.shard_iterator, &secret, now_ms())?;
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
-            ApiError::ResourceNotFound(format!("Shard {} not found", req.shard_id))
+            ApiError::ResourceNotFound(crate::messages::shard_does_not_exist(
+                &stream_name,
+                &req.shard_id,
+            ))
         })?;
         let counters = self.node.metrics.stream(&stream_name);
         if let Some(c) = &counters {

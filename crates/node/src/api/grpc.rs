@@ -52,7 +52,7 @@ impl MillraceService {
             return Ok(s);
         }
         self.node.sync_meta().await?;
-        lookup().ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+        lookup().ok_or_else(|| ApiError::ResourceNotFound(crate::messages::stream_not_found(&name)))
     }
 
     /// The key of iterator MACs (catching up with the metadata leader if not yet known here).
@@ -74,7 +74,7 @@ impl MillraceService {
         self.node
             .meta
             .read(|s| s.streams.get(&name).cloned())
-            .ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+            .ok_or_else(|| ApiError::ResourceNotFound(crate::messages::stream_not_found(&name)))
     }
 
     pub(super) fn shard_proto(&self, sh: &ShardMeta) -> pb::Shard {

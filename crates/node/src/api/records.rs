@@ -120,10 +120,19 @@ fn validate(
                 r.data.len()
             )));
         }
-        total += r.data.len() + r.partition_key.len();
-        if total > request_bytes_max {
+        // As in Kinesis, a record's size is its data plus its partition key.
+        let record_bytes = r.data.len() + r.partition_key.len();
+        if record_bytes > max_record_bytes {
             return Err(ApiError::InvalidArgument(format!(
-                "the PutRecords request exceeds {request_bytes_max} bytes (data plus partition keys)"
+                "Records[{i}] is {record_bytes} bytes of Data and PartitionKey together; the stream's limit is {max_record_bytes}"
+            )));
+        }
+        total += record_bytes;
+        if total > request_bytes_max {
+            // Kinesis's words (its limit is in MiB, which it calls MB).
+            return Err(ApiError::InvalidArgument(format!(
+                "Records size exceeds {} MB limit",
+                request_bytes_max >> 20
             )));
         }
         let hash = if r.explicit_hash_key.is_empty() {
@@ -241,7 +250,7 @@ impl MillraceService {
         self.node
             .meta
             .write_routes(name)
-            .ok_or_else(|| ApiError::ResourceNotFound(format!("Stream {name} not found")))
+            .ok_or_else(|| ApiError::ResourceNotFound(crate::messages::stream_not_found(name)))
     }
 
     /// Serves a PutRecords pipeline (see [`millrace_mux::serve`]): each call runs as a task
@@ -365,9 +374,9 @@ impl MillraceService {
     ) -> Result<pb::GetShardIteratorResponse, ApiError> {
         let stream = self.stream(&req.stream_name).await?;
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
-            ApiError::ResourceNotFound(format!(
-                "Shard {} in stream {} not found",
-                req.shard_id, stream.name
+            ApiError::ResourceNotFound(crate::messages::shard_does_not_exist(
+                &stream.name,
+                &req.shard_id,
             ))
         })?;
         use pb::ShardIteratorType as T;
@@ -473,7 +482,10 @@ impl MillraceService {
             .filter(|s| s.group_id == token.group_id)
             .cloned()
             .ok_or_else(|| {
-                ApiError::ResourceNotFound(format!("Shard {} not found", token.shard_id))
+                ApiError::ResourceNotFound(crate::messages::shard_does_not_exist(
+                    &stream.name,
+                    &token.shard_id,
+                ))
             })?;
         let bounds = ReadBounds {
             from_index: token.index,

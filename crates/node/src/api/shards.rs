@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use super::grpc::{meta_result, stream_name_from, MillraceService};
 use crate::metadata::placement::{place_replicas, NodeId, NodeLoad, PlacementError};
-use crate::metadata::reshard::{plan_merge, plan_split, plan_uniform_scaling, ReshardPlan};
+use crate::metadata::reshard::{
+    plan_merge, plan_split, plan_uniform_scaling, PlanError, ReshardPlan,
+};
 use crate::metadata::state::{MetaCommand, ShardMeta, ShardStatus, StreamMeta};
 use crate::server::now_ms;
 use crate::shard::hashing::parse_explicit_hash_key;
@@ -99,13 +101,19 @@ impl MillraceService {
         req: pb::ListShardsRequest,
     ) -> Result<pb::ListShardsResponse, ApiError> {
         let (name, after, filter, max) = if !req.next_token.is_empty() {
-            if !req.stream_name.is_empty()
-                || !req.exclusive_start_shard_id.is_empty()
-                || req.shard_filter.is_some()
-            {
-                return Err(ApiError::InvalidArgument(
-                    "NextToken must not be combined with StreamName, ExclusiveStartShardId or ShardFilter".into(),
-                ));
+            let with_token = [
+                ("StreamName", !req.stream_name.is_empty()),
+                (
+                    "ExclusiveStartShardId",
+                    !req.exclusive_start_shard_id.is_empty(),
+                ),
+                ("ShardFilter", req.shard_filter.is_some()),
+            ];
+            if let Some((other, _)) = with_token.iter().find(|(_, given)| *given) {
+                return Err(ApiError::InvalidArgument(crate::messages::not_together(
+                    "NextToken",
+                    other,
+                )));
             }
             let t: NextToken = URL_SAFE_NO_PAD
                 .decode(&req.next_token)
@@ -273,19 +281,19 @@ impl MillraceService {
     }
 }
 
-/// A planning error: an unknown shard is RESOURCE_NOT_FOUND, anything else INVALID_ARGUMENT
-/// (or RESOURCE_IN_USE while the stream is already resharding).
-fn shard_error(stream: &StreamMeta, e: String) -> ApiError {
-    if e.contains("not found") {
-        ApiError::ResourceNotFound(e)
-    } else if e.contains("is not open")
-        && stream.status != crate::metadata::state::StreamStatus::Active
-    {
-        ApiError::ResourceInUse(format!(
-            "Stream {} is {:?}: {e}",
-            stream.name, stream.status
-        ))
-    } else {
-        ApiError::InvalidArgument(e)
+/// A planning error: an unknown shard is RESOURCE_NOT_FOUND, a closed one RESOURCE_IN_USE
+/// while the stream is resharding (not ACTIVE) and INVALID_ARGUMENT after, anything else
+/// INVALID_ARGUMENT.
+fn shard_error(stream: &StreamMeta, e: PlanError) -> ApiError {
+    use crate::metadata::state::StreamStatus;
+    match e {
+        PlanError::ShardNotFound { .. } => ApiError::ResourceNotFound(e.to_string()),
+        PlanError::ShardNotOpen { .. } if stream.status != StreamStatus::Active => {
+            let state = format!("{:?}", stream.status).to_uppercase();
+            ApiError::ResourceInUse(crate::messages::stream_not_active(&stream.name, &state))
+        }
+        PlanError::ShardNotOpen { .. } | PlanError::Invalid(_) => {
+            ApiError::InvalidArgument(e.to_string())
+        }
     }
 }

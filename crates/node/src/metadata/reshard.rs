@@ -23,31 +23,49 @@ pub struct ReshardPlan {
     pub children: Vec<(u128, u128)>,
 }
 
-fn open_shard<'a>(stream: &'a StreamMeta, shard_id: &str) -> Result<&'a ShardMeta, String> {
-    let s = stream
-        .shard(shard_id)
-        .ok_or_else(|| format!("Shard {shard_id} not found in stream {}", stream.name))?;
+/// Why a reshard cannot be planned, worded as Kinesis words it ([`crate::messages`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{}", crate::messages::could_not_find_shard(.stream, .shard))]
+    ShardNotFound { stream: String, shard: String },
+    /// Closed or closing: an earlier reshard took it (or is taking it).
+    #[error("{}", crate::messages::shard_not_open(.stream, .shard))]
+    ShardNotOpen { stream: String, shard: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn open_shard<'a>(stream: &'a StreamMeta, shard_id: &str) -> Result<&'a ShardMeta, PlanError> {
+    let names = || (stream.name.clone(), shard_id.to_string());
+    let s = stream.shard(shard_id).ok_or_else(|| {
+        let (stream, shard) = names();
+        PlanError::ShardNotFound { stream, shard }
+    })?;
     if s.status != ShardStatus::Open {
-        return Err(format!(
-            "Shard {shard_id} is not open (it is {:?})",
-            s.status
-        ));
+        let (stream, shard) = names();
+        return Err(PlanError::ShardNotOpen { stream, shard });
     }
     Ok(s)
 }
 
-/// SplitShard: `new_starting_hash_key` must lie strictly inside the parent's range.
+/// SplitShard: as Kinesis has it, `new_starting_hash_key` must be greater than one plus the
+/// parent's starting hash key and less than its ending hash key.
 pub fn plan_split(
     stream: &StreamMeta,
     shard: &str,
     new_starting_hash_key: u128,
-) -> Result<ReshardPlan, String> {
+) -> Result<ReshardPlan, PlanError> {
     let p = open_shard(stream, shard)?;
-    if new_starting_hash_key <= p.starting_hash_key || new_starting_hash_key > p.ending_hash_key {
-        return Err(format!(
-            "NewStartingHashKey {new_starting_hash_key} must be greater than {} and at most {} (inside {shard})",
-            p.starting_hash_key, p.ending_hash_key
-        ));
+    let (start, end) = (p.starting_hash_key, p.ending_hash_key);
+    let inside = new_starting_hash_key > start.saturating_add(1) && new_starting_hash_key < end;
+    if !inside {
+        let range = (start, end);
+        return Err(PlanError::Invalid(crate::messages::split_key_outside(
+            &stream.name,
+            shard,
+            new_starting_hash_key,
+            range,
+        )));
     }
     Ok(ReshardPlan {
         parents: vec![p.shard_id.clone()],
@@ -59,7 +77,11 @@ pub fn plan_split(
 }
 
 /// MergeShards: the two shards must be open and adjacent.
-pub fn plan_merge(stream: &StreamMeta, shard: &str, adjacent: &str) -> Result<ReshardPlan, String> {
+pub fn plan_merge(
+    stream: &StreamMeta,
+    shard: &str,
+    adjacent: &str,
+) -> Result<ReshardPlan, PlanError> {
     let a = open_shard(stream, shard)?;
     let b = open_shard(stream, adjacent)?;
     let (lo, hi) = if a.starting_hash_key < b.starting_hash_key {
@@ -68,9 +90,11 @@ pub fn plan_merge(stream: &StreamMeta, shard: &str, adjacent: &str) -> Result<Re
         (b, a)
     };
     if lo.ending_hash_key.checked_add(1) != Some(hi.starting_hash_key) {
-        return Err(format!(
-            "Shards {shard} and {adjacent} are not adjacent: their hash key ranges do not touch"
-        ));
+        return Err(PlanError::Invalid(crate::messages::shards_not_adjacent(
+            &stream.name,
+            shard,
+            adjacent,
+        )));
     }
     Ok(ReshardPlan {
         parents: vec![lo.shard_id.clone(), hi.shard_id.clone()],
@@ -235,7 +259,8 @@ fn check_plan(
     let mut ps: Vec<&ShardMeta> = parents
         .iter()
         .map(|p| open_shard(stream, p))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     ps.sort_by_key(|s| s.starting_hash_key);
     for w in ps.windows(2) {
         if w[0].ending_hash_key.checked_add(1) != Some(w[1].starting_hash_key) {

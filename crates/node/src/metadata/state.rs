@@ -463,14 +463,14 @@ impl MetaState {
                     s.status = *status;
                     MetaResponse::Ok
                 }
-                None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
+                None => MetaResponse::ResourceNotFound(crate::messages::stream_not_found(name)),
             },
             MetaCommand::DeleteStream { name } => match self.streams.get_mut(name) {
                 Some(s) => {
                     s.status = StreamStatus::Deleting;
                     MetaResponse::Ok
                 }
-                None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
+                None => MetaResponse::ResourceNotFound(crate::messages::stream_not_found(name)),
             },
             MetaCommand::RemoveStream { name } => match self.streams.get(name) {
                 Some(s) if s.status == StreamStatus::Deleting => {
@@ -482,7 +482,7 @@ impl MetaState {
                 Some(_) => {
                     MetaResponse::ResourceInUse(format!("Stream {name} is not being deleted"))
                 }
-                None => MetaResponse::ResourceNotFound(format!("Stream {name} not found")),
+                None => MetaResponse::ResourceNotFound(crate::messages::stream_not_found(name)),
             },
             MetaCommand::AddTags { name, tags } => match self.live_stream(name) {
                 Ok(s) => match super::tags::merged(&s.tags, tags) {
@@ -733,22 +733,21 @@ impl MetaState {
                     Ok(s) => s,
                     Err(r) => return r,
                 };
-                if !(RETENTION_HOURS_MIN..=RETENTION_HOURS_MAX).contains(hours) {
-                    return MetaResponse::InvalidArgument(format!(
-                        "RetentionPeriodHours {hours} must be between {RETENTION_HOURS_MIN} and {RETENTION_HOURS_MAX}"
-                    ));
-                }
-                if *increase && *hours < s.retention_period_hours {
-                    return MetaResponse::InvalidArgument(format!(
-                        "RetentionPeriodHours {hours} is below the current {} hours; use DecreaseStreamRetentionPeriod",
-                        s.retention_period_hours
-                    ));
-                }
-                if !*increase && *hours > s.retention_period_hours {
-                    return MetaResponse::InvalidArgument(format!(
-                        "RetentionPeriodHours {hours} is above the current {} hours; use IncreaseStreamRetentionPeriod",
-                        s.retention_period_hours
-                    ));
+                use crate::messages as m;
+                let current = s.retention_period_hours;
+                let refused = if *hours < RETENTION_HOURS_MIN {
+                    Some(m::retention_too_short(*hours, RETENTION_HOURS_MIN))
+                } else if *hours > RETENTION_HOURS_MAX {
+                    Some(m::retention_too_long(*hours, RETENTION_HOURS_MAX))
+                } else if *increase && *hours < current {
+                    Some(m::retention_not_shorter(name, *hours, current))
+                } else if !*increase && *hours > current {
+                    Some(m::retention_not_longer(name, *hours, current))
+                } else {
+                    None
+                };
+                if let Some(message) = refused {
+                    return MetaResponse::InvalidArgument(message);
                 }
                 s.retention_period_hours = *hours;
                 MetaResponse::Ok
@@ -763,9 +762,9 @@ impl MetaState {
                 format!("Stream {name} is being deleted"),
             )),
             Some(s) => Ok(s),
-            None => Err(MetaResponse::ResourceNotFound(format!(
-                "Stream {name} not found"
-            ))),
+            None => Err(MetaResponse::ResourceNotFound(
+                crate::messages::stream_not_found(name),
+            )),
         }
     }
 

@@ -89,6 +89,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    crate::messages::set_account_id(&config.kinesis.account_id);
     prepare_data_dir(&config.data_dir)
         .with_context(|| format!("preparing data dir {}", config.data_dir.display()))?;
     let meta_db = open_node_meta(&config.data_dir.join("meta")).await?;

@@ -522,11 +522,11 @@ async fn list_streams(
 }
 
 async fn list_shards(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
-    let stream = i.stream();
+    let (name, arn) = i.stream_members();
     let token = i.string("NextToken", false, (1, 1_048_576), None);
     let after = i.name("ExclusiveStartShardId", false, 128);
     let max = i.int("MaxResults", false, (1, 10_000));
-    let _created = i.timestamp("StreamCreationTimestamp", false);
+    let created = i.timestamp("StreamCreationTimestamp", false);
     let filter = i.nested("ShardFilter", false, |f| {
         let kind = f.enumeration("Type", true, &SHARD_FILTER_TYPES);
         let shard_id = f.name("ShardId", false, 128);
@@ -534,8 +534,27 @@ async fn list_shards(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
         (kind, shard_id, ts)
     });
     i.finish()?;
+    // A NextToken carries the whole listing: Kinesis refuses it with anything that would
+    // start another, naming the first parameter given with it.
+    let with_token = [
+        ("StreamName", name.is_some()),
+        ("StreamARN", arn.is_some()),
+        ("ExclusiveStartShardId", after.is_some()),
+        ("ShardFilter", filter.is_some()),
+        ("StreamCreationTimestamp", created.is_some()),
+    ];
+    if let (Some(_), Some((other, _))) = (&token, with_token.iter().find(|(_, given)| *given)) {
+        return Err(KinesisError::client(
+            "InvalidArgumentException",
+            crate::messages::not_together("NextToken", other),
+        ));
+    }
+    let stream = arn.or(name);
     if token.is_none() && stream.is_none() {
-        return Err(required_stream(None).unwrap_err());
+        return Err(KinesisError::client(
+            "InvalidArgumentException",
+            "Either NextToken or StreamName should be provided.",
+        ));
     }
     let shard_filter = filter.map(|(kind, shard_id, ts)| {
         use pb::ShardFilterType as F;
@@ -588,6 +607,26 @@ fn put_entry(r: &mut Input<'_>) -> Option<pb::PutRecordsRequestEntry> {
     })
 }
 
+/// Records whose data is over the stream's record size: Kinesis answers them with the
+/// ValidationException of the model's length constraint (the stream's MaxRecordSizeInKiB),
+/// naming each record's member (`path_of` its index).
+fn check_data_sizes(
+    s: &StreamMeta,
+    records: &[pb::PutRecordsRequestEntry],
+    path_of: impl Fn(usize) -> String,
+) -> Result<()> {
+    let violations: Vec<String> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.data.len() > s.max_record_bytes)
+        .map(|(i, _)| super::input::too_long(&path_of(i), s.max_record_bytes))
+        .collect();
+    match violations.is_empty() {
+        true => Ok(()),
+        false => Err(super::input::validation_error(&violations)),
+    }
+}
+
 /// A failed record's error as Kinesis names it.
 fn record_error(r: &pb::PutRecordsResultEntry) -> KinesisError {
     ApiError::from_symbol(&r.error_code, r.error_message.clone()).into()
@@ -606,6 +645,8 @@ async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let (Some(stream), Some(entry)) = (stream, entry) else {
         return Err(required_stream(None).unwrap_err());
     };
+    let s = svc.stream(&stream).await?;
+    check_data_sizes(&s, std::slice::from_ref(&entry), |_| "data".into())?;
     let resp = svc
         .put_records_impl(pb::PutRecordsRequest {
             stream_name: stream.clone(),
@@ -617,7 +658,6 @@ async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     if !r.error_code.is_empty() {
         return Err(record_error(&r));
     }
-    let s = svc.stream(&stream).await?;
     Ok(Out::map(vec![
         ("ShardId", Out::str(r.shard_id)),
         ("SequenceNumber", Out::str(r.sequence_number)),
@@ -634,6 +674,8 @@ async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     i.finish()?;
     let stream = required_stream(stream)?;
     let records: Vec<pb::PutRecordsRequestEntry> = entries.into_iter().flatten().collect();
+    let s = svc.stream(&stream).await?;
+    check_data_sizes(&s, &records, |i| format!("records.{}.member.data", i + 1))?;
     let resp = svc
         .put_records_impl(pb::PutRecordsRequest {
             stream_name: stream.clone(),
@@ -641,7 +683,6 @@ async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
             ..Default::default()
         })
         .await?;
-    let s = svc.stream(&stream).await?;
     let results = resp
         .records
         .into_iter()
@@ -826,11 +867,17 @@ async fn update_shard_count(svc: &MillraceService, mut i: Input<'_>) -> Result<O
 
 async fn retention(svc: &MillraceService, mut i: Input<'_>, increase: bool) -> Result<Out> {
     let stream = i.stream();
-    let hours = i.int("RetentionPeriodHours", true, (1, 8760));
+    // The model puts no bounds on it: the stream's checks answer out-of-range periods with
+    // Kinesis's InvalidArgumentException texts.
+    let hours = i.int(
+        "RetentionPeriodHours",
+        true,
+        (i32::MIN.into(), i32::MAX.into()),
+    );
     i.finish()?;
     let req = pb::UpdateRetentionPeriodRequest {
         stream_name: required_stream(stream)?,
-        retention_period_hours: hours.unwrap_or(0) as u32,
+        retention_period_hours: hours.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
     };
     svc.set_retention(req, increase).await?;
     Ok(no_output())

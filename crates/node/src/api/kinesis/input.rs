@@ -224,10 +224,8 @@ impl<'a> Input<'a> {
             return None;
         };
         if bytes.len() > max {
-            self.violations.push(format!(
-                "Value at '{}' failed to satisfy constraint: Member must have length less than or equal to {max}",
-                field_path(&self.path, member)
-            ));
+            let violation = too_long(&field_path(&self.path, member), max);
+            self.violations.push(violation);
             return None;
         }
         Some(bytes)
@@ -384,6 +382,12 @@ impl<'a> Input<'a> {
 
     /// The stream a request names by `StreamName` or `StreamARN` (both optional; one needed).
     pub fn stream(&mut self) -> Option<String> {
+        let (name, arn) = self.stream_members();
+        arn.or(name)
+    }
+
+    /// `StreamName` and `StreamARN`, each if given (for actions that say which one was).
+    pub fn stream_members(&mut self) -> (Option<String>, Option<String>) {
         let name = self.name("StreamName", false, 128);
         let arn = self.string(
             "StreamARN",
@@ -391,7 +395,7 @@ impl<'a> Input<'a> {
             (1, 2048),
             Some((STREAM_ARN_PATTERN, is_stream_arn)),
         );
-        arn.or(name)
+        (name, arn)
     }
 
     /// Ends reading: any violation becomes the action's error.
@@ -399,18 +403,30 @@ impl<'a> Input<'a> {
         if let Some(message) = self.serialization {
             return Err(KinesisError::client("SerializationException", message));
         }
-        match self.violations.len() {
-            0 => Ok(()),
-            n => Err(KinesisError::client(
-                "ValidationException",
-                format!(
-                    "{n} validation error{} detected: {}",
-                    if n == 1 { "" } else { "s" },
-                    self.violations.join("; ")
-                ),
-            )),
+        match self.violations.is_empty() {
+            true => Ok(()),
+            false => Err(validation_error(&self.violations)),
         }
     }
+}
+
+/// Kinesis's ValidationException for model constraints that `violations` break (each
+/// "Value at 'path' failed to satisfy constraint: ...").
+pub fn validation_error(violations: &[String]) -> KinesisError {
+    let n = violations.len();
+    KinesisError::client(
+        "ValidationException",
+        format!(
+            "{n} validation error{} detected: {}",
+            if n == 1 { "" } else { "s" },
+            violations.join("; ")
+        ),
+    )
+}
+
+/// The violation of a blob's length constraint at `path`.
+pub fn too_long(path: &str, max: usize) -> String {
+    format!("Value at '{path}' failed to satisfy constraint: Member must have length less than or equal to {max}")
 }
 
 #[cfg(test)]
