@@ -840,6 +840,49 @@ async fn sdk_errors_read_as_kinesis_words_them() {
         .await
         .expect("second page");
     assert_eq!(rest.shards.unwrap_or_default().len(), 1);
+
+    // An AT_TIMESTAMP iterator for a time still to come is accepted, and reads nothing that
+    // arrived before that time: a record written before it is skipped, one written after is
+    // read.
+    let at_ms = common_now_ms() + 3_000;
+    let put = |data: &'static str| {
+        c.put_record()
+            .stream_name("orders")
+            .partition_key("k")
+            .explicit_hash_key("0")
+            .data(Blob::new(data))
+            .send()
+    };
+    let early = c
+        .get_shard_iterator()
+        .stream_name("orders")
+        .shard_id("shardId-000000000000")
+        .shard_iterator_type(ShardIteratorType::AtTimestamp)
+        .timestamp(DateTime::from_millis(at_ms))
+        .send()
+        .await
+        .expect("an iterator for a time still to come")
+        .shard_iterator
+        .expect("an iterator");
+    // Written after the iterator was made, but before its time.
+    put("before").await.expect("put before");
+    assert!(common_now_ms() < at_ms, "the write took over 3 s");
+    let page = c
+        .get_records()
+        .shard_iterator(&early)
+        .send()
+        .await
+        .expect("read before the time");
+    assert!(page.records.is_empty());
+    let early = page.next_shard_iterator.expect("the iterator goes on");
+    wait_until(Duration::from_secs(10), "the iterator's time", || async {
+        common_now_ms() > at_ms
+    })
+    .await;
+    put("after").await.expect("put after");
+    let got = read_records(&c, early, 1).await;
+    let data: Vec<&[u8]> = got.iter().map(|(_, d, _)| d.as_slice()).collect();
+    assert_eq!(data, [b"after".as_slice()]);
 }
 
 fn common_now_ms() -> i64 {
@@ -1039,6 +1082,25 @@ async fn sdk_consumers_and_subscribe_to_shard() {
         .send()
         .await
         .expect("subscribe");
+    // As in Kinesis, the same consumer may not subscribe to the shard again within 5 s.
+    let again = c
+        .subscribe_to_shard()
+        .consumer_arn(&consumer.consumer_arn)
+        .shard_id("shardId-000000000000")
+        .starting_position(
+            StartingPosition::builder()
+                .r#type(ShardIteratorType::Latest)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await;
+    let (kind, text) = failure(again);
+    assert_eq!(kind, "ResourceInUseException");
+    assert!(
+        text.starts_with("Another active subscription exists for this consumer"),
+        "{text}"
+    );
     // Records written while subscribed arrive too.
     let writer = {
         let c = c.clone();

@@ -33,6 +33,11 @@ fn resume_after(last_sequence: &Option<String>, otherwise: &StartPosition) -> St
     }
 }
 
+/// How long a subscription's renewal waits out a recent subscription of the same consumer and
+/// shard (Kinesis refuses one within 5 s of the last), and how often it tries meanwhile.
+const RESUBSCRIBE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(6);
+const RESUBSCRIBE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A pull reader of one shard over shard iterators. An expired iterator is replaced
 /// transparently, from just after the last record returned.
 pub struct ShardReader {
@@ -164,6 +169,30 @@ impl ShardSubscription {
         resume_after(&self.last_sequence, &self.position)
     }
 
+    /// Subscribes from the current position. As in Kinesis, a consumer may subscribe to a
+    /// shard again only 5 s after its last subscription (`RESOURCE_IN_USE` before): a renewal
+    /// right after an error waits that out.
+    async fn subscribe(
+        &self,
+    ) -> Result<tonic::Streaming<crate::proto::SubscribeToShardEvent>, ClientError> {
+        let deadline = tokio::time::Instant::now() + RESUBSCRIBE_WAIT_MAX;
+        loop {
+            let attempt = self
+                .client
+                .subscribe_to_shard(&self.consumer_arn, &self.shard_id, self.position.clone())
+                .await;
+            match attempt {
+                Err(e)
+                    if e.symbol() == Some("RESOURCE_IN_USE")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The next event; `None` after the closed shard's last event.
     pub async fn next_event(&mut self) -> Result<Option<ShardEvent>, ClientError> {
         loop {
@@ -173,14 +202,7 @@ impl ShardSubscription {
             let events = match self.events.as_mut() {
                 Some(events) => events,
                 None => {
-                    let events = self
-                        .client
-                        .subscribe_to_shard(
-                            &self.consumer_arn,
-                            &self.shard_id,
-                            self.position.clone(),
-                        )
-                        .await?;
+                    let events = self.subscribe().await?;
                     self.events.insert(events)
                 }
             };

@@ -193,6 +193,21 @@ impl MillraceService {
                 &req.shard_id,
             ))
         })?;
+        // One subscription per consumer and shard: refused within 5 s of a successful one.
+        let started = self
+            .node
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .start(&req.consumer_arn, &req.shard_id, std::time::Instant::now());
+        if let Err(wait) = started {
+            return Err(ApiError::ResourceInUse(format!(
+                "Another active subscription exists for this consumer: {} subscribed to {} less than 5 seconds ago (retry in {} ms)",
+                req.consumer_arn,
+                req.shard_id,
+                wait.as_millis().max(1)
+            )));
+        }
         let counters = self.node.metrics.stream(&stream_name);
         if let Some(c) = &counters {
             c.subscriptions
@@ -205,6 +220,8 @@ impl MillraceService {
         };
         tokio::spawn(async move {
             let mut position = (token.index, token.position);
+            // An AT_TIMESTAMP start still to come: skip what arrived before it.
+            let mut not_before_ms = token.not_before_ms;
             let until = now_ms() + SUBSCRIPTION_MS;
             let mut last_sent = tokio::time::Instant::now();
             let mut applied_changes = service
@@ -220,7 +237,7 @@ impl MillraceService {
                     from_position: position.1,
                     max_records: GET_RECORDS_RECORDS_MAX as usize,
                     max_bytes: GET_RECORDS_BYTES_MAX,
-                    at_timestamp_ms: None,
+                    at_timestamp_ms: not_before_ms,
                 };
                 let read = match service
                     .node
@@ -237,6 +254,9 @@ impl MillraceService {
                 let millis_behind = read.millis_behind();
                 position = (read.outcome.next_index, read.outcome.next_position);
                 let has_records = !read.outcome.records.is_empty();
+                if has_records {
+                    not_before_ms = None;
+                }
                 if has_records || at_end || last_sent.elapsed() >= HEARTBEAT {
                     // The child shards only at the shard's end, read in place (a stream's
                     // metadata is not copied per event).

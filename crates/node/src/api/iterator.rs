@@ -33,6 +33,11 @@ pub struct IteratorToken {
     pub position: u32,
     #[serde(rename = "e")]
     pub expires_ms: i64,
+    /// An AT_TIMESTAMP iterator made before its time: records that arrived before this are
+    /// skipped, until the first record at or after it is read (added to format v1: older
+    /// iterators have none).
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
 }
 
 fn mac(secret: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -54,8 +59,7 @@ impl IteratorToken {
     /// Decodes and verifies an iterator: a bad MAC or shape is INVALID_ARGUMENT, an old one
     /// EXPIRED_ITERATOR.
     pub fn decode(text: &str, secret: &[u8], now_ms: i64) -> Result<IteratorToken, ApiError> {
-        let invalid =
-            || ApiError::InvalidArgument("ShardIterator is not a valid shard iterator".into());
+        let invalid = || ApiError::InvalidArgument("Invalid ShardIterator.".into());
         if text.is_empty() || text.len() > ITERATOR_CHARS_MAX {
             return Err(invalid());
         }
@@ -95,6 +99,7 @@ mod tests {
             index: 10,
             position: 2,
             expires_ms: 1000,
+            not_before_ms: None,
         }
     }
 

@@ -379,6 +379,7 @@ impl MillraceService {
                 &req.shard_id,
             ))
         })?;
+        let mut not_before_ms = None;
         use pb::ShardIteratorType as T;
         let kind = T::try_from(req.shard_iterator_type).unwrap_or(T::Unspecified);
         let parse_seq = || {
@@ -403,12 +404,10 @@ impl MillraceService {
                 (read.applied.map_or(0, |a| a + 1), 0)
             }
             T::AtTimestamp => {
-                let now = now_ms();
-                if req.timestamp_ms > now {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "Timestamp {} is in the future (now {now})",
-                        req.timestamp_ms
-                    )));
+                // A time still to come is accepted, as Kinesis does: the iterator reads
+                // nothing until records arrive at or after it.
+                if req.timestamp_ms > now_ms() {
+                    not_before_ms = Some(req.timestamp_ms);
                 }
                 let probe = ReadBounds::probe(Some(req.timestamp_ms));
                 let read = self.node.shard_read(shard.group_id, &shard.replicas, probe).await?;
@@ -428,6 +427,7 @@ impl MillraceService {
             index,
             position,
             expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
+            not_before_ms,
         };
         Ok(pb::GetShardIteratorResponse {
             shard_iterator: token.encode(&self.secret().await?),
@@ -492,19 +492,25 @@ impl MillraceService {
             from_position: token.position,
             max_records: limit as usize,
             max_bytes: GET_RECORDS_BYTES_MAX,
-            at_timestamp_ms: None,
+            at_timestamp_ms: token.not_before_ms,
         };
         let read = self
             .node
             .shard_read(shard.group_id, &shard.replicas, bounds)
             .await?;
         let next_index = read.outcome.next_index;
+        // Once a record at or after an early AT_TIMESTAMP iterator's time is read, the
+        // iterator goes on by position.
+        let not_before_ms = token
+            .not_before_ms
+            .filter(|_| read.outcome.records.is_empty());
         let at_end = read.at_end();
         let millis_behind = read.millis_behind();
         let next = IteratorToken {
             index: next_index,
             position: read.outcome.next_position,
             expires_ms: now_ms() + self.node.config.iterator_ttl_ms,
+            not_before_ms,
             ..token
         };
         let child_shards = if at_end {

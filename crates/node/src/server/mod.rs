@@ -15,6 +15,7 @@ pub mod routing;
 mod run;
 pub mod security;
 pub mod stats;
+pub mod subscriptions;
 
 pub use config::ServeConfig;
 pub use run::serve;

@@ -50,6 +50,8 @@ pub struct Node {
     pub admission: Arc<super::admission::Admission>,
     /// What `/metrics` reports beyond the counters above (see [`super::metrics`]).
     pub(crate) metrics: super::metrics::NodeMetrics,
+    /// SubscribeToShard calls of the last 5 seconds (see [`super::subscriptions`]).
+    pub(crate) subscriptions: Mutex<super::subscriptions::RecentSubscriptions>,
 }
 
 /// Outcome of a local write attempt.

@@ -146,6 +146,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         quiet: Mutex::new(Default::default()),
         stats: Default::default(),
         metrics: Default::default(),
+        subscriptions: Default::default(),
         security: security.clone(),
         admission: Arc::new(super::admission::Admission::new(
             config.limits.requests_in_flight_max,
