@@ -650,6 +650,50 @@ async fn sdk_errors_read_as_kinesis_words_them() {
         .expect("create orders");
     wait_active(&c, "orders").await;
 
+    let r = c
+        .create_stream()
+        .stream_name("orders")
+        .shard_count(1)
+        .send()
+        .await;
+    expect(
+        failure(r),
+        "ResourceInUseException",
+        "Stream orders under account 123456789012 already exists.",
+    );
+    // At most 10 tags a call, 50 a stream.
+    for call in 0..5 {
+        let mut tags = c.add_tags_to_stream().stream_name("orders");
+        for i in 0..10 {
+            tags = tags.tags(format!("k{call}-{i}"), "v");
+        }
+        tags.send().await.expect("10 tags more");
+    }
+    let r = c
+        .add_tags_to_stream()
+        .stream_name("orders")
+        .tags("one-too-many", "v")
+        .send()
+        .await;
+    expect(
+        failure(r),
+        "LimitExceededException",
+        "Failed to add tags to stream orders under account 123456789012 because a given stream cannot have more than 50 tags associated with it.",
+    );
+    let orders_arn = summary(&c, "orders").await.stream_arn;
+    c.register_stream_consumer()
+        .stream_arn(&orders_arn)
+        .consumer_name("app")
+        .send()
+        .await
+        .expect("register a consumer");
+    let r = c.delete_stream().stream_name("orders").send().await;
+    expect(
+        failure(r),
+        "ResourceInUseException",
+        "DeleteStream can't delete orders because there are consumers associated with this data stream. To delete orders anyway, set the EnforceConsumerDeletion parameter to true to force the deletion of all the consumers that are associated with it.",
+    );
+
     // Shards that do not exist, in the words of each action.
     let r = c
         .get_shard_iterator()

@@ -377,6 +377,20 @@ async fn iterator_types_limits_expiry_and_tampering() {
         async move { matches!(client.get_records(&it, 10).await, Err(e) if e.symbol() == Some("EXPIRED_ITERATOR")) }
     })
     .await;
+    // Worded as Kinesis words it, with the times in Java's Date format.
+    match client.get_records(&it, 10).await {
+        Err(ClientError::Server { message, .. }) => {
+            assert!(
+                message.starts_with("Iterator expired. The iterator was created at time ")
+                    && message.contains(" UTC 20")
+                    && message.ends_with(
+                        "which is further in the future than the tolerated delay of 2000 milliseconds."
+                    ),
+                "{message}"
+            );
+        }
+        other => panic!("expected an expired iterator, got {other:?}"),
+    }
 }
 
 type Events = tonic::Streaming<millrace_client::proto::SubscribeToShardEvent>;

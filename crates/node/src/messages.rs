@@ -44,6 +44,66 @@ pub fn could_not_find_shard(stream: &str, shard: &str) -> String {
     )
 }
 
+/// CreateStream of a name in use.
+pub fn stream_exists(stream: &str) -> String {
+    format!(
+        "Stream {stream} under account {} already exists.",
+        account()
+    )
+}
+
+/// DeleteStream of a stream with registered consumers, without EnforceConsumerDeletion.
+pub fn stream_has_consumers(stream: &str) -> String {
+    format!("DeleteStream can't delete {stream} because there are consumers associated with this data stream. To delete {stream} anyway, set the EnforceConsumerDeletion parameter to true to force the deletion of all the consumers that are associated with it.")
+}
+
+/// AddTagsToStream past the tags a stream may have. (Kinesis's text names 10, its limit of
+/// old; the limit is 50, and this names it.)
+pub fn too_many_tags(stream: &str, max: usize) -> String {
+    format!(
+        "Failed to add tags to stream {stream} under account {} because a given stream cannot have more than {max} tags associated with it.",
+        account()
+    )
+}
+
+/// GetRecords with an iterator past its lifetime (`ttl_ms`; Kinesis: 5 minutes).
+pub fn iterator_expired(created_ms: i64, now_ms: i64, ttl_ms: i64) -> String {
+    format!(
+        "Iterator expired. The iterator was created at time {} while right now it is {} which is further in the future than the tolerated delay of {ttl_ms} milliseconds.",
+        java_date(created_ms),
+        java_date(now_ms)
+    )
+}
+
+/// A time as Java's `Date.toString()` writes it in UTC, which Kinesis's messages use:
+/// `Thu Jul 02 12:57:57 UTC 2015`.
+fn java_date(ms: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = ms.div_euclid(1000);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian; Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{} {} {day:02} {:02}:{:02}:{:02} UTC {year}",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
 /// A stream that is not ACTIVE, to actions that need it to be (resharding).
 pub fn stream_not_active(stream: &str, state: &str) -> String {
     format!(
@@ -135,6 +195,18 @@ mod tests {
         assert_eq!(
             retention_not_longer("orders", 40, 24),
             "Requested retention period (40 hours) for stream orders can not be longer than existing retention period (24 hours). Use IncreaseRetentionPeriod API."
+        );
+        // 2015-07-02T12:57:57Z, as a Kinesis message quotes it.
+        assert_eq!(java_date(1_435_841_877_000), "Thu Jul 02 12:57:57 UTC 2015");
+        assert_eq!(java_date(0), "Thu Jan 01 00:00:00 UTC 1970");
+        assert_eq!(java_date(951_782_400_000), "Tue Feb 29 00:00:00 UTC 2000");
+        assert_eq!(
+            iterator_expired(0, 300_001, 300_000),
+            "Iterator expired. The iterator was created at time Thu Jan 01 00:00:00 UTC 1970 while right now it is Thu Jan 01 00:05:00 UTC 1970 which is further in the future than the tolerated delay of 300000 milliseconds."
+        );
+        assert_eq!(
+            stream_exists("orders"),
+            "Stream orders under account 123456789012 already exists."
         );
         assert_eq!(
             not_together("NextToken", "StreamName"),

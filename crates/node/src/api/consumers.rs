@@ -186,7 +186,12 @@ impl MillraceService {
             })
             .await?;
         let secret = self.secret().await?;
-        let token = IteratorToken::decode(&iterator.shard_iterator, &secret, now_ms())?;
+        let token = IteratorToken::decode(
+            &iterator.shard_iterator,
+            &secret,
+            now_ms(),
+            self.node.config.iterator_ttl_ms,
+        )?;
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
             ApiError::ResourceNotFound(crate::messages::shard_does_not_exist(
                 &stream_name,

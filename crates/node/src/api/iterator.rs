@@ -57,8 +57,13 @@ impl IteratorToken {
     }
 
     /// Decodes and verifies an iterator: a bad MAC or shape is INVALID_ARGUMENT, an old one
-    /// EXPIRED_ITERATOR.
-    pub fn decode(text: &str, secret: &[u8], now_ms: i64) -> Result<IteratorToken, ApiError> {
+    /// EXPIRED_ITERATOR (iterators live `ttl_ms`, which the message names).
+    pub fn decode(
+        text: &str,
+        secret: &[u8],
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<IteratorToken, ApiError> {
         let invalid = || ApiError::InvalidArgument("Invalid ShardIterator.".into());
         if text.is_empty() || text.len() > ITERATOR_CHARS_MAX {
             return Err(invalid());
@@ -77,10 +82,10 @@ impl IteratorToken {
             return Err(invalid());
         }
         if token.expires_ms < now_ms {
-            return Err(ApiError::ExpiredIterator(format!(
-                "Iterator expired {} ms ago; iterators are valid for 5 minutes",
-                now_ms - token.expires_ms
-            )));
+            let created_ms = token.expires_ms - ttl_ms;
+            return Err(ApiError::ExpiredIterator(
+                crate::messages::iterator_expired(created_ms, now_ms, ttl_ms),
+            ));
         }
         Ok(token)
     }
@@ -107,11 +112,11 @@ mod tests {
     fn round_trip_and_expiry() {
         let t = token();
         assert_eq!(
-            IteratorToken::decode(&t.encode(b"k"), b"k", 999).unwrap(),
+            IteratorToken::decode(&t.encode(b"k"), b"k", 999, 300_000).unwrap(),
             t
         );
         assert!(matches!(
-            IteratorToken::decode(&t.encode(b"k"), b"k", 1001),
+            IteratorToken::decode(&t.encode(b"k"), b"k", 1001, 300_000),
             Err(ApiError::ExpiredIterator(_))
         ));
     }
@@ -122,7 +127,7 @@ mod tests {
         let text = t.encode(b"secret");
         // Another cluster's secret.
         assert!(matches!(
-            IteratorToken::decode(&text, b"other", 0),
+            IteratorToken::decode(&text, b"other", 0, 300_000),
             Err(ApiError::InvalidArgument(_))
         ));
         // A payload changed to point elsewhere, keeping the old MAC.
@@ -136,7 +141,7 @@ mod tests {
             .split_once('.')
             .map(|(p, _)| (p.to_string(), ()))
             .unwrap();
-        assert!(IteratorToken::decode(&format!("{payload}.{tag}"), b"secret", 0).is_err());
+        assert!(IteratorToken::decode(&format!("{payload}.{tag}"), b"secret", 0, 300_000).is_err());
         // Any single changed character is caught.
         for i in 0..text.len() {
             let mut bytes = text.clone().into_bytes();
@@ -144,11 +149,11 @@ mod tests {
             let changed = String::from_utf8(bytes).unwrap();
             if changed != text {
                 assert!(
-                    IteratorToken::decode(&changed, b"secret", 0).is_err(),
+                    IteratorToken::decode(&changed, b"secret", 0, 300_000).is_err(),
                     "flip at {i}"
                 );
             }
         }
-        assert!(IteratorToken::decode("garbage", b"secret", 0).is_err());
+        assert!(IteratorToken::decode("garbage", b"secret", 0, 300_000).is_err());
     }
 }

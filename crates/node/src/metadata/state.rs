@@ -399,7 +399,7 @@ impl MetaState {
                 stream_mode,
             } => {
                 if self.streams.contains_key(name) {
-                    return MetaResponse::ResourceInUse(format!("Stream {name} already exists"));
+                    return MetaResponse::ResourceInUse(crate::messages::stream_exists(name));
                 }
                 if placements.is_empty() {
                     return MetaResponse::InvalidArgument(
@@ -490,8 +490,10 @@ impl MetaState {
                         s.tags = merged;
                         MetaResponse::Ok
                     }
-                    Err(e) if e.contains("at most") => MetaResponse::LimitExceeded(e),
-                    Err(e) => MetaResponse::InvalidArgument(e),
+                    Err(super::tags::TagError::TooMany(_)) => MetaResponse::LimitExceeded(
+                        crate::messages::too_many_tags(name, super::tags::TAGS_PER_STREAM_MAX),
+                    ),
+                    Err(super::tags::TagError::Invalid(e)) => MetaResponse::InvalidArgument(e),
                 },
                 Err(r) => r,
             },

@@ -37,21 +37,27 @@ pub fn validate_tag(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why tags cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagError {
+    /// A key or value breaks the rules (the message says which).
+    Invalid(String),
+    /// The stream would have more than [`TAGS_PER_STREAM_MAX`] tags (this many).
+    TooMany(usize),
+}
+
 /// The tags after adding `new` to `existing`, or why that is not allowed.
 pub fn merged(
     existing: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, TagError> {
     for (k, v) in new {
-        validate_tag(k, v)?;
+        validate_tag(k, v).map_err(TagError::Invalid)?;
     }
     let mut out = existing.clone();
     out.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
     if out.len() > TAGS_PER_STREAM_MAX {
-        return Err(format!(
-            "a stream may have at most {TAGS_PER_STREAM_MAX} tags; this would make {}",
-            out.len()
-        ));
+        return Err(TagError::TooMany(out.len()));
     }
     Ok(out)
 }
@@ -75,7 +81,7 @@ mod tests {
         assert_eq!(merged(&existing, &one).unwrap().len(), 50);
         let two: BTreeMap<String, String> =
             [("a".into(), "".into()), ("b".into(), "".into())].into();
-        assert!(merged(&existing, &two).unwrap_err().contains("at most 50"));
+        assert_eq!(merged(&existing, &two).unwrap_err(), TagError::TooMany(51));
         // Overwriting an existing key does not count twice.
         let same: BTreeMap<String, String> = [("k0".into(), "changed".into())].into();
         assert_eq!(merged(&existing, &same).unwrap()["k0"], "changed");

@@ -351,11 +351,7 @@ async fn delete_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     if !enforce && !s.consumers.is_empty() {
         return Err(KinesisError::client(
             "ResourceInUseException",
-            format!(
-                "Stream {} has {} registered consumers; deregister them or set EnforceConsumerDeletion",
-                s.name,
-                s.consumers.len()
-            ),
+            crate::messages::stream_has_consumers(&s.name),
         ));
     }
     let cmd = MetaCommand::DeleteStream { name: s.name };
