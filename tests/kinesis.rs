@@ -929,6 +929,184 @@ async fn sdk_errors_read_as_kinesis_words_them() {
     assert_eq!(data, [b"after".as_slice()]);
 }
 
+/// Records of up to 10 MiB (issue 17): UpdateMaxRecordSize raises a stream's record size, and a
+/// 10 MiB record goes through PutRecord and the native PutRecords, and comes back whole through
+/// GetRecords (both APIs) and SubscribeToShard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_ten_mib_records() {
+    let mut cluster = Cluster::start("kinesis-10mib", 3).await;
+    let c = client(&cluster, 0);
+    let native = cluster.client();
+    let mib = 1024 * 1024;
+    c.create_stream()
+        .stream_name("big")
+        .shard_count(1)
+        .send()
+        .await
+        .expect("create");
+    wait_active(&c, "big").await;
+    let arn = summary(&c, "big").await.stream_arn;
+    assert_eq!(summary(&c, "big").await.max_record_size_in_kib, Some(1024));
+    let put = |data: Vec<u8>| {
+        c.put_record()
+            .stream_name("big")
+            .partition_key("k")
+            .data(Blob::new(data))
+            .send()
+    };
+    assert_eq!(code(put(vec![1u8; 2 * mib]).await), "ValidationException");
+    let resize = |kib: i32| {
+        c.update_max_record_size()
+            .stream_arn(&arn)
+            .max_record_size_in_kib(kib)
+            .send()
+    };
+    assert_eq!(code(resize(20_000).await), "ValidationException");
+    resize(10_240).await.expect("10 MiB records");
+    assert_eq!(
+        summary(&c, "big").await.max_record_size_in_kib,
+        Some(10_240)
+    );
+
+    // The largest record the stream takes: its data and partition key make 10 MiB.
+    let data: Vec<u8> = (0..10 * mib - 1).map(|i| (i % 251) as u8).collect();
+    put(data.clone()).await.expect("a 10 MiB record");
+    assert_eq!(
+        code(put(vec![0u8; 10 * mib]).await),
+        "InvalidArgumentException"
+    );
+    let native_data: Vec<u8> = data.iter().rev().copied().collect();
+    native
+        .put_records(
+            "big",
+            vec![millrace_client::PutRecord::new("k", native_data.clone())],
+        )
+        .await
+        .expect("native put")[0]
+        .as_ref()
+        .expect("acked");
+
+    // GetRecords (Kinesis): one record a call, each whole.
+    let it = iterator(
+        &c,
+        "big",
+        "shardId-000000000000",
+        ShardIteratorType::TrimHorizon,
+        None,
+    )
+    .await;
+    let got = read_records(&c, it, 2).await;
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[0].1 == data && got[1].1 == native_data,
+        "records came back whole"
+    );
+
+    // GetRecords (native).
+    let it = native
+        .get_shard_iterator(
+            "big",
+            "shardId-000000000000",
+            millrace_client::StartPosition::TrimHorizon,
+        )
+        .await
+        .expect("native iterator");
+    let page = native.get_records(&it, 10).await.expect("native read");
+    assert!(!page.records.is_empty());
+    assert!(page.records[0].data == data);
+
+    // SubscribeToShard pushes them whole too.
+    let consumer = c
+        .register_stream_consumer()
+        .stream_arn(&arn)
+        .consumer_name("reader")
+        .send()
+        .await
+        .expect("register")
+        .consumer
+        .expect("a consumer");
+    let mut sub = c
+        .subscribe_to_shard()
+        .consumer_arn(consumer.consumer_arn())
+        .shard_id("shardId-000000000000")
+        .starting_position(
+            StartingPosition::builder()
+                .r#type(ShardIteratorType::TrimHorizon)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("subscribe");
+    let mut pushed: Vec<Vec<u8>> = Vec::new();
+    while pushed.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), sub.event_stream.recv())
+            .await
+            .expect("an event in time")
+            .expect("an event")
+            .expect("the subscription goes on");
+        if let SubscribeToShardEventStream::SubscribeToShardEvent(e) = event {
+            pushed.extend(e.records.into_iter().map(|r| r.data.into_inner()));
+        }
+    }
+    assert!(pushed[0] == data && pushed[1] == native_data);
+
+    // Across a replica catching up: a follower of the shard is down while two more 10 MiB
+    // records are written; restarted, it catches up to the leader's applied index, with the
+    // records' bytes in its segment files.
+    let leader = wait_for_shard_leader(&cluster).await;
+    let (group, _) = cluster
+        .applied(leader)
+        .into_iter()
+        .find(|(g, _)| *g != 0)
+        .expect("the shard's group");
+    // Node 1 serves the SDK client: take the follower among the others.
+    let follower = (2..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+    for _ in 0..2 {
+        put(data.clone())
+            .await
+            .expect("a 10 MiB record, one replica down");
+    }
+    let applied_of = |cluster: &Cluster, id: u64| {
+        cluster
+            .applied(id)
+            .into_iter()
+            .find(|(g, _)| *g == group)
+            .and_then(|(_, a)| a)
+    };
+    let target = applied_of(&cluster, leader).expect("the leader's applied index");
+    cluster.spawn(follower);
+    let cluster = &cluster;
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted follower to catch up",
+        || async move { applied_of(cluster, follower).is_some_and(|a| a >= target) },
+    )
+    .await;
+    let on_disk: u64 = std::fs::read_dir(cluster.group_dir(follower, group))
+        .expect("the follower's group dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(
+        on_disk >= 4 * 10 * mib as u64,
+        "the caught-up replica holds {on_disk} bytes of log"
+    );
+}
+
+/// The node leading the cluster's only shard group.
+async fn wait_for_shard_leader(cluster: &Cluster) -> u64 {
+    let mut found = None;
+    wait_until(Duration::from_secs(30), "a shard leader", || {
+        let led = (1..=3).find(|id| !cluster.shard_leaderships(*id).is_empty());
+        found = led;
+        async move { led.is_some() }
+    })
+    .await;
+    found.expect("a leader")
+}
+
 fn common_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

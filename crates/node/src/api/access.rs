@@ -57,6 +57,7 @@ pub fn permission_of(action: &str) -> Option<Permission> {
         | "RegisterStreamConsumer"
         | "DeregisterStreamConsumer"
         | "UpdateStreamMode"
+        | "UpdateMaxRecordSize"
         | "EnableEnhancedMonitoring"
         | "DisableEnhancedMonitoring"
         | "StartStreamEncryption"

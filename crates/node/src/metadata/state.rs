@@ -281,6 +281,12 @@ pub enum MetaCommand {
         name: String,
         mode: StreamMode,
     },
+    /// UpdateMaxRecordSize (added with issue 17: a metadata log holding it is not readable by
+    /// an older node).
+    SetMaxRecordSize {
+        name: String,
+        max_record_bytes: usize,
+    },
     /// Enable/DisableEnhancedMonitoring ("ALL" stands for every metric).
     SetShardLevelMetrics {
         name: String,
@@ -614,6 +620,20 @@ impl MetaState {
                     for k in keys {
                         s.tags.remove(k);
                     }
+                    MetaResponse::Ok
+                }
+                Err(r) => r,
+            },
+            MetaCommand::SetMaxRecordSize {
+                name,
+                max_record_bytes,
+            } => match self.live_stream(name) {
+                Ok(s) if s.status != StreamStatus::Active => {
+                    let state = format!("{:?}", s.status).to_uppercase();
+                    MetaResponse::ResourceInUse(crate::messages::stream_not_active(name, &state))
+                }
+                Ok(s) => {
+                    s.max_record_bytes = *max_record_bytes;
                     MetaResponse::Ok
                 }
                 Err(r) => r,

@@ -127,6 +127,7 @@ pub(super) async fn dispatch(
         "DescribeStreamConsumer" => describe_consumer(svc, i).await?,
         "SubscribeToShard" => return subscribe_to_shard(svc, i, encoding).await,
         "UpdateStreamMode" => update_stream_mode(svc, i).await?,
+        "UpdateMaxRecordSize" => update_max_record_size(svc, i).await?,
         "EnableEnhancedMonitoring" => monitoring(svc, i, true).await?,
         "DisableEnhancedMonitoring" => monitoring(svc, i, false).await?,
         "StartStreamEncryption" => encryption(svc, i, true).await?,
@@ -431,6 +432,10 @@ async fn describe_stream_summary(svc: &MillraceService, mut i: Input<'_>) -> Res
             ("KeyId", key_id(&s)),
             ("OpenShardCount", Out::Int(open as i64)),
             ("ConsumerCount", Out::Int(s.consumers.len() as i64)),
+            (
+                "MaxRecordSizeInKiB",
+                Out::Int((s.max_record_bytes / 1024) as i64),
+            ),
         ]),
     )]))
 }
@@ -1060,6 +1065,21 @@ async fn update_stream_mode(svc: &MillraceService, mut i: Input<'_>) -> Result<O
     let cmd = MetaCommand::SetStreamMode {
         name: stream_name_from(&stream.unwrap_or_default())?,
         mode: mode_from(mode.flatten().as_deref().unwrap_or("PROVISIONED")),
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    Ok(no_output())
+}
+
+/// UpdateMaxRecordSize: 1024–10240 KiB (the model's range: ValidationException outside it).
+/// Records already written keep their size; the new limit applies to writes from now on.
+async fn update_max_record_size(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let _stream_id = i.string("StreamId", false, (1, 24), None);
+    let kib = i.int("MaxRecordSizeInKiB", true, (1024, 10240));
+    i.finish()?;
+    let cmd = MetaCommand::SetMaxRecordSize {
+        name: stream_name_from(&required_stream(stream)?)?,
+        max_record_bytes: kib.unwrap_or(1024) as usize * 1024,
     };
     meta_result(svc.node.propose_meta(&cmd).await?)?;
     Ok(no_output())
