@@ -596,6 +596,51 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
         r.is_err_and(|e| e.code() == Some("ResourceNotFoundException"))
     })
     .await;
+
+    // Account settings: stored and reported, with the commitment's minimum of 24 hours.
+    use aws_sdk_kinesis::types::{
+        MinimumThroughputBillingCommitmentInput as CommitmentInput,
+        MinimumThroughputBillingCommitmentInputStatus as Wanted,
+        MinimumThroughputBillingCommitmentOutputStatus as Status,
+    };
+    let settings = c
+        .describe_account_settings()
+        .send()
+        .await
+        .expect("describe");
+    let commitment = settings
+        .minimum_throughput_billing_commitment
+        .expect("reported");
+    assert_eq!(commitment.status, Status::Disabled);
+    let set = |wanted: Wanted| {
+        c.update_account_settings()
+            .minimum_throughput_billing_commitment(
+                CommitmentInput::builder().status(wanted).build().unwrap(),
+            )
+            .send()
+    };
+    let on = set(Wanted::Enabled)
+        .await
+        .expect("enable")
+        .minimum_throughput_billing_commitment
+        .expect("reported");
+    assert_eq!(on.status, Status::Enabled);
+    let started = on.started_at.expect("started").as_secs_f64();
+    let earliest = on
+        .earliest_allowed_end_at
+        .expect("earliest end")
+        .as_secs_f64();
+    assert_eq!(earliest - started, 24.0 * 3600.0);
+    // Disabled within the 24 hours: it runs on until then; any node reports the same.
+    set(Wanted::Disabled).await.expect("disable");
+    let later = client(&cluster, 2)
+        .describe_account_settings()
+        .send()
+        .await
+        .expect("describe")
+        .minimum_throughput_billing_commitment
+        .expect("reported");
+    assert_eq!(later.status, Status::EnabledUntilEarliestAllowedEnd);
 }
 
 /// The error code (`__type`) and message of a failed SDK call.

@@ -1,6 +1,7 @@
 //! The metadata group: members, streams, shards and placement.
 
 pub mod access;
+pub mod account;
 pub mod groups;
 pub mod machine;
 pub mod placement;

@@ -281,6 +281,12 @@ pub enum MetaCommand {
         name: String,
         mode: StreamMode,
     },
+    /// UpdateAccountSettings' minimum throughput billing commitment, at the proposer's time
+    /// (added with issue 17).
+    SetAccountCommitment {
+        enable: bool,
+        at_ms: i64,
+    },
     /// UpdateMaxRecordSize (added with issue 17: a metadata log holding it is not readable by
     /// an older node).
     SetMaxRecordSize {
@@ -356,6 +362,9 @@ pub struct MetaState {
     /// Access keys, their policies and resource policies.
     #[serde(default)]
     pub access: super::access::AccessState,
+    /// Account settings (DescribeAccountSettings), stored and reported.
+    #[serde(default)]
+    pub account: super::account::AccountSettings,
 }
 
 impl MetaState {
@@ -624,6 +633,10 @@ impl MetaState {
                 }
                 Err(r) => r,
             },
+            MetaCommand::SetAccountCommitment { enable, at_ms } => {
+                self.account.set_commitment(*enable, *at_ms);
+                MetaResponse::Ok
+            }
             MetaCommand::SetMaxRecordSize {
                 name,
                 max_record_bytes,

@@ -128,6 +128,12 @@ pub(super) async fn dispatch(
         "SubscribeToShard" => return subscribe_to_shard(svc, i, encoding).await,
         "UpdateStreamMode" => update_stream_mode(svc, i).await?,
         "UpdateMaxRecordSize" => update_max_record_size(svc, i).await?,
+        "DescribeAccountSettings" => {
+            i.finish()?;
+            svc.node.sync_meta().await?;
+            account_settings_out(svc)
+        }
+        "UpdateAccountSettings" => update_account_settings(svc, i).await?,
         "EnableEnhancedMonitoring" => monitoring(svc, i, true).await?,
         "DisableEnhancedMonitoring" => monitoring(svc, i, false).await?,
         "StartStreamEncryption" => encryption(svc, i, true).await?,
@@ -921,6 +927,38 @@ async fn list_tags_for_stream(svc: &MillraceService, mut i: Input<'_>) -> Result
         ("Tags", tags_out(page.into_iter())),
         ("HasMoreTags", Out::Bool(tags.next().is_some())),
     ]))
+}
+
+/// The account settings, as DescribeAccountSettings and UpdateAccountSettings answer.
+fn account_settings_out(svc: &MillraceService) -> Out {
+    let now = crate::server::now_ms();
+    let v = svc.node.meta.read(|s| s.account.view(now));
+    let at = |ms: Option<i64>| ms.map_or(Out::Null, Out::Timestamp);
+    Out::map(vec![(
+        "MinimumThroughputBillingCommitment",
+        Out::map(vec![
+            ("Status", Out::str(v.status)),
+            ("StartedAt", at(v.started_ms)),
+            ("EndedAt", at(v.ended_ms)),
+            ("EarliestAllowedEndAt", at(v.earliest_allowed_end_ms)),
+        ]),
+    )])
+}
+
+/// UpdateAccountSettings: stored and reported (Millrace bills nothing; see
+/// `metadata/account.rs`).
+async fn update_account_settings(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let status = i.nested("MinimumThroughputBillingCommitment", true, |c| {
+        c.enumeration("Status", true, &["ENABLED", "DISABLED"])
+    });
+    i.finish()?;
+    let cmd = MetaCommand::SetAccountCommitment {
+        enable: status.flatten().as_deref() == Some("ENABLED"),
+        at_ms: crate::server::now_ms(),
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    svc.node.sync_meta().await?;
+    Ok(account_settings_out(svc))
 }
 
 async fn describe_limits(svc: &MillraceService) -> Result<Out> {
