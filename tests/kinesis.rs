@@ -791,6 +791,38 @@ async fn sdk_errors_read_as_kinesis_words_them() {
         );
     }
 
+    // GetShardIterator: the starting position's members must fit the iterator type.
+    let either = "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber.";
+    let start_at = |kind: ShardIteratorType, seq: Option<&str>| {
+        c.get_shard_iterator()
+            .stream_name("orders")
+            .shard_id("shardId-000000000000")
+            .shard_iterator_type(kind)
+            .set_starting_sequence_number(seq.map(String::from))
+            .send()
+    };
+    expect(
+        failure(start_at(ShardIteratorType::TrimHorizon, Some("1")).await),
+        invalid,
+        &format!("{either} Request specified TRIM_HORIZON and also a StartingSequenceNumber."),
+    );
+    expect(
+        failure(start_at(ShardIteratorType::AtSequenceNumber, None).await),
+        invalid,
+        &format!("{either} Request specified AT_SEQUENCE_NUMBER and no StartingSequenceNumber."),
+    );
+    expect(
+        failure(start_at(ShardIteratorType::AtTimestamp, None).await),
+        invalid,
+        "Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP. Current request has no timestamp parameter.",
+    );
+    let too_big = "9".repeat(60);
+    expect(
+        failure(start_at(ShardIteratorType::AtSequenceNumber, Some(&too_big)).await),
+        invalid,
+        &format!("StartingSequenceNumber {too_big} used in GetShardIterator on shard shardId-000000000000 in stream orders under account 123456789012 is invalid."),
+    );
+
     // Record sizes: data over the stream's limit breaks the model's length constraint
     // (ValidationException, naming the member); the partition key counts toward the limit;
     // a request over 5 MiB in all is refused whole.

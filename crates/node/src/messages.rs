@@ -104,6 +104,14 @@ fn java_date(ms: i64) -> String {
     )
 }
 
+/// GetShardIterator with a StartingSequenceNumber that is not one.
+pub fn sequence_number_invalid(sequence: &str, stream: &str, shard: &str) -> String {
+    format!(
+        "StartingSequenceNumber {sequence} used in GetShardIterator on shard {shard} in stream {stream} under account {} is invalid.",
+        account()
+    )
+}
+
 /// A stream that is not ACTIVE, to actions that need it to be (resharding).
 pub fn stream_not_active(stream: &str, state: &str) -> String {
     format!(

@@ -383,8 +383,15 @@ impl MillraceService {
         use pb::ShardIteratorType as T;
         let kind = T::try_from(req.shard_iterator_type).unwrap_or(T::Unspecified);
         let parse_seq = || {
-            SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number)
-                .map_err(ApiError::InvalidArgument)
+            SequenceNumber::parse("StartingSequenceNumber", &req.starting_sequence_number).map_err(
+                |_| {
+                    ApiError::InvalidArgument(crate::messages::sequence_number_invalid(
+                        &req.starting_sequence_number,
+                        &stream.name,
+                        &shard.shard_id,
+                    ))
+                },
+            )
         };
         let (index, position) = match kind {
             T::TrimHorizon => (0, 0),

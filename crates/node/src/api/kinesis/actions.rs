@@ -731,23 +731,27 @@ fn iterator_type(name: Option<&str>) -> pb::ShardIteratorType {
 }
 
 /// Checks that a position's type has what it needs (Kinesis: InvalidArgumentException).
+/// The starting position's members that the iterator type needs, and no others (Kinesis's
+/// words: `kind_name` is the type as the request spelled it).
 fn check_position(
     kind: pb::ShardIteratorType,
+    kind_name: &str,
     seq: &Option<String>,
     ts: Option<i64>,
 ) -> Result<()> {
     use pb::ShardIteratorType as T;
-    let invalid = |m: &str| {
-        Err(KinesisError::client(
-            "InvalidArgumentException",
-            m.to_string(),
-        ))
-    };
+    let invalid = |m: String| Err(KinesisError::client("InvalidArgumentException", m));
+    let either = "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber.";
     match kind {
-        T::AtSequenceNumber | T::AfterSequenceNumber if seq.is_none() => invalid(
-            "StartingSequenceNumber is required for AT_SEQUENCE_NUMBER and AFTER_SEQUENCE_NUMBER",
+        T::AtSequenceNumber | T::AfterSequenceNumber if seq.is_none() => invalid(format!(
+            "{either} Request specified {kind_name} and no StartingSequenceNumber."
+        )),
+        T::TrimHorizon | T::Latest if seq.is_some() => invalid(format!(
+            "{either} Request specified {kind_name} and also a StartingSequenceNumber."
+        )),
+        T::AtTimestamp if ts.is_none() => invalid(
+            "Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP. Current request has no timestamp parameter.".into(),
         ),
-        T::AtTimestamp if ts.is_none() => invalid("Timestamp is required for AT_TIMESTAMP"),
         _ => Ok(()),
     }
 }
@@ -764,8 +768,9 @@ async fn get_shard_iterator(svc: &MillraceService, mut i: Input<'_>) -> Result<O
     );
     let ts = i.timestamp("Timestamp", false);
     i.finish()?;
-    let kind = iterator_type(kind.as_deref());
-    check_position(kind, &seq, ts)?;
+    let kind_name = kind.unwrap_or_default();
+    let kind = iterator_type(Some(&kind_name));
+    check_position(kind, &kind_name, &seq, ts)?;
     let resp = svc
         .get_shard_iterator_impl(pb::GetShardIteratorRequest {
             stream_name: required_stream(stream)?,
@@ -1233,8 +1238,9 @@ async fn subscribe_to_shard(
     });
     i.finish()?;
     let (kind, seq, ts) = start.unwrap_or_default();
-    let kind = iterator_type(kind.as_deref());
-    check_position(kind, &seq, ts)?;
+    let kind_name = kind.unwrap_or_default();
+    let kind = iterator_type(Some(&kind_name));
+    check_position(kind, &kind_name, &seq, ts)?;
     let consumer = consumer.unwrap_or_default();
     parse_consumer_arn(&consumer)?;
     let events = svc
