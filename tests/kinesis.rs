@@ -1315,6 +1315,68 @@ async fn sdk_resharding_returns_child_shards() {
         ),
         "InvalidArgumentException"
     );
+
+    // UpdateStreamWarmThroughput scales an ON_DEMAND stream (4 shards to start) to one shard
+    // per MiB/s, once the account has the billing commitment; not a PROVISIONED stream.
+    c.create_stream()
+        .stream_name("warm")
+        .stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create warm");
+    wait_active(&c, "warm").await;
+    let warm = |stream: &'static str, mibps: i32| {
+        c.update_stream_warm_throughput()
+            .stream_name(stream)
+            .warm_throughput_mibps(mibps)
+            .send()
+    };
+    assert_eq!(code(warm("warm", 10).await), "InvalidArgumentException");
+    c.update_account_settings()
+        .minimum_throughput_billing_commitment(
+            aws_sdk_kinesis::types::MinimumThroughputBillingCommitmentInput::builder()
+                .status(
+                    aws_sdk_kinesis::types::MinimumThroughputBillingCommitmentInputStatus::Enabled,
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("commit");
+    assert_eq!(code(warm("s", 10).await), "InvalidArgumentException");
+    let scaled = warm("warm", 10).await.expect("warm throughput");
+    let target = scaled.warm_throughput.expect("reported");
+    assert_eq!(
+        (target.target_mibps, target.current_mibps),
+        (Some(10), Some(4))
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "warm at 10 open shards",
+        || async {
+            let s = summary(&c, "warm").await;
+            s.stream_status == StreamStatus::Active && s.open_shard_count == 10
+        },
+    )
+    .await;
+    let now = summary(&c, "warm")
+        .await
+        .warm_throughput
+        .expect("warm throughput");
+    assert_eq!((now.target_mibps, now.current_mibps), (Some(10), Some(10)));
+    // A lower target keeps the shards (the stream is already scaled past it).
+    warm("warm", 2).await.expect("lower target");
+    assert_eq!(summary(&c, "warm").await.open_shard_count, 10);
+    assert_eq!(
+        code(warm("warm", 1_000_000).await),
+        "LimitExceededException"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

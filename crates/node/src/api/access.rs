@@ -58,6 +58,7 @@ pub fn permission_of(action: &str) -> Option<Permission> {
         | "DeregisterStreamConsumer"
         | "UpdateStreamMode"
         | "UpdateMaxRecordSize"
+        | "UpdateStreamWarmThroughput"
         | "UpdateAccountSettings"
         | "EnableEnhancedMonitoring"
         | "DisableEnhancedMonitoring"

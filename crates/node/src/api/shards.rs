@@ -10,7 +10,8 @@ use super::error::ApiError;
 use super::grpc::{meta_result, stream_name_from, MillraceService};
 use crate::metadata::placement::{place_replicas, NodeId, NodeLoad, PlacementError};
 use crate::metadata::reshard::{
-    plan_merge, plan_split, plan_uniform_scaling, PlanError, ReshardPlan,
+    plan_merge, plan_split, plan_uniform_scaling, plan_warm_throughput, shards_for_mibps,
+    PlanError, ReshardPlan,
 };
 use crate::metadata::state::{MetaCommand, ShardMeta, ShardStatus, StreamMeta};
 use crate::server::now_ms;
@@ -208,6 +209,41 @@ impl MillraceService {
             timestamp_ms: now_ms(),
         };
         meta_result(self.node.propose_meta(&cmd).await?)
+    }
+
+    /// UpdateStreamWarmThroughput: records the target (ON_DEMAND streams of an account with
+    /// the billing commitment) and, when the open shards cannot take it, reshards the stream to
+    /// one shard per MiB/s. Answers the open shards' capacity before the change, in MiB/s.
+    pub(super) async fn update_warm_throughput_impl(
+        &self,
+        name: &str,
+        mibps: u32,
+    ) -> Result<u32, ApiError> {
+        let stream = self.stream_fresh(&stream_name_from(name)?).await?;
+        let max = self.node.config.shards_per_stream_max;
+        let target = shards_for_mibps(mibps);
+        if target > max {
+            return Err(ApiError::LimitExceeded(format!(
+                "WarmThroughputMiBps {mibps} needs {target} shards; the limit is {max} shards per stream"
+            )));
+        }
+        if stream.status != crate::metadata::state::StreamStatus::Active {
+            let state = format!("{:?}", stream.status).to_uppercase();
+            let message = crate::messages::stream_not_active(&stream.name, &state);
+            return Err(ApiError::ResourceInUse(message));
+        }
+        let current = stream.shards.iter().filter(|s| s.is_current()).count() as u32;
+        let cmd = MetaCommand::SetWarmThroughput {
+            name: stream.name.clone(),
+            mibps,
+            at_ms: now_ms(),
+        };
+        meta_result(self.node.propose_meta(&cmd).await?)?;
+        if let Some(plan) = plan_warm_throughput(&stream, mibps) {
+            self.check_shard_limit(plan.children.len() - plan.parents.len())?;
+            self.reshard(&stream, plan).await?;
+        }
+        Ok(current)
     }
 
     pub(super) async fn split_shard_impl(

@@ -129,6 +129,32 @@ pub fn plan_uniform_scaling(stream: &StreamMeta, target: u32) -> Result<ReshardP
     })
 }
 
+/// The shards an ON_DEMAND stream needs for a warm throughput of `mibps` (one per MiB/s of
+/// writes, Kinesis's shard capacity).
+pub fn shards_for_mibps(mibps: u32) -> u32 {
+    mibps.max(1)
+}
+
+/// UpdateStreamWarmThroughput's scaling: when the open shards cannot take `mibps`, every open
+/// shard closes and [`shards_for_mibps`] children split the key space evenly (as
+/// UNIFORM_SCALING, without its doubling bound); `None` when the stream already has enough.
+pub fn plan_warm_throughput(stream: &StreamMeta, mibps: u32) -> Option<ReshardPlan> {
+    let mut open: Vec<&ShardMeta> = stream
+        .shards
+        .iter()
+        .filter(|s| s.status == ShardStatus::Open)
+        .collect();
+    let target = shards_for_mibps(mibps);
+    if target as usize <= open.len() {
+        return None;
+    }
+    open.sort_by_key(|s| s.starting_hash_key);
+    Some(ReshardPlan {
+        parents: open.iter().map(|s| s.shard_id.clone()).collect(),
+        children: even_ranges(target),
+    })
+}
+
 impl MetaState {
     pub(super) fn apply_reshard(
         &mut self,
@@ -408,5 +434,19 @@ mod tests {
             vec!["shardId-000000000000", "shardId-000000000001"]
         );
         assert_eq!(s.shards[6].parent_shard_ids, vec!["shardId-000000000002"]);
+    }
+
+    #[test]
+    fn warm_throughput_scales_up_only_past_the_open_shards() {
+        let st = state_with_stream(3);
+        let s = &st.streams["s"];
+        assert_eq!(plan_warm_throughput(s, 0), None);
+        assert_eq!(plan_warm_throughput(s, 3), None);
+        // Beyond double at once, unlike UpdateShardCount.
+        let plan = plan_warm_throughput(s, 10).expect("a plan");
+        assert_eq!(plan.parents.len(), 3);
+        assert_eq!(plan.children, even_ranges(10));
+        let mut st2 = st.clone();
+        assert_eq!(reshard(&mut st2, plan), MetaResponse::Ok);
     }
 }

@@ -111,6 +111,10 @@ pub struct StreamMeta {
     /// Millrace does not encrypt with it).
     #[serde(default)]
     pub encryption_key_id: Option<String>,
+    /// Kinesis warm throughput (ON_DEMAND streams): the write MiB/s the stream is kept scaled
+    /// for, one shard per MiB/s; 0 for none.
+    #[serde(default)]
+    pub warm_throughput_mibps: u32,
 }
 
 /// Kinesis capacity modes.
@@ -280,6 +284,13 @@ pub enum MetaCommand {
     SetStreamMode {
         name: String,
         mode: StreamMode,
+    },
+    /// UpdateStreamWarmThroughput's target (added with issue 17): checked against the stream's
+    /// mode and the account's commitment as of `at_ms`; the shards are added by a reshard after.
+    SetWarmThroughput {
+        name: String,
+        mibps: u32,
+        at_ms: i64,
     },
     /// UpdateAccountSettings' minimum throughput billing commitment, at the proposer's time
     /// (added with issue 17).
@@ -466,6 +477,7 @@ impl MetaState {
                         stream_mode: *stream_mode,
                         shard_level_metrics: BTreeSet::new(),
                         encryption_key_id: None,
+                        warm_throughput_mibps: 0,
                     },
                 );
                 MetaResponse::Ok
@@ -633,6 +645,22 @@ impl MetaState {
                 }
                 Err(r) => r,
             },
+            MetaCommand::SetWarmThroughput { name, mibps, at_ms } => {
+                let committed = self.account.view(*at_ms).status != "DISABLED";
+                match self.live_stream(name) {
+                    Ok(s) if s.stream_mode != StreamMode::OnDemand => MetaResponse::InvalidArgument(
+                        format!("Stream {name} is PROVISIONED: warm throughput is for ON_DEMAND streams"),
+                    ),
+                    Ok(_) if !committed => MetaResponse::InvalidArgument(
+                        "Warm throughput needs the account's MinimumThroughputBillingCommitment ENABLED (UpdateAccountSettings)".into(),
+                    ),
+                    Ok(s) => {
+                        s.warm_throughput_mibps = *mibps;
+                        MetaResponse::Ok
+                    }
+                    Err(r) => r,
+                }
+            }
             MetaCommand::SetAccountCommitment { enable, at_ms } => {
                 self.account.set_commitment(*enable, *at_ms);
                 MetaResponse::Ok

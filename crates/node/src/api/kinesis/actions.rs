@@ -128,6 +128,7 @@ pub(super) async fn dispatch(
         "SubscribeToShard" => return subscribe_to_shard(svc, i, encoding).await,
         "UpdateStreamMode" => update_stream_mode(svc, i).await?,
         "UpdateMaxRecordSize" => update_max_record_size(svc, i).await?,
+        "UpdateStreamWarmThroughput" => update_warm_throughput(svc, i).await?,
         "DescribeAccountSettings" => {
             i.finish()?;
             svc.node.sync_meta().await?;
@@ -442,6 +443,7 @@ async fn describe_stream_summary(svc: &MillraceService, mut i: Input<'_>) -> Res
                 "MaxRecordSizeInKiB",
                 Out::Int((s.max_record_bytes / 1024) as i64),
             ),
+            ("WarmThroughput", warm_throughput_out(&s, open)),
         ]),
     )]))
 }
@@ -1111,6 +1113,47 @@ async fn update_stream_mode(svc: &MillraceService, mut i: Input<'_>) -> Result<O
     };
     meta_result(svc.node.propose_meta(&cmd).await?)?;
     Ok(no_output())
+}
+
+/// UpdateStreamWarmThroughput: scales an ON_DEMAND stream to one shard per MiB/s asked for.
+async fn update_warm_throughput(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let _stream_id = i.string("StreamId", false, (1, 24), None);
+    let mibps = i.int("WarmThroughputMiBps", true, (0, i32::MAX.into()));
+    i.finish()?;
+    let name = stream_name_from(&required_stream(stream)?)?;
+    let mibps = mibps.unwrap_or(0) as u32;
+    let current = svc.update_warm_throughput_impl(&name, mibps).await?;
+    Ok(Out::map(vec![
+        (
+            "StreamARN",
+            Out::str(svc.node.config.kinesis.stream_arn(&name)),
+        ),
+        ("StreamName", Out::str(&name)),
+        (
+            "WarmThroughput",
+            Out::map(vec![
+                ("TargetMiBps", Out::Int(mibps.into())),
+                ("CurrentMiBps", Out::Int(current.into())),
+            ]),
+        ),
+    ]))
+}
+
+/// An ON_DEMAND stream's warm throughput for DescribeStreamSummary: the target asked for (if
+/// any) and what its open shards take now (1 MiB/s each).
+fn warm_throughput_out(s: &StreamMeta, open: usize) -> Out {
+    if s.stream_mode != StreamMode::OnDemand {
+        return Out::Null;
+    }
+    let target = match s.warm_throughput_mibps {
+        0 => Out::Null,
+        n => Out::Int(n.into()),
+    };
+    Out::map(vec![
+        ("TargetMiBps", target),
+        ("CurrentMiBps", Out::Int(open as i64)),
+    ])
 }
 
 /// UpdateMaxRecordSize: 1024–10240 KiB (the model's range: ValidationException outside it).
