@@ -25,12 +25,8 @@ struct Log {
     calls_ok: usize,
 }
 
-/// Writer `w` owns keys w, w+4, …; it writes one value per key per call, values increasing.
-async fn writer(client: Client, w: usize, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
-    let keys: Vec<String> = (w..KEYS)
-        .step_by(WRITERS)
-        .map(|k| format!("key-{k}"))
-        .collect();
+/// A writer owns `keys`; it writes one value per key per call, values increasing.
+async fn writer(client: Client, keys: Vec<String>, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
     let mut next = 0u64;
     while !stop.load(Ordering::Relaxed) {
         next += 1;
@@ -114,8 +110,13 @@ async fn reshard_under_load_keeps_per_key_order() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Log::default()));
+    // Writer w owns keys w, w+4, ….
     let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(writer(client.clone(), w, stop.clone(), log.clone())))
+        .map(|w| {
+            let keys = (w..KEYS).step_by(WRITERS).map(|k| format!("key-{k}"));
+            let keys = keys.collect();
+            tokio::spawn(writer(client.clone(), keys, stop.clone(), log.clone()))
+        })
         .collect();
     wait_calls(&log, 20).await;
 
@@ -223,10 +224,20 @@ async fn reshard_under_load_keeps_per_key_order() {
             by_key.entry(k).or_default().push(v);
         }
     }
-    let log = std::mem::take(&mut *log.lock().unwrap());
     assert_eq!(by_key.len(), KEYS, "every key was read");
+    let total = check_per_key(&by_key, &log);
+    assert!(
+        total > 1000,
+        "the writers wrote through the reshards ({total} acknowledged)"
+    );
+}
+
+/// Per key, the values read increase (order kept, nothing twice), every acknowledged value was
+/// read, and every value read was acknowledged or in doubt. Answers the acknowledged values.
+fn check_per_key(by_key: &BTreeMap<String, Vec<u64>>, log: &Arc<Mutex<Log>>) -> usize {
+    let log = std::mem::take(&mut *log.lock().unwrap());
     let mut total = 0;
-    for (k, read) in &by_key {
+    for (k, read) in by_key {
         for w in read.windows(2) {
             assert!(
                 w[0] < w[1],
@@ -248,8 +259,119 @@ async fn reshard_under_load_keeps_per_key_order() {
         }
         total += acked.len();
     }
-    assert!(
-        total > 1000,
-        "the writers wrote through the reshards ({total} acknowledged)"
-    );
+    total
+}
+
+/// ON_DEMAND streams scale themselves (issue 17): writes over a shard's capacity into one
+/// key range split the shard holding it (after the hot spell the test shortens to 2 s), with
+/// every record read back once and in per-key order; the cold shards stay as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_splits_a_hot_key_range() {
+    use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_kinesis::types::{StreamMode, StreamModeDetails};
+    let env = [("MILLRACE_TEST_ON_DEMAND_SPLIT_AFTER_MS", "2000")];
+    let cluster = Cluster::start_with_env("on-demand", 3, &env).await;
+    let client = cluster.client();
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{}", cluster.http_addr(1)))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .build();
+    aws_sdk_kinesis::Client::from_conf(conf)
+        .create_stream()
+        .stream_name("rs")
+        .stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create an ON_DEMAND stream");
+    client
+        .wait_for_active("rs", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let open = |d: &millrace_client::proto::StreamDescription| {
+        d.shards
+            .iter()
+            .filter(|s| {
+                let range = s.sequence_number_range.as_ref().unwrap();
+                range.ending_sequence_number.is_empty()
+            })
+            .count()
+    };
+    let first = client.describe_stream("rs").await.expect("describe");
+    assert_eq!(open(&first), 4, "ON_DEMAND streams start with 4 shards");
+
+    // 40 keys, all hashing into the first shard's quarter of the key space.
+    let hot: Vec<String> = (0..)
+        .map(|i| format!("hot-{i}"))
+        .filter(|k| millrace_node::shard::hashing::partition_key_hash(k) < 1u128 << 126)
+        .take(40)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Log::default()));
+    let tasks: Vec<_> = hot
+        .chunks(10)
+        .map(|keys| {
+            tokio::spawn(writer(
+                client.clone(),
+                keys.to_vec(),
+                stop.clone(),
+                log.clone(),
+            ))
+        })
+        .collect();
+    wait_until(Duration::from_secs(90), "the hot shard split", || {
+        let client = client.clone();
+        async move {
+            client
+                .describe_stream("rs")
+                .await
+                .is_ok_and(|d| open(&d) > 4)
+        }
+    })
+    .await;
+    wait_calls(&log, 20).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let d = client
+        .wait_for_active("rs", Duration::from_secs(60))
+        .await
+        .expect("active after the split");
+    // Only the hot quarter was split: the other three shards are still open.
+    let still_open: Vec<&str> = d
+        .shards
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range
+                .as_ref()
+                .unwrap()
+                .ending_sequence_number
+                .is_empty()
+        })
+        .map(|s| s.shard_id.as_str())
+        .collect();
+    for cold in [
+        "shardId-000000000001",
+        "shardId-000000000002",
+        "shardId-000000000003",
+    ] {
+        assert!(still_open.contains(&cold), "{cold} is open: {still_open:?}");
+    }
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for s in &d.shards {
+        let (records, _) = read_shard(&client, &s.shard_id).await;
+        for (_, k, v) in records {
+            by_key.entry(k).or_default().push(v);
+        }
+    }
+    assert_eq!(by_key.len(), hot.len(), "every key was read");
+    let total = check_per_key(&by_key, &log);
+    assert!(total > 2000, "{total} records acknowledged");
 }

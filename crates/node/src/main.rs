@@ -124,6 +124,14 @@ struct ServeArgs {
         hide = true
     )]
     test_iterator_ttl_ms: i64,
+    /// Test-only: how long an ON_DEMAND shard stays hot before it is split (30 s).
+    #[arg(
+        long,
+        env = "MILLRACE_TEST_ON_DEMAND_SPLIT_AFTER_MS",
+        default_value_t = 30_000,
+        hide = true
+    )]
+    test_on_demand_split_after_ms: u64,
     #[arg(
         long,
         env = "MILLRACE_RETENTION_CHECK_INTERVAL_MS",
@@ -354,6 +362,7 @@ fn main() -> std::process::ExitCode {
                     shards_per_cluster_max: a.shards_per_cluster_max,
                     default_replication_factor: a.replication_factor,
                     iterator_ttl_ms: a.test_iterator_ttl_ms,
+                    on_demand_split_after_ms: a.test_on_demand_split_after_ms,
                     retention_check_interval_ms: a.retention_check_interval_ms,
                     test_retention_seconds: a.test_retention_seconds,
                     segment_bytes_max: a.segment_bytes_max,

@@ -246,7 +246,7 @@ impl MillraceService {
         Ok(current)
     }
 
-    pub(super) async fn split_shard_impl(
+    pub(crate) async fn split_shard_impl(
         &self,
         req: pb::SplitShardRequest,
     ) -> Result<(), ApiError> {
@@ -262,7 +262,7 @@ impl MillraceService {
         self.reshard(&stream, plan).await
     }
 
-    pub(super) async fn merge_shards_impl(
+    pub(crate) async fn merge_shards_impl(
         &self,
         req: pb::MergeShardsRequest,
     ) -> Result<(), ApiError> {

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod account;
+pub mod autoscale;
 pub mod groups;
 pub mod machine;
 pub mod placement;

@@ -57,6 +57,20 @@ impl Liveness {
             .collect()
     }
 
+    /// Each group leader's load counters as last reported: (group, leader node, when the
+    /// report arrived, records, bytes).
+    pub(super) fn leader_loads(&self) -> Vec<(u64, u64, Instant, u64, u64)> {
+        self.seen
+            .iter()
+            .flat_map(|(node, (at, r))| {
+                r.groups
+                    .iter()
+                    .filter(|g| g.state == "Leader" && g.group_id != METADATA_GROUP_ID)
+                    .map(move |g| (g.group_id, *node, *at, g.records_applied, g.bytes_applied))
+            })
+            .collect()
+    }
+
     /// The consumer groups' lag, as the nodes last reported it.
     fn consumer_lags(&self) -> super::cluster_view::ReportedLags {
         super::cluster_view::reported_lags(
@@ -101,8 +115,18 @@ impl Node {
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 has_applied: m.last_applied.is_some(),
                 term: m.current_term,
+                ..Default::default()
             });
         });
+        // The shards this node leads carry their load (for ON_DEMAND scaling).
+        {
+            let shards = self.shards.lock().expect("shards lock");
+            for g in groups.iter_mut().filter(|g| led.contains(&g.group_id)) {
+                if let Some(shared) = shards.get(&g.group_id) {
+                    (g.records_applied, g.bytes_applied) = shared.applied_load();
+                }
+            }
+        }
         self.metrics.note_leaders(&leaders);
         self.metrics
             .shard_term_max
@@ -223,7 +247,7 @@ impl Node {
         }
     }
 
-    fn silent_for(&self, node: u64) -> Duration {
+    pub(super) fn silent_for(&self, node: u64) -> Duration {
         self.liveness
             .lock()
             .expect("liveness lock")

@@ -36,6 +36,10 @@ pub struct ServeConfig {
     /// Shard iterator lifetime. Kinesis fixes it at 5 minutes; only tests shorten it
     /// (`MILLRACE_TEST_ITERATOR_TTL_MS`).
     pub iterator_ttl_ms: i64,
+    /// How long an ON_DEMAND stream's shard must stay over its write capacity before it is
+    /// split (`metadata/autoscale.rs`; 30 s, shortened only by tests,
+    /// `MILLRACE_TEST_ON_DEMAND_SPLIT_AFTER_MS`).
+    pub on_demand_split_after_ms: u64,
     /// How often each shard leader looks for expired records (and replicas apply marks).
     pub retention_check_interval_ms: u64,
     /// Test-only: retention periods are read as this many *seconds* for every stream
@@ -467,6 +471,7 @@ mod tests {
             shards_per_cluster_max: 10_000,
             default_replication_factor: 3,
             iterator_ttl_ms: 300_000,
+            on_demand_split_after_ms: 30_000,
             retention_check_interval_ms: 60_000,
             test_retention_seconds: None,
             segment_bytes_max: 64 * 1024 * 1024,

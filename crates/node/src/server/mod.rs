@@ -7,6 +7,7 @@ pub mod config;
 mod http_serve;
 pub mod metrics;
 pub mod node;
+mod on_demand;
 mod quiesce;
 mod reconcile;
 pub mod request_id;

@@ -220,6 +220,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(reconcile::register(node.clone()));
     tokio::spawn(reconcile::reconcile_groups(node.clone()));
     tokio::spawn(reconcile::leader_loop(node.clone()));
+    tokio::spawn(super::on_demand::scale_loop(node.clone()));
     tokio::spawn(super::retention::retention_loop(node.clone()));
     tokio::spawn(super::cluster::report_loop(node.clone()));
     tokio::spawn(super::quiesce::quiesce_loop(node.clone()));

@@ -105,6 +105,10 @@ pub struct ShardShared {
     arrival_samples: Mutex<Vec<(i64, u64)>>,
     /// Records each applied entry added (for consumer groups' lag in records).
     record_counts: Mutex<super::record_counts::RecordCounts>,
+    /// Records and entry bytes this replica applied since it started (its load, for ON_DEMAND
+    /// scaling; only the leader's are used).
+    records_applied: std::sync::atomic::AtomicU64,
+    bytes_applied: std::sync::atomic::AtomicU64,
     /// Arrival times of entries read for consumer groups' lag in time (a few: each group's
     /// first unprocessed entry), by log index.
     arrivals_read: Mutex<BTreeMap<u64, i64>>,
@@ -133,6 +137,8 @@ impl ShardShared {
             throttle: Mutex::new(ShardThrottle::new(std::time::Instant::now())),
             record_counts: Mutex::default(),
             arrivals_read: Mutex::default(),
+            records_applied: Default::default(),
+            bytes_applied: Default::default(),
             producers: Mutex::new(BTreeMap::new()),
             duplicates: Mutex::new(BTreeMap::new()),
             proposer: super::proposer::ShardProposer::default(),
@@ -238,6 +244,15 @@ impl ShardShared {
 
     pub fn latest_arrival_ms(&self) -> i64 {
         *self.latest_arrival_ms.lock().expect("arrival lock")
+    }
+
+    /// (records, bytes) this replica applied since it started.
+    pub fn applied_load(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.records_applied.load(Relaxed),
+            self.bytes_applied.load(Relaxed),
+        )
     }
 
     /// The arrival time of the entry at `index`, read with `read` unless read before.
@@ -406,6 +421,13 @@ impl GroupStateMachine for ShardMachine {
                 (Vec::new(), 0)
             }
         };
+        if records > 0 {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.shared.records_applied.fetch_add(records, Relaxed);
+            self.shared
+                .bytes_applied
+                .fetch_add(data.len() as u64, Relaxed);
+        }
         self.advance(log_id.index, records);
         response
     }
