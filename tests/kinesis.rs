@@ -1377,6 +1377,51 @@ async fn sdk_resharding_returns_child_shards() {
         code(warm("warm", 1_000_000).await),
         "LimitExceededException"
     );
+
+    // UpdateStreamRecordDistributionStrategy: AUTO spreads even one partition key over every
+    // open shard; USER_PARTITION_KEY hashes it to one again. PROVISIONED streams refuse AUTO.
+    use aws_sdk_kinesis::types::RecordDistributionStrategy as Strategy;
+    let warm_arn = summary(&c, "warm").await.stream_arn;
+    let s_arn = summary(&c, "s").await.stream_arn;
+    let strategy = |arn: &str, st: Strategy| {
+        c.update_stream_record_distribution_strategy()
+            .stream_arn(arn)
+            .record_distribution_strategy(st)
+            .send()
+    };
+    assert_eq!(
+        code(strategy(&s_arn, Strategy::Auto).await),
+        "InvalidArgumentException"
+    );
+    let shards_used = || async {
+        let mut used = BTreeSet::new();
+        for _ in 0..2 {
+            let mut call = c.put_records().stream_name("warm");
+            for i in 0..100 {
+                call = call.records(
+                    PutRecordsRequestEntry::builder()
+                        .partition_key("one-key")
+                        .data(Blob::new(format!("{i}")))
+                        .build()
+                        .unwrap(),
+                );
+            }
+            let out = call.send().await.expect("put records");
+            assert_eq!(out.failed_record_count, Some(0));
+            used.extend(out.records.into_iter().filter_map(|r| r.shard_id));
+        }
+        used.len()
+    };
+    strategy(&warm_arn, Strategy::Auto).await.expect("AUTO");
+    assert_eq!(
+        summary(&c, "warm").await.record_distribution_strategy,
+        Some(Strategy::Auto)
+    );
+    assert_eq!(shards_used().await, 10, "200 records over all 10 shards");
+    strategy(&warm_arn, Strategy::UserPartitionKey)
+        .await
+        .expect("USER_PARTITION_KEY");
+    assert_eq!(shards_used().await, 1, "one partition key, one shard");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

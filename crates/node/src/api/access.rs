@@ -59,6 +59,7 @@ pub fn permission_of(action: &str) -> Option<Permission> {
         | "UpdateStreamMode"
         | "UpdateMaxRecordSize"
         | "UpdateStreamWarmThroughput"
+        | "UpdateStreamRecordDistributionStrategy"
         | "UpdateAccountSettings"
         | "EnableEnhancedMonitoring"
         | "DisableEnhancedMonitoring"

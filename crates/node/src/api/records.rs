@@ -205,7 +205,15 @@ impl MillraceService {
             )));
         }
         let producer = producer_of(&req)?;
-        let records = validate(req, routes.max_record_bytes)?;
+        let mut records = validate(req, routes.max_record_bytes)?;
+        if routes.auto_distribution {
+            // AUTO: partition keys and explicit hash keys do not place records.
+            for r in &mut records {
+                if let Some(key) = routes.any_shard_key() {
+                    r.hash_key = key.to_be_bytes().to_vec();
+                }
+            }
+        }
         sizes.note(
             records.iter().map(|r| r.data.len()),
             routes.shard_level_metrics,

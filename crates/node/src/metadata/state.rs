@@ -115,6 +115,10 @@ pub struct StreamMeta {
     /// for, one shard per MiB/s; 0 for none.
     #[serde(default)]
     pub warm_throughput_mibps: u32,
+    /// Kinesis record distribution strategy (ON_DEMAND streams): AUTO spreads records evenly
+    /// over the open shards, ignoring partition keys.
+    #[serde(default)]
+    pub record_distribution_auto: bool,
 }
 
 /// Kinesis capacity modes.
@@ -291,6 +295,12 @@ pub enum MetaCommand {
         name: String,
         mibps: u32,
         at_ms: i64,
+    },
+    /// UpdateStreamRecordDistributionStrategy (added with issue 17): `auto` for AUTO, which
+    /// only ON_DEMAND streams take; false for USER_PARTITION_KEY.
+    SetRecordDistribution {
+        name: String,
+        auto: bool,
     },
     /// UpdateAccountSettings' minimum throughput billing commitment, at the proposer's time
     /// (added with issue 17).
@@ -478,6 +488,7 @@ impl MetaState {
                         shard_level_metrics: BTreeSet::new(),
                         encryption_key_id: None,
                         warm_throughput_mibps: 0,
+                        record_distribution_auto: false,
                     },
                 );
                 MetaResponse::Ok
@@ -661,6 +672,18 @@ impl MetaState {
                     Err(r) => r,
                 }
             }
+            MetaCommand::SetRecordDistribution { name, auto } => match self.live_stream(name) {
+                Ok(s) if *auto && s.stream_mode != StreamMode::OnDemand => {
+                    MetaResponse::InvalidArgument(format!(
+                        "Stream {name} is PROVISIONED: the AUTO record distribution strategy is for ON_DEMAND streams"
+                    ))
+                }
+                Ok(s) => {
+                    s.record_distribution_auto = *auto;
+                    MetaResponse::Ok
+                }
+                Err(r) => r,
+            },
             MetaCommand::SetAccountCommitment { enable, at_ms } => {
                 self.account.set_commitment(*enable, *at_ms);
                 MetaResponse::Ok

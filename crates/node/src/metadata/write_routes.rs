@@ -18,6 +18,8 @@ pub struct WriteRoutes {
     pub max_record_bytes: usize,
     /// Enhanced monitoring is on for some shard-level metric: writes are counted per shard.
     pub shard_level_metrics: bool,
+    /// The AUTO record distribution strategy: records go to shards at random, evenly.
+    pub auto_distribution: bool,
     /// Open (and closing) shards, by starting hash key.
     shards: Vec<ShardRoute>,
 }
@@ -52,6 +54,7 @@ impl WriteRoutes {
             deleting: stream.status == StreamStatus::Deleting,
             max_record_bytes: stream.max_record_bytes,
             shard_level_metrics: !stream.shard_level_metrics.is_empty(),
+            auto_distribution: stream.record_distribution_auto,
             shards,
         }
     }
@@ -64,6 +67,13 @@ impl WriteRoutes {
             .partition_point(|s| s.starting_hash_key <= hash)
             .checked_sub(1)?;
         (hash <= self.shards[i].ending_hash_key).then_some(i)
+    }
+
+    /// A hash key of a shard chosen at random, each as likely as the others (the AUTO record
+    /// distribution strategy); `None` with no shard.
+    pub fn any_shard_key(&self) -> Option<u128> {
+        (!self.shards.is_empty())
+            .then(|| self.shards[rand::random_range(0..self.shards.len())].starting_hash_key)
     }
 
     pub fn shard(&self, i: usize) -> &ShardRoute {

@@ -129,6 +129,7 @@ pub(super) async fn dispatch(
         "UpdateStreamMode" => update_stream_mode(svc, i).await?,
         "UpdateMaxRecordSize" => update_max_record_size(svc, i).await?,
         "UpdateStreamWarmThroughput" => update_warm_throughput(svc, i).await?,
+        "UpdateStreamRecordDistributionStrategy" => update_record_distribution(svc, i).await?,
         "DescribeAccountSettings" => {
             i.finish()?;
             svc.node.sync_meta().await?;
@@ -444,6 +445,13 @@ async fn describe_stream_summary(svc: &MillraceService, mut i: Input<'_>) -> Res
                 Out::Int((s.max_record_bytes / 1024) as i64),
             ),
             ("WarmThroughput", warm_throughput_out(&s, open)),
+            (
+                "RecordDistributionStrategy",
+                match s.record_distribution_auto {
+                    true => Out::str("AUTO"),
+                    false => Out::str("USER_PARTITION_KEY"),
+                },
+            ),
         ]),
     )]))
 }
@@ -1115,6 +1123,26 @@ async fn update_stream_mode(svc: &MillraceService, mut i: Input<'_>) -> Result<O
     Ok(no_output())
 }
 
+/// UpdateStreamRecordDistributionStrategy: AUTO (ON_DEMAND streams) or USER_PARTITION_KEY.
+async fn update_record_distribution(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
+    let stream = i.stream();
+    let _stream_id = i.string("StreamId", false, (1, 24), None);
+    let strategy = i.enumeration(
+        "RecordDistributionStrategy",
+        true,
+        &["AUTO", "USER_PARTITION_KEY"],
+    );
+    i.finish()?;
+    let cmd = MetaCommand::SetRecordDistribution {
+        name: stream_name_from(&required_stream(stream)?)?,
+        auto: strategy.as_deref() == Some("AUTO"),
+    };
+    meta_result(svc.node.propose_meta(&cmd).await?)?;
+    // In effect at once for the writes this node takes next (others catch up within ms).
+    svc.node.sync_meta().await?;
+    Ok(no_output())
+}
+
 /// UpdateStreamWarmThroughput: scales an ON_DEMAND stream to one shard per MiB/s asked for.
 async fn update_warm_throughput(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let stream = i.stream();
@@ -1168,6 +1196,8 @@ async fn update_max_record_size(svc: &MillraceService, mut i: Input<'_>) -> Resu
         max_record_bytes: kib.unwrap_or(1024) as usize * 1024,
     };
     meta_result(svc.node.propose_meta(&cmd).await?)?;
+    // In effect at once for the writes this node takes next (others catch up within ms).
+    svc.node.sync_meta().await?;
     Ok(no_output())
 }
 
