@@ -1377,6 +1377,27 @@ async fn sdk_resharding_returns_child_shards() {
         code(warm("warm", 1_000_000).await),
         "LimitExceededException"
     );
+    // CreateStream's WarmThroughputMiBps starts an ON_DEMAND stream with its shards.
+    c.create_stream()
+        .stream_name("warm-from-start")
+        .stream_mode_details(
+            StreamModeDetails::builder()
+                .stream_mode(StreamMode::OnDemand)
+                .build()
+                .unwrap(),
+        )
+        .warm_throughput_mibps(6)
+        .send()
+        .await
+        .expect("create with warm throughput");
+    wait_active(&c, "warm-from-start").await;
+    let started = summary(&c, "warm-from-start").await;
+    assert_eq!(started.open_shard_count, 6);
+    let target = started.warm_throughput.expect("warm throughput");
+    assert_eq!(
+        (target.target_mibps, target.current_mibps),
+        (Some(6), Some(6))
+    );
 
     // UpdateStreamRecordDistributionStrategy: AUTO spreads even one partition key over every
     // open shard; USER_PARTITION_KEY hashes it to one again. PROVISIONED streams refuse AUTO.

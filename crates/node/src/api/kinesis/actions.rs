@@ -38,7 +38,8 @@ const SHARD_FILTER_TYPES: [&str; 6] = [
 ];
 const STREAM_MODES: [&str; 2] = ["PROVISIONED", "ON_DEMAND"];
 /// Shards of an ON_DEMAND stream created without a ShardCount (Kinesis starts at 4).
-const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
+/// An ON_DEMAND stream created without a ShardCount starts with the scaler's floor.
+const ON_DEMAND_INITIAL_SHARDS: u32 = crate::metadata::autoscale::ON_DEMAND_SHARDS_MIN;
 /// Largest record Kinesis can be configured for (a stream's own limit is checked later).
 const RECORD_BYTES_MAX: usize = 10 * 1024 * 1024;
 
@@ -326,12 +327,32 @@ async fn create_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     });
     let tags = i.string_map("Tags", false, (0, TAGS_PER_STREAM_MAX));
     let max_kib = i.int("MaxRecordSizeInKiB", false, (1024, 10240));
+    let warm = i.int("WarmThroughputMiBps", false, (0, i32::MAX.into()));
     i.finish()?;
     let name = name.unwrap_or_default();
     let mode = mode_from(mode.flatten().as_deref().unwrap_or("PROVISIONED"));
+    let warm = warm.unwrap_or(0) as u32;
+    if warm > 0 {
+        // Checked before the stream exists, so that a refusal creates nothing.
+        svc.node.sync_meta().await?;
+        let committed = svc
+            .node
+            .meta
+            .read(|s| s.account.view(crate::server::now_ms()).status != "DISABLED");
+        let refusal = match (mode, committed) {
+            (StreamMode::Provisioned, _) => Some("WarmThroughputMiBps is for ON_DEMAND streams"),
+            (_, false) => Some("WarmThroughputMiBps needs the account's MinimumThroughputBillingCommitment ENABLED (UpdateAccountSettings)"),
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            return Err(KinesisError::client("InvalidArgumentException", why));
+        }
+    }
     let shard_count = match (count, mode) {
         (Some(n), _) => n as u32,
-        (None, StreamMode::OnDemand) => ON_DEMAND_INITIAL_SHARDS,
+        (None, StreamMode::OnDemand) => {
+            ON_DEMAND_INITIAL_SHARDS.max(crate::metadata::reshard::shards_for_mibps(warm))
+        }
         (None, StreamMode::Provisioned) => {
             return Err(KinesisError::client(
                 "InvalidArgumentException",
@@ -346,6 +367,14 @@ async fn create_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
         max_record_size_kib: max_kib.unwrap_or(0) as u32,
     };
     svc.create_stream_impl(req, mode).await?;
+    if warm > 0 {
+        let cmd = MetaCommand::SetWarmThroughput {
+            name: name.clone(),
+            mibps: warm,
+            at_ms: crate::server::now_ms(),
+        };
+        meta_result(svc.node.propose_meta(&cmd).await?)?;
+    }
     if let Some(tags) = tags.filter(|t| !t.is_empty()) {
         add_tags(svc, name, tags).await?;
     }
