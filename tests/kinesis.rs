@@ -51,6 +51,18 @@ fn message<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// A SubscribeToShard request of `consumer` to shard 0 from `kind` (send it to subscribe).
+fn subscription(
+    c: &Client,
+    consumer: &str,
+    kind: ShardIteratorType,
+) -> aws_sdk_kinesis::operation::subscribe_to_shard::builders::SubscribeToShardFluentBuilder {
+    c.subscribe_to_shard()
+        .consumer_arn(consumer)
+        .shard_id("shardId-000000000000")
+        .starting_position(StartingPosition::builder().r#type(kind).build().unwrap())
+}
+
 /// DescribeStreamSummary of a stream that must exist.
 async fn summary(c: &Client, name: &str) -> aws_sdk_kinesis::types::StreamDescriptionSummary {
     c.describe_stream_summary()
@@ -1102,16 +1114,7 @@ async fn sdk_ten_mib_records() {
         .expect("register")
         .consumer
         .expect("a consumer");
-    let mut sub = c
-        .subscribe_to_shard()
-        .consumer_arn(consumer.consumer_arn())
-        .shard_id("shardId-000000000000")
-        .starting_position(
-            StartingPosition::builder()
-                .r#type(ShardIteratorType::TrimHorizon)
-                .build()
-                .unwrap(),
-        )
+    let mut sub = subscription(&c, consumer.consumer_arn(), ShardIteratorType::TrimHorizon)
         .send()
         .await
         .expect("subscribe");
@@ -1496,30 +1499,12 @@ async fn sdk_consumers_and_subscribe_to_shard() {
             .await
             .unwrap();
     }
-    let mut sub = c
-        .subscribe_to_shard()
-        .consumer_arn(&consumer.consumer_arn)
-        .shard_id("shardId-000000000000")
-        .starting_position(
-            StartingPosition::builder()
-                .r#type(ShardIteratorType::TrimHorizon)
-                .build()
-                .unwrap(),
-        )
+    let mut sub = subscription(&c, &consumer.consumer_arn, ShardIteratorType::TrimHorizon)
         .send()
         .await
         .expect("subscribe");
     // As in Kinesis, the same consumer may not subscribe to the shard again within 5 s.
-    let again = c
-        .subscribe_to_shard()
-        .consumer_arn(&consumer.consumer_arn)
-        .shard_id("shardId-000000000000")
-        .starting_position(
-            StartingPosition::builder()
-                .r#type(ShardIteratorType::Latest)
-                .build()
-                .unwrap(),
-        )
+    let again = subscription(&c, &consumer.consumer_arn, ShardIteratorType::Latest)
         .send()
         .await;
     let (kind, text) = failure(again);
@@ -1619,18 +1604,13 @@ async fn sdk_consumers_and_subscribe_to_shard() {
     );
 
     // Errors: an unknown consumer is refused before the stream starts.
-    let bad = c
-        .subscribe_to_shard()
-        .consumer_arn(format!("{stream_arn}/consumer/nobody:1"))
-        .shard_id("shardId-000000000000")
-        .starting_position(
-            StartingPosition::builder()
-                .r#type(ShardIteratorType::Latest)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await;
+    let bad = subscription(
+        &c,
+        &format!("{stream_arn}/consumer/nobody:1"),
+        ShardIteratorType::Latest,
+    )
+    .send()
+    .await;
     assert_eq!(code(bad.map(|_| ())), "ResourceNotFoundException");
     // A stream with consumers is not deleted unless asked to.
     assert_eq!(

@@ -61,6 +61,15 @@ async fn writer(client: Client, keys: Vec<String>, stop: Arc<AtomicBool>, log: A
     }
 }
 
+/// A shard not closed by a reshard (its sequence number range has no end).
+fn is_open(s: &millrace_client::proto::Shard) -> bool {
+    let range = s
+        .sequence_number_range
+        .as_ref()
+        .expect("a sequence number range");
+    range.ending_sequence_number.is_empty()
+}
+
 async fn wait_calls(log: &Arc<Mutex<Log>>, more: usize) {
     let start = log.lock().unwrap().calls_ok;
     wait_until(Duration::from_secs(60), "writers make progress", || {
@@ -157,28 +166,12 @@ async fn reshard_under_load_keeps_per_key_order() {
         t.await.unwrap();
     }
 
-    let open: Vec<_> = d
-        .shards
-        .iter()
-        .filter(|s| {
-            s.sequence_number_range
-                .as_ref()
-                .unwrap()
-                .ending_sequence_number
-                .is_empty()
-        })
-        .collect();
+    let open: Vec<_> = d.shards.iter().filter(|s| is_open(s)).collect();
     assert_eq!(open.len(), 4, "4 open shards after scaling");
     let closed: Vec<String> = d
         .shards
         .iter()
-        .filter(|s| {
-            !s.sequence_number_range
-                .as_ref()
-                .unwrap()
-                .ending_sequence_number
-                .is_empty()
-        })
+        .filter(|s| !is_open(s))
         .map(|s| s.shard_id.clone())
         .collect();
     assert_eq!(
@@ -295,13 +288,7 @@ async fn on_demand_splits_a_hot_key_range() {
         .await
         .expect("active");
     let open = |d: &millrace_client::proto::StreamDescription| {
-        d.shards
-            .iter()
-            .filter(|s| {
-                let range = s.sequence_number_range.as_ref().unwrap();
-                range.ending_sequence_number.is_empty()
-            })
-            .count()
+        d.shards.iter().filter(|s| is_open(s)).count()
     };
     let first = client.describe_stream("rs").await.expect("describe");
     assert_eq!(open(&first), 4, "ON_DEMAND streams start with 4 shards");
@@ -348,13 +335,7 @@ async fn on_demand_splits_a_hot_key_range() {
     let still_open: Vec<&str> = d
         .shards
         .iter()
-        .filter(|s| {
-            s.sequence_number_range
-                .as_ref()
-                .unwrap()
-                .ending_sequence_number
-                .is_empty()
-        })
+        .filter(|s| is_open(s))
         .map(|s| s.shard_id.as_str())
         .collect();
     for cold in [
