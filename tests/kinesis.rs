@@ -51,6 +51,14 @@ fn message<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
+/// The ON_DEMAND capacity mode, for CreateStream.
+fn on_demand() -> StreamModeDetails {
+    StreamModeDetails::builder()
+        .stream_mode(StreamMode::OnDemand)
+        .build()
+        .unwrap()
+}
+
 /// A SubscribeToShard request of `consumer` to shard 0 from `kind` (send it to subscribe).
 fn subscription(
     c: &Client,
@@ -160,12 +168,7 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
         .expect("create orders");
     c.create_stream()
         .stream_name("clicks")
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()
-                .unwrap(),
-        )
+        .stream_mode_details(on_demand())
         .send()
         .await
         .expect("create clicks");
@@ -525,12 +528,7 @@ async fn sdk_streams_records_iterators_tags_and_settings() {
         .unwrap();
     c.update_stream_mode()
         .stream_arn(orders_arn)
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()
-                .unwrap(),
-        )
+        .stream_mode_details(on_demand())
         .send()
         .await
         .unwrap();
@@ -1323,12 +1321,7 @@ async fn sdk_resharding_returns_child_shards() {
     // per MiB/s, once the account has the billing commitment; not a PROVISIONED stream.
     c.create_stream()
         .stream_name("warm")
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()
-                .unwrap(),
-        )
+        .stream_mode_details(on_demand())
         .send()
         .await
         .expect("create warm");
@@ -1383,12 +1376,7 @@ async fn sdk_resharding_returns_child_shards() {
     // CreateStream's WarmThroughputMiBps starts an ON_DEMAND stream with its shards.
     c.create_stream()
         .stream_name("warm-from-start")
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()
-                .unwrap(),
-        )
+        .stream_mode_details(on_demand())
         .warm_throughput_mibps(6)
         .send()
         .await

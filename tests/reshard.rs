@@ -274,12 +274,10 @@ async fn on_demand_splits_a_hot_key_range() {
     aws_sdk_kinesis::Client::from_conf(conf)
         .create_stream()
         .stream_name("rs")
-        .stream_mode_details(
-            StreamModeDetails::builder()
-                .stream_mode(StreamMode::OnDemand)
-                .build()
-                .unwrap(),
-        )
+        .stream_mode_details({
+            let mode = StreamModeDetails::builder().stream_mode(StreamMode::OnDemand);
+            mode.build().unwrap()
+        })
         .send()
         .await
         .expect("create an ON_DEMAND stream");
