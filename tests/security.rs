@@ -1106,4 +1106,19 @@ async fn overload_stalled_calls_and_fast_keys_are_refused_clearly_and_counted() 
         limits["requests_refused_key_rate"].as_u64().unwrap() >= 1,
         "{limits}"
     );
+    // The web console takes the key's rate too: past it, 429 (HTTP Basic with the same key).
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode("AKIDFAST:fast-secret");
+    let header = format!("Authorization: Basic {basic}\r\n");
+    let console = || common::http_get_with(cluster.http_addr(1), "/console/state", &header);
+    wait_until(Duration::from_secs(5), "the console serves the key", || {
+        let served = console().is_some_and(|(code, _)| code == 200);
+        async move { served }
+    })
+    .await;
+    let codes: Vec<u16> = (0..30).filter_map(|_| console()).map(|(c, _)| c).collect();
+    assert!(
+        codes.contains(&429),
+        "30 console requests at once exceed 5 per second: {codes:?}"
+    );
 }
