@@ -1,7 +1,9 @@
 //! Replica divergence: after healing, every replica of a shard must hold the same committed
 //! prefix. Once the run is over and every replica reports the same applied index, the nodes
 //! are stopped and their segment logs (format: `docs/storage-format.md`) compared entry by
-//! entry over the range all of them hold, up to the lowest applied index.
+//! entry over the range all of them hold, up to the lowest applied index. The logs are read
+//! from copies: opening a segment log recovers it (cuts a torn tail, zero-fills ahead), which
+//! would change the evidence compared.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,15 +35,26 @@ pub fn compare(replicas: &[(String, PathBuf)], applied: &BTreeMap<u64, u64>) -> 
     let mut out = Comparison::default();
     for (&group_id, &upto) in applied {
         let mut logs = Vec::new();
+        // Kept until the group is compared: the copies the logs are opened from.
+        let mut copies = Vec::new();
         for (name, dir) in replicas {
             let dir = group_dir(dir, group_id);
             if !dir.exists() {
                 continue;
             }
-            match SegmentLog::open(&dir, SegmentLogConfig::default(), None) {
+            let copy = match copy_dir(&dir) {
+                Ok(copy) => copy,
+                Err(e) => {
+                    out.skipped
+                        .push(format!("group {group_id} on {name}: copying: {e}"));
+                    continue;
+                }
+            };
+            match SegmentLog::open(copy.path(), SegmentLogConfig::default(), None) {
                 Ok((log, _)) => logs.push((name.clone(), log)),
                 Err(e) => out.skipped.push(format!("group {group_id} on {name}: {e}")),
             }
+            copies.push(copy);
         }
         if logs.len() < 2 {
             continue;
@@ -95,6 +108,18 @@ pub fn compare(replicas: &[(String, PathBuf)], applied: &BTreeMap<u64, u64>) -> 
     out
 }
 
+/// A copy of the files of `dir` (a group's segment files) in a new temporary directory.
+fn copy_dir(dir: &Path) -> std::io::Result<tempfile::TempDir> {
+    let copy = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name()))?;
+        }
+    }
+    Ok(copy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +148,45 @@ mod tests {
         let bad = compare(&replicas, &BTreeMap::from([(7, 3)]));
         assert_eq!(bad.divergent.len(), 1, "{:?}", bad.divergent);
         assert_eq!(bad.divergent[0]["index"], 3);
+    }
+
+    #[test]
+    fn comparing_leaves_the_replicas_files_as_they_were() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        write(&a, 5, &[(1, b"one"), (2, b"two")]);
+        write(&b, 5, &[(1, b"one"), (2, b"two")]);
+        // A torn write at the end of b's active segment: recovery would cut it off.
+        let seg = std::fs::read_dir(group_dir(&b, 5))
+            .expect("b's group dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .expect("a segment file");
+        let mut bytes = std::fs::read(&seg).expect("read");
+        bytes.extend_from_slice(&[0xAB; 37]);
+        std::fs::write(&seg, &bytes).expect("tear");
+        let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+            let mut files: Vec<_> = std::fs::read_dir(group_dir(dir, 5))
+                .expect("dir")
+                .map(|e| {
+                    let p = e.expect("entry").path();
+                    let content = std::fs::read(&p).expect("read");
+                    (p, content)
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        let (a_files, b_files) = (files(&a), files(&b));
+        let replicas = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let r = compare(&replicas, &BTreeMap::from([(5, 2)]));
+        assert_eq!(r.entries_compared, 2);
+        assert!(r.divergent.is_empty(), "{:?}", r.divergent);
+        assert!(files(&a) == a_files, "a's files changed");
+        assert!(
+            files(&b) == b_files,
+            "b's files changed (its torn tail cut?)"
+        );
     }
 
     #[test]
