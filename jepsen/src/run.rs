@@ -123,7 +123,43 @@ fn run_dir(results: &Path, seed: u64) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs one test. Needs root (network namespaces, iptables).
+/// What the run's cluster and nemeses need that this machine lacks, each with what to do: the
+/// namespaces and partitions need `ip` and `iptables`, the clock nemesis libfaketime. Checked
+/// before anything starts, so that a missing tool is said plainly instead of every fault of
+/// its kind coming out "did not take effect".
+pub fn missing_prerequisites(
+    nemeses: &[FaultKind],
+    has_command: &dyn Fn(&str) -> bool,
+    has_file: &dyn Fn(&Path) -> bool,
+) -> Vec<String> {
+    let mut missing = Vec::new();
+    for tool in ["ip", "iptables"] {
+        if !has_command(tool) {
+            missing.push(format!("`{tool}` (network namespaces and partitions)"));
+        }
+    }
+    if nemeses.contains(&FaultKind::Clock) && !has_file(Path::new(crate::cluster::LIBFAKETIME)) {
+        missing.push(format!(
+            "libfaketime ({}) for the clock nemesis",
+            crate::cluster::LIBFAKETIME
+        ));
+    }
+    missing
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
+}
+
 pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
+    let missing = missing_prerequisites(&config.nemeses, &on_path, &|p| p.exists());
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "this machine lacks {}: run jepsen/scripts/setup.sh (as root) first",
+            missing.join(", ")
+        );
+    }
     check_shapes(&config.targets, &TARGETS, "target").map_err(anyhow::Error::msg)?;
     check_shapes(&config.partitions, &PARTITIONS, "partition").map_err(anyhow::Error::msg)?;
     let dir = run_dir(&config.results, config.seed)?;
@@ -387,5 +423,26 @@ async fn discover(grpc: &[String], deadline: Duration) -> anyhow::Result<Client>
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_is_named_before_the_run() {
+        let all = |_: &str| true;
+        let none = |_: &str| false;
+        let files = |_: &Path| true;
+        let no_files = |_: &Path| false;
+        assert!(missing_prerequisites(&[FaultKind::Clock], &all, &files).is_empty());
+        // Without libfaketime, only a run with the clock nemesis needs it.
+        assert!(missing_prerequisites(&[FaultKind::Kill], &all, &no_files).is_empty());
+        let clock = missing_prerequisites(&[FaultKind::Kill, FaultKind::Clock], &all, &no_files);
+        assert_eq!(clock.len(), 1);
+        assert!(clock[0].contains("libfaketime"), "{clock:?}");
+        let tools = missing_prerequisites(&[], &none, &files);
+        assert_eq!(tools.len(), 2, "{tools:?}");
     }
 }
