@@ -1430,6 +1430,38 @@ async fn sdk_resharding_returns_child_shards() {
         Some(Strategy::Auto)
     );
     assert_eq!(shards_used().await, 10, "200 records over all 10 shards");
+    // An idempotent producer's retry on an AUTO stream reaches the shards of its first attempt
+    // and is recognised there: the same sequence numbers, nothing written twice.
+    let native = cluster.client();
+    let batch = || {
+        (0..20)
+            .map(|i| millrace_client::PutRecord::new("one-key", format!("p{i}").into_bytes()))
+            .collect::<Vec<_>>()
+    };
+    let placed = |answer: Vec<Result<millrace_client::PutResult, _>>| {
+        answer
+            .into_iter()
+            .map(|r| {
+                let r = r.expect("written");
+                (r.shard_id, r.sequence_number)
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = placed(
+        native
+            .put_records_as("warm", batch(), Some(("producer-1", 0)))
+            .await
+            .expect("first attempt"),
+    );
+    let retry = placed(
+        native
+            .put_records_as("warm", batch(), Some(("producer-1", 0)))
+            .await
+            .expect("retry"),
+    );
+    assert_eq!(first, retry);
+    let spread: BTreeSet<&String> = first.iter().map(|(shard, _)| shard).collect();
+    assert!(spread.len() > 1, "AUTO spread the producer's records too");
     strategy(&warm_arn, Strategy::UserPartitionKey)
         .await
         .expect("USER_PARTITION_KEY");

@@ -122,7 +122,6 @@ fn run_dir(results: &Path, seed: u64) -> anyhow::Result<PathBuf> {
     Ok(std::fs::canonicalize(&dir)?)
 }
 
-/// Runs one test. Needs root (network namespaces, iptables).
 /// What the run's cluster and nemeses need that this machine lacks, each with what to do: the
 /// namespaces and partitions need `ip` and `iptables`, the clock nemesis libfaketime. Checked
 /// before anything starts, so that a missing tool is said plainly instead of every fault of
@@ -152,6 +151,7 @@ fn on_path(command: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
 }
 
+/// Runs one test. Needs root (network namespaces, iptables).
 pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
     let missing = missing_prerequisites(&config.nemeses, &on_path, &|p| p.exists());
     if !missing.is_empty() {

@@ -207,9 +207,17 @@ impl MillraceService {
         let producer = producer_of(&req)?;
         let mut records = validate(req, routes.max_record_bytes)?;
         if routes.auto_distribution {
-            // AUTO: partition keys and explicit hash keys do not place records.
-            for r in &mut records {
-                if let Some(key) = routes.any_shard_key() {
+            // AUTO: partition keys and explicit hash keys do not place records. An idempotent
+            // producer's records are placed by (producer, sequence, position), so that a retry
+            // reaches the shards that may hold the first attempt, and is found there.
+            for (i, r) in records.iter_mut().enumerate() {
+                let key = match &producer {
+                    Some((id, sequence)) => {
+                        Some(partition_key_hash(&format!("{id}\u{0}{sequence}\u{0}{i}")))
+                    }
+                    None => routes.any_shard_key(),
+                };
+                if let Some(key) = key {
                     r.hash_key = key.to_be_bytes().to_vec();
                 }
             }

@@ -233,14 +233,19 @@ impl MillraceService {
             return Err(ApiError::ResourceInUse(message));
         }
         let current = stream.shards.iter().filter(|s| s.is_current()).count() as u32;
+        // The cluster's shard limit is checked before the target is recorded, so that a
+        // refused scale-up records nothing.
+        let plan = plan_warm_throughput(&stream, mibps);
+        if let Some(plan) = &plan {
+            self.check_shard_limit(plan.children.len() - plan.parents.len())?;
+        }
         let cmd = MetaCommand::SetWarmThroughput {
             name: stream.name.clone(),
             mibps,
             at_ms: now_ms(),
         };
         meta_result(self.node.propose_meta(&cmd).await?)?;
-        if let Some(plan) = plan_warm_throughput(&stream, mibps) {
-            self.check_shard_limit(plan.children.len() - plan.parents.len())?;
+        if let Some(plan) = plan {
             self.reshard(&stream, plan).await?;
         }
         Ok(current)

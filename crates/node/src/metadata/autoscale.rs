@@ -3,9 +3,10 @@
 //! machinery (per-key order kept by the seal). Pure: it sees each open shard's write rates and
 //! the time, and answers at most one reshard per stream at a time.
 //!
-//! - **Split** a shard whose writes stay above [`WRITE_RECORDS_PER_SEC`] or
-//!   [`WRITE_BYTES_PER_SEC`] (Kinesis's per-shard write capacity) for `split_after`, at the middle
-//!   of its hash key range, while the stream has fewer than its shard limit.
+//! - **Split** a shard whose writes stay at or above [`HOT_SHARE`] of [`WRITE_RECORDS_PER_SEC`]
+//!   or [`WRITE_BYTES_PER_SEC`] (Kinesis's per-shard write capacity) for `split_after`, at the
+//!   middle of its hash key range, while the stream has fewer than its shard limit. (Not above
+//!   the capacity itself: with `--shard-throttling` a shard's applied writes never exceed it.)
 //! - **Merge** two adjacent shards that both stay below [`COLD_SHARE`] of that capacity for
 //!   `merge_after` (much longer than `split_after`, so a burst does not flap), while the stream
 //!   keeps at least its floor: [`ON_DEMAND_SHARDS_MIN`] and one shard per MiB/s of warm
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 /// A shard's write capacity (Kinesis): 1,000 records or 1 MiB a second.
 pub const WRITE_RECORDS_PER_SEC: f64 = 1000.0;
 pub const WRITE_BYTES_PER_SEC: f64 = 1024.0 * 1024.0;
+/// A shard at or above this share of its capacity (in records or bytes) is hot.
+pub const HOT_SHARE: f64 = 0.9;
 /// A shard below this share of its capacity (in records and bytes) is cold.
 pub const COLD_SHARE: f64 = 0.1;
 /// An ON_DEMAND stream keeps at least this many open shards (the count it starts with).
@@ -38,7 +41,8 @@ pub struct ShardLoad {
 
 impl ShardLoad {
     fn hot(&self) -> bool {
-        self.records_per_sec > WRITE_RECORDS_PER_SEC || self.bytes_per_sec > WRITE_BYTES_PER_SEC
+        self.records_per_sec >= HOT_SHARE * WRITE_RECORDS_PER_SEC
+            || self.bytes_per_sec >= HOT_SHARE * WRITE_BYTES_PER_SEC
     }
 
     fn cold(&self) -> bool {
@@ -230,6 +234,19 @@ mod tests {
         );
         // At the stream's shard limit: no split.
         assert_eq!(scaler.observe(&open, t0 + 4 * S, 1, 2), None);
+    }
+
+    #[test]
+    fn a_throttled_shard_at_its_capacity_is_hot() {
+        // With --shard-throttling, applied writes stop at 1,000 records/s: still hot.
+        let mut scaler = Scaler::new(3 * S, 60 * S);
+        let t0 = Instant::now();
+        let capped = [load("a", (0, 99), 1000.0)];
+        assert_eq!(scaler.observe(&capped, t0, 1, 10), None);
+        assert!(scaler.observe(&capped, t0 + 3 * S, 1, 10).is_some());
+        let busy = [load("b", (0, 99), 850.0)];
+        assert_eq!(scaler.observe(&busy, t0 + 10 * S, 1, 10), None);
+        assert_eq!(scaler.observe(&busy, t0 + 20 * S, 1, 10), None);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct LeaderChange {
 
 impl Liveness {
     /// Every node's group reports, as last heard.
-    fn group_reports(&self) -> HashMap<u64, Vec<GroupReport>> {
+    pub(super) fn group_reports(&self) -> HashMap<u64, Vec<GroupReport>> {
         self.seen
             .iter()
             .map(|(n, (_, r))| (*n, r.groups.clone()))

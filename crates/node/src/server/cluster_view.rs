@@ -60,17 +60,18 @@ pub struct Detail<'a> {
     pub lags: &'a ReportedLags,
 }
 
-/// Consumer groups' lag as the nodes reported it for the shards they lead:
-/// (stream, group, shard id) → (reporting node, records, millis).
-pub type ReportedLags = HashMap<(String, String, String), (u64, u64, u64)>;
+/// Consumer groups' lag as the nodes reported it for the shards they led:
+/// (stream, group, shard id, reporting node) → (records, millis). Keyed by node too, so that
+/// a former leader's last report (a node gone silent) never hides the current leader's.
+pub type ReportedLags = HashMap<(String, String, String, u64), (u64, u64)>;
 
 /// Collects the consumer groups' lag from every node's last report.
 pub fn reported_lags<'a>(reports: impl Iterator<Item = (u64, &'a [ConsumerLag])>) -> ReportedLags {
     let mut out = ReportedLags::new();
     for (node, lags) in reports {
         for l in lags {
-            let key = (l.stream.clone(), l.group.clone(), l.shard_id.clone());
-            out.insert(key, (node, l.records, l.millis));
+            let key = (l.stream.clone(), l.group.clone(), l.shard_id.clone(), node);
+            out.insert(key, (l.records, l.millis));
         }
     }
     out
@@ -106,13 +107,17 @@ fn shard_lag(
     }
     let (stream, group, shard) = key;
     let reported = leader.and_then(|led| {
-        lags.get(&(stream.to_string(), group.to_string(), shard.to_string()))
-            .filter(|(node, _, _)| *node == led.node)
+        lags.get(&(
+            stream.to_string(),
+            group.to_string(),
+            shard.to_string(),
+            led.node,
+        ))
     });
     ShardLag {
         entries: lag_entries(false, lease.checkpoint.as_deref(), leader),
-        records: reported.map(|(_, records, _)| *records),
-        millis: reported.map(|(_, _, millis)| *millis),
+        records: reported.map(|(records, _)| *records),
+        millis: reported.map(|(_, millis)| *millis),
     }
 }
 
@@ -429,6 +434,23 @@ mod tests {
             shard_lag(key, &lease(false), None, &reported),
             ShardLag::default()
         );
+        // Both the former leader (2, silent since) and the new one (3) reported the group:
+        // the new leader's report is the one used, whichever was heard last.
+        let lag = |node, records| {
+            let l = ConsumerLag {
+                stream: "s".into(),
+                group: "g".into(),
+                shard_id: "shard-0".into(),
+                records,
+                millis: 10,
+            };
+            (node, vec![l])
+        };
+        for order in [[lag(3, 4), lag(2, 17)], [lag(2, 17), lag(3, 4)]] {
+            let both = reported_lags(order.iter().map(|(n, l)| (*n, l.as_slice())));
+            let now = shard_lag(key, &lease(false), Some(&led(3)), &both);
+            assert_eq!(now.records, Some(4));
+        }
         assert_eq!(
             shard_lag(key, &lease(true), None, &reported),
             ShardLag {

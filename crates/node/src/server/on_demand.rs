@@ -39,14 +39,26 @@ pub async fn scale_loop(node: Arc<Node>) {
             rates = Rates::default();
             continue;
         }
-        let loads = node.liveness.lock().expect("liveness lock").leader_loads();
+        let (loads, reports) = {
+            let l = node.liveness.lock().expect("liveness lock");
+            (l.leader_loads(), l.group_reports())
+        };
+        // Only the leader in the highest term counts (a deposed leader may still report
+        // itself leader for a moment; alternating between the two would reset the rates).
+        let up = |n: u64| node.silent_for(n) < DOWN_AFTER;
+        let leaders = super::cluster_view::leaders(&reports, &up);
         for (group, leader, at, records, bytes) in loads {
-            if node.silent_for(leader) < DOWN_AFTER {
+            if leaders.get(&group).is_some_and(|led| led.node == leader) {
                 rates.sample(group, leader, at, records, bytes);
             }
         }
         let candidates = on_demand_streams(&node);
         scalers.retain(|name, _| candidates.iter().any(|c| &c.name == name));
+        let open_groups: std::collections::HashSet<u64> = candidates
+            .iter()
+            .flat_map(|c| c.open.iter().map(|(_, group, ..)| *group))
+            .collect();
+        rates.retain(&|group| open_groups.contains(&group));
         let now = Instant::now();
         for c in candidates {
             let loads: Option<Vec<ShardLoad>> = c
