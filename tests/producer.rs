@@ -760,8 +760,8 @@ async fn concurrent_writes_go_to_the_leader_and_merge_into_entries() {
     }
     let after = client.node_stats().await;
     let leader_after = client.list_shards("m").await.unwrap()[0].leader_node_id;
-    let nodes = millrace_client::bench::node_deltas(&before, &after);
-    let sum = |f: fn(&millrace_client::bench::NodeDelta) -> u64| nodes.iter().map(f).sum::<u64>();
+    let nodes = millrace_cli::bench::node_deltas(&before, &after);
+    let sum = |f: fn(&millrace_cli::bench::NodeDelta) -> u64| nodes.iter().map(f).sum::<u64>();
     let calls = (CALLERS * CALLS) as u64;
     assert_eq!(sum(|n| n.requests_led), calls, "{nodes:?}");
     assert_eq!(sum(|n| n.records), calls, "{nodes:?}");

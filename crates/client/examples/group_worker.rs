@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use millrace_client::{Client, ClientConfig, GroupWorker, Record};
+use millrace_client::{Client, ClientConfig, ClientError, GroupWorker, Record};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             worker.heartbeat().await?;
             next_heartbeat = Instant::now() + Duration::from_secs(3);
         }
-        let mut count = |_shard: &str, r: &Record| {
+        let mut count = |_shard: &str, r: &Record| -> Result<(), ClientError> {
             *counts.entry(r.partition_key.clone()).or_default() += 1;
             Ok(())
         };

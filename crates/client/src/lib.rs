@@ -1,8 +1,8 @@
 //! # Millrace client
 //!
-//! The Rust client for Millrace's native gRPC API, and the logic behind the `millrace` CLI's
-//! client subcommands. It depends only on the wire contract (`millrace-proto`), never on server
-//! code.
+//! The Rust client for Millrace's native gRPC API. It depends only on the wire contract
+//! (`millrace-proto`), never on server code, and carries no CLI: the `millrace` command's
+//! client subcommands live in `millrace-cli`, on top of this crate.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), millrace_client::ClientError> {
@@ -113,16 +113,13 @@
 //! Runnable versions are in `crates/client/examples/` (`producer`, `consumer`, `group_worker`;
 //! e.g. `cargo run -p millrace-client --example producer` against `millrace dev`).
 
-pub mod bench;
-pub mod cli;
 mod connection;
 mod consumer;
 mod error;
-pub mod group;
+mod group;
 mod pipeline;
 mod producer;
 mod routes;
-mod tail;
 
 pub use connection::{Client, ClientConfig};
 pub use consumer::{ShardEvent, ShardReader, ShardSubscription};

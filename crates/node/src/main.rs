@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use millrace_client::cli::{self, ClientCommand};
+use millrace_cli::{self as cli, ClientCommand};
 use millrace_node::server::config::{
     parse_peers, AccessKeys, KinesisConfig, LimitsConfig, SecurityConfig,
 };

@@ -1,6 +1,6 @@
-//! The `millrace` CLI's client subcommands. The binary parses flags; this module does the work
-//! and writes its output to the given writer (one JSON object per line where the contract says
-//! so).
+//! The `millrace` CLI's client subcommands, on top of `millrace-client` (which carries no CLI
+//! dependency). The binary parses flags; this crate does the work and writes its output to the
+//! given writer (one JSON object per line where the contract says so).
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -9,7 +9,11 @@ use base64::Engine;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::{Client, ClientError, PutRecord, StartPosition};
+use millrace_client::{Client, ClientError, PutRecord, StartPosition};
+
+pub mod bench;
+mod group;
+mod tail;
 
 /// Environment variable naming the default endpoint(s).
 pub const ENDPOINT_ENV: &str = "MILLRACE_ENDPOINT";
@@ -664,7 +668,7 @@ async fn middle_of(client: &Client, stream: &str, shard: &str) -> Result<String,
 }
 
 /// The JSON line for one record: data as UTF-8 text when valid, otherwise base64.
-pub fn record_json(shard_id: &str, r: &crate::Record) -> serde_json::Value {
+pub fn record_json(shard_id: &str, r: &millrace_client::Record) -> serde_json::Value {
     match std::str::from_utf8(&r.data) {
         Ok(text) => json!({
             "shard_id": shard_id,
@@ -682,8 +686,8 @@ pub fn record_json(shard_id: &str, r: &crate::Record) -> serde_json::Value {
     }
 }
 
-fn describe_json(d: &crate::proto::StreamDescription) -> serde_json::Value {
-    let status = crate::proto::StreamStatus::try_from(d.status)
+fn describe_json(d: &millrace_client::proto::StreamDescription) -> serde_json::Value {
+    let status = millrace_client::proto::StreamStatus::try_from(d.status)
         .map(|s| {
             s.as_str_name()
                 .trim_start_matches("STREAM_STATUS_")
@@ -732,7 +736,7 @@ mod tests {
 
     #[test]
     fn record_json_uses_base64_for_binary() {
-        let r = crate::Record {
+        let r = millrace_client::Record {
             sequence_number: "1".into(),
             partition_key: "k".into(),
             data: vec![0xff, 0xfe].into(),
@@ -741,7 +745,7 @@ mod tests {
         let v = record_json("shardId-000000000000", &r);
         assert_eq!(v["data_encoding"], "base64");
         assert_eq!(v["data"], "//4=");
-        let r = crate::Record {
+        let r = millrace_client::Record {
             data: bytes::Bytes::from_static(b"hi"),
             ..r
         };

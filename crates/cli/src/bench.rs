@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cli::CliError;
-use crate::{Client, ClientError, PutRecord, StartPosition};
+use crate::CliError;
+use millrace_client::{Client, ClientError, PutRecord, StartPosition};
 
 /// Options of `bench produce`.
 #[derive(Debug, Clone)]
@@ -183,8 +183,8 @@ impl NodeDelta {
 
 /// What each node did between two `node_stats` readings (nodes in both only).
 pub fn node_deltas(
-    before: &[crate::proto::GetNodeStatsResponse],
-    after: &[crate::proto::GetNodeStatsResponse],
+    before: &[millrace_client::proto::GetNodeStatsResponse],
+    after: &[millrace_client::proto::GetNodeStatsResponse],
 ) -> Vec<NodeDelta> {
     after
         .iter()
@@ -264,7 +264,7 @@ fn report_produce(
     Ok(())
 }
 
-/// Writes through the batching, idempotent [`crate::Producer`]; latency is per record, from
+/// Writes through the batching, idempotent [`millrace_client::Producer`]; latency is per record, from
 /// `send` to its acknowledgement.
 pub async fn produce_batched(
     client: &Client,
@@ -276,14 +276,14 @@ pub async fn produce_batched(
     ensure_stream(client, &opts.stream, opts.shards).await?;
     let shards = client.list_shards(&opts.stream).await?.len().max(1);
     let before = client.node_stats().await;
-    let config = crate::ProducerConfig {
+    let config = millrace_client::ProducerConfig {
         linger,
         batch_records_max: opts.batch_records.clamp(1, 500),
         in_flight_per_shard: opts.in_flight.div_ceil(shards).max(1),
         idempotent: true,
-        ..crate::ProducerConfig::default()
+        ..millrace_client::ProducerConfig::default()
     };
-    let producer = crate::Producer::new(client.clone(), &opts.stream, config)
+    let producer = millrace_client::Producer::new(client.clone(), &opts.stream, config)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let bar = progress(json_out, Some(opts.records));
@@ -296,7 +296,7 @@ pub async fn produce_batched(
         tokio::spawn(async move {
             let (mut latencies, mut failed) = (Vec::new(), 0u64);
             while let Some((sent_at, pending)) = rx.recv().await {
-                let pending: crate::RecordFuture = pending;
+                let pending: millrace_client::RecordFuture = pending;
                 let sent_at: Instant = sent_at;
                 match pending.await {
                     Ok(_) => latencies.push(sent_at.elapsed().as_micros() as u64),

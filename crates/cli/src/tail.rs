@@ -7,8 +7,8 @@ use std::io::Write;
 
 use tokio::sync::mpsc;
 
-use crate::cli::{record_json, CliError};
-use crate::{Client, ClientError, ShardEvent, ShardSubscription, StartPosition};
+use crate::{record_json, CliError};
+use millrace_client::{Client, ClientError, ShardEvent, ShardSubscription, StartPosition};
 
 /// What a shard's subscription task reports.
 enum Update {
