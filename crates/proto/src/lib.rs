@@ -32,6 +32,29 @@ impl std::fmt::Debug for v1::CreateAccessKeyResponse {
     }
 }
 
+impl internal::GroupReport {
+    /// The reporting replica's role. A report from a node that predates the `role` field
+    /// (a rolling upgrade) is read from its `state`, the only sign such a node gives.
+    pub fn role_or_state(&self) -> internal::GroupRole {
+        use internal::GroupRole;
+        match self.role() {
+            GroupRole::Unspecified => match self.state.as_str() {
+                "Leader" => GroupRole::Leader,
+                "Follower" => GroupRole::Follower,
+                "Learner" => GroupRole::Learner,
+                "Candidate" => GroupRole::Candidate,
+                _ => GroupRole::Unspecified,
+            },
+            role => role,
+        }
+    }
+
+    /// Whether the reporting replica leads its group.
+    pub fn leads(&self) -> bool {
+        self.role_or_state() == internal::GroupRole::Leader
+    }
+}
+
 pub use millrace::internal::v1 as internal;
 pub use millrace::storage::v1 as storage;
 pub use millrace::v1;
@@ -47,6 +70,29 @@ pub const LEADER_HINT_METADATA_KEY: &str = "millrace-leader";
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_group_report_leads_by_its_role_or_by_the_state_of_an_older_node() {
+        use super::internal::{GroupReport, GroupRole};
+        let with_role = |role: GroupRole, state: &str| GroupReport {
+            role: role as i32,
+            state: state.into(),
+            ..Default::default()
+        };
+        assert!(with_role(GroupRole::Leader, "Leader").leads());
+        // The role decides when set, whatever the text says.
+        assert!(with_role(GroupRole::Leader, "").leads());
+        assert!(!with_role(GroupRole::Follower, "Leader").leads());
+        // An older node sends no role: its state is read.
+        assert!(with_role(GroupRole::Unspecified, "Leader").leads());
+        let old = with_role(GroupRole::Unspecified, "Learner");
+        assert!(!old.leads());
+        assert_eq!(old.role_or_state(), GroupRole::Learner);
+        assert_eq!(
+            with_role(GroupRole::Unspecified, "").role_or_state(),
+            GroupRole::Unspecified
+        );
+    }
+
     #[test]
     fn a_created_key_prints_without_its_secret() {
         let r = super::v1::CreateAccessKeyResponse {

@@ -65,7 +65,7 @@ impl Liveness {
             .flat_map(|(node, (at, r))| {
                 r.groups
                     .iter()
-                    .filter(|g| g.state == "Leader" && g.group_id != METADATA_GROUP_ID)
+                    .filter(|g| g.leads() && g.group_id != METADATA_GROUP_ID)
                     .map(move |g| (g.group_id, *node, *at, g.records_applied, g.bytes_applied))
             })
             .collect()
@@ -111,6 +111,7 @@ impl Node {
             groups.push(GroupReport {
                 group_id: id,
                 state: format!("{:?}", m.state),
+                role: group_role(m.state) as i32,
                 leader_id: m.current_leader.unwrap_or(0),
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 has_applied: m.last_applied.is_some(),
@@ -210,7 +211,7 @@ impl Node {
     pub fn record_report(&self, report: NodeReportRequest) {
         let mut l = self.liveness.lock().expect("liveness lock");
         let l = &mut *l;
-        for g in report.groups.iter().filter(|g| g.state == "Leader") {
+        for g in report.groups.iter().filter(|g| g.leads()) {
             let known = l.leaders.get(&g.group_id).copied();
             if known.is_some_and(|(_, term)| term >= g.term) {
                 continue;
@@ -295,7 +296,7 @@ impl Node {
                     let replicas_reported = by_group.get(&sh.group_id).map_or(&[][..], Vec::as_slice);
                     let leader_applied = replicas_reported
                         .iter()
-                        .find(|(_, g)| g.state == "Leader")
+                        .find(|(_, g)| g.leads())
                         .map(|(_, g)| g.applied_index);
                     for r in &sh.replicas {
                         *shards_per_node.entry(*r).or_default() += 1;
@@ -317,7 +318,7 @@ impl Node {
                     }
                     for (node, g) in replicas_reported {
                         if let Some(la) = leader_applied {
-                            if g.state != "Leader" && g.applied_index + 100 < la {
+                            if !g.leads() && g.applied_index + 100 < la {
                                 catching_up.push(json!({"stream": st.name, "shard_id": sh.shard_id, "node_id": node, "applied_index": g.applied_index, "leader_applied_index": la}));
                             }
                         }
@@ -326,7 +327,7 @@ impl Node {
             }
             // A down node leads nothing, whatever its last report said.
             for (node, groups) in reports.iter().filter(|(n, _)| up(**n)) {
-                let led = groups.iter().filter(|g| g.group_id != METADATA_GROUP_ID && g.state == "Leader").count();
+                let led = groups.iter().filter(|g| g.group_id != METADATA_GROUP_ID && g.leads()).count();
                 leaders_per_node.insert(*node, led);
             }
             let nodes: Vec<serde_json::Value> = s
@@ -552,7 +553,7 @@ async fn balance_leaders(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
     let led = |groups: &[GroupReport]| -> Vec<u64> {
         groups
             .iter()
-            .filter(|g| g.group_id != METADATA_GROUP_ID && g.state == "Leader")
+            .filter(|g| g.group_id != METADATA_GROUP_ID && g.leads())
             .map(|g| g.group_id)
             .collect()
     };
@@ -829,6 +830,18 @@ async fn shape_metadata_voters(node: &Arc<Node>, unavailable: &BTreeSet<u64>) {
     {
         Ok(_) => tracing::warn!(?voters, ?desired, "changed the metadata voters"),
         Err(e) => tracing::debug!(error = %e, "cannot change the metadata voters yet"),
+    }
+}
+
+/// A replica's role as reported to the metadata leader.
+fn group_role(state: openraft::ServerState) -> millrace_proto::internal::GroupRole {
+    use millrace_proto::internal::GroupRole;
+    match state {
+        openraft::ServerState::Leader => GroupRole::Leader,
+        openraft::ServerState::Follower => GroupRole::Follower,
+        openraft::ServerState::Learner => GroupRole::Learner,
+        openraft::ServerState::Candidate => GroupRole::Candidate,
+        openraft::ServerState::Shutdown => GroupRole::Unspecified,
     }
 }
 

@@ -31,7 +31,7 @@ pub fn leaders(
 ) -> HashMap<u64, Led> {
     let mut out: HashMap<u64, Led> = HashMap::new();
     for (node, groups) in reports.iter().filter(|(n, _)| up(**n)) {
-        for g in groups.iter().filter(|g| g.state == "Leader") {
+        for g in groups.iter().filter(|g| g.leads()) {
             let led = Led {
                 node: *node,
                 term: g.term,
@@ -332,11 +332,12 @@ fn lag_entries(finished: bool, checkpoint: Option<&str>, leader: Option<&Led>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use millrace_proto::internal::GroupRole;
 
-    fn report(group_id: u64, state: &str, term: u64, applied_index: u64) -> GroupReport {
+    fn report(group_id: u64, role: GroupRole, term: u64, applied_index: u64) -> GroupReport {
         GroupReport {
             group_id,
-            state: state.into(),
+            role: role as i32,
             term,
             applied_index,
             ..Default::default()
@@ -346,12 +347,15 @@ mod tests {
     #[test]
     fn the_leader_is_the_live_node_leading_in_the_highest_term() {
         let reports = HashMap::from([
-            (1, vec![report(7, "Leader", 3, 10)]),
+            (1, vec![report(7, GroupRole::Leader, 3, 10)]),
             (
                 2,
-                vec![report(7, "Leader", 4, 12), report(8, "Follower", 4, 1)],
+                vec![
+                    report(7, GroupRole::Leader, 4, 12),
+                    report(8, GroupRole::Follower, 4, 1),
+                ],
             ),
-            (3, vec![report(7, "Leader", 5, 14)]),
+            (3, vec![report(7, GroupRole::Leader, 5, 14)]),
         ]);
         let all = leaders(&reports, &|_| true);
         assert_eq!(all[&7].node, 3);
