@@ -17,5 +17,5 @@ pub mod state_machine;
 pub mod types;
 
 pub use group::{GroupManager, GroupSettings, SnapshotMode};
-pub use state_machine::GroupStateMachine;
+pub use state_machine::{GroupStateMachine, UnappliableEntry};
 pub use types::{NodeId, Raft, Request, Response, TypeConfig};

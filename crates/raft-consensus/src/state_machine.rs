@@ -27,8 +27,11 @@ const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 /// The meaning of a group's entries. Implemented by the node for the metadata group and for
 /// shard groups. Calls are serialised by the adapter.
 pub trait GroupStateMachine: Send + 'static {
-    /// Applies a committed normal entry and returns the answer for the proposer.
-    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8>;
+    /// Applies a committed normal entry and returns the answer for the proposer. An entry this
+    /// machine cannot give a meaning to (it does not decode: damaged, or written by a newer
+    /// version) is an [`UnappliableEntry`]: the group stops there, since a replica that skipped
+    /// a committed entry would silently differ from the others.
+    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Result<Vec<u8>, UnappliableEntry>;
     /// A committed blank or membership entry (no data) was applied.
     fn apply_empty(&mut self, _log_id: &LogId) {}
     /// Serialises the whole state, for a snapshot.
@@ -40,6 +43,15 @@ pub trait GroupStateMachine: Send + 'static {
     }
     /// Replaces the whole state with a snapshot taken at `last_log_id`.
     fn restore(&mut self, last_log_id: Option<&LogId>, data: &[u8]) -> Result<(), String>;
+}
+
+/// A committed entry its group's state machine cannot apply; the group stops at it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("committed entry {index} of this group cannot be applied ({reason}); the group stops here rather than skip it and differ from its other replicas")]
+pub struct UnappliableEntry {
+    pub index: u64,
+    /// What is wrong with it (never its content: it may hold a secret).
+    pub reason: String,
 }
 
 pub type SnapshotData = Vec<u8>;
@@ -215,13 +227,23 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
                 let mut inner = self.lock();
-                inner.last_applied = Some(entry.log_id);
-                match &entry.payload {
+                let response = match &entry.payload {
                     EntryPayload::Blank => {
                         inner.machine.apply_empty(&entry.log_id);
                         Vec::new()
                     }
-                    EntryPayload::Normal(req) => inner.machine.apply(&entry.log_id, &req.0),
+                    EntryPayload::Normal(req) => {
+                        match inner.machine.apply(&entry.log_id, &req.0) {
+                            Ok(response) => response,
+                            Err(e) => {
+                                // Not applied: openraft stops the group on this error (its
+                                // proposer hears that the group stopped), and a restart replays
+                                // the entry again rather than starting past it.
+                                tracing::error!(index = e.index, reason = %e.reason, "{e}");
+                                return Err(io::Error::other(e));
+                            }
+                        }
+                    }
                     EntryPayload::Membership(m) => {
                         inner.record_membership(StoredMembership::new(
                             Some(entry.log_id),
@@ -230,7 +252,9 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
                         inner.machine.apply_empty(&entry.log_id);
                         Vec::new()
                     }
-                }
+                };
+                inner.last_applied = Some(entry.log_id);
+                response
             };
             if let Some(r) = responder {
                 r.send(Response(response));
@@ -287,8 +311,8 @@ mod tests {
     struct Nothing;
 
     impl GroupStateMachine for Nothing {
-        fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Vec<u8> {
-            Vec::new()
+        fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Result<Vec<u8>, UnappliableEntry> {
+            Ok(Vec::new())
         }
         fn snapshot(&self) -> Vec<u8> {
             Vec::new()

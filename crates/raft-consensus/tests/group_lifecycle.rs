@@ -15,9 +15,13 @@ use openraft::BasicNode;
 struct Counter(u64);
 
 impl GroupStateMachine for Counter {
-    fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Vec<u8> {
+    fn apply(
+        &mut self,
+        _log_id: &LogId,
+        _data: &[u8],
+    ) -> Result<Vec<u8>, millrace_raft::UnappliableEntry> {
         self.0 += 1;
-        self.0.to_le_bytes().to_vec()
+        Ok(self.0.to_le_bytes().to_vec())
     }
     fn snapshot(&self) -> Vec<u8> {
         self.0.to_le_bytes().to_vec()
@@ -147,4 +151,109 @@ async fn snapshot_survives_reopen_and_remove_deletes_everything() {
     assert!(groups.registry().get(group_id).is_none());
     let meta = NodeMeta::open(&dir.path().join("meta2")).unwrap();
     drop(meta);
+}
+
+/// Records what it applies; while `refuse` is set, an entry holding `poison` cannot be applied
+/// (as if written by a newer version, or damaged).
+struct Picky {
+    refuse: bool,
+    applied: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl GroupStateMachine for Picky {
+    fn apply(
+        &mut self,
+        log_id: &LogId,
+        data: &[u8],
+    ) -> Result<Vec<u8>, millrace_raft::UnappliableEntry> {
+        if self.refuse && data == b"poison" {
+            return Err(millrace_raft::UnappliableEntry {
+                index: log_id.index,
+                reason: "unknown to this version".into(),
+            });
+        }
+        self.applied.lock().unwrap().push(data.to_vec());
+        Ok(Vec::new())
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _last: Option<&LogId>, _data: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A committed entry the state machine cannot apply stops the group (its writer hears so)
+/// instead of being skipped; a replica that can apply it (an upgraded node) applies it on
+/// restart, so no replica ever moves past an entry it did not apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_applied_stops_the_group_and_is_applied_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let group_id = 9;
+    let mode = SnapshotMode::EveryEntries {
+        entries: 1000,
+        keep_entries: 0,
+    };
+    let applied = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let groups = manager(dir.path());
+        let machine = Picky {
+            refuse: true,
+            applied: applied.clone(),
+        };
+        let h = groups
+            .open_group(group_id, Box::new(machine), mode)
+            .await
+            .expect("open");
+        let voters: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:1"))].into();
+        h.raft.initialize(voters).await.expect("initialize");
+        h.raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "single node leads")
+            .await
+            .expect("leader");
+        let put = |data: &'static [u8]| {
+            h.raft
+                .client_write(Request(bytes::Bytes::from_static(data)))
+        };
+        put(b"first").await.expect("an ordinary entry applies");
+        let refused = tokio::time::timeout(Duration::from_secs(10), put(b"poison"))
+            .await
+            .expect("the writer hears within 10 s");
+        assert!(
+            matches!(refused, Err(openraft::errors::RaftError::Fatal(_))),
+            "the group stopped: {refused:?}"
+        );
+        let after = tokio::time::timeout(Duration::from_secs(10), put(b"after"))
+            .await
+            .expect("answered");
+        assert!(after.is_err(), "a stopped group takes no writes");
+        assert_eq!(*applied.lock().unwrap(), [b"first".to_vec()]);
+        groups.shutdown_all().await;
+    }
+    applied.lock().unwrap().clear();
+    let groups = manager(dir.path());
+    let machine = Picky {
+        refuse: false,
+        applied: applied.clone(),
+    };
+    let h = groups
+        .open_group(group_id, Box::new(machine), mode)
+        .await
+        .expect("reopen");
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "leader again after restart")
+        .await
+        .expect("leader");
+    h.raft
+        .client_write(Request(bytes::Bytes::from_static(b"later")))
+        .await
+        .expect("writes go on");
+    assert_eq!(
+        *applied.lock().unwrap(),
+        [b"first".to_vec(), b"poison".to_vec(), b"later".to_vec()],
+        "the entry refused before is applied on restart, in its place"
+    );
+    groups.shutdown_all().await;
 }

@@ -17,8 +17,12 @@ use openraft::BasicNode;
 struct Nothing;
 
 impl GroupStateMachine for Nothing {
-    fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Vec<u8> {
-        Vec::new()
+    fn apply(
+        &mut self,
+        _log_id: &LogId,
+        _data: &[u8],
+    ) -> Result<Vec<u8>, millrace_raft::UnappliableEntry> {
+        Ok(Vec::new())
     }
     fn snapshot(&self) -> Vec<u8> {
         Vec::new()

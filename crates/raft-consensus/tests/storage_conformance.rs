@@ -15,9 +15,13 @@ struct Counter {
 }
 
 impl GroupStateMachine for Counter {
-    fn apply(&mut self, _log_id: &LogId, _data: &[u8]) -> Vec<u8> {
+    fn apply(
+        &mut self,
+        _log_id: &LogId,
+        _data: &[u8],
+    ) -> Result<Vec<u8>, millrace_raft::UnappliableEntry> {
         self.applied += 1;
-        self.applied.to_le_bytes().to_vec()
+        Ok(self.applied.to_le_bytes().to_vec())
     }
     fn snapshot(&self) -> Vec<u8> {
         self.applied.to_le_bytes().to_vec()

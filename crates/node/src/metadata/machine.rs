@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use millrace_raft::types::LogId;
-use millrace_raft::GroupStateMachine;
+use millrace_raft::{GroupStateMachine, UnappliableEntry};
 use tokio::sync::watch;
 
 use super::state::{MetaCommand, MetaResponse, MetaState};
@@ -73,26 +73,23 @@ pub fn decode_response(bytes: &[u8]) -> Result<MetaResponse, String> {
 }
 
 impl GroupStateMachine for MetaMachine {
-    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
-        let response = match serde_json::from_slice::<MetaCommand>(data) {
-            Ok(cmd) => {
-                let r = self
-                    .shared
-                    .state
-                    .write()
-                    .expect("metadata lock")
-                    .apply(&cmd);
-                self.shared.version.send_modify(|v| *v += 1);
-                r
-            }
-            Err(e) => {
-                // Only where and what kind: serde's message may quote a value, a secret's too.
-                let e = serde_shape(&e);
-                tracing::error!(index = log_id.index, error = %e, "undecodable metadata command skipped");
-                MetaResponse::InvalidArgument(format!("undecodable metadata command: {e}"))
-            }
-        };
-        serde_json::to_vec(&response).expect("metadata responses serialise")
+    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Result<Vec<u8>, UnappliableEntry> {
+        // A command this binary does not know (written by a newer version during a rolling
+        // upgrade) or a damaged one stops this replica: applying the rest without it would
+        // leave this node's metadata silently different. Upgrading the node replays it.
+        let cmd = serde_json::from_slice::<MetaCommand>(data).map_err(|e| UnappliableEntry {
+            index: log_id.index,
+            // Only where and what kind: serde's message may quote a value, a secret's too.
+            reason: format!("metadata command does not decode: {}", serde_shape(&e)),
+        })?;
+        let response = self
+            .shared
+            .state
+            .write()
+            .expect("metadata lock")
+            .apply(&cmd);
+        self.shared.version.send_modify(|v| *v += 1);
+        Ok(serde_json::to_vec(&response).expect("metadata responses serialise"))
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -153,5 +150,32 @@ mod tests {
             state.cluster_secret.map(|s| s.0).as_deref(),
             Some("s3cr3t-value")
         );
+    }
+
+    #[test]
+    fn a_command_that_does_not_decode_stops_the_replica_instead_of_being_skipped() {
+        let shared = MetaShared::new();
+        let mut m = MetaMachine::new(shared.clone());
+        let secret = r#"{"InitClusterSecret":{"secret_hex":"s3cr3t-value"}}"#;
+        m.apply(&millrace_raft::types::log_id(1, 1, 1), secret.as_bytes())
+            .expect("a known command applies");
+        let version = *shared.version.borrow();
+        // A command of a newer version (unknown to this binary), then a damaged one.
+        for (index, data) in [
+            (2, r#"{"SetSomethingNewer":{"value":"s3cr3t-value"}}"#),
+            (3, r#"{"RemoveMember":{"node_id":"s3cr3t-value"}}"#),
+        ] {
+            let refused = m
+                .apply(&millrace_raft::types::log_id(1, 1, index), data.as_bytes())
+                .unwrap_err();
+            assert_eq!(refused.index, index);
+            assert!(
+                refused.reason.contains("does not decode")
+                    && !refused.to_string().contains("s3cr3t-value"),
+                "{refused}"
+            );
+        }
+        // Nothing changed: no state change was announced.
+        assert_eq!(*shared.version.borrow(), version);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::shard::entry::{self, ShardEntry};
 use millrace_proto::storage::shard_command::Command;
 use millrace_raft::types::LogId;
-use millrace_raft::GroupStateMachine;
+use millrace_raft::{GroupStateMachine, UnappliableEntry};
 
 /// Requests remembered per (producer, shard): a retry repeats one of the last few requests.
 const PRODUCER_REQUESTS_KEPT: usize = 32;
@@ -377,7 +377,7 @@ impl ShardMachine {
 }
 
 impl GroupStateMachine for ShardMachine {
-    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, log_id: &LogId, data: &[u8]) -> Result<Vec<u8>, UnappliableEntry> {
         let (response, records) = match entry::decode(data) {
             Ok(ShardEntry::Batch { header, .. }) => {
                 let requests: Vec<(u64, &str, u64)> = header
@@ -417,8 +417,10 @@ impl GroupStateMachine for ShardMachine {
             }
             Ok(ShardEntry::Empty) => (Vec::new(), 0),
             Err(e) => {
-                tracing::error!(index = log_id.index, error = %e, "undecodable shard entry");
-                (Vec::new(), 0)
+                return Err(UnappliableEntry {
+                    index: log_id.index,
+                    reason: format!("shard entry does not decode: {e}"),
+                })
             }
         };
         if records > 0 {
@@ -429,7 +431,7 @@ impl GroupStateMachine for ShardMachine {
                 .fetch_add(data.len() as u64, Relaxed);
         }
         self.advance(log_id.index, records);
-        response
+        Ok(response)
     }
 
     fn apply_empty(&mut self, log_id: &LogId) {
@@ -579,7 +581,7 @@ mod tests {
     }
 
     fn apply(m: &mut ShardMachine, index: u64, data: &[u8]) -> Vec<RequestOutcome> {
-        decode_outcomes(&m.apply(&log_id(2, 2, index), data)).expect("outcomes")
+        decode_outcomes(&m.apply(&log_id(2, 2, index), data).expect("applies")).expect("outcomes")
     }
 
     fn dup(shared: &ShardShared, index: u64) -> Vec<Span> {
@@ -658,7 +660,7 @@ mod tests {
 
         // A retention mark forgets what it purges.
         let mark = encode_command(Command::RetentionMark(RetentionMark { upto_index: 4 }));
-        restored.apply(&log_id(2, 2, 9), &mark);
+        restored.apply(&log_id(2, 2, 9), &mark).unwrap();
         assert!(dup(&restored_shared, 2).is_empty() && dup(&restored_shared, 4).is_empty());
         assert_eq!(dup(&restored_shared, 8), [(0, 1)]);
     }
@@ -701,9 +703,25 @@ mod tests {
         m.apply(
             &log_id(2, 2, 101),
             &encode_command(Command::Seal(Default::default())),
-        );
+        )
+        .unwrap();
         let closed = apply(&mut m, 102, &merged(&[("", 0, 1), ("r", 0, 1)]));
         assert_eq!(closed, [RequestOutcome::Closed, RequestOutcome::Closed]);
+    }
+
+    #[test]
+    fn an_entry_that_does_not_decode_is_refused_and_the_replica_stays_where_it_was() {
+        let shared = std::sync::Arc::new(ShardShared::new());
+        let mut m = ShardMachine::new(shared.clone());
+        apply(&mut m, 1, &put("", 0, 2));
+        let refused = m
+            .apply(&log_id(2, 2, 2), b"\xff\xfe not an entry")
+            .unwrap_err();
+        assert_eq!(refused.index, 2);
+        assert!(refused.reason.contains("does not decode"), "{refused}");
+        assert!(refused.to_string().contains("stops"), "{refused}");
+        // Nothing of it was applied: the replica's applied index is still the entry before.
+        assert_eq!(shared.applied_index(), Some(1));
     }
 
     #[test]
