@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::CliError;
+use millrace_client::limits::{GET_RECORDS_RECORDS_MAX, PUT_RECORDS_RECORDS_MAX};
 use millrace_client::{Client, ClientError, PutRecord, StartPosition};
 
 /// Options of `bench produce`.
@@ -78,10 +79,13 @@ pub async fn produce(
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    if opts.in_flight == 0 || opts.batch_records == 0 || opts.batch_records > 500 {
-        return Err(CliError::Usage(
-            "--in-flight must be at least 1 and --batch-records 1-500".into(),
-        ));
+    if opts.in_flight == 0
+        || opts.batch_records == 0
+        || opts.batch_records > PUT_RECORDS_RECORDS_MAX
+    {
+        return Err(CliError::Usage(format!(
+            "--in-flight must be at least 1 and --batch-records 1-{PUT_RECORDS_RECORDS_MAX}"
+        )));
     }
     ensure_stream(client, &opts.stream, opts.shards).await?;
     let before = client.node_stats().await;
@@ -278,7 +282,7 @@ pub async fn produce_batched(
     let before = client.node_stats().await;
     let config = millrace_client::ProducerConfig {
         linger,
-        batch_records_max: opts.batch_records.clamp(1, 500),
+        batch_records_max: opts.batch_records.clamp(1, PUT_RECORDS_RECORDS_MAX),
         in_flight_per_shard: opts.in_flight.div_ceil(shards).max(1),
         idempotent: true,
         ..millrace_client::ProducerConfig::default()
@@ -344,7 +348,7 @@ pub async fn consume(
             .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
             .await?;
         while !it.is_empty() {
-            let page = client.get_records(&it, 10_000).await?;
+            let page = client.get_records(&it, GET_RECORDS_RECORDS_MAX).await?;
             let done = page.records.is_empty() && page.millis_behind_latest == 0;
             records += page.records.len() as u64;
             bar.inc(page.records.len() as u64);

@@ -19,7 +19,7 @@ mod tail;
 pub const ENDPOINT_ENV: &str = "MILLRACE_ENDPOINT";
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7101";
 /// Records per PutRecords call when writing stdin (the Kinesis limit).
-const PUT_BATCH_RECORDS_MAX: usize = 500;
+const PUT_BATCH_RECORDS_MAX: usize = millrace_client::limits::PUT_RECORDS_RECORDS_MAX;
 
 #[derive(Debug, Subcommand)]
 pub enum StreamCommand {

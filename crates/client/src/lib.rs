@@ -125,6 +125,7 @@ pub use connection::{Client, ClientConfig};
 pub use consumer::{ShardEvent, ShardReader, ShardSubscription};
 pub use error::ClientError;
 pub use group::GroupWorker;
+pub use millrace_proto::limits;
 pub use millrace_proto::v1 as proto;
 pub use millrace_security::access_sig::Credentials;
 pub use producer::{ProduceError, Producer, ProducerConfig, RecordFuture};

@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::limits::PUT_RECORDS_RECORDS_MAX;
 use crate::routes::hash_of;
 use crate::{Client, ClientError, PutRecord, PutResult, RecordError};
 
@@ -65,7 +66,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
             linger: Duration::from_millis(5),
-            batch_records_max: 500,
+            batch_records_max: PUT_RECORDS_RECORDS_MAX,
             batch_bytes_max: 1024 * 1024,
             in_flight_per_shard: 4,
             buffer_records: 10_000,
@@ -124,10 +125,10 @@ impl Producer {
         stream: &str,
         config: ProducerConfig,
     ) -> Result<Producer, ProduceError> {
-        if config.batch_records_max == 0 || config.batch_records_max > 500 {
-            return Err(ProduceError::Invalid(
-                "batch_records_max must be 1-500".into(),
-            ));
+        if config.batch_records_max == 0 || config.batch_records_max > PUT_RECORDS_RECORDS_MAX {
+            return Err(ProduceError::Invalid(format!(
+                "batch_records_max must be 1-{PUT_RECORDS_RECORDS_MAX}"
+            )));
         }
         if config.in_flight_per_shard == 0 || config.buffer_records == 0 {
             return Err(ProduceError::Invalid(

@@ -3,6 +3,9 @@
 //! * [`v1`]: the public gRPC API (`millrace.v1.Millrace`).
 //! * [`internal`]: node-to-node RPCs (Raft transport, forwarding to leaders).
 //! * [`storage`]: the on-disk record batch format (payload of shard Raft entries).
+//! * [`limits`]: the limits of the public API (Kinesis's), each named once with its source.
+
+pub mod limits;
 
 /// Generated modules, nested as the protobuf packages are (so cross-package references work).
 #[allow(clippy::all, missing_docs)]

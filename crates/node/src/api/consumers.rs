@@ -25,7 +25,7 @@ const SUBSCRIPTION_MS: i64 = 5 * 60 * 1000;
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Events buffered per subscription before the reader waits for the client.
 const EVENTS_BUFFERED_MAX: usize = 4;
-pub const CONSUMER_NAME_CHARS_MAX: usize = 128;
+pub use millrace_proto::limits::NAME_CHARS_MAX as CONSUMER_NAME_CHARS_MAX;
 
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<pb::SubscribeToShardEvent, Status>> + Send>>;

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::access::{consumer_target, principal_of, resource_target, Target};
 use super::error::ApiError;
-use super::records::RECORD_DATA_BYTES_MAX;
+use super::records::RECORD_BYTES_DEFAULT;
 use crate::metadata::access::AccessCommand;
 use crate::metadata::state::{
     MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamMode, StreamStatus,
@@ -19,8 +19,10 @@ use crate::server::node::Node;
 use crate::server::now_ms;
 use crate::shard::sequence::SequenceNumber;
 
-pub const STREAM_NAME_CHARS_MAX: usize = 128;
-pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+use millrace_proto::limits::{MAX_RECORD_SIZE_KIB_MAX, MAX_RECORD_SIZE_KIB_MIN};
+pub use millrace_proto::limits::{
+    NAME_CHARS_MAX as STREAM_NAME_CHARS_MAX, RETENTION_HOURS_DEFAULT,
+};
 
 pub struct MillraceService {
     pub node: Arc<Node>,
@@ -138,11 +140,12 @@ impl MillraceService {
             )));
         }
         let max_record_bytes = match req.max_record_size_kib {
-            0 => RECORD_DATA_BYTES_MAX,
-            kib @ 1024..=10240 => kib as usize * 1024,
+            0 => RECORD_BYTES_DEFAULT,
+            kib @ MAX_RECORD_SIZE_KIB_MIN..=MAX_RECORD_SIZE_KIB_MAX => kib as usize * 1024,
             kib => {
                 return Err(ApiError::InvalidArgument(format!(
-                    "MaxRecordSizeInKiB {kib} must be between 1024 and 10240"
+                    "MaxRecordSizeInKiB {kib} must be between {MAX_RECORD_SIZE_KIB_MIN} and \
+                     {MAX_RECORD_SIZE_KIB_MAX}"
                 )))
             }
         };
@@ -150,7 +153,7 @@ impl MillraceService {
             max_record_bytes,
             name,
             creation_timestamp_ms: now_ms(),
-            retention_period_hours: DEFAULT_RETENTION_HOURS,
+            retention_period_hours: RETENTION_HOURS_DEFAULT,
             replication_factor: rf,
             placements,
             stream_mode: req_mode,
@@ -366,7 +369,7 @@ impl Millrace for MillraceService {
         self.node.sync_meta().await?;
         let limit = match req.limit {
             0 => 100,
-            l => l.min(10_000) as usize,
+            l => (l as i64).min(millrace_proto::limits::LIST_RESULTS_MAX) as usize,
         };
         let after: Vec<String> = self.node.meta.read(|s| {
             s.streams

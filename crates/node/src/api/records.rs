@@ -25,13 +25,10 @@ use crate::shard::hashing::{parse_explicit_hash_key, partition_key_hash};
 use crate::shard::read::ReadBounds;
 use crate::shard::sequence::SequenceNumber;
 
-/// Kinesis limits (Kinesis Data Streams quotas, "PutRecords" and "GetRecords").
-pub const PUT_RECORDS_RECORDS_MAX: usize = 500;
-pub const PUT_RECORDS_BYTES_MAX: usize = 5 * 1024 * 1024;
-pub const RECORD_DATA_BYTES_MAX: usize = 1024 * 1024;
-pub const PARTITION_KEY_CHARS_MAX: usize = 256;
-pub const GET_RECORDS_RECORDS_MAX: u32 = 10_000;
-pub const GET_RECORDS_BYTES_MAX: usize = 10 * 1024 * 1024;
+pub use millrace_proto::limits::{
+    GET_RECORDS_BYTES_MAX, GET_RECORDS_RECORDS_MAX, PARTITION_KEY_CHARS_MAX, PUT_RECORDS_BYTES_MAX,
+    PUT_RECORDS_RECORDS_MAX, RECORD_BYTES_DEFAULT,
+};
 
 /// PutRecords calls one pipeline runs at a time (the next message waits for a slot).
 pub const PIPELINE_CALLS_MAX: usize = 1024;

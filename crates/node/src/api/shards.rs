@@ -19,7 +19,7 @@ use crate::shard::hashing::parse_explicit_hash_key;
 
 /// ListShards page size bounds (Kinesis: MaxResults 1-10000, default 1000).
 const LIST_SHARDS_DEFAULT: usize = 1000;
-const LIST_SHARDS_MAX: u32 = 10_000;
+const LIST_SHARDS_MAX: u32 = millrace_proto::limits::LIST_RESULTS_MAX as u32;
 /// A NextToken is valid for 5 minutes, as in Kinesis.
 const NEXT_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
 

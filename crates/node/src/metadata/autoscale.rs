@@ -16,8 +16,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A shard's write capacity (Kinesis): 1,000 records or 1 MiB a second.
-pub const WRITE_RECORDS_PER_SEC: f64 = 1000.0;
-pub const WRITE_BYTES_PER_SEC: f64 = 1024.0 * 1024.0;
+pub use millrace_proto::limits::{
+    SHARD_WRITE_BYTES_PER_SEC as WRITE_BYTES_PER_SEC,
+    SHARD_WRITE_RECORDS_PER_SEC as WRITE_RECORDS_PER_SEC,
+};
 /// A shard at or above this share of its capacity (in records or bytes) is hot.
 pub const HOT_SHARE: f64 = 0.9;
 /// A shard below this share of its capacity (in records and bytes) is cold.

@@ -354,9 +354,7 @@ pub enum MetaCommand {
     Access(super::access::AccessCommand),
 }
 
-/// Retention bounds (Kinesis: 24 hours to 365 days).
-pub const RETENTION_HOURS_MIN: u32 = 24;
-pub const RETENTION_HOURS_MAX: u32 = 8760;
+pub use millrace_proto::limits::{RETENTION_HOURS_MAX, RETENTION_HOURS_MIN};
 
 /// The outcome of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

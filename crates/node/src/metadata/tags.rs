@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-pub const TAGS_PER_STREAM_MAX: usize = 50;
+pub use millrace_proto::limits::TAGS_PER_STREAM_MAX;
 pub const TAG_KEY_CHARS_MAX: usize = 128;
 pub const TAG_VALUE_CHARS_MAX: usize = 256;
 

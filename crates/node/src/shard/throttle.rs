@@ -5,10 +5,11 @@
 
 use std::time::Instant;
 
-pub const WRITE_BYTES_PER_SEC: f64 = 1024.0 * 1024.0;
-pub const WRITE_RECORDS_PER_SEC: f64 = 1000.0;
-pub const READ_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
-pub const READ_CALLS_PER_SEC: f64 = 5.0;
+pub use millrace_proto::limits::{
+    SHARD_READ_BYTES_PER_SEC as READ_BYTES_PER_SEC, SHARD_READ_CALLS_PER_SEC as READ_CALLS_PER_SEC,
+    SHARD_WRITE_BYTES_PER_SEC as WRITE_BYTES_PER_SEC,
+    SHARD_WRITE_RECORDS_PER_SEC as WRITE_RECORDS_PER_SEC,
+};
 
 /// A token bucket refilled continuously at `rate` per second up to `rate` (one second of burst).
 #[derive(Debug, Clone)]

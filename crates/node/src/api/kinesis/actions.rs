@@ -40,8 +40,10 @@ const STREAM_MODES: [&str; 2] = ["PROVISIONED", "ON_DEMAND"];
 /// Shards of an ON_DEMAND stream created without a ShardCount (Kinesis starts at 4).
 /// An ON_DEMAND stream created without a ShardCount starts with the scaler's floor.
 const ON_DEMAND_INITIAL_SHARDS: u32 = crate::metadata::autoscale::ON_DEMAND_SHARDS_MIN;
-/// Largest record Kinesis can be configured for (a stream's own limit is checked later).
-const RECORD_BYTES_MAX: usize = 10 * 1024 * 1024;
+use millrace_proto::limits::{
+    LIST_RESULTS_MAX, MAX_RECORD_SIZE_KIB_MAX, MAX_RECORD_SIZE_KIB_MIN, NEXT_TOKEN_CHARS_MAX,
+    PUT_RECORDS_RECORDS_MAX, RECORD_BYTES_MAX,
+};
 
 fn hash_key_pattern(s: &str) -> bool {
     s == "0"
@@ -326,7 +328,14 @@ async fn create_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
         m.enumeration("StreamMode", true, &STREAM_MODES)
     });
     let tags = i.string_map("Tags", false, (0, TAGS_PER_STREAM_MAX));
-    let max_kib = i.int("MaxRecordSizeInKiB", false, (1024, 10240));
+    let max_kib = i.int(
+        "MaxRecordSizeInKiB",
+        false,
+        (
+            MAX_RECORD_SIZE_KIB_MIN.into(),
+            MAX_RECORD_SIZE_KIB_MAX.into(),
+        ),
+    );
     let warm = i.int("WarmThroughputMiBps", false, (0, i32::MAX.into()));
     i.finish()?;
     let name = name.unwrap_or_default();
@@ -399,7 +408,7 @@ async fn delete_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
 
 async fn describe_stream(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let stream = i.stream();
-    let limit = i.int("Limit", false, (1, 10_000)).unwrap_or(100) as usize;
+    let limit = i.int("Limit", false, (1, LIST_RESULTS_MAX)).unwrap_or(100) as usize;
     let after = i.name("ExclusiveStartShardId", false, 128);
     i.finish()?;
     let s = svc.stream_fresh(&required_stream(stream)?).await?;
@@ -506,9 +515,9 @@ async fn list_streams(
     mut i: Input<'_>,
     principal: Option<&str>,
 ) -> Result<Out> {
-    let limit = i.int("Limit", false, (1, 10_000)).unwrap_or(100) as usize;
+    let limit = i.int("Limit", false, (1, LIST_RESULTS_MAX)).unwrap_or(100) as usize;
     let start = i.name("ExclusiveStartStreamName", false, 128);
-    let token = i.string("NextToken", false, (1, 1_048_576), None);
+    let token = i.string("NextToken", false, (1, NEXT_TOKEN_CHARS_MAX), None);
     i.finish()?;
     // The NextToken is the last stream name listed, base64url.
     let after = match token {
@@ -569,9 +578,9 @@ async fn list_streams(
 
 async fn list_shards(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let (name, arn) = i.stream_members();
-    let token = i.string("NextToken", false, (1, 1_048_576), None);
+    let token = i.string("NextToken", false, (1, NEXT_TOKEN_CHARS_MAX), None);
     let after = i.name("ExclusiveStartShardId", false, 128);
-    let max = i.int("MaxResults", false, (1, 10_000));
+    let max = i.int("MaxResults", false, (1, LIST_RESULTS_MAX));
     let created = i.timestamp("StreamCreationTimestamp", false);
     let filter = i.nested("ShardFilter", false, |f| {
         let kind = f.enumeration("Type", true, &SHARD_FILTER_TYPES);
@@ -713,7 +722,7 @@ async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
 
 async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let stream = i.stream();
-    let entries = match i.list("Records", true, (1, 500)) {
+    let entries = match i.list("Records", true, (1, PUT_RECORDS_RECORDS_MAX)) {
         Some(items) => i.each("Records", items, put_entry),
         None => Vec::new(),
     };
@@ -827,7 +836,7 @@ async fn get_shard_iterator(svc: &MillraceService, mut i: Input<'_>) -> Result<O
 
 async fn get_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let iterator = i.string("ShardIterator", true, (1, 4096), None);
-    let limit = i.int("Limit", false, (1, 10_000));
+    let limit = i.int("Limit", false, (1, LIST_RESULTS_MAX));
     let _arn = i.string(
         "StreamARN",
         false,
@@ -1111,8 +1120,10 @@ async fn describe_consumer(svc: &MillraceService, mut i: Input<'_>) -> Result<Ou
 
 async fn list_consumers(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let stream = stream_arn_member(&mut i, true);
-    let token = i.string("NextToken", false, (1, 1_048_576), None);
-    let max = i.int("MaxResults", false, (1, 10_000)).unwrap_or(100) as usize;
+    let token = i.string("NextToken", false, (1, NEXT_TOKEN_CHARS_MAX), None);
+    let max = i
+        .int("MaxResults", false, (1, LIST_RESULTS_MAX))
+        .unwrap_or(100) as usize;
     let _created = i.timestamp("StreamCreationTimestamp", false);
     i.finish()?;
     let after = token.as_deref().map(name_after).transpose()?;
@@ -1218,7 +1229,14 @@ fn warm_throughput_out(s: &StreamMeta, open: usize) -> Out {
 async fn update_max_record_size(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let stream = i.stream();
     let _stream_id = i.string("StreamId", false, (1, 24), None);
-    let kib = i.int("MaxRecordSizeInKiB", true, (1024, 10240));
+    let kib = i.int(
+        "MaxRecordSizeInKiB",
+        true,
+        (
+            MAX_RECORD_SIZE_KIB_MIN.into(),
+            MAX_RECORD_SIZE_KIB_MAX.into(),
+        ),
+    );
     i.finish()?;
     let cmd = MetaCommand::SetMaxRecordSize {
         name: stream_name_from(&required_stream(stream)?)?,
