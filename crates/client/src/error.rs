@@ -40,7 +40,8 @@ impl ClientError {
     }
 
     pub(crate) fn from_status(status: tonic::Status) -> ClientError {
-        if is_connect_failure(&status) {
+        // The request never left this process (typed: see `millrace_mux::never_sent`).
+        if millrace_mux::never_sent(&status) {
             return ClientError::Unreachable {
                 deadline: Duration::ZERO,
                 last_error: status.message().to_string(),
@@ -71,21 +72,4 @@ impl ClientError {
             _ => false,
         }
     }
-}
-
-/// A status that means the request never left this process (nothing can have been applied).
-fn is_connect_failure(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut text = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(s) = source {
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    let text = text.to_ascii_lowercase();
-    text.contains("tcp connect error")
-        || text.contains("error trying to connect")
-        || text.contains("connection refused")
 }

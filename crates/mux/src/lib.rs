@@ -177,8 +177,37 @@ impl<P: Protocol> Future for Pending<P> {
 
 /// The status of a call no stream would take: it never left this process.
 fn not_sent() -> Status {
-    // Reads as a connection never made (safe to retry) to a caller that checks.
-    Status::unavailable("connection refused: the call's stream kept closing before sending it")
+    let mut status = Status::unavailable("the call's stream kept closing before sending it");
+    status.set_source(Arc::new(NeverSent));
+    status
+}
+
+/// The source of a status whose call was never sent (see [`never_sent`]).
+#[derive(Debug)]
+pub struct NeverSent;
+
+impl std::fmt::Display for NeverSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call was never sent")
+    }
+}
+
+impl std::error::Error for NeverSent {}
+
+/// Whether a failed call's `status` says the call never left this process, so that nothing
+/// can have been applied and it may be sent anywhere again: the connection could not be made
+/// (tonic's `ConnectError`: a refused or timed-out TCP connect, a failed TLS handshake), or no
+/// stream would take the call ([`NeverSent`]). Read from the types in the error's source
+/// chain, never from its text.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() || e.is::<NeverSent>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// One stream: sends each call with a fresh id (those queued together in one message) and
@@ -371,7 +400,10 @@ mod tests {
                 Err(if UNIMPLEMENTED {
                     Status::unimplemented("no such method")
                 } else {
-                    Status::unavailable("tcp connect error: connection refused")
+                    // As tonic reports a refused connection: a `ConnectError` source.
+                    let mut refused = Status::unavailable("tcp connect error");
+                    refused.set_source(Arc::new(tonic::ConnectError("connection refused".into())));
+                    refused
                 })
             })
         }
@@ -383,6 +415,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_is_known_never_sent_by_the_types_of_its_error_not_its_words() {
+        // A real connection refused: nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let refused = millrace_proto::v1::millrace_client::MillraceClient::new(channel)
+            .list_streams(millrace_proto::v1::ListStreamsRequest::default())
+            .await
+            .unwrap_err();
+        assert!(never_sent(&refused), "{refused:?}");
+        assert!(never_sent(&refused.clone()), "a clone keeps its source");
+        assert!(never_sent(&not_sent()));
+        // The same words without the types say nothing.
+        assert!(!never_sent(&Status::unavailable(
+            "tcp connect error: connection refused"
+        )));
+        assert!(!never_sent(&Status::unknown(
+            "the stream ended before answering"
+        )));
+    }
+
+    #[tokio::test]
     async fn a_stream_that_cannot_open_fails_its_calls_with_its_status() {
         let pipeline = Pipeline::<Refused<false>>::new(channel());
         let answer = pipeline
@@ -390,8 +449,10 @@ mod tests {
             .await
             .expect("sent, not handed back");
         let status = answer.unwrap_err();
+        // The stream's own status, or (when the call was handed back and no stream took it)
+        // the mux's: both say the call was never sent.
         assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert!(status.message().contains("connection refused"));
+        assert!(never_sent(&status), "{status:?}");
         // The next call opens a new stream (and fails the same way).
         assert!(pipeline.call("b".into()).await.unwrap().is_err());
     }

@@ -684,14 +684,10 @@ fn write_error(
     }
 }
 
-/// Maps a failed node-to-node call: a refused connection means nothing was sent.
+/// Maps a failed node-to-node call: a connection never made means nothing was sent (read from
+/// the error's types: `millrace_mux::never_sent`).
 pub fn transport_error(status: &tonic::Status) -> ApiError {
-    let text = format!("{status:?}").to_ascii_lowercase();
-    let never_sent = status.code() == tonic::Code::Unavailable
-        && (text.contains("tcp connect error")
-            || text.contains("connection refused")
-            || text.contains("error trying to connect"));
-    if never_sent {
+    if millrace_mux::never_sent(status) {
         ApiError::Unavailable(format!("peer unreachable: {}", status.message()))
     } else {
         ApiError::UnknownOutcome(format!("peer call failed: {}", status.message()))
