@@ -699,3 +699,77 @@ fn the_example_config_file_documents_and_accepts_every_key() {
         "{err}"
     );
 }
+
+/// A leadership transfer whose target never stands must not leave its shard without writes:
+/// the leader hands the leadership to another voter. Node 3 leaves (its leaderships move to
+/// nodes 1 and 2) and comes back dropping every TransferLeader message it receives (a
+/// calibration bug: as if each were lost), so every leadership the balancer sends its way
+/// stalls. Without the hand-off, a leader that started a transfer proposes nothing until an
+/// election, which a quiet shard group never holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_leadership_transfer_is_handed_to_another_voter() {
+    let mut cluster = Cluster::start("stalled-transfer", 3).await;
+    let client = cluster.client();
+    client.create_stream("s", 6).await.expect("create");
+    client
+        .wait_for_active("s", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let starts: Vec<String> = client
+        .list_shards("s")
+        .await
+        .expect("shards")
+        .into_iter()
+        .map(|s| s.hash_key_range.expect("range").starting_hash_key)
+        .collect();
+    cluster.stop(3).await;
+    cluster.spawn_with_args(
+        3,
+        &["--calibration-inject-bug-unsafe", "ignore-transfer-leader"],
+    );
+    cluster.wait_ready(Duration::from_secs(60)).await;
+
+    // Write to every shard, round after round, until a leader has seen its transfer stall and
+    // handed it on, and for a few rounds after: each write must be acknowledged within 12 s
+    // (a stall is handed on after 2 s; an election and the client's retries take the rest).
+    let stalled = |cluster: &Cluster| {
+        [1, 2].iter().any(|id| {
+            std::fs::read_to_string(cluster.log_path(*id))
+                .unwrap_or_default()
+                .contains("leadership transfer stalled")
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut rounds_after = 0;
+    for round in 0.. {
+        for (i, start) in starts.iter().enumerate() {
+            let record = PutRecord {
+                partition_key: format!("k{round}-{i}"),
+                data: bytes::Bytes::from(format!("r{round}")),
+                explicit_hash_key: Some(start.clone()),
+            };
+            let put = tokio::time::timeout(
+                Duration::from_secs(12),
+                client.put_records("s", vec![record]),
+            )
+            .await;
+            let acked = matches!(&put, Ok(Ok(results)) if results.iter().all(|r| r.is_ok()));
+            assert!(
+                acked,
+                "shard {i} took no write within 12 s in round {round}: {put:?} (logs in {})",
+                cluster.root.display()
+            );
+        }
+        if stalled(&cluster) {
+            rounds_after += 1;
+            if rounds_after > 10 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no transfer toward node 3 stalled within 60 s: the test did not test anything"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

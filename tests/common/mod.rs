@@ -183,6 +183,11 @@ impl Cluster {
 
     /// Starts (or restarts, on the same data dir) node `id`.
     pub fn spawn(&mut self, id: u64) {
+        self.spawn_with_args(id, &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra `serve` flags for this start of the node only.
+    pub fn spawn_with_args(&mut self, id: u64, extra: &[&str]) {
         let peers = self.peers.clone();
         let env = self.env.clone();
         let node = &self.nodes[(id - 1) as usize];
@@ -228,6 +233,7 @@ impl Cluster {
             .args(["--http-addr", &node.http])
             .args(["--zone", &node.zone])
             .args([how, &whom])
+            .args(extra)
             .env("MILLRACE_LOG", "info,openraft=warn")
             .envs(env)
             .stdin(Stdio::null())

@@ -14,6 +14,7 @@ use millrace_proto::internal::internal_client::InternalClient;
 use millrace_proto::internal::{RaftReply, RaftRequest, RaftRpc};
 use millrace_security::connector::ClientConfigSource;
 use millrace_security::peer_auth::{PeerChannel, PeerSigner};
+use openraft::async_runtime::WatchReceiver;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -61,6 +62,9 @@ pub const STREAM_APPEND_PIPELINE_BYTES_MIN: usize = 1024 * 1024;
 /// one whole sweep period (so after 30–60 s idle; the next call starts a new one), and with it
 /// openraft's task that feeds the group.
 const STREAM_APPEND_SWEEP: Duration = Duration::from_secs(30);
+/// How long the target of a leadership transfer waits for the entries the leader appended just
+/// before it (see [`wait_for_transfer_log`]).
+const TRANSFER_CATCH_UP_MAX: Duration = Duration::from_secs(1);
 /// What a node that predates `STREAM_APPEND` answers it with (see [`GroupRegistry::dispatch`]):
 /// the only sign an older peer gives that it needs AppendEntries one at a time.
 const UNKNOWN_RPC: &str = "unknown raft rpc";
@@ -904,8 +908,14 @@ impl GroupRegistry {
                 encode(&r)
             }
             RaftRpc::TransferLeader => {
+                use millrace_storage::calibration::{self, InjectedBug};
+                if calibration::is(InjectedBug::IgnoreTransferLeader) {
+                    return Err("TransferLeader dropped (calibration bug)".into());
+                }
+                let req: TransferLeaderRequest<TypeConfig> = decode(p)?;
+                wait_for_transfer_log(&raft, &req).await;
                 let r = raft
-                    .handle_transfer_leader(decode(p)?)
+                    .handle_transfer_leader(req)
                     .await
                     .map_err(|e| e.to_string())?;
                 encode(&r)
@@ -915,4 +925,26 @@ impl GroupRegistry {
             RaftRpc::Unspecified => Err("raft rpc not set".into()),
         }
     }
+}
+
+/// The target of a leadership transfer waits (at most [`TRANSFER_CATCH_UP_MAX`]) until its log
+/// holds the leader's last entry named in the request. Entries the leader appended just before
+/// it handed over are usually still on their way (replication is pipelined and travels apart
+/// from this message); openraft ignores a transfer to a replica whose log is behind, and the
+/// leader, which stopped proposing when it started the transfer, would then wait for an
+/// election that a quiet group never holds. Other voters take the message at once.
+async fn wait_for_transfer_log(raft: &Raft, req: &TransferLeaderRequest<TypeConfig>) {
+    let Some(want) = req.last_log_id().map(|l| l.index) else {
+        return;
+    };
+    if *req.to_node_id() != raft.metrics().borrow_watched().id {
+        return;
+    }
+    let _ = raft
+        .wait(Some(TRANSFER_CATCH_UP_MAX))
+        .metrics(
+            |m| m.last_log_index.is_some_and(|i| i >= want),
+            "the transfer's last entry is in the log",
+        )
+        .await;
 }

@@ -25,13 +25,18 @@ pub enum InjectedBug {
     /// Any node hosting a replica serves reads from it without asking the leader, and adds
     /// at the end the writes still in flight at this node, before they commit.
     UncommittedReads,
+    /// The node drops every TransferLeader message it receives, as if lost on the way: a
+    /// leader handing it a leadership waits for an election that never comes, unless it hands
+    /// the leadership on (`tests/operations.rs` checks that it does; not a jepsen calibration).
+    IgnoreTransferLeader,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 3] = [
+    pub const ALL: [InjectedBug; 4] = [
         InjectedBug::AckBeforeFsync,
         InjectedBug::SkipSequenceNumber,
         InjectedBug::UncommittedReads,
+        InjectedBug::IgnoreTransferLeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +44,7 @@ impl InjectedBug {
             InjectedBug::AckBeforeFsync => "ack-before-fsync",
             InjectedBug::SkipSequenceNumber => "skip-sequence-number",
             InjectedBug::UncommittedReads => "uncommitted-reads",
+            InjectedBug::IgnoreTransferLeader => "ignore-transfer-leader",
         }
     }
 }

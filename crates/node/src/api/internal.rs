@@ -206,7 +206,14 @@ impl Internal for InternalService {
                         ..Default::default()
                     },
                     Ok(()) => match h.raft.trigger().transfer_leader(req.to).await {
-                        Ok(()) => ipb::TransferLeadershipReply::default(),
+                        Ok(()) => {
+                            crate::server::node::watch_transfer(
+                                h.raft.clone(),
+                                req.group_id,
+                                req.to,
+                            );
+                            ipb::TransferLeadershipReply::default()
+                        }
                         Err(e) => ipb::TransferLeadershipReply {
                             error: e.to_string(),
                             ..Default::default()

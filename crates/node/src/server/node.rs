@@ -694,6 +694,76 @@ pub fn transport_error(status: &tonic::Status) -> ApiError {
     }
 }
 
+/// A leadership transfer that has not happened after this long is handed on to another voter
+/// (then after twice, four times... as long, up to [`TRANSFER_STALL_AFTER_MAX`]).
+const TRANSFER_STALL_AFTER: Duration = Duration::from_secs(2);
+const TRANSFER_STALL_AFTER_MAX: Duration = Duration::from_secs(16);
+
+/// Watches a leadership transfer this leader started toward `to`. A leader that started a
+/// transfer proposes nothing until some replica wins an election, and a quiet shard group holds
+/// none by itself: if the target never stands (the message was lost, the target paused or died,
+/// or openraft ignored it), the shard would take no writes for good. So while the leadership
+/// has not moved, the transfer is handed on, after [`TRANSFER_STALL_AFTER`] and then less and
+/// less often, to a voter whose log is complete: one not tried yet when there is one. The watch
+/// ends when this replica stops leading in the term it started in.
+pub fn watch_transfer(raft: millrace_raft::types::Raft, group_id: u64, to: u64) {
+    tokio::spawn(async move {
+        let (me, term) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.id, m.current_term)
+        };
+        let mut tried = vec![to];
+        let mut stall_after = TRANSFER_STALL_AFTER;
+        loop {
+            let moved = raft
+                .wait(Some(stall_after))
+                .metrics(
+                    |m| !m.state.is_leader() || m.current_term != term,
+                    "leadership moved",
+                )
+                .await;
+            // Moved, or the group is shutting down: nothing left to watch.
+            if !matches!(moved, Err(openraft::metrics::WaitError::Timeout(..))) {
+                return;
+            }
+            stall_after = (stall_after * 2).min(TRANSFER_STALL_AFTER_MAX);
+            let m = raft.metrics().borrow_watched().clone();
+            let complete: Vec<u64> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != me)
+                .filter(|v| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(v).cloned().flatten());
+                    matched.map(|l| l.index) == m.last_log_index
+                })
+                .collect();
+            let Some(next) = complete
+                .iter()
+                .find(|v| !tried.contains(v))
+                .or(complete.first())
+                .copied()
+            else {
+                continue;
+            };
+            tracing::warn!(
+                group_id,
+                to = tried.last().copied(),
+                next,
+                "leadership transfer stalled; handing the leadership to another voter"
+            );
+            tried.push(next);
+            if raft.trigger().transfer_leader(next).await.is_err() {
+                return; // the group stopped
+            }
+        }
+    });
+}
+
 /// Whether leader `raft` may hand its leadership to `to` now: `to` must hold the leader's
 /// whole log and have answered a heartbeat of this leader. openraft refuses a transfer to a
 /// replica that has not heard this leader (a quiet group sends no heartbeats between writes,
