@@ -66,10 +66,53 @@ impl ClientError {
     pub(crate) fn retryable(&self) -> bool {
         match self {
             ClientError::Unreachable { .. } => true,
-            ClientError::Server { symbol, .. } => {
-                matches!(symbol.as_str(), "NOT_LEADER" | "UNAVAILABLE" | "NOT_READY")
-            }
+            // The error table's "yes: nothing was applied" rows.
+            ClientError::Server { symbol, .. } => matches!(
+                millrace_proto::v1::ErrorCode::from_str_name(symbol),
+                Some(
+                    millrace_proto::v1::ErrorCode::NotLeader
+                        | millrace_proto::v1::ErrorCode::Unavailable
+                )
+            ),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(symbol: &str) -> ClientError {
+        ClientError::Server {
+            code: tonic::Code::Unavailable,
+            symbol: symbol.into(),
+            message: String::new(),
+        }
+    }
+
+    /// The client retries exactly the error table's rows whose retry column says nothing was
+    /// applied; a symbol the table does not define is never retried.
+    #[test]
+    fn retries_follow_the_error_table() {
+        let table = millrace_proto::ERRORS_PROTO;
+        let mut rows = 0;
+        for line in table.lines().filter(|l| l.contains(" = ") && l.contains("//")) {
+            let symbol = line.trim().split(' ').next().expect("symbol");
+            if symbol == "ERROR_CODE_UNSPECIFIED" {
+                continue;
+            }
+            rows += 1;
+            let nothing_applied = line.ends_with("| yes: nothing was applied");
+            assert_eq!(server(symbol).retryable(), nothing_applied, "{line}");
+        }
+        assert!(rows >= 14, "the table was read: {rows} rows");
+        assert!(!server("NOT_READY").retryable());
+        assert!(ClientError::Unreachable {
+            deadline: Duration::ZERO,
+            last_error: String::new()
+        }
+        .retryable());
+        assert!(!ClientError::Unknown("lost".into()).retryable());
     }
 }
