@@ -61,6 +61,31 @@ fn manager(dir: &std::path::Path) -> GroupManager {
     .expect("manager")
 }
 
+/// Opens `group_id` on the single node of `groups` (initialising it as the only voter when
+/// `fresh`) and waits until it leads.
+async fn open_leading(
+    groups: &GroupManager,
+    group_id: u64,
+    machine: Box<dyn GroupStateMachine>,
+    mode: SnapshotMode,
+    fresh: bool,
+) -> millrace_raft::group::GroupHandle {
+    let h = groups
+        .open_group(group_id, machine, mode)
+        .await
+        .expect("open");
+    if fresh {
+        let voters: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:1"))].into();
+        h.raft.initialize(voters).await.expect("initialize");
+    }
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "the single node leads")
+        .await
+        .expect("leader");
+    h
+}
+
 async fn write(raft: &millrace_raft::Raft) -> u64 {
     let resp = raft
         .client_write(Request(bytes::Bytes::from_static(b"x")))
@@ -73,26 +98,13 @@ async fn write(raft: &millrace_raft::Raft) -> u64 {
 async fn snapshot_survives_reopen_and_remove_deletes_everything() {
     let dir = tempfile::tempdir().unwrap();
     let group_id = 7;
+    let mode = SnapshotMode::EveryEntries {
+        entries: 10,
+        keep_entries: 0,
+    };
     {
         let groups = manager(dir.path());
-        let h = groups
-            .open_group(
-                group_id,
-                Box::new(Counter::default()),
-                SnapshotMode::EveryEntries {
-                    entries: 10,
-                    keep_entries: 0,
-                },
-            )
-            .await
-            .expect("open");
-        let voters: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:1"))].into();
-        h.raft.initialize(voters).await.expect("initialize");
-        h.raft
-            .wait(Some(Duration::from_secs(10)))
-            .current_leader(1, "single node leads")
-            .await
-            .expect("leader");
+        let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, true).await;
         for i in 1..=25 {
             assert_eq!(write(&h.raft).await, i);
         }
@@ -106,24 +118,9 @@ async fn snapshot_survives_reopen_and_remove_deletes_everything() {
             .expect("snapshot");
         groups.shutdown_all().await;
     }
-    // Reopen: the state comes back from the persisted snapshot plus the log after it.
     let groups = manager(dir.path());
-    let h = groups
-        .open_group(
-            group_id,
-            Box::new(Counter::default()),
-            SnapshotMode::EveryEntries {
-                entries: 10,
-                keep_entries: 0,
-            },
-        )
-        .await
-        .expect("reopen");
-    h.raft
-        .wait(Some(Duration::from_secs(10)))
-        .current_leader(1, "leader again after restart")
-        .await
-        .expect("leader");
+    // Reopen: the state comes back from the persisted snapshot plus the log after it.
+    let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, false).await;
     let m = h.raft.metrics().borrow_watched().clone();
     assert!(
         m.purged.is_some(),
@@ -201,17 +198,7 @@ async fn an_entry_that_cannot_be_applied_stops_the_group_and_is_applied_after_a_
             refuse: true,
             applied: applied.clone(),
         };
-        let h = groups
-            .open_group(group_id, Box::new(machine), mode)
-            .await
-            .expect("open");
-        let voters: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:1"))].into();
-        h.raft.initialize(voters).await.expect("initialize");
-        h.raft
-            .wait(Some(Duration::from_secs(10)))
-            .current_leader(1, "single node leads")
-            .await
-            .expect("leader");
+        let h = open_leading(&groups, group_id, Box::new(machine), mode, true).await;
         let put = |data: &'static [u8]| {
             h.raft
                 .client_write(Request(bytes::Bytes::from_static(data)))
@@ -237,15 +224,7 @@ async fn an_entry_that_cannot_be_applied_stops_the_group_and_is_applied_after_a_
         refuse: false,
         applied: applied.clone(),
     };
-    let h = groups
-        .open_group(group_id, Box::new(machine), mode)
-        .await
-        .expect("reopen");
-    h.raft
-        .wait(Some(Duration::from_secs(10)))
-        .current_leader(1, "leader again after restart")
-        .await
-        .expect("leader");
+    let h = open_leading(&groups, group_id, Box::new(machine), mode, false).await;
     h.raft
         .client_write(Request(bytes::Bytes::from_static(b"later")))
         .await
