@@ -1519,6 +1519,7 @@ async fn sdk_consumers_and_subscribe_to_shard() {
             .await
             .unwrap();
     }
+    let subscribed_at = tokio::time::Instant::now();
     let mut sub = subscription(&c, &consumer.consumer_arn, ShardIteratorType::TrimHorizon)
         .send()
         .await
@@ -1569,7 +1570,51 @@ async fn sdk_consumers_and_subscribe_to_shard() {
     writer.await.unwrap();
     assert_eq!(got, (0..6).map(|i| format!("r{i}")).collect::<Vec<_>>());
     assert!(!last_continuation.is_empty());
-    drop(sub);
+    // After the 5 s, a new subscription takes the shard over: the earlier one ends, with
+    // ResourceInUseException, as in Kinesis.
+    tokio::time::sleep_until(subscribed_at + Duration::from_millis(5100)).await;
+    let mut taker = subscription(&c, &consumer.consumer_arn, ShardIteratorType::Latest)
+        .send()
+        .await
+        .expect("a subscription after 5 s takes over");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, sub.event_stream.recv())
+            .await
+            .expect("the earlier subscription ends within 10 s")
+        {
+            Ok(Some(_)) => continue, // a heartbeat event sent before the take-over
+            other => break other,
+        }
+    };
+    assert!(
+        format!("{ended:?}").contains("ResourceInUse"),
+        "the earlier subscription ends with ResourceInUseException: {ended:?}"
+    );
+    // The new one is served.
+    c.put_record()
+        .stream_name("s")
+        .partition_key("k")
+        .data(Blob::new(b"r6".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    'taken: loop {
+        let event = tokio::time::timeout_at(deadline, taker.event_stream.recv())
+            .await
+            .expect("the new subscription's record before the deadline")
+            .expect("a good event")
+            .expect("the stream stays open");
+        if let SubscribeToShardEventStream::SubscribeToShardEvent(e) = event {
+            for r in e.records {
+                if r.data.as_ref() == b"r6" {
+                    break 'taken;
+                }
+            }
+        }
+    }
+    drop((sub, taker));
 
     // ListStreamConsumers pages with MaxResults and NextToken.
     for name in ["app2", "app3"] {

@@ -198,21 +198,29 @@ impl MillraceService {
                 &req.shard_id,
             ))
         })?;
-        // One subscription per consumer and shard: refused within 5 s of a successful one.
+        // One subscription per consumer and shard: refused within 5 s of a successful one,
+        // and a later one takes it over.
         let started = self
             .node
             .subscriptions
             .lock()
             .expect("subscriptions lock")
             .start(&req.consumer_arn, &req.shard_id, std::time::Instant::now());
-        if let Err(wait) = started {
-            return Err(ApiError::ResourceInUse(format!(
-                "Another active subscription exists for this consumer: {} subscribed to {} less than 5 seconds ago (retry in {} ms)",
-                req.consumer_arn,
-                req.shard_id,
-                wait.as_millis().max(1)
-            )));
-        }
+        let mut subscribed = match started {
+            Ok(s) => s,
+            Err(wait) => {
+                return Err(ApiError::ResourceInUse(format!(
+                    "Another active subscription exists for this consumer: {} subscribed to {} less than 5 seconds ago (retry in {} ms)",
+                    req.consumer_arn,
+                    req.shard_id,
+                    wait.as_millis().max(1)
+                )))
+            }
+        };
+        let taken_over = ApiError::ResourceInUse(format!(
+            "Another subscription of {} to {} took this one over",
+            req.consumer_arn, req.shard_id
+        ));
         let counters = self.node.metrics.stream(&stream_name);
         if let Some(c) = &counters {
             c.subscriptions
@@ -224,84 +232,108 @@ impl MillraceService {
             node: self.node.clone(),
         };
         tokio::spawn(async move {
-            let mut position = (token.index, token.position);
-            // An AT_TIMESTAMP start still to come: skip what arrived before it.
-            let mut not_before_ms = token.not_before_ms;
-            let until = now_ms() + SUBSCRIPTION_MS;
-            let mut last_sent = tokio::time::Instant::now();
-            let mut applied_changes = service
-                .node
-                .shard_shared(shard.group_id)
-                .map(|s| s.subscribe());
-            while now_ms() < until {
-                if let Some(w) = applied_changes.as_mut() {
-                    w.borrow_and_update();
-                }
-                let bounds = ReadBounds {
-                    from_index: position.0,
-                    from_position: position.1,
-                    max_records: GET_RECORDS_RECORDS_MAX as usize,
-                    max_bytes: GET_RECORDS_BYTES_MAX,
-                    at_timestamp_ms: not_before_ms,
-                };
-                let read = match service
+            let pushed = async {
+                let mut position = (token.index, token.position);
+                // An AT_TIMESTAMP start still to come: skip what arrived before it.
+                let mut not_before_ms = token.not_before_ms;
+                let until = now_ms() + SUBSCRIPTION_MS;
+                let mut last_sent = tokio::time::Instant::now();
+                let mut applied_changes = service
                     .node
-                    .shard_read(shard.group_id, &shard.replicas, bounds)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+                    .shard_shared(shard.group_id)
+                    .map(|s| s.subscribe());
+                while now_ms() < until {
+                    if subscribed.taken_over() {
+                        let _ = tx.send(Err(Status::from(taken_over))).await;
                         return;
                     }
-                };
-                let at_end = read.at_end();
-                let millis_behind = read.millis_behind();
-                position = (read.outcome.next_index, read.outcome.next_position);
-                let has_records = !read.outcome.records.is_empty();
-                if has_records {
-                    not_before_ms = None;
-                }
-                if has_records || at_end || last_sent.elapsed() >= HEARTBEAT {
-                    // The child shards only at the shard's end, read in place (a stream's
-                    // metadata is not copied per event).
-                    let children = match at_end {
-                        true => service.node.meta.read(|s| {
-                            s.streams
-                                .get(&stream_name)
-                                .map(|st| child_shards(st, &shard.shard_id))
-                                .unwrap_or_default()
-                        }),
-                        false => Vec::new(),
-                    };
-                    let event = pb::SubscribeToShardEvent {
-                        records: records_proto(read.outcome.records),
-                        continuation_sequence_number: SequenceNumber::new(position.0, position.1)
-                            .to_string(),
-                        millis_behind_latest: millis_behind,
-                        child_shards: children,
-                    };
-                    if let Some(c) = &counters {
-                        c.count_pushed(&event, per_shard.then_some(shard.shard_id.as_str()));
+                    if let Some(w) = applied_changes.as_mut() {
+                        w.borrow_and_update();
                     }
-                    if tx.send(Ok(event)).await.is_err() {
-                        return; // the client went away
-                    }
-                    last_sent = tokio::time::Instant::now();
-                }
-                if at_end {
-                    return;
-                }
-                if !has_records {
-                    // Wake as soon as a new entry applies here (or poll if no local replica).
-                    match applied_changes.as_mut() {
-                        Some(w) => {
-                            let _ = tokio::time::timeout(Duration::from_secs(1), w.changed()).await;
+                    let bounds = ReadBounds {
+                        from_index: position.0,
+                        from_position: position.1,
+                        max_records: GET_RECORDS_RECORDS_MAX as usize,
+                        max_bytes: GET_RECORDS_BYTES_MAX,
+                        at_timestamp_ms: not_before_ms,
+                    };
+                    let read = match service
+                        .node
+                        .shard_read(shard.group_id, &shard.replicas, bounds)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            return;
                         }
-                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    };
+                    let at_end = read.at_end();
+                    let millis_behind = read.millis_behind();
+                    position = (read.outcome.next_index, read.outcome.next_position);
+                    let has_records = !read.outcome.records.is_empty();
+                    if has_records {
+                        not_before_ms = None;
+                    }
+                    if has_records || at_end || last_sent.elapsed() >= HEARTBEAT {
+                        // The child shards only at the shard's end, read in place (a stream's
+                        // metadata is not copied per event).
+                        let children = match at_end {
+                            true => service.node.meta.read(|s| {
+                                s.streams
+                                    .get(&stream_name)
+                                    .map(|st| child_shards(st, &shard.shard_id))
+                                    .unwrap_or_default()
+                            }),
+                            false => Vec::new(),
+                        };
+                        let event = pb::SubscribeToShardEvent {
+                            records: records_proto(read.outcome.records),
+                            continuation_sequence_number: SequenceNumber::new(
+                                position.0, position.1,
+                            )
+                            .to_string(),
+                            millis_behind_latest: millis_behind,
+                            child_shards: children,
+                        };
+                        if let Some(c) = &counters {
+                            c.count_pushed(&event, per_shard.then_some(shard.shard_id.as_str()));
+                        }
+                        if tx.send(Ok(event)).await.is_err() {
+                            return; // the client went away
+                        }
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    if at_end {
+                        return;
+                    }
+                    if !has_records {
+                        // Wake as soon as a new entry applies here (or poll if no local replica),
+                        // or another subscription takes this one over.
+                        let applied = async {
+                            match applied_changes.as_mut() {
+                                Some(w) => {
+                                    let _ =
+                                        tokio::time::timeout(Duration::from_secs(1), w.changed())
+                                            .await;
+                                }
+                                None => tokio::time::sleep(Duration::from_millis(50)).await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = applied => {}
+                            _ = subscribed.wait_taken_over() => {}
+                        }
                     }
                 }
-            }
+            };
+            pushed.await;
+            service
+                .node
+                .subscriptions
+                .lock()
+                .expect("subscriptions lock")
+                .finish(&subscribed);
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
