@@ -97,7 +97,10 @@ mod tests {
     fn retries_follow_the_error_table() {
         let table = millrace_proto::ERRORS_PROTO;
         let mut rows = 0;
-        for line in table.lines().filter(|l| l.contains(" = ") && l.contains("//")) {
+        for line in table
+            .lines()
+            .filter(|l| l.contains(" = ") && l.contains("//"))
+        {
             let symbol = line.trim().split(' ').next().expect("symbol");
             if symbol == "ERROR_CODE_UNSPECIFIED" {
                 continue;
