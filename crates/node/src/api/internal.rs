@@ -208,6 +208,7 @@ impl Internal for InternalService {
                     Ok(()) => match h.raft.trigger().transfer_leader(req.to).await {
                         Ok(()) => {
                             crate::server::node::watch_transfer(
+                                self.node.clone(),
                                 h.raft.clone(),
                                 req.group_id,
                                 req.to,

@@ -695,27 +695,30 @@ pub fn transport_error(status: &tonic::Status) -> ApiError {
 }
 
 /// A leadership transfer that has not happened after this long is handed on to another voter
-/// (then after twice, four times... as long, up to [`TRANSFER_STALL_AFTER_MAX`]).
-const TRANSFER_STALL_AFTER: Duration = Duration::from_secs(2);
-const TRANSFER_STALL_AFTER_MAX: Duration = Duration::from_secs(16);
+/// (then after twice, four times... as long, up to [`TRANSFER_STALL_AFTER_MAX`]). More than the
+/// target's own wait for its log (`TRANSFER_CATCH_UP_MAX`, 1 s) plus an election.
+const TRANSFER_STALL_AFTER: Duration = Duration::from_secs(3);
+const TRANSFER_STALL_AFTER_MAX: Duration = Duration::from_secs(24);
 
 /// Watches a leadership transfer this leader started toward `to`. A leader that started a
 /// transfer proposes nothing until some replica wins an election, and a quiet shard group holds
 /// none by itself: if the target never stands (the message was lost, the target paused or died,
 /// or openraft ignored it), the shard would take no writes for good. So while the leadership
 /// has not moved, the transfer is handed on, after [`TRANSFER_STALL_AFTER`] and then less and
-/// less often, to a voter whose log is complete: one not tried yet when there is one. The watch
-/// ends when this replica stops leading in the term it started in.
-pub fn watch_transfer(raft: millrace_raft::types::Raft, group_id: u64, to: u64) {
+/// less often, to a voter whose log is complete and whose node answers pings: the one tried
+/// least recently (never, first). The watch ends when this replica stops leading in the term
+/// it started in, or the group stops.
+pub fn watch_transfer(node: Arc<Node>, raft: millrace_raft::types::Raft, group_id: u64, to: u64) {
     tokio::spawn(async move {
         let (me, term) = {
             let metrics = raft.metrics();
             let m = metrics.borrow_watched();
             (m.id, m.current_term)
         };
-        let mut tried = vec![to];
+        // Per voter: the attempt that last chose it (0: none yet).
+        let mut last_tried: BTreeMap<u64, usize> = BTreeMap::from([(to, 1)]);
         let mut stall_after = TRANSFER_STALL_AFTER;
-        loop {
+        for attempt in 2.. {
             let moved = raft
                 .wait(Some(stall_after))
                 .metrics(
@@ -728,12 +731,17 @@ pub fn watch_transfer(raft: millrace_raft::types::Raft, group_id: u64, to: u64) 
                 return;
             }
             stall_after = (stall_after * 2).min(TRANSFER_STALL_AFTER_MAX);
+            let up: Vec<u64> = node
+                .peers_up()
+                .into_iter()
+                .filter_map(|(peer, up)| up.then_some(peer))
+                .collect();
             let m = raft.metrics().borrow_watched().clone();
-            let complete: Vec<u64> = m
+            let next = m
                 .membership_config
                 .membership()
                 .voter_ids()
-                .filter(|v| *v != me)
+                .filter(|v| *v != me && up.contains(v))
                 .filter(|v| {
                     let matched = m
                         .replication
@@ -741,22 +749,17 @@ pub fn watch_transfer(raft: millrace_raft::types::Raft, group_id: u64, to: u64) 
                         .and_then(|r| r.get(v).cloned().flatten());
                     matched.map(|l| l.index) == m.last_log_index
                 })
-                .collect();
-            let Some(next) = complete
-                .iter()
-                .find(|v| !tried.contains(v))
-                .or(complete.first())
-                .copied()
-            else {
+                .min_by_key(|v| last_tried.get(v).copied().unwrap_or(0));
+            let Some(next) = next else {
                 continue;
             };
             tracing::warn!(
                 group_id,
-                to = tried.last().copied(),
+                to,
                 next,
                 "leadership transfer stalled; handing the leadership to another voter"
             );
-            tried.push(next);
+            last_tried.insert(next, attempt);
             if raft.trigger().transfer_leader(next).await.is_err() {
                 return; // the group stopped
             }
