@@ -334,6 +334,26 @@ async fn a_plaintext_cluster_takes_only_signed_fresh_internal_requests_from_memb
     let status = internal.ping(ping("beef.7")).await.unwrap_err();
     assert!(status.message().contains("replayed"), "{status:?}");
 
+    // A metadata command of a newer version (unknown here), rightly signed by a member, is
+    // refused before it is committed: committed, it would stop every replica that cannot
+    // apply it.
+    let newer = signed(
+        tonic::Request::new(ipb::MetaProposeRequest {
+            command: br#"{"SetSomethingNewer":{"value":1}}"#.to_vec(),
+        }),
+        "/millrace.internal.v1.Internal/MetaPropose",
+        &secret,
+        1,
+        now_ms(),
+        "cafe.1",
+    );
+    let reply = internal
+        .meta_propose(newer)
+        .await
+        .expect("answered")
+        .into_inner();
+    assert!(reply.error.contains("does not know"), "{reply:?}");
+
     // None of it moved the group.
     assert_eq!(meta_term(&cluster, 1), term);
     let s = cluster.status(1).unwrap();

@@ -191,6 +191,17 @@ impl Node {
         &self,
         bytes: &[u8],
     ) -> Result<Result<MetaResponse, Option<u64>>, ApiError> {
+        // A command this binary cannot decode (sent by a newer node during a rolling upgrade)
+        // is refused here, before it is committed: once committed, every replica that cannot
+        // apply it stops its metadata group.
+        if let Err(e) = serde_json::from_slice::<crate::metadata::state::MetaCommand>(bytes) {
+            return Err(ApiError::InvalidArgument(format!(
+                "a metadata command this node's version does not know ({:?} at column {}); \
+                 upgrade every node before using a new action",
+                e.classify(),
+                e.column()
+            )));
+        }
         match self
             .meta_group
             .raft

@@ -184,7 +184,11 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
         }
         let metrics = raft.metrics();
         let m = metrics.borrow_watched();
-        if m.state == ServerState::Leader || m.state == ServerState::Learner {
+        // A stopped replica (say, at an entry it cannot apply) elects nothing either.
+        if matches!(
+            m.state,
+            ServerState::Leader | ServerState::Learner | ServerState::Shutdown
+        ) {
             return;
         }
         let membership = m.membership_config.membership();

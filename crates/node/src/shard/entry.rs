@@ -111,7 +111,15 @@ pub fn decode(data: &[u8]) -> Result<ShardEntry<'_>, String> {
     let command = ShardCommand::decode(data).map_err(|e| format!("bad shard command: {e}"))?;
     Ok(match command.command {
         Some(c) => ShardEntry::Command(c),
-        None => ShardEntry::Empty,
+        None if data.is_empty() => ShardEntry::Empty,
+        // Bytes that hold no command this version knows: one a newer version added (protobuf
+        // skips a field it does not know), never to be taken for an empty entry.
+        None => {
+            return Err(format!(
+                "shard command of a kind this version does not know ({} bytes)",
+                data.len()
+            ))
+        }
     })
 }
 
@@ -161,6 +169,17 @@ pub fn arrival_of(data: &[u8]) -> Result<Option<i64>, String> {
 mod tests {
     use super::*;
     use millrace_proto::storage::{RetentionMark, Seal};
+
+    #[test]
+    fn a_command_of_an_unknown_kind_is_an_error_not_an_empty_entry() {
+        // Field 4 of ShardCommand, as a newer version might add to its `command` oneof.
+        let newer = [0x22, 0x02, 0x08, 0x01];
+        let Err(e) = decode(&newer) else {
+            panic!("an unknown command must be refused")
+        };
+        assert!(e.contains("does not know"), "{e}");
+        assert!(matches!(decode(&[]), Ok(ShardEntry::Empty)));
+    }
 
     fn record(key: &str, data: &[u8]) -> BatchRecord {
         BatchRecord {
