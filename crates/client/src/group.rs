@@ -65,7 +65,9 @@ impl GroupWorker {
 
     /// Reads one page from every leased shard, hands its records to `handle`, and checkpoints
     /// them. Returns how many records were handed out. An error from `handle` stops the step
-    /// before that page is checkpointed, and is returned.
+    /// before that page is checkpointed, and is returned; this worker's readers have moved past
+    /// the page by then, so do not call `step` again: release the worker (or let its leases
+    /// expire), and the next owner of each lease reads again from its checkpoint.
     pub async fn step<E: From<ClientError>>(
         &mut self,
         handle: &mut dyn FnMut(&str, &Record) -> Result<(), E>,
