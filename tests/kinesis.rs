@@ -1389,6 +1389,26 @@ async fn sdk_resharding_returns_child_shards() {
         (target.target_mibps, target.current_mibps),
         (Some(6), Some(6))
     );
+    // An explicit ShardCount under the warm throughput: the stream is split up to it, idle.
+    c.create_stream()
+        .stream_name("warm-grows")
+        .stream_mode_details(on_demand())
+        .shard_count(2)
+        .warm_throughput_mibps(4)
+        .send()
+        .await
+        .expect("create with fewer shards than its warm throughput");
+    wait_active(&c, "warm-grows").await;
+    assert_eq!(summary(&c, "warm-grows").await.open_shard_count, 2);
+    wait_until(
+        Duration::from_secs(120),
+        "warm-grows split up to its 4 MiB/s",
+        || async {
+            let s = summary(&c, "warm-grows").await;
+            s.open_shard_count == 4 && s.stream_status == StreamStatus::Active
+        },
+    )
+    .await;
 
     // UpdateStreamRecordDistributionStrategy: AUTO spreads even one partition key over every
     // open shard; USER_PARTITION_KEY hashes it to one again. PROVISIONED streams refuse AUTO.

@@ -11,6 +11,9 @@
 //!   `merge_after` (much longer than `split_after`, so a burst does not flap), while the stream
 //!   keeps at least its floor: [`ON_DEMAND_SHARDS_MIN`] and one shard per MiB/s of warm
 //!   throughput.
+//! - **Grow to the warm throughput** ([`grow_to_warm`]): a stream with fewer open shards than
+//!   its warm throughput asks for (one per MiB/s) has its widest shard split in the middle at
+//!   once, whatever the load.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -138,6 +141,28 @@ impl Scaler {
     }
 }
 
+/// The split that brings a stream with fewer open shards than its warm throughput asks for
+/// (`warm_shards`: one per MiB/s) toward it at once, whatever the load: its widest shard, in the
+/// middle (the first of equals). `None` once there, or at the stream's shard limit.
+pub fn grow_to_warm(open: &[ShardLoad], warm_shards: u32, shards_max: u32) -> Option<Decision> {
+    if open.len() as u32 >= warm_shards.min(shards_max) {
+        return None;
+    }
+    let widest = open
+        .iter()
+        .filter(|s| s.ending_hash_key - s.starting_hash_key >= 3)
+        .max_by_key(|s| {
+            (
+                s.ending_hash_key - s.starting_hash_key,
+                std::cmp::Reverse(s.starting_hash_key),
+            )
+        })?;
+    Some(Decision::Split {
+        shard_id: widest.shard_id.clone(),
+        at: widest.starting_hash_key + (widest.ending_hash_key - widest.starting_hash_key) / 2 + 1,
+    })
+}
+
 fn track(since: &mut HashMap<String, Instant>, id: &str, now_true: bool, now: Instant) {
     match now_true {
         true => {
@@ -236,6 +261,43 @@ mod tests {
         );
         // At the stream's shard limit: no split.
         assert_eq!(scaler.observe(&open, t0 + 4 * S, 1, 2), None);
+    }
+
+    #[test]
+    fn a_stream_below_its_warm_throughput_splits_its_widest_shard_at_once() {
+        // One idle shard over the whole range, warm throughput for 4: split at once, in the
+        // middle.
+        let one = [load("a", (0, 799), 0.0)];
+        assert_eq!(
+            grow_to_warm(&one, 4, 10),
+            Some(Decision::Split {
+                shard_id: "a".into(),
+                at: 400
+            })
+        );
+        // Then the widest of what is open (the first of equals), until there.
+        let three = [
+            load("b", (0, 399), 0.0),
+            load("c", (400, 599), 0.0),
+            load("d", (600, 799), 0.0),
+        ];
+        assert_eq!(
+            grow_to_warm(&three, 4, 10),
+            Some(Decision::Split {
+                shard_id: "b".into(),
+                at: 200
+            })
+        );
+        let four = [
+            load("e", (0, 199), 0.0),
+            load("f", (200, 399), 0.0),
+            load("c", (400, 599), 0.0),
+            load("d", (600, 799), 0.0),
+        ];
+        assert_eq!(grow_to_warm(&four, 4, 10), None);
+        // No warm throughput, or at the stream's shard limit: nothing.
+        assert_eq!(grow_to_warm(&one, 0, 10), None);
+        assert_eq!(grow_to_warm(&three, 4, 3), None);
     }
 
     #[test]

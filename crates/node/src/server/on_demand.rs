@@ -13,7 +13,7 @@ use super::cluster::DOWN_AFTER;
 use super::node::Node;
 use crate::api::grpc::MillraceService;
 use crate::metadata::autoscale::{
-    Decision, Rates, Scaler, ShardLoad, MERGE_AFTER, ON_DEMAND_SHARDS_MIN,
+    grow_to_warm, Decision, Rates, Scaler, ShardLoad, MERGE_AFTER, ON_DEMAND_SHARDS_MIN,
 };
 use crate::metadata::reshard::shards_for_mibps;
 use crate::metadata::state::{ShardStatus, StreamMode, StreamStatus};
@@ -26,6 +26,8 @@ struct Candidate {
     name: String,
     open: Vec<(String, u64, u128, u128)>,
     shards_min: u32,
+    /// Open shards its warm throughput asks for (one per MiB/s; 0 without one).
+    warm_shards: u32,
 }
 
 pub async fn scale_loop(node: Arc<Node>) {
@@ -82,7 +84,9 @@ pub async fn scale_loop(node: Arc<Node>) {
                 .or_insert_with(|| Scaler::new(split_after, MERGE_AFTER));
             scaler.retain(&|id| c.open.iter().any(|(open, ..)| open == id));
             let max = node.config.shards_per_stream_max;
-            if let Some(decision) = scaler.observe(&loads, now, c.shards_min, max) {
+            let decision = grow_to_warm(&loads, c.warm_shards, max)
+                .or_else(|| scaler.observe(&loads, now, c.shards_min, max));
+            if let Some(decision) = decision {
                 apply(&node, &c.name, decision).await;
             }
         }
@@ -110,6 +114,10 @@ fn on_demand_streams(node: &Node) -> Vec<Candidate> {
                 shards_min: match st.warm_throughput_mibps {
                     0 => ON_DEMAND_SHARDS_MIN,
                     w => ON_DEMAND_SHARDS_MIN.max(shards_for_mibps(w)),
+                },
+                warm_shards: match st.warm_throughput_mibps {
+                    0 => 0,
+                    w => shards_for_mibps(w),
                 },
             })
             .collect()
