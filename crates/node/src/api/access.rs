@@ -329,9 +329,7 @@ impl MillraceService {
 
     /// The stream a shard iterator was issued for (authorising GetRecords before reading).
     pub(crate) async fn iterator_stream(&self, iterator: &str) -> Result<String, ApiError> {
-        let secret = self.secret().await?;
-        let ttl_ms = self.node.config.iterator_ttl_ms;
-        Ok(super::iterator::IteratorToken::decode(iterator, &secret, now_ms(), ttl_ms)?.stream)
+        Ok(self.decode_iterator(iterator).await?.stream)
     }
 
     pub(super) async fn create_access_key_impl(

@@ -10,7 +10,6 @@ use tonic::Status;
 
 use super::error::ApiError;
 use super::grpc::{meta_result, stream_name_from, MillraceService};
-use super::iterator::IteratorToken;
 use super::records::{child_shards, records_proto, GET_RECORDS_BYTES_MAX, GET_RECORDS_RECORDS_MAX};
 use crate::metadata::state::{ConsumerMeta, MetaCommand, StreamMeta};
 use crate::server::config::KinesisConfig;
@@ -185,13 +184,7 @@ impl MillraceService {
                 timestamp_ms: start.timestamp_ms,
             })
             .await?;
-        let secret = self.secret().await?;
-        let token = IteratorToken::decode(
-            &iterator.shard_iterator,
-            &secret,
-            now_ms(),
-            self.node.config.iterator_ttl_ms,
-        )?;
+        let token = self.decode_iterator(&iterator.shard_iterator).await?;
         let shard = stream.shard(&req.shard_id).cloned().ok_or_else(|| {
             ApiError::ResourceNotFound(crate::messages::shard_does_not_exist(
                 &stream_name,

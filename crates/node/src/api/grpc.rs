@@ -69,6 +69,30 @@ impl MillraceService {
             .ok_or_else(|| ApiError::Unavailable("the cluster secret is not created yet".into()))
     }
 
+    /// A shard iterator as this node reads it: its MAC checked with the cluster secret, its
+    /// age with this node's clock and the configured lifetime.
+    pub(super) async fn decode_iterator(
+        &self,
+        text: &str,
+    ) -> Result<super::iterator::IteratorToken, ApiError> {
+        let secret = self.secret().await?;
+        self.decode_iterator_with(text, &secret)
+    }
+
+    /// [`Self::decode_iterator`] with the secret already in hand.
+    pub(super) fn decode_iterator_with(
+        &self,
+        text: &str,
+        secret: &[u8],
+    ) -> Result<super::iterator::IteratorToken, ApiError> {
+        super::iterator::IteratorToken::decode(
+            text,
+            secret,
+            crate::server::now_ms(),
+            self.node.config.iterator_ttl_ms,
+        )
+    }
+
     /// The stream, read after catching up with the metadata leader (describe and list calls).
     pub(super) async fn stream_fresh(&self, name: &str) -> Result<StreamMeta, ApiError> {
         let name = stream_name_from(name)?;

@@ -485,12 +485,7 @@ impl MillraceService {
         counters: &mut Option<Arc<StreamCounters>>,
     ) -> Result<(Option<String>, pb::GetRecordsResponse), ApiError> {
         let secret = self.secret().await?;
-        let token = IteratorToken::decode(
-            &req.shard_iterator,
-            &secret,
-            now_ms(),
-            self.node.config.iterator_ttl_ms,
-        )?;
+        let token = self.decode_iterator_with(&req.shard_iterator, &secret)?;
         let limit = match req.limit {
             0 => GET_RECORDS_RECORDS_MAX,
             l if l > GET_RECORDS_RECORDS_MAX => {
