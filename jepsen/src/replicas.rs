@@ -51,11 +51,13 @@ pub fn compare(replicas: &[(String, PathBuf)], applied: &BTreeMap<u64, u64>) -> 
                 }
             };
             match SegmentLog::open(copy.path(), SegmentLogConfig::default(), None) {
-                // A log that holds no entry was purged whole up to its snapshot (retention):
-                // there is nothing of it to compare, which is no divergence.
+                // A log that holds no entry (purged whole up to a snapshot, as retention or a
+                // snapshot install does) has nothing to compare: no divergence, but said, with
+                // the last index it had written, as evidence.
                 Ok((log, _)) if log.first_index().is_none() => out.skipped.push(format!(
-                    "group {group_id} on {name}: its log holds no entry (purged up to its \
-                     snapshot); not compared"
+                    "group {group_id} on {name}: its log holds no entry (last written: {:?}); \
+                     not compared",
+                    log.last_index()
                 )),
                 Ok((log, _)) => logs.push((name.clone(), log)),
                 Err(e) => out.skipped.push(format!("group {group_id} on {name}: {e}")),
