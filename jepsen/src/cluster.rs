@@ -2,12 +2,13 @@
 //! the nemeses kill, pause, restart and skew the clocks of.
 
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::lazyfs::Mounted;
 use crate::net::Net;
 
 /// libfaketime (Debian `libfaketime`): fakes the wall clock of a node from a file it re-reads.
@@ -26,6 +27,9 @@ pub struct ClusterConfig {
     pub faketime: bool,
     /// A calibration bug every node injects (`--calibration-inject-bug-unsafe`).
     pub inject_bug: Option<String>,
+    /// Each node's data directory is a [`crate::lazyfs`] mount (for the power-loss nemesis):
+    /// what a node has not synced is lost when its power is cut.
+    pub lazy_fs: bool,
 }
 
 struct NodeProc {
@@ -36,6 +40,8 @@ struct NodeProc {
     clock_file: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// The lazy filesystem holding `data_dir`, when the run cuts power.
+    disk: Option<Mounted>,
 }
 
 pub struct Cluster {
@@ -63,9 +69,18 @@ impl Cluster {
                 clock_file: config.dir.join(format!("n{}.faketime", i + 1)),
                 child: None,
                 paused: false,
+                disk: None,
             })
             .collect();
         let mut cluster = Cluster { net, config, nodes };
+        if cluster.config.lazy_fs {
+            for node in &mut cluster.nodes {
+                node.disk = Some(Mounted::mount(
+                    &durable_dir(&node.data_dir),
+                    &node.data_dir,
+                )?);
+            }
+        }
         for i in 0..cluster.nodes.len() {
             cluster.set_clock_offset(i, 0)?;
             cluster.spawn(i)?;
@@ -192,6 +207,31 @@ impl Cluster {
         Ok((pid, format!("{status}")))
     }
 
+    /// A power cut: `kill -9`, then the node's disk forgets every write it had not synced.
+    /// Returns the pid and how it ended, with what was lost (evidence).
+    pub fn power_off(&mut self, i: usize) -> anyhow::Result<(u32, String)> {
+        if self.nodes[i].disk.is_none() {
+            bail!(
+                "{} has no lazy disk (the run was started without power-loss)",
+                self.name(i)
+            );
+        }
+        let (pid, exit) = self.kill(i)?;
+        let lost = self.nodes[i]
+            .disk
+            .as_ref()
+            .expect("checked")
+            .fs
+            .lose_unsynced();
+        Ok((
+            pid,
+            format!(
+                "{exit}; lost {} unsynced pages in {} files",
+                lost.pages, lost.files
+            ),
+        ))
+    }
+
     /// SIGSTOP; returns the pid and the process state read back from /proc (evidence).
     pub fn pause(&mut self, i: usize) -> anyhow::Result<(u32, String)> {
         let pid = self.pid(i).context("not running")?;
@@ -254,11 +294,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops every node (SIGCONT first where paused).
+    /// Stops every node (SIGCONT first where paused). A lazy disk is then synced (a killed
+    /// process leaves its page cache behind) and unmounted, and its durable directory takes
+    /// the data directory's place, for the replica comparison and `--keep-data`.
     pub fn shutdown(&mut self) {
         for i in 0..self.nodes.len() {
             if self.running(i) {
                 let _ = self.kill(i);
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut disk) = node.disk.take() {
+                disk.unmount();
+                let durable = durable_dir(&node.data_dir);
+                let moved = std::fs::remove_dir(&node.data_dir)
+                    .and_then(|()| std::fs::rename(&durable, &node.data_dir));
+                if let Err(e) = moved {
+                    tracing::warn!(dir = %node.data_dir.display(), error = %e, "moving a lazy disk's durable directory into place");
+                }
             }
         }
     }
@@ -268,6 +321,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Where a lazy disk keeps what was synced: beside the data directory it is mounted on.
+fn durable_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".durable");
+    data_dir.with_file_name(name)
 }
 
 fn signal(pid: u32, sig: i32) -> anyhow::Result<()> {

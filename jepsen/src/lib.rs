@@ -15,6 +15,7 @@ pub mod api;
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod lazyfs;
 pub mod nemesis;
 pub mod net;
 pub mod replicas;

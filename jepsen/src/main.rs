@@ -45,7 +45,7 @@ struct TestArgs {
     /// Seconds of workload under faults (the heal and the final read come after).
     #[arg(long, default_value_t = 120)]
     time_limit: u64,
-    /// Faults, comma-separated: kill, pause, partition, clock (or `none`).
+    /// Faults, comma-separated: kill, pause, partition, clock, reshard, power-loss (or `none`).
     #[arg(long, default_value = "kill,pause,partition,clock")]
     nemesis: String,
     /// Operations per second over all workers.
@@ -88,7 +88,7 @@ struct TestArgs {
     #[arg(long)]
     binary: Option<PathBuf>,
     /// NOT A FEATURE: start every node with this calibration bug, to check the harness
-    /// catches it (ack-before-fsync, skip-sequence-number, uncommitted-reads). Needs a debug
+    /// catches it (ack-before-fsync, skip-fsync, skip-sequence-number, uncommitted-reads). Needs a debug
     /// binary or one built with `--features calibration-bugs`.
     #[arg(long)]
     calibration_bug: Option<String>,

@@ -30,6 +30,10 @@ pub enum FaultKind {
     Clock,
     /// Split or merge a shard of the stream being written (no heal: the new shape stays).
     Reshard,
+    /// Cut the power of nodes: `kill -9`, and their disks forget what was not synced
+    /// ([`crate::lazyfs`]); heal restarts them on what was durable.
+    #[serde(rename = "power-loss")]
+    PowerLoss,
 }
 
 impl std::str::FromStr for FaultKind {
@@ -41,8 +45,9 @@ impl std::str::FromStr for FaultKind {
             "partition" => Ok(FaultKind::Partition),
             "clock" => Ok(FaultKind::Clock),
             "reshard" => Ok(FaultKind::Reshard),
+            "power-loss" => Ok(FaultKind::PowerLoss),
             other => Err(format!(
-                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard"
+                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss"
             )),
         }
     }
@@ -313,6 +318,18 @@ impl Nemesis {
                 let action = format!("kill -9 {} ({shape})", self.names(&nodes));
                 self.record(Kind::Invoke, &action, Value::Null);
                 let (applied, ev) = self.on_each(&nodes, "exit", Cluster::kill, |exit| {
+                    exit.contains("signal: 9")
+                });
+                (action, applied, ev, Undo::Restart(nodes))
+            }
+            FaultKind::PowerLoss => {
+                let (shape, nodes) = self.targets();
+                if nodes.is_empty() {
+                    return None;
+                }
+                let action = format!("power off {} ({shape})", self.names(&nodes));
+                self.record(Kind::Invoke, &action, Value::Null);
+                let (applied, ev) = self.on_each(&nodes, "exit", Cluster::power_off, |exit| {
                     exit.contains("signal: 9")
                 });
                 (action, applied, ev, Undo::Restart(nodes))

@@ -53,6 +53,7 @@ fn fault_color(kind: FaultKind) -> RGBColor {
         FaultKind::Partition => RGBColor(38, 139, 210),
         FaultKind::Clock => RGBColor(133, 153, 0),
         FaultKind::Reshard => RGBColor(108, 113, 196),
+        FaultKind::PowerLoss => RGBColor(211, 54, 130),
     }
 }
 

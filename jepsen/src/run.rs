@@ -143,6 +143,9 @@ pub fn missing_prerequisites(
             crate::cluster::LIBFAKETIME
         ));
     }
+    if nemeses.contains(&FaultKind::PowerLoss) && !has_file(Path::new("/dev/fuse")) {
+        missing.push("/dev/fuse (the `fuse` kernel module) for the power-loss nemesis".into());
+    }
     missing
 }
 
@@ -179,6 +182,7 @@ async fn run_in(config: &RunConfig, dir: &Path) -> anyhow::Result<RunOutcome> {
         dir: dir.to_path_buf(),
         nodes: config.nodes,
         faketime: config.nemeses.contains(&FaultKind::Clock),
+        lazy_fs: config.nemeses.contains(&FaultKind::PowerLoss),
         inject_bug: config.inject_bug.clone(),
     })?;
     cluster.wait_ready(Duration::from_secs(60))?;
@@ -442,6 +446,8 @@ mod tests {
         let clock = missing_prerequisites(&[FaultKind::Kill, FaultKind::Clock], &all, &no_files);
         assert_eq!(clock.len(), 1);
         assert!(clock[0].contains("libfaketime"), "{clock:?}");
+        let fuse = missing_prerequisites(&[FaultKind::PowerLoss], &all, &no_files);
+        assert!(fuse.len() == 1 && fuse[0].contains("/dev/fuse"), "{fuse:?}");
         let tools = missing_prerequisites(&[], &none, &files);
         assert_eq!(tools.len(), 2, "{tools:?}");
     }

@@ -224,8 +224,8 @@ struct ServeArgs {
     /// refused with LimitExceededException.
     #[arg(long, env = "MILLRACE_KEY_REQUESTS_PER_SECOND", default_value_t = 0)]
     key_requests_per_second: u32,
-    /// NOT A FEATURE. Injects a known bug (ack-before-fsync, skip-sequence-number,
-    /// uncommitted-reads) to prove the jepsen harness catches it. Only debug builds and builds
+    /// NOT A FEATURE. Injects a known bug (ack-before-fsync, skip-fsync, skip-sequence-number,
+    /// uncommitted-reads, ignore-transfer-leader) to prove the jepsen harness catches it. Only debug builds and builds
     /// with the `calibration-bugs` feature accept it.
     #[arg(long, env = "MILLRACE_CALIBRATION_INJECT_BUG_UNSAFE", hide = true)]
     calibration_inject_bug_unsafe: Option<String>,

@@ -29,14 +29,19 @@ pub enum InjectedBug {
     /// leader handing it a leadership waits for an election that never comes, unless it hands
     /// the leadership on (`tests/operations.rs` checks that it does; not a jepsen calibration).
     IgnoreTransferLeader,
+    /// The flush coordinator never syncs: appends are acknowledged as durable while they sit in
+    /// the page cache. A `kill -9` keeps the page cache, so only a power cut (the harness's
+    /// `power-loss` nemesis) shows it.
+    SkipFsync,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 4] = [
+    pub const ALL: [InjectedBug; 5] = [
         InjectedBug::AckBeforeFsync,
         InjectedBug::SkipSequenceNumber,
         InjectedBug::UncommittedReads,
         InjectedBug::IgnoreTransferLeader,
+        InjectedBug::SkipFsync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +50,7 @@ impl InjectedBug {
             InjectedBug::SkipSequenceNumber => "skip-sequence-number",
             InjectedBug::UncommittedReads => "uncommitted-reads",
             InjectedBug::IgnoreTransferLeader => "ignore-transfer-leader",
+            InjectedBug::SkipFsync => "skip-fsync",
         }
     }
 }

@@ -10,8 +10,12 @@
 //! instead of each file ([`SyncMethod::Auto`], the default): a node leading or following many busy
 //! shards then pays one journal commit and one device flush per round, not one per shard. `syncfs`
 //! writes back and waits for every dirty page of the filesystem and reports writeback errors of any
-//! file in it (Linux ≥ 5.8), so it is at least as strong as an `fdatasync` of each file.
+//! file in it (Linux ≥ 5.8), so it is at least as strong as an `fdatasync` of each file. That
+//! holds for disk filesystems only: on FUSE (Linux sends `FUSE_SYNCFS` to virtiofs alone), NFS
+//! and the like `syncfs` may make nothing durable, so files elsewhere than on ext4, XFS, btrfs,
+//! F2FS or tmpfs are always synced one by one ([`syncfs_covers`]).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -134,6 +138,7 @@ impl FlushCoordinator {
 
 fn run(mut rx: mpsc::Receiver<FlushRequest>, method: SyncMethod, stats: Arc<FlushStats>) {
     let mut helpers = SyncHelpers::default();
+    let mut syncfs_trusted = HashMap::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < FLUSH_ROUND_REQUESTS_MAX {
@@ -149,8 +154,12 @@ fn run(mut rx: mpsc::Receiver<FlushRequest>, method: SyncMethod, stats: Arc<Flus
             }
         }
         let started = std::time::Instant::now();
-        let plan = SyncPlan::new(files, method);
-        let result = plan.run(&mut helpers).map_err(Arc::new);
+        let plan = SyncPlan::new(files, method, &mut syncfs_trusted);
+        let result = if crate::calibration::is(crate::calibration::InjectedBug::SkipFsync) {
+            Ok(())
+        } else {
+            plan.run(&mut helpers).map_err(Arc::new)
+        };
         let took = started.elapsed();
         stats
             .sync_micros
@@ -199,8 +208,27 @@ struct SyncPlan {
     each: Vec<Arc<File>>,
 }
 
+/// True when `syncfs` on the filesystem of `file` writes back and waits for every dirty page of
+/// it: the disk filesystems. FUSE passes `syncfs` to virtiofs only, and network filesystems
+/// answer it without asking their server, so there each file is synced on its own.
+pub fn syncfs_covers(file: &File) -> bool {
+    const TRUSTED: [u64; 5] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // XFS
+        0x9123_683E, // btrfs
+        0xF2F5_2010, // F2FS
+        0x0102_1994, // tmpfs (nothing is durable there; syncfs is as good as fdatasync)
+    ];
+    rustix::fs::fstatfs(file).is_ok_and(|st| TRUSTED.contains(&(st.f_type as u64)))
+}
+
 impl SyncPlan {
-    fn new(files: Vec<Arc<File>>, method: SyncMethod) -> SyncPlan {
+    /// `trusted` remembers, per device, whether [`syncfs_covers`] its filesystem.
+    fn new(
+        files: Vec<Arc<File>>,
+        method: SyncMethod,
+        trusted: &mut HashMap<u64, bool>,
+    ) -> SyncPlan {
         if method == SyncMethod::PerFile || files.len() < SYNCFS_FILES_MIN {
             return SyncPlan {
                 whole: Vec::new(),
@@ -213,6 +241,9 @@ impl SyncPlan {
         let mut each = Vec::new();
         for f in files {
             match f.metadata() {
+                Ok(m) if !*trusted.entry(m.dev()).or_insert_with(|| syncfs_covers(&f)) => {
+                    each.push(f)
+                }
                 Ok(m) => match by_dev.iter_mut().find(|(d, _)| *d == m.dev()) {
                     Some((_, group)) => group.push(f),
                     None => by_dev.push((m.dev(), vec![f])),
@@ -411,10 +442,32 @@ mod tests {
         assert_eq!(stats.fsyncs.load(Ordering::Relaxed), 1, "one sync call");
         assert_eq!(stats.filesystem_syncs.load(Ordering::Relaxed), 1);
 
-        let single = SyncPlan::new(vec![files[0].clone()], SyncMethod::Auto);
+        let single = SyncPlan::new(
+            vec![files[0].clone()],
+            SyncMethod::Auto,
+            &mut HashMap::new(),
+        );
         assert_eq!((single.whole.len(), single.each.len()), (0, 1));
-        let per_file = SyncPlan::new(files.clone(), SyncMethod::PerFile);
+        let per_file = SyncPlan::new(files.clone(), SyncMethod::PerFile, &mut HashMap::new());
         assert_eq!((per_file.whole.len(), per_file.each.len()), (0, 4));
+    }
+
+    #[test]
+    fn files_on_a_filesystem_syncfs_may_not_cover_are_synced_one_by_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = create_files(dir.path(), 4);
+        let dev = files[0].metadata().unwrap().dev();
+        // As the flush thread remembers a FUSE or network filesystem.
+        let mut trusted = HashMap::from([(dev, false)]);
+        let plan = SyncPlan::new(files.clone(), SyncMethod::Auto, &mut trusted);
+        assert_eq!((plan.whole.len(), plan.each.len()), (0, 4));
+        // The test's own disk is one syncfs covers (ext4 or tmpfs here).
+        assert!(syncfs_covers(&files[0]));
+        let mut trusted = HashMap::new();
+        let plan = SyncPlan::new(files, SyncMethod::Auto, &mut trusted);
+        assert_eq!((plan.whole.len(), plan.each.len()), (1, 0));
+        assert_eq!(trusted, HashMap::from([(dev, true)]));
     }
 
     #[test]
