@@ -141,6 +141,14 @@ fn power_loss() {
     assert_valid(&go(config(3, &[FaultKind::PowerLoss], 17)));
 }
 
+/// A bad network between nodes: loss, and where the kernel has netem delay, duplication,
+/// reordering and slow one-way links (this machine has no netem: loss only, said in each
+/// fault's evidence).
+#[test]
+fn bad_network() {
+    assert_valid(&go(config(3, &[FaultKind::Net], 18)));
+}
+
 /// Calibration: with `bug` injected the harness must report one of `expected` within a few
 /// runs (each with its own seed).
 fn assert_caught(bug: &str, c: RunConfig, expected: &[&str]) {

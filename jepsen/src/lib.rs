@@ -4,7 +4,9 @@
 //! * [`net`]: one network namespace per node on a bridge of the run's own; partitions with
 //!   iptables.
 //! * [`cluster`]: real `millrace serve` processes in those namespaces (libfaketime for clocks).
-//! * [`nemesis`]: kill, pause, partition and clock faults on a schedule, with evidence.
+//! * [`nemesis`]: kill, pause, partition, clock, reshard, power-loss and net faults on a
+//!   schedule, with evidence; [`lazyfs`]: the FUSE filesystem that makes a power cut lose
+//!   what was not synced.
 //! * [`api`] and [`workload`]: the `log` workload through the native client or the Kinesis
 //!   HTTP API, recorded as a [`history`].
 //! * [`checker`]: every anomaly of the queue workload, a fixture per anomaly; [`replicas`]:

@@ -34,6 +34,10 @@ pub enum FaultKind {
     /// ([`crate::lazyfs`]); heal restarts them on what was durable.
     #[serde(rename = "power-loss")]
     PowerLoss,
+    /// A bad network between nodes: random loss (iptables), and with `tc netem` delay and
+    /// jitter, duplication, reordering or one slow one-way link. A kernel without netem gets
+    /// loss only, and every such fault's evidence says netem was unavailable.
+    Net,
 }
 
 impl std::str::FromStr for FaultKind {
@@ -46,8 +50,9 @@ impl std::str::FromStr for FaultKind {
             "clock" => Ok(FaultKind::Clock),
             "reshard" => Ok(FaultKind::Reshard),
             "power-loss" => Ok(FaultKind::PowerLoss),
+            "net" => Ok(FaultKind::Net),
             other => Err(format!(
-                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss"
+                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss, net"
             )),
         }
     }
@@ -70,6 +75,9 @@ enum Undo {
     Restart(Vec<usize>),
     Resume(Vec<usize>),
     Heal,
+    /// Lossy links off and netem removed from these nodes; with `true`, a loss that dropped
+    /// no packet did not take effect.
+    NetHeal(Vec<usize>, bool),
     ClockReset(Vec<usize>),
     Nothing,
 }
@@ -146,6 +154,8 @@ pub struct Nemesis {
     recorder: Arc<Recorder>,
     rng: StdRng,
     pub faults: Vec<Fault>,
+    /// Whether the kernel has `tc netem`: probed at the first net fault (`Err`: why not).
+    netem: Option<Result<(), String>>,
 }
 
 impl Nemesis {
@@ -159,6 +169,7 @@ impl Nemesis {
             recorder,
             rng: StdRng::seed_from_u64(seed ^ 0x6e65_6d65),
             faults: Vec::new(),
+            netem: None,
         }
     }
 
@@ -334,6 +345,12 @@ impl Nemesis {
                 });
                 (action, applied, ev, Undo::Restart(nodes))
             }
+            FaultKind::Net => {
+                let (action, applied, ev, nodes) = self.bad_network();
+                self.record(Kind::Invoke, &action, Value::Null);
+                let loss = ev["shape"] == "loss";
+                (action, applied, ev, Undo::NetHeal(nodes, loss))
+            }
             FaultKind::Pause => {
                 let (shape, nodes) = self.targets();
                 if nodes.is_empty() {
@@ -408,6 +425,82 @@ impl Nemesis {
             evidence,
             undo,
         })
+    }
+
+    /// Starts a bad network on some nodes: its action, whether it took, evidence, the nodes.
+    /// Loss needs iptables only; the other shapes need netem and are drawn only when the kernel
+    /// has it (the evidence says when it has not).
+    fn bad_network(&mut self) -> (String, bool, Value, Vec<usize>) {
+        let netem = self
+            .netem
+            .get_or_insert_with(|| match self.cluster.net.netem_missing() {
+                None => Ok(()),
+                Some(why) => {
+                    tracing::warn!(%why, "tc netem is unavailable: the net nemesis injects loss only");
+                    Err(why)
+                }
+            })
+            .clone();
+        let (_, mut nodes) = self.targets();
+        nodes.retain(|i| self.cluster.running(*i));
+        if nodes.is_empty() {
+            nodes = vec![self.rng.random_range(0..self.cluster.len())];
+        }
+        let shapes: &[&str] = if netem.is_ok() {
+            &["loss", "delay", "duplicate", "reorder", "slow-one-way"]
+        } else {
+            &["loss"]
+        };
+        let shape = *shapes.choose(&mut self.rng).expect("shapes");
+        let (params, result) = match shape {
+            "loss" => {
+                let percent = self.rng.random_range(5..=30u32);
+                (
+                    format!("{percent}% loss"),
+                    self.cluster.net.lose(&nodes, percent),
+                )
+            }
+            _ => {
+                if shape == "slow-one-way" {
+                    nodes.truncate(1);
+                }
+                let args: Vec<String> = match shape {
+                    "delay" => {
+                        let d = self.rng.random_range(20..=200u32);
+                        vec!["delay".into(), format!("{d}ms"), format!("{}ms", d / 2)]
+                    }
+                    "duplicate" => vec![
+                        "duplicate".into(),
+                        format!("{}%", self.rng.random_range(5..=30u32)),
+                    ],
+                    "reorder" => vec![
+                        "delay".into(),
+                        "20ms".into(),
+                        "reorder".into(),
+                        format!("{}%", self.rng.random_range(10..=50u32)),
+                        "50%".into(),
+                    ],
+                    _ => vec![
+                        "delay".into(),
+                        format!("{}ms", self.rng.random_range(300..=1000u32)),
+                    ],
+                };
+                let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+                let result = nodes
+                    .iter()
+                    .try_for_each(|&i| self.cluster.net.netem(i, &args_ref));
+                (args.join(" "), result)
+            }
+        };
+        let action = format!("net {shape} ({params}) from {}", self.names(&nodes));
+        let ev = json!({
+            "shape": shape,
+            "params": params,
+            "nodes": self.names(&nodes),
+            "netem": match &netem { Ok(()) => "available".to_string(), Err(why) => format!("unavailable: {why}") },
+            "error": result.as_ref().err().map(|e| e.to_string()),
+        });
+        (action, result.is_ok(), ev, nodes)
     }
 
     /// Splits a random open shard of the newest workload stream at the middle of its hash
@@ -562,6 +655,18 @@ impl Nemesis {
                     json!({"dropped_packets": dropped, "healed": healed.is_ok()}),
                 )
             }
+            Undo::NetHeal(nodes, loss) => {
+                let lost = self.cluster.net.lost_packets();
+                let healed = self.cluster.net.heal_loss();
+                for &i in nodes {
+                    self.cluster.net.heal_netem(i);
+                }
+                let took = !*loss || lost.iter().sum::<u64>() > 0;
+                (
+                    healed.is_ok() && took,
+                    json!({"lost_packets": lost, "healed": healed.is_ok()}),
+                )
+            }
             Undo::Nothing => (true, Value::Null),
             Undo::ClockReset(nodes) => {
                 let mut ev = Vec::new();
@@ -594,6 +699,10 @@ impl Nemesis {
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         self.record(Kind::Invoke, "heal all", Value::Null);
         self.cluster.net.heal()?;
+        self.cluster.net.heal_loss()?;
+        for i in 0..self.cluster.len() {
+            self.cluster.net.heal_netem(i);
+        }
         for i in 0..self.cluster.len() {
             if self.cluster.paused(i) {
                 self.cluster.resume(i)?;

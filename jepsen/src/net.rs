@@ -43,6 +43,9 @@ pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Each node's link to the bridge, inside its namespace.
+const NODE_LINK: &str = "eth0";
+
 /// Which nodes drop packets from which (index → sources it drops), the shape of a partition.
 pub type Grudge = BTreeMap<usize, BTreeSet<usize>>;
 
@@ -94,15 +97,23 @@ impl Net {
             sh(
                 "ip",
                 &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                    "link", "add", &veth, "type", "veth", "peer", "name", NODE_LINK, "netns", &ns,
                 ],
             )?;
             sh("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
             sh(
                 "ip",
-                &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+                &[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    NODE_LINK,
+                ],
             )?;
-            sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+            sh("ip", &["-n", &ns, "link", "set", NODE_LINK, "up"])?;
             sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
             net.hosts.push(Host { ns, ip });
         }
@@ -186,9 +197,13 @@ impl Net {
 
     /// Packets dropped so far by the partition rules of each node (evidence the cut bit).
     pub fn dropped_packets(&self) -> Vec<u64> {
+        self.dropped_in("INPUT")
+    }
+
+    fn dropped_in(&self, chain: &str) -> Vec<u64> {
         (0..self.hosts.len())
             .map(|i| {
-                self.exec(i, "iptables", &["-L", "INPUT", "-v", "-n", "-x"])
+                self.exec(i, "iptables", &["-L", chain, "-v", "-n", "-x"])
                     .map(|out| {
                         out.lines()
                             .filter(|l| l.contains("DROP"))
@@ -198,6 +213,83 @@ impl Net {
                     .unwrap_or(0)
             })
             .collect()
+    }
+
+    /// Lossy links: each node of `nodes` drops at random `percent` % of the packets it sends
+    /// to the other nodes (clients are not affected). Rules sit in OUTPUT, apart from the
+    /// partitions' INPUT rules, so either heals without touching the other.
+    pub fn lose(&self, nodes: &[usize], percent: u32) -> anyhow::Result<()> {
+        let probability = format!("{:.2}", f64::from(percent) / 100.0);
+        for &i in nodes {
+            for (j, peer) in self.hosts.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let dst = peer.ip.to_string();
+                self.exec(
+                    i,
+                    "iptables",
+                    &[
+                        "-A",
+                        "OUTPUT",
+                        "-d",
+                        &dst,
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        &probability,
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets dropped so far by each node's loss rules.
+    pub fn lost_packets(&self) -> Vec<u64> {
+        self.dropped_in("OUTPUT")
+    }
+
+    /// Removes every loss rule.
+    pub fn heal_loss(&self) -> anyhow::Result<()> {
+        for i in 0..self.hosts.len() {
+            self.exec(i, "iptables", &["-F", "OUTPUT"])?;
+        }
+        Ok(())
+    }
+
+    /// Whether this kernel has `tc netem` (delay, duplication, reordering): tried on node 0's
+    /// link and removed again. `None` when it has; the error `tc` gave otherwise.
+    pub fn netem_missing(&self) -> Option<String> {
+        let dev = NODE_LINK;
+        match self.exec(
+            0,
+            "tc",
+            &["qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms"],
+        ) {
+            Ok(_) => {
+                let _ = self.exec(0, "tc", &["qdisc", "del", "dev", dev, "root"]);
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Applies a netem discipline (`args`, e.g. `delay 80ms 40ms`) to everything node `i`
+    /// sends.
+    pub fn netem(&self, i: usize, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["qdisc", "replace", "dev", NODE_LINK, "root", "netem"];
+        all.extend_from_slice(args);
+        self.exec(i, "tc", &all).map(|_| ())
+    }
+
+    /// Removes node `i`'s netem discipline, if any.
+    pub fn heal_netem(&self, i: usize) {
+        let _ = self.exec(i, "tc", &["qdisc", "del", "dev", NODE_LINK, "root"]);
     }
 
     /// Removes every partition rule.

@@ -54,6 +54,7 @@ fn fault_color(kind: FaultKind) -> RGBColor {
         FaultKind::Clock => RGBColor(133, 153, 0),
         FaultKind::Reshard => RGBColor(108, 113, 196),
         FaultKind::PowerLoss => RGBColor(211, 54, 130),
+        FaultKind::Net => RGBColor(42, 161, 152),
     }
 }
 
