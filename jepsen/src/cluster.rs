@@ -116,6 +116,11 @@ impl Cluster {
         self.nodes[i].child.as_ref().map(Child::id)
     }
 
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.nodes[i].data_dir
+    }
+
     pub fn running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
     }

@@ -4,8 +4,8 @@
 //! * [`net`]: one network namespace per node on a bridge of the run's own; partitions with
 //!   iptables.
 //! * [`cluster`]: real `millrace serve` processes in those namespaces (libfaketime for clocks).
-//! * [`nemesis`]: kill, pause, partition, clock, reshard, power-loss and net faults on a
-//!   schedule, with evidence; [`lazyfs`]: the FUSE filesystem that makes a power cut lose
+//! * [`nemesis`]: kill, pause, partition, clock, reshard, power-loss, net and corrupt faults on a
+//!   schedule, with evidence ([`corrupt`]: the damage done to stopped nodes' files); [`lazyfs`]: the FUSE filesystem that makes a power cut lose
 //!   what was not synced.
 //! * [`api`] and [`workload`]: the `log` workload through the native client or the Kinesis
 //!   HTTP API, recorded as a [`history`].
@@ -16,6 +16,7 @@
 pub mod api;
 pub mod checker;
 pub mod cluster;
+pub mod corrupt;
 pub mod history;
 pub mod lazyfs;
 pub mod nemesis;

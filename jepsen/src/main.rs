@@ -45,8 +45,8 @@ struct TestArgs {
     /// Seconds of workload under faults (the heal and the final read come after).
     #[arg(long, default_value_t = 120)]
     time_limit: u64,
-    /// Faults, comma-separated: kill, pause, partition, clock, reshard, power-loss, net (or
-    /// `none`).
+    /// Faults, comma-separated: kill, pause, partition, clock, reshard, power-loss, net,
+    /// corrupt (or `none`).
     #[arg(long, default_value = "kill,pause,partition,clock")]
     nemesis: String,
     /// Operations per second over all workers.

@@ -38,6 +38,9 @@ pub enum FaultKind {
     /// jitter, duplication, reordering or one slow one-way link. A kernel without netem gets
     /// loss only, and every such fault's evidence says netem was unavailable.
     Net,
+    /// Stop a minority and damage their files (bit flips, truncations of segments and of the
+    /// sled metadata, [`crate::corrupt`]); heal restarts them on the damaged files.
+    Corrupt,
 }
 
 impl std::str::FromStr for FaultKind {
@@ -51,8 +54,9 @@ impl std::str::FromStr for FaultKind {
             "reshard" => Ok(FaultKind::Reshard),
             "power-loss" => Ok(FaultKind::PowerLoss),
             "net" => Ok(FaultKind::Net),
+            "corrupt" => Ok(FaultKind::Corrupt),
             other => Err(format!(
-                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss, net"
+                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss, net, corrupt"
             )),
         }
     }
@@ -345,6 +349,26 @@ impl Nemesis {
                 });
                 (action, applied, ev, Undo::Restart(nodes))
             }
+            FaultKind::Corrupt => {
+                let live = self.live();
+                let nodes = clock_targets(live, self.cluster.len(), &mut self.rng)?;
+                let action = format!("corrupt {}", self.names(&nodes));
+                self.record(Kind::Invoke, &action, Value::Null);
+                let mut ev = Vec::new();
+                let mut applied = true;
+                for &i in &nodes {
+                    let name = self.cluster.name(i);
+                    let exit = self.cluster.kill(i);
+                    let damage = self.damage(i);
+                    applied &= exit.is_ok() && damage.is_some();
+                    ev.push(json!({
+                        "node": name,
+                        "exit": exit.map(|(_, e)| e).unwrap_or_else(|e| e.to_string()),
+                        "damage": damage,
+                    }));
+                }
+                (action, applied, json!(ev), Undo::Restart(nodes))
+            }
             FaultKind::Net => {
                 let (action, applied, ev, nodes) = self.bad_network();
                 self.record(Kind::Invoke, &action, Value::Null);
@@ -424,6 +448,18 @@ impl Nemesis {
             applied,
             evidence,
             undo,
+        })
+    }
+
+    /// Damages one file of stopped node `i`, of a kind drawn at random among those its files
+    /// allow; the evidence, or `None` when nothing could be damaged.
+    fn damage(&mut self, i: usize) -> Option<Value> {
+        let mut kinds = crate::corrupt::DAMAGE.to_vec();
+        kinds.shuffle(&mut self.rng);
+        let dir = self.cluster.data_dir(i).to_path_buf();
+        kinds.into_iter().find_map(|kind| {
+            crate::corrupt::damage(&dir, kind, &mut self.rng)
+                .map(|r| r.unwrap_or_else(|e| json!({"damage": kind, "error": e.to_string()})))
         })
     }
 

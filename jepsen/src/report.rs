@@ -55,6 +55,7 @@ fn fault_color(kind: FaultKind) -> RGBColor {
         FaultKind::Reshard => RGBColor(108, 113, 196),
         FaultKind::PowerLoss => RGBColor(211, 54, 130),
         FaultKind::Net => RGBColor(42, 161, 152),
+        FaultKind::Corrupt => RGBColor(88, 110, 117),
     }
 }
 
