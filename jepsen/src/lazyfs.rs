@@ -34,6 +34,8 @@ use fuser::{
 };
 
 const PAGE: u64 = 4096;
+/// The source name of every lazy mount (in /proc/mounts).
+const FS_NAME: &str = "millrace-lazyfs";
 /// Attributes and entries are never cached by the kernel: sizes change behind its back at a cut.
 const TTL: Duration = Duration::ZERO;
 
@@ -103,14 +105,12 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts a lazy view of `durable` (an existing directory) on `mountpoint` (created).
     pub fn mount(durable: &Path, mountpoint: &Path) -> anyhow::Result<Mounted> {
+        unmount_orphans();
         std::fs::create_dir_all(durable)?;
         std::fs::create_dir_all(mountpoint)?;
         let fs = LazyFs::new(durable);
         let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::FSName("millrace-lazyfs".into()),
-            MountOption::NoAtime,
-        ];
+        config.mount_options = vec![MountOption::FSName(FS_NAME.into()), MountOption::NoAtime];
         let session = fuser::spawn_mount(fs.clone(), mountpoint, &config).map_err(|e| {
             anyhow::anyhow!(
                 "mounting a lazy filesystem on {}: {e}",
@@ -140,6 +140,34 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         self.unmount();
     }
+}
+
+/// Lazy filesystems whose harness died (killed mid-run): their mountpoints answer "transport
+/// endpoint is not connected" and block removing the run's folder. Detached, once per process.
+fn unmount_orphans() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for line in mounts.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(source), Some(target)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            // /proc/mounts escapes spaces and the like as octal (\040).
+            let target = target.replace("\\040", " ");
+            if source != FS_NAME {
+                continue;
+            }
+            let orphaned = std::fs::metadata(&target)
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+            if orphaned {
+                let path = std::ffi::CString::new(target.as_bytes()).expect("no NUL");
+                // SAFETY: umount2(2) on a NUL-terminated path.
+                let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+                tracing::warn!(mountpoint = %target, detached = rc == 0, "a lazy filesystem left by a dead harness");
+            }
+        }
+    });
 }
 
 fn lock(inodes: &Mutex<Inodes>) -> MutexGuard<'_, Inodes> {
