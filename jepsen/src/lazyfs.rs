@@ -295,6 +295,28 @@ impl LazyFs {
         self.attr(ino)
     }
 
+    /// Removes `name` from `parent` with `remove` (a file or a directory) and forgets its path;
+    /// a file still open lives on, unnamed, until released.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: fn(&Path) -> std::io::Result<()>,
+    ) -> Result<(), Errno> {
+        let p = self.child(parent, name)?;
+        remove(&self.real(&p)).map_err(errno)?;
+        let mut inodes = lock(&self.inodes);
+        if let Some(ino) = inodes.by_path.remove(&p) {
+            if let Some(node) = inodes.nodes.get_mut(&ino) {
+                node.path = None;
+                if node.opens == 0 {
+                    inodes.nodes.remove(&ino);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the node of `ino` with its durable file open.
     fn with_file<T>(
         &self,
@@ -396,12 +418,25 @@ fn truncate(node: &mut Node, size: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Answers an operation with nothing to return.
+fn answer(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers an operation that names a file (lookup, mkdir) with its attributes.
+fn answer_entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl Filesystem for LazyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name).and_then(|p| self.entry(&p)) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, self.child(parent, name).and_then(|p| self.entry(&p)));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -464,45 +499,18 @@ impl Filesystem for LazyFs {
             std::fs::set_permissions(self.real(&p), perm).map_err(errno)?;
             self.entry(&p)
         });
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, result);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.child(parent, name).and_then(|p| {
-            std::fs::remove_file(self.real(&p)).map_err(errno)?;
-            let mut inodes = lock(&self.inodes);
-            if let Some(ino) = inodes.by_path.remove(&p) {
-                if let Some(node) = inodes.nodes.get_mut(&ino) {
-                    node.path = None;
-                    if node.opens == 0 {
-                        inodes.nodes.remove(&ino);
-                    }
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(
+            reply,
+            self.remove(parent, name, |p| std::fs::remove_file(p)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.child(parent, name).and_then(|p| {
-            std::fs::remove_dir(self.real(&p)).map_err(errno)?;
-            let mut inodes = lock(&self.inodes);
-            if let Some(ino) = inodes.by_path.remove(&p) {
-                inodes.nodes.remove(&ino);
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, self.remove(parent, name, |p| std::fs::remove_dir(p)));
     }
 
     fn rename(
@@ -552,10 +560,7 @@ impl Filesystem for LazyFs {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -682,10 +687,10 @@ impl Filesystem for LazyFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.with_file(ino, |node, root| sync_node(root, node).map_err(errno)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(
+            reply,
+            self.with_file(ino, |node, root| sync_node(root, node).map_err(errno)),
+        );
     }
 
     fn readdir(
@@ -831,10 +836,7 @@ impl Filesystem for LazyFs {
             }
             Ok(())
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 }
 

@@ -11,7 +11,8 @@
 //!   HTTP API, recorded as a [`history`].
 //! * [`checker`]: every anomaly of the queue workload, a fixture per anomaly; [`replicas`]:
 //!   replica divergence, from the stopped nodes' logs.
-//! * [`run`] and [`report`]: one test run end to end, and its report with plots.
+//! * [`run`] and [`report`]: one test run end to end, and its report with plots; [`nightly`]:
+//!   the summary table of many runs.
 
 pub mod api;
 pub mod checker;
@@ -21,6 +22,7 @@ pub mod history;
 pub mod lazyfs;
 pub mod nemesis;
 pub mod net;
+pub mod nightly;
 pub mod replicas;
 pub mod report;
 pub mod run;

@@ -28,6 +28,17 @@ struct Cli {
 enum Command {
     /// Run a cluster under faults, check the history and write the report (needs root).
     Test(Box<TestArgs>),
+    /// Summarise run folders (the nightly tier's table): per run its nemeses, rate, ok
+    /// operations, anomalies and problems, and the longest unavailability after each kind of
+    /// fault; then the totals. Exit status 0 only when every run is valid.
+    Summarize {
+        /// Run report folders, or folders each holding one (a run's `--results`).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Also write the table (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check a history file (JSON lines) and print the report.
     Check {
         history: PathBuf,
@@ -255,6 +266,22 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Test(args) => test(*args),
+        Command::Summarize { dirs, out } => (|| {
+            let rows: Vec<_> = dirs
+                .iter()
+                .map(|d| millrace_jepsen::nightly::read_run(d))
+                .collect();
+            let table = millrace_jepsen::nightly::table(&rows);
+            print!("{table}");
+            if let Some(out) = out {
+                std::fs::write(out, &table)?;
+            }
+            Ok(if millrace_jepsen::nightly::all_valid(&rows) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        })(),
         Command::Check {
             history,
             idempotent,
