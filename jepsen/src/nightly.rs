@@ -149,10 +149,26 @@ pub fn read_run(dir: &Path) -> RunRow {
             continue;
         };
         let gap = unavailability(&sends, start);
-        let worst = row.unavailable_s.entry(kind.to_string()).or_insert(0.0);
+        let column = column_of(kind, f["action"].as_str().unwrap_or_default());
+        let worst = row.unavailable_s.entry(column).or_insert(0.0);
         *worst = worst.max(gap);
     }
     row
+}
+
+/// The table's column for a fault: its kind, and for the faults that stop nodes, the shape of
+/// their targets (`kill -9 n3 (shard-leader)` → `kill shard-leader`): a majority down stops
+/// writes until the heal, a lost leader only until failover, and the two must not share a
+/// column.
+fn column_of(kind: &str, action: &str) -> String {
+    let shape = action
+        .strip_suffix(')')
+        .and_then(|a| a.rsplit_once(" ("))
+        .map(|(_, shape)| shape);
+    match (kind, shape) {
+        ("kill" | "pause" | "power-loss", Some(shape)) => format!("{kind} {shape}"),
+        _ => kind.to_string(),
+    }
 }
 
 /// The Markdown table of `rows`, then the totals.
@@ -259,8 +275,8 @@ mod tests {
             "vacuous": [],
             "drain_incomplete_keys": [],
             "faults": [
-                {"kind": "kill", "start_s": 1.0},
-                {"kind": "power-loss", "start_s": 2.0},
+                {"kind": "kill", "start_s": 1.0, "action": "kill -9 n1 (one)"},
+                {"kind": "power-loss", "start_s": 2.0, "action": "power off n1,n2,n3 (all)"},
             ],
         });
         std::fs::write(run.join("summary.json"), summary.to_string()).unwrap();
@@ -285,14 +301,19 @@ mod tests {
 
         let rows = vec![read_run(&run), read_run(&broken)];
         assert_eq!(rows[0].ok_ops, 5);
-        assert!((rows[0].unavailable_s["kill"] - (WINDOW_S + 1.0 - 4.0)).abs() < 1e-9);
-        assert!((rows[0].unavailable_s["power-loss"] - (WINDOW_S + 2.0 - 4.0)).abs() < 1e-9);
+        assert!((rows[0].unavailable_s["kill one"] - (WINDOW_S + 1.0 - 4.0)).abs() < 1e-9);
+        assert!((rows[0].unavailable_s["power-loss all"] - (WINDOW_S + 2.0 - 4.0)).abs() < 1e-9);
         assert!(
             rows[1].problems[0].contains("n1 did not answer"),
             "{:?}",
             rows[1]
         );
         assert!(!all_valid(&rows));
+        assert_eq!(column_of("net", "net loss (22% loss) from n1"), "net");
+        assert_eq!(
+            column_of("pause", "SIGSTOP n2 (shard-leader)"),
+            "pause shard-leader"
+        );
         let t = table(&rows);
         assert!(
             t.contains("| run-a | 7 | kill,power-loss | 200.0 | 5 | none | — | 12.0 | 13.0 |"),
