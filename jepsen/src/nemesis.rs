@@ -135,10 +135,10 @@ fn pick<'a>(rng: &mut StdRng, allowed: &'a [String], known: &'a [&'a str]) -> &'
     }
 }
 
-/// The nodes a clock fault skews: a random minority (at least one) of the `live` nodes of a
+/// The nodes a clock or corrupt fault acts on: a random minority (at least one) of the `live` nodes of a
 /// cluster of `n`; `None` when no node is live (another fault took them all), so that no
 /// fault without a target is started.
-fn clock_targets(mut live: Vec<usize>, n: usize, rng: &mut StdRng) -> Option<Vec<usize>> {
+fn minority_of(mut live: Vec<usize>, n: usize, rng: &mut StdRng) -> Option<Vec<usize>> {
     if live.is_empty() {
         return None;
     }
@@ -325,33 +325,26 @@ impl Nemesis {
     fn start(&mut self, kind: FaultKind) -> Option<Active> {
         let start_s = self.now_s();
         let (action, applied, evidence, undo) = match kind {
-            FaultKind::Kill => {
+            // A power cut is a kill whose node's disk then forgets what was not synced.
+            FaultKind::Kill | FaultKind::PowerLoss => {
                 let (shape, nodes) = self.targets();
                 if nodes.is_empty() {
                     return None;
                 }
-                let action = format!("kill -9 {} ({shape})", self.names(&nodes));
+                let (verb, act): (_, fn(&mut Cluster, usize) -> _) = if kind == FaultKind::Kill {
+                    ("kill -9", Cluster::kill)
+                } else {
+                    ("power off", Cluster::power_off)
+                };
+                let action = format!("{verb} {} ({shape})", self.names(&nodes));
                 self.record(Kind::Invoke, &action, Value::Null);
-                let (applied, ev) = self.on_each(&nodes, "exit", Cluster::kill, |exit| {
-                    exit.contains("signal: 9")
-                });
-                (action, applied, ev, Undo::Restart(nodes))
-            }
-            FaultKind::PowerLoss => {
-                let (shape, nodes) = self.targets();
-                if nodes.is_empty() {
-                    return None;
-                }
-                let action = format!("power off {} ({shape})", self.names(&nodes));
-                self.record(Kind::Invoke, &action, Value::Null);
-                let (applied, ev) = self.on_each(&nodes, "exit", Cluster::power_off, |exit| {
-                    exit.contains("signal: 9")
-                });
+                let (applied, ev) =
+                    self.on_each(&nodes, "exit", act, |exit| exit.contains("signal: 9"));
                 (action, applied, ev, Undo::Restart(nodes))
             }
             FaultKind::Corrupt => {
                 let live = self.live();
-                let nodes = clock_targets(live, self.cluster.len(), &mut self.rng)?;
+                let nodes = minority_of(live, self.cluster.len(), &mut self.rng)?;
                 let action = format!("corrupt {}", self.names(&nodes));
                 self.record(Kind::Invoke, &action, Value::Null);
                 let mut ev = Vec::new();
@@ -414,7 +407,7 @@ impl Nemesis {
                 (action, applied, ev, Undo::Nothing)
             }
             FaultKind::Clock => {
-                let live = clock_targets(self.live(), self.cluster.len(), &mut self.rng)?;
+                let live = minority_of(self.live(), self.cluster.len(), &mut self.rng)?;
                 let mut ev = Vec::new();
                 let mut applied = true;
                 let mut parts = Vec::new();
@@ -775,12 +768,12 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(77);
         // Seen: `--nodes 3 --nemesis clock,kill --seed 77` drew "clock " with no node when a
         // kill had taken every node.
-        assert_eq!(clock_targets(Vec::new(), 3, &mut rng), None);
+        assert_eq!(minority_of(Vec::new(), 3, &mut rng), None);
         for _ in 0..100 {
-            let skewed = clock_targets(vec![0, 2, 4], 5, &mut rng).expect("targets");
+            let skewed = minority_of(vec![0, 2, 4], 5, &mut rng).expect("targets");
             assert!((1..=2).contains(&skewed.len()), "{skewed:?}");
             assert!(skewed.iter().all(|i| [0, 2, 4].contains(i)));
         }
-        assert_eq!(clock_targets(vec![1], 3, &mut rng), Some(vec![1]));
+        assert_eq!(minority_of(vec![1], 3, &mut rng), Some(vec![1]));
     }
 }
