@@ -539,3 +539,167 @@ async fn a_follower_far_behind_on_large_entries_catches_up() {
         );
     }
 }
+
+/// Byte offsets of the frames in a segment file (and the end of the last one).
+fn frame_offsets(segment: &std::path::Path) -> Vec<usize> {
+    use millrace_storage::segment::frame;
+    let bytes = std::fs::read(segment).expect("read segment");
+    let mut at = frame::SEGMENT_HEADER_BYTES as usize;
+    let mut offsets = Vec::new();
+    while let Ok((h, _)) = frame::decode_frame(&bytes[at..]) {
+        offsets.push(at);
+        at += h.frame_len();
+    }
+    offsets.push(at);
+    offsets
+}
+
+/// A replica whose log lost entries it had acknowledged (its segment cut while it was down,
+/// which recovery cannot tell from a torn write) must not help elect a leader that lacks them.
+/// Here the other live replica is one that missed those writes: with the damaged replica's
+/// vote it could lead and drop them. Instead the damaged replica refuses votes and leadership
+/// (reported in its status and the cluster status) until the old leader is back and has
+/// rebuilt its log; no acknowledged record is lost, and the rebuilt pair serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_lost_acknowledged_entries_does_not_vote_until_rebuilt() {
+    let mut cluster = Cluster::start("repair", 3).await;
+    let client = cluster.client();
+    client.create_stream("r", 1).await.expect("create");
+    client
+        .wait_for_active("r", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let mut leader = None;
+    wait_until(Duration::from_secs(30), "a shard leader", || {
+        leader = (1..=3).find_map(|id| cluster.shard_leaderships(id).first().map(|g| (id, *g)));
+        std::future::ready(leader.is_some())
+    })
+    .await;
+    let (leader, group) = leader.expect("leader");
+    let mut others = (1..=3).filter(|id| *id != leader);
+    let (damaged, lagging) = (others.next().unwrap(), others.next().unwrap());
+
+    // The lagging replica misses every write; the leader and `damaged` acknowledge them.
+    cluster.kill(lagging);
+    let client = cluster.client_for(leader);
+    let mut written = Vec::new();
+    for call in 0..40 {
+        let records: Vec<PutRecord> = (0..5)
+            .map(|i| PutRecord::new(format!("k{call}-{i}"), format!("v{call}-{i}").into_bytes()))
+            .collect();
+        for r in client.put_records("r", records.clone()).await.expect("put") {
+            r.expect("record acknowledged");
+        }
+        written.extend(records.into_iter().map(|r| r.partition_key));
+    }
+    cluster.stop(damaged).await;
+    cluster.kill(leader);
+
+    // Cut the damaged replica's log in the middle of a frame, half-way through the writes.
+    let base = *cluster
+        .segment_bases(damaged, group)
+        .last()
+        .expect("a segment");
+    let segment = cluster
+        .group_dir(damaged, group)
+        .join(format!("{base:020}.seg"));
+    let offsets = frame_offsets(&segment);
+    assert!(offsets.len() > 40, "{} frames", offsets.len());
+    let cut = offsets[offsets.len() - 21] + 5;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open segment")
+        .set_len(cut as u64)
+        .expect("cut segment");
+
+    cluster.spawn(damaged);
+    cluster.spawn(lagging);
+    wait_until(
+        Duration::from_secs(60),
+        "the damaged replica reports its repair",
+        || {
+            let repairing = cluster.status(damaged).is_some_and(|st| {
+                st["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|g| g["group_id"] == group && g["repair_until"].as_u64().is_some())
+            });
+            std::future::ready(repairing)
+        },
+    )
+    .await;
+    assert_eq!(
+        cluster.metric(damaged, "millrace_replica_repairs_started_total"),
+        Some(1.0)
+    );
+    // The cluster status names it (the metadata group has its majority: the two live nodes).
+    let repair_client = cluster.client_for(lagging);
+    wait_until(
+        Duration::from_secs(60),
+        "the cluster status lists the repair",
+        || {
+            let c = repair_client.clone();
+            async move {
+                c.cluster_status().await.is_ok_and(|s| {
+                    s["repairing"].as_array().is_some_and(|r| {
+                        r.iter()
+                            .any(|x| x["group_id"] == group && x["node_id"] == damaged)
+                    })
+                })
+            }
+        },
+    )
+    .await;
+    // The lagging replica stands for election again and again; it must never win.
+    let elections = |c: &Cluster| {
+        c.metric(lagging, "millrace_raft_elections_total")
+            .unwrap_or(0.0)
+    };
+    let before = elections(&cluster);
+    wait_until(
+        Duration::from_secs(60),
+        "the lagging replica tries three elections",
+        || {
+            let led = cluster.shard_leaderships(lagging).contains(&group)
+                || cluster.shard_leaderships(damaged).contains(&group);
+            assert!(
+                !led,
+                "a leader was elected without the replica that has the acknowledged entries"
+            );
+            std::future::ready(elections(&cluster) >= before + 3.0)
+        },
+    )
+    .await;
+    assert!(
+        !cluster.shard_leaderships(lagging).contains(&group)
+            && !cluster.shard_leaderships(damaged).contains(&group),
+        "no leader while the only whole replica is down"
+    );
+
+    // The old leader returns: it leads, rebuilds the damaged replica, and the repair ends.
+    cluster.spawn(leader);
+    wait_until(Duration::from_secs(60), "the repair finishes", || {
+        std::future::ready(
+            cluster.metric(damaged, "millrace_replica_repairs_finished_total") == Some(1.0),
+        )
+    })
+    .await;
+    let check = |got: BTreeMap<String, Vec<Record>>, via: u64| {
+        let keys: HashSet<String> = got
+            .values()
+            .flatten()
+            .map(|r| r.partition_key.clone())
+            .collect();
+        let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "read via node {via}: lost acknowledged records {missing:?}"
+        );
+    };
+    check(read_all(&cluster.client_for(leader), "r").await, leader);
+    // Without the old leader, the rebuilt replica and the lagging one hold everything too.
+    cluster.kill(leader);
+    check(read_all(&cluster.client_for(damaged), "r").await, damaged);
+}

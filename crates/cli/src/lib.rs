@@ -640,6 +640,7 @@ fn write_status(s: &serde_json::Value, out: &mut dyn Write) -> Result<(), CliErr
         ("under_spread", "under-spread shards"),
         ("catching_up", "replicas catching up"),
         ("moving", "replicas moving"),
+        ("repairing", "replicas repairing after damage"),
     ] {
         let items = s[key].as_array().cloned().unwrap_or_default();
         writeln!(out, "{title}: {}", items.len())?;

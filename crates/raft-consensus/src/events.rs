@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 static SNAPSHOTS_BUILT: AtomicU64 = AtomicU64::new(0);
 static SNAPSHOTS_INSTALLED: AtomicU64 = AtomicU64::new(0);
 static LOG_PURGES: AtomicU64 = AtomicU64::new(0);
+static REPAIRS_STARTED: AtomicU64 = AtomicU64::new(0);
+static REPAIRS_FINISHED: AtomicU64 = AtomicU64::new(0);
 
 /// The counts since the process started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,6 +19,11 @@ pub struct StorageEvents {
     pub snapshots_installed: u64,
     /// Log prefixes purged (segments deleted) after a snapshot covered them.
     pub log_purges: u64,
+    /// Replicas found damaged at start-up (log entries lost that they may have acknowledged)
+    /// whose rebuild from the other replicas began.
+    pub repairs_started: u64,
+    /// Of those, the rebuilds that finished: the replica votes again.
+    pub repairs_finished: u64,
 }
 
 pub fn storage_events() -> StorageEvents {
@@ -24,6 +31,8 @@ pub fn storage_events() -> StorageEvents {
         snapshots_built: SNAPSHOTS_BUILT.load(Relaxed),
         snapshots_installed: SNAPSHOTS_INSTALLED.load(Relaxed),
         log_purges: LOG_PURGES.load(Relaxed),
+        repairs_started: REPAIRS_STARTED.load(Relaxed),
+        repairs_finished: REPAIRS_FINISHED.load(Relaxed),
     }
 }
 
@@ -37,4 +46,12 @@ pub(crate) fn snapshot_installed() {
 
 pub(crate) fn log_purged() {
     LOG_PURGES.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn repair_started() {
+    REPAIRS_STARTED.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn repair_finished() {
+    REPAIRS_FINISHED.fetch_add(1, Relaxed);
 }

@@ -10,6 +10,7 @@ use crate::log_store::GroupLogStore;
 use crate::network::{GroupNetworkFactory, GroupRegistry, Transport};
 use crate::state_machine::{GroupSm, GroupStateMachine};
 use crate::types::{NodeId, Raft};
+use openraft::async_runtime::WatchReceiver;
 
 /// Timing and sizing shared by every group on a node.
 #[derive(Debug, Clone)]
@@ -234,9 +235,13 @@ impl GroupManager {
             group_id,
             self_id: self.node_id,
         };
+        let repair = log.repair();
+        let mut config = self.settings.raft_config(snapshots)?;
+        // A replica under repair must not stand for election (see `watch_repair`).
+        config.enable_elect &= repair.is_none();
         let raft = Raft::new(
             self.node_id,
-            Arc::new(self.settings.raft_config(snapshots)?),
+            Arc::new(config),
             network,
             log.clone(),
             sm.clone(),
@@ -266,6 +271,16 @@ impl GroupManager {
             // Lost a race with another opener; keep the first.
             let _ = raft.shutdown().await;
             return Ok(existing);
+        }
+        if let Some(repair) = repair {
+            self.registry.repairing(group_id, handle.log.clone());
+            crate::events::repair_started();
+            tokio::spawn(watch_repair(
+                group_id,
+                repair.until,
+                handle.clone(),
+                self.registry.clone(),
+            ));
         }
         self.registry.insert(group_id, raft);
         Ok(handle)
@@ -301,5 +316,53 @@ impl GroupManager {
         for h in handles {
             let _ = h.raft.shutdown().await;
         }
+        // Hints written since sled's last background flush (synced marks, commit points).
+        if let Err(e) = self.meta.flush().await {
+            tracing::warn!(error = %e, "could not flush node metadata at shutdown");
+        }
     }
+}
+
+/// Ends the repair of a damaged replica once the leader has filled its log in again up to the
+/// index it had reached (durably): from then on it votes and may lead like any replica.
+async fn watch_repair(group_id: u64, until: u64, h: GroupHandle, registry: Arc<GroupRegistry>) {
+    tracing::warn!(
+        group_id,
+        repair_until = until,
+        "repairing this replica: it refuses votes and leadership until the leader has rebuilt its log"
+    );
+    loop {
+        let reached = h
+            .raft
+            .wait(None)
+            .metrics(
+                |m| {
+                    m.last_log_index.is_some_and(|i| i >= until)
+                        || m.state == openraft::ServerState::Shutdown
+                },
+                "the repaired log reaches its former end",
+            )
+            .await;
+        if reached.is_err()
+            || h.raft.metrics().borrow_watched().state == openraft::ServerState::Shutdown
+        {
+            return; // the replica stopped; the repair resumes at its next start
+        }
+        match h.log.finish_repair().await {
+            Ok(true) => break,
+            Ok(false) => {} // appended, not yet synced
+            Err(e) => tracing::warn!(group_id, error = %e, "could not record the end of a repair"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    registry.repaired(group_id);
+    // Groups whose elections the node drives itself (quiet shard groups) keep their timers off:
+    // their tick is stopped, so this only restores timer elections where they run.
+    h.raft.runtime_config().elect(true);
+    crate::events::repair_finished();
+    tracing::info!(
+        group_id,
+        repair_until = until,
+        "replica repaired: it votes again"
+    );
 }

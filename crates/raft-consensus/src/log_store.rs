@@ -9,6 +9,15 @@
 //!   deleting any segment.
 //! * `save_committed` is a hint (not flushed, written at most once a second); `read_committed` never reports past the durable
 //!   tail, so start-up never "cleans a hole" in the log.
+//!
+//! Damage (see `docs/operations.md`, "damaged replicas"): after every flush the store records in
+//! sled how far its log is known synced (`synced`, never past the durable tail: written after the
+//! sync, lowered durably before a truncation). A log that opens shorter than that, or damaged in a
+//! way no crash explains (cut back to its valid prefix by `SegmentLog::open_salvaging`), lost
+//! entries this replica may have acknowledged. The store then records `repair_until` (durably,
+//! before anything else) and reports [`GroupLogStore::repair_until`]: the group's replica must
+//! not vote or stand for election until its log again reaches that index, filled in by the
+//! leader as for any lagging follower.
 
 use std::collections::VecDeque;
 use std::io;
@@ -26,6 +35,10 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
+/// The highest log index known synced (≤ the durable tail; see the module docs).
+const KEY_SYNCED: &str = "synced";
+/// Set while the replica is rebuilt after damage: the index its log must reach again.
+const KEY_REPAIR_UNTIL: &str = "repair_until";
 /// Calibration only ([`InjectedBug::AckBeforeFsync`]): the last index really fsynced.
 const KEY_CALIBRATION_SYNCED: &str = "calibration-synced";
 /// Calibration only: how long an acknowledged append waits before it is synced.
@@ -43,6 +56,25 @@ struct Inner {
     flusher: FlushCoordinator,
     /// The latest commit hint, and when a hint was last written to sled (see `save_committed`).
     committed: Mutex<CommittedHint>,
+    synced: Mutex<SyncedMark>,
+    /// The repair under way, if the log was found damaged (see the module docs).
+    repair: Mutex<Option<Repair>>,
+}
+
+/// How far the log is known synced: in memory and as last written to sled.
+#[derive(Default)]
+struct SyncedMark {
+    /// Bumped by every truncation: a flush that completes later speaks of entries that may be
+    /// gone, so it must not raise the mark.
+    generation: u64,
+    saved: Option<u64>,
+}
+
+/// A damaged replica's repair: why, and the index its log must reach again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    pub until: u64,
+    pub reason: String,
 }
 
 /// Payload bytes of log entries replication reads for one AppendEntries (the first entry always
@@ -203,6 +235,57 @@ impl Tail {
     }
 }
 
+impl Inner {
+    /// A flush of the entries up to `last` completed: raise the synced mark (unless a
+    /// truncation came in between). Written to sled without a flush: sled's own background
+    /// flush makes it durable within half a second, always after the entries it speaks of.
+    fn note_synced(&self, generation: u64, last: u64) {
+        let mut mark = self.synced.lock().expect("synced lock");
+        if mark.generation != generation || mark.saved >= Some(last) {
+            return;
+        }
+        match self.meta.put(KEY_SYNCED, &Some(last)) {
+            Ok(()) => mark.saved = Some(last),
+            Err(e) => tracing::warn!(error = %e, "could not record how far the log is synced"),
+        }
+    }
+}
+
+/// Whether the log, as opened, lacks entries this replica may have acknowledged, and up to
+/// which index it must be rebuilt: entries past its end that a flush had synced, entries cut
+/// off by damage no crash explains, or a repair an earlier start did not finish.
+fn repair_needed(
+    report: &millrace_storage::segment::RecoveryReport,
+    synced: Option<u64>,
+    repair_before: Option<u64>,
+    last: Option<u64>,
+) -> Option<Repair> {
+    let mut reasons = Vec::new();
+    let mut until = None;
+    if let Some(d) = &report.damage {
+        reasons.push(d.reason.clone());
+        until = until.max(Some(d.first_lost_index.max(d.last_index_seen.unwrap_or(0))));
+    }
+    if let Some(s) = synced.filter(|s| Some(*s) > last) {
+        reasons.push(format!(
+            "entries up to log index {s} were synced but the log ends at {}",
+            last.map_or("nothing".into(), |l| l.to_string())
+        ));
+        until = until.max(Some(s));
+    }
+    if let Some(r) = repair_before {
+        if reasons.is_empty() {
+            reasons.push("a repair begun before the last restart".into());
+        }
+        until = until.max(Some(r));
+    }
+    let until = until.filter(|u| Some(*u) > last)?;
+    Some(Repair {
+        until,
+        reason: reasons.join("; "),
+    })
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -217,8 +300,17 @@ impl GroupLogStore {
     ) -> io::Result<GroupLogStore> {
         let last_purged: Option<LogId> = meta.get(KEY_PURGED).map_err(io_err)?;
         let vote: Option<Vote> = meta.get(KEY_VOTE).map_err(io_err)?;
+        let synced: Option<u64> = meta
+            .get::<Option<u64>>(KEY_SYNCED)
+            .map_err(io_err)?
+            .flatten();
+        let repair_before: Option<u64> = meta
+            .get::<Option<u64>>(KEY_REPAIR_UNTIL)
+            .map_err(io_err)?
+            .flatten();
         let (mut segments, report) =
-            SegmentLog::open(dir, config, last_purged.map(|l| l.index)).map_err(io_err)?;
+            SegmentLog::open_salvaging(dir, config, last_purged.map(|l| l.index))
+                .map_err(io_err)?;
         if report.torn_bytes_truncated > 0 {
             tracing::warn!(dir = %dir.display(), ?report, "segment log recovered after a crash");
         }
@@ -249,6 +341,25 @@ impl GroupLogStore {
             None => None,
         };
         let last_log_id = std::cmp::max(last_log_id, last_purged);
+        let last = last_log_id.map(|l| l.index);
+        let repair = repair_needed(&report, synced, repair_before, last);
+        match &repair {
+            Some(r) => {
+                tracing::error!(
+                    dir = %dir.display(), repair_until = r.until, last_index = ?last, reason = %r.reason,
+                    "replica lost log entries it may have acknowledged: it will not vote until the leader has rebuilt them"
+                );
+                // The target is kept by `repair_until` from now on; the synced mark again
+                // speaks of this log as it is (synced above).
+                meta.put(KEY_REPAIR_UNTIL, &Some(r.until)).map_err(io_err)?;
+                meta.put(KEY_SYNCED, &last).map_err(io_err)?;
+                meta.flush_blocking().map_err(io_err)?;
+            }
+            None if repair_before.is_some() => {
+                meta.put(KEY_REPAIR_UNTIL, &None::<u64>).map_err(io_err)?;
+            }
+            None => {}
+        }
         Ok(GroupLogStore {
             inner: Arc::new(Inner {
                 log: Mutex::new(LogState2 {
@@ -261,8 +372,47 @@ impl GroupLogStore {
                 meta,
                 flusher,
                 committed: Mutex::new(CommittedHint::default()),
+                synced: Mutex::new(SyncedMark {
+                    generation: 0,
+                    saved: synced.min(last),
+                }),
+                repair: Mutex::new(repair),
             }),
         })
+    }
+
+    /// The repair under way: this replica lost entries it may have acknowledged and must not
+    /// vote or stand for election until its log again reaches `until`.
+    pub fn repair(&self) -> Option<Repair> {
+        self.inner.repair.lock().expect("repair lock").clone()
+    }
+
+    /// Ends the repair once the log has reached its index again (durably, before it returns
+    /// `true`); `false` while the log is still short.
+    pub async fn finish_repair(&self) -> io::Result<bool> {
+        let Some(until) = self.repair().map(|r| r.until) else {
+            return Ok(true);
+        };
+        // Whole again once entries up to `until` are synced, or purged (a snapshot installed
+        // past it; the purge point is durable before the purge).
+        let synced = self.inner.synced.lock().expect("synced lock").saved;
+        let purged = self.lock().last_purged.map(|l| l.index);
+        if synced.max(purged) < Some(until) {
+            return Ok(false);
+        }
+        self.inner
+            .meta
+            .put(KEY_REPAIR_UNTIL, &None::<u64>)
+            .map_err(io_err)?;
+        self.inner.meta.flush().await.map_err(io_err)?;
+        *self.inner.repair.lock().expect("repair lock") = None;
+        Ok(true)
+    }
+
+    /// The vote and last log id, for a vote this replica refuses while it is repaired.
+    pub fn vote_and_last_log_id(&self) -> (Option<Vote>, Option<LogId>) {
+        let log = self.lock();
+        (log.vote, log.last_log_id)
     }
 
     /// The calibration bug [`InjectedBug::AckBeforeFsync`]: reports the append durable now and
@@ -527,11 +677,17 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             self.ack_before_fsync(files, last.map(|l| l.index), callback);
             return Ok(());
         }
+        let inner = self.inner.clone();
+        let generation = inner.synced.lock().expect("synced lock").generation;
+        let last = last.map(|l| l.index);
         self.inner
             .flusher
             .submit(
                 files,
                 Box::new(move |r| {
+                    if let (Ok(()), Some(last)) = (&r, last) {
+                        inner.note_synced(generation, last);
+                    }
                     callback.io_completed(r.map_err(|e| io::Error::new(e.kind(), e.to_string())))
                 }),
             )
@@ -540,6 +696,22 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        // The synced mark never points past the durable tail: lower it durably first.
+        let keep = last_log_id.map(|l| l.index);
+        let lowered = {
+            let mut mark = self.inner.synced.lock().expect("synced lock");
+            mark.generation += 1;
+            if mark.saved > keep {
+                mark.saved = keep;
+                self.inner.meta.put(KEY_SYNCED, &keep).map_err(io_err)?;
+                true
+            } else {
+                false
+            }
+        };
+        if lowered {
+            self.inner.meta.flush().await.map_err(io_err)?;
+        }
         let mut log = self.lock();
         let from = last_log_id.map_or(0, |l| l.index + 1);
         log.tail.truncate_after(last_log_id.map(|l| l.index));
@@ -641,6 +813,138 @@ mod tests {
         assert_eq!(indices(&t.read(9, 11, 15, true)), vec![9]);
         assert_eq!(indices(&t.read(9, 11, 5, true)), vec![9]);
         assert!(t.read(9, 11, 5, false).is_empty());
+    }
+
+    fn open_store(dir: &Path, meta: &NodeMeta, flusher: &FlushCoordinator) -> GroupLogStore {
+        GroupLogStore::open(
+            &dir.join("log"),
+            SegmentLogConfig::default(),
+            meta.group(1).unwrap(),
+            flusher.clone(),
+        )
+        .unwrap()
+    }
+
+    async fn append_synced(log: &mut GroupLogStore, range: std::ops::RangeInclusive<u64>) {
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        let entries: Vec<Entry> = range.map(|i| entry(i, 100)).collect();
+        log.append(entries, IOFlushed::<TypeConfig>::signal(tx))
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    /// The byte offset where each frame of the (single) segment in `dir/log` begins, and the
+    /// end of the last frame.
+    fn frame_offsets(dir: &Path) -> (PathBuf, Vec<usize>) {
+        use millrace_storage::segment::frame;
+        let seg = std::fs::read_dir(dir.join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        let mut at = frame::SEGMENT_HEADER_BYTES as usize;
+        let mut offsets = Vec::new();
+        while let Ok((h, _)) = frame::decode_frame(&bytes[at..]) {
+            offsets.push(at);
+            at += h.frame_len();
+        }
+        offsets.push(at);
+        (seg, offsets)
+    }
+
+    use std::path::PathBuf;
+
+    /// A log that opens shorter than what its flushes had synced lost entries this replica may
+    /// have acknowledged (a tail cut that recovery cannot tell from a torn write): the store
+    /// asks for a repair up to the synced mark, keeps asking across restarts, and ends it only
+    /// once the entries are back and synced.
+    #[tokio::test]
+    async fn a_log_cut_back_past_what_was_synced_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        let flusher = FlushCoordinator::start(SyncMethod::Auto).unwrap();
+        let mut log = open_store(dir.path(), &meta, &flusher);
+        assert_eq!(log.repair(), None);
+        append_synced(&mut log, 1..=20).await;
+        assert_eq!(log.inner.synced.lock().unwrap().saved, Some(20));
+        drop(log);
+        meta.flush().await.unwrap();
+        // Cut the segment in the middle of entry 18's frame: a torn write, to recovery.
+        let (seg, offsets) = frame_offsets(dir.path());
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        file.set_len((offsets[17] + 7) as u64).unwrap();
+        let log = open_store(dir.path(), &meta, &flusher);
+        let repair = log.repair().expect("a repair");
+        assert_eq!(repair.until, 20);
+        assert!(repair.reason.contains("synced"), "{}", repair.reason);
+        assert_eq!(log.bounds(), (Some(1), Some(17)));
+        assert!(
+            !log.finish_repair().await.unwrap(),
+            "the log is still short"
+        );
+        // Restarted before the leader filled it in: still under repair.
+        drop(log);
+        let mut log = open_store(dir.path(), &meta, &flusher);
+        assert_eq!(log.repair().map(|r| r.until), Some(20));
+        append_synced(&mut log, 18..=19).await;
+        assert!(!log.finish_repair().await.unwrap());
+        append_synced(&mut log, 20..=21).await;
+        assert!(log.finish_repair().await.unwrap());
+        assert_eq!(log.repair(), None);
+        drop(log);
+        let log = open_store(dir.path(), &meta, &flusher);
+        assert_eq!(log.repair(), None, "the end of the repair is durable");
+    }
+
+    /// Damage a crash cannot explain (a flipped bit before valid frames): the log is cut back
+    /// to the entries before it and repaired up to the last entry still seen after it.
+    #[tokio::test]
+    async fn a_log_damaged_mid_way_is_cut_back_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        let flusher = FlushCoordinator::start(SyncMethod::Auto).unwrap();
+        let mut log = open_store(dir.path(), &meta, &flusher);
+        append_synced(&mut log, 1..=30).await;
+        drop(log);
+        // Lose the synced mark, so that only the damage itself tells how far the log went.
+        meta.group(1)
+            .unwrap()
+            .put(KEY_SYNCED, &None::<u64>)
+            .unwrap();
+        meta.flush().await.unwrap();
+        let (seg, offsets) = frame_offsets(dir.path());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[offsets[9] + 30] ^= 0x10; // inside entry 10's payload
+        std::fs::write(&seg, &bytes).unwrap();
+        let log = open_store(dir.path(), &meta, &flusher);
+        assert_eq!(
+            log.bounds(),
+            (Some(1), Some(9)),
+            "cut back before the damage"
+        );
+        let repair = log.repair().expect("a repair");
+        assert_eq!(repair.until, 30, "the last entry seen past the damage");
+        assert!(repair.reason.contains("checksum"), "{}", repair.reason);
+    }
+
+    /// A truncation (Raft replacing a conflicting suffix) lowers the synced mark durably before
+    /// it cuts the log: a restart afterwards finds nothing to repair.
+    #[tokio::test]
+    async fn a_truncated_log_is_not_taken_for_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = NodeMeta::open(&dir.path().join("meta")).unwrap();
+        let flusher = FlushCoordinator::start(SyncMethod::Auto).unwrap();
+        let mut log = open_store(dir.path(), &meta, &flusher);
+        append_synced(&mut log, 1..=10).await;
+        log.truncate_after(Some(log_id(1, 1, 5))).await.unwrap();
+        assert_eq!(log.inner.synced.lock().unwrap().saved, Some(5));
+        drop(log);
+        let log = open_store(dir.path(), &meta, &flusher);
+        assert_eq!(log.bounds(), (Some(1), Some(5)));
+        assert_eq!(log.repair(), None);
     }
 
     #[tokio::test]

@@ -590,6 +590,9 @@ where
 #[derive(Default)]
 pub struct GroupRegistry {
     groups: RwLock<HashMap<u64, Raft>>,
+    /// Replicas rebuilt after damage (see [`crate::log_store::Repair`]): they refuse votes,
+    /// pre-votes and leadership until their log is whole again.
+    repairing: RwLock<HashMap<u64, crate::log_store::GroupLogStore>>,
     /// The ordered append stream of each (group, sending leader) under way.
     appends: Mutex<HashMap<(u64, NodeId), AppendSession>>,
     sweeping: AtomicBool,
@@ -691,6 +694,48 @@ impl AppendAnswers {
 }
 
 impl GroupRegistry {
+    /// Marks a replica as being repaired: it refuses votes and leadership until
+    /// [`GroupRegistry::repaired`].
+    pub fn repairing(&self, group_id: u64, log: crate::log_store::GroupLogStore) {
+        self.repairing
+            .write()
+            .expect("registry lock")
+            .insert(group_id, log);
+    }
+
+    pub fn repaired(&self, group_id: u64) {
+        self.repairing
+            .write()
+            .expect("registry lock")
+            .remove(&group_id);
+    }
+
+    pub fn is_repairing(&self, group_id: u64) -> bool {
+        self.repairing
+            .read()
+            .expect("registry lock")
+            .contains_key(&group_id)
+    }
+
+    /// Every repair under way: (group, the repair, the log's last index).
+    pub fn repairs(&self) -> Vec<(u64, crate::log_store::Repair, Option<u64>)> {
+        self.repairing
+            .read()
+            .expect("registry lock")
+            .iter()
+            .filter_map(|(g, log)| Some((*g, log.repair()?, log.bounds().1)))
+            .collect()
+    }
+
+    /// The refusal a replica under repair answers a (pre-)vote with: its own vote and log, not
+    /// granted. It may lack entries it once acknowledged, so its vote could elect a candidate
+    /// that lacks them too.
+    fn refused_vote(&self, group_id: u64) -> Option<VoteResponse<TypeConfig>> {
+        let repairing = self.repairing.read().expect("registry lock");
+        let (vote, last) = repairing.get(&group_id)?.vote_and_last_log_id();
+        Some(VoteResponse::new(vote?, last, false))
+    }
+
     pub fn insert(&self, group_id: u64, raft: Raft) {
         self.groups
             .write()
@@ -891,10 +936,20 @@ impl GroupRegistry {
                     .map_err(|e| e.to_string())?;
                 encode(&r)
             }
+            RaftRpc::Vote | RaftRpc::PreVote if self.is_repairing(req.group_id) => {
+                match self.refused_vote(req.group_id) {
+                    Some(refusal) => encode(&refusal),
+                    None => Err(format!("group {} is being repaired", req.group_id)),
+                }
+            }
             RaftRpc::Vote => encode(&raft.vote(decode(p)?).await.map_err(|e| e.to_string())?),
             RaftRpc::PreVote => {
                 encode(&raft.pre_vote(decode(p)?).await.map_err(|e| e.to_string())?)
             }
+            RaftRpc::TransferLeader if self.is_repairing(req.group_id) => Err(format!(
+                "group {}: this replica is being rebuilt after damage and cannot lead",
+                req.group_id
+            )),
             RaftRpc::FullSnapshot => {
                 let msg: SnapshotMessage = decode(p)?;
                 let snapshot = openraft::type_config::alias::SnapshotOf::<TypeConfig, SnapshotData> {

@@ -21,4 +21,4 @@ pub use error::{StorageError, StorageResult};
 pub use flush::{FlushCoordinator, FlushStats, SyncMethod};
 pub use histogram::{HistogramSnapshot, LatencyHistogram};
 pub use meta::{GroupMeta, NodeMeta};
-pub use segment::{SegmentLog, SegmentLogConfig};
+pub use segment::{LogDamage, SegmentLog, SegmentLogConfig};

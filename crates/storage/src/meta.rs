@@ -346,6 +346,15 @@ impl GroupMeta {
     pub async fn flush(&self) -> StorageResult<()> {
         self.flusher.flush().await
     }
+
+    /// Like [`GroupMeta::flush`], on a thread that may block (not in an async task).
+    pub fn flush_blocking(&self) -> StorageResult<()> {
+        self.flusher
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(meta_err("flush"))
+    }
 }
 
 #[cfg(test)]

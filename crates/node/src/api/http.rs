@@ -172,6 +172,9 @@ async fn status(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
                 "last_log_index": m.last_log_index,
                 "applied_index": m.last_applied.map(|l| l.index),
                 "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                // Set while the replica is rebuilt after damage (it votes again once its log
+                // reaches this index).
+                "repair_until": h.log.repair().map(|r| r.until),
             }))
         })
         .collect();

@@ -119,6 +119,12 @@ impl Node {
                 ..Default::default()
             });
         });
+        for (group_id, repair, last) in self.groups.registry().repairs() {
+            if let Some(g) = groups.iter_mut().find(|g| g.group_id == group_id) {
+                g.repair_until = repair.until;
+                g.last_log_index = last.unwrap_or(0);
+            }
+        }
         // The shards this node leads carry their load (for ON_DEMAND scaling).
         {
             let shards = self.shards.lock().expect("shards lock");
@@ -290,6 +296,14 @@ impl Node {
             let mut leaders_per_node: BTreeMap<u64, usize> = BTreeMap::new();
             let (mut under_replicated, mut under_spread, mut catching_up, mut moving) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            // Replicas rebuilt after damage (they refuse votes until whole again).
+            let mut repairing: Vec<serde_json::Value> = by_group
+                .get(&METADATA_GROUP_ID)
+                .into_iter()
+                .flatten()
+                .filter(|(_, g)| g.repair_until > 0)
+                .map(|(node, g)| json!({"group_id": METADATA_GROUP_ID, "node_id": node, "repair_until": g.repair_until, "last_log_index": g.last_log_index}))
+                .collect();
             let zones: BTreeSet<&str> = s.members.values().map(|m| m.zone.as_str()).collect();
             for st in s.streams.values() {
                 for sh in st.shards.iter().filter(|sh| sh.status != ShardStatus::Closed) {
@@ -315,6 +329,9 @@ impl Node {
                     }
                     if let Some((from, to)) = sh.moving {
                         moving.push(json!({"stream": st.name, "shard_id": sh.shard_id, "from": from, "to": to}));
+                    }
+                    for (node, g) in replicas_reported.iter().filter(|(_, g)| g.repair_until > 0) {
+                        repairing.push(json!({"stream": st.name, "shard_id": sh.shard_id, "group_id": sh.group_id, "node_id": node, "repair_until": g.repair_until, "last_log_index": g.last_log_index}));
                     }
                     for (node, g) in replicas_reported {
                         if let Some(la) = leader_applied {
@@ -353,6 +370,7 @@ impl Node {
                 "under_spread": under_spread,
                 "catching_up": catching_up,
                 "moving": moving,
+                "repairing": repairing,
             });
             if detail {
                 let leaders = super::cluster_view::leaders(&reports, &up);

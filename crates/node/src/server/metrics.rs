@@ -923,6 +923,8 @@ impl Collector for Scrape {
             ("millrace_raft_snapshots_built", "Snapshots this node's groups built (shard groups at their retention point, the metadata group every 1,000 entries)", ev.snapshots_built),
             ("millrace_raft_snapshots_installed", "Snapshots received from a leader and installed (a replica too far behind)", ev.snapshots_installed),
             ("millrace_raft_log_purges", "Log prefixes purged (segments deleted) once a snapshot covered them", ev.log_purges),
+            ("millrace_replica_repairs_started", "Replicas found at start-up to lack log entries they may have acknowledged (a damaged or truncated log), whose rebuild from the other replicas began", ev.repairs_started),
+            ("millrace_replica_repairs_finished", "Damaged replicas rebuilt up to their former end: they vote again", ev.repairs_finished),
         ] {
             single(&mut e, name, help, None, Counter, value)?;
         }

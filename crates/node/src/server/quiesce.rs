@@ -206,6 +206,10 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
         if !leader_silent {
             return;
         }
+        // A replica rebuilt after damage stands for nothing until it is whole again.
+        if node.groups.registry().is_repairing(g) {
+            return;
+        }
         silent.push(Silent {
             group_id: g,
             raft: raft.clone(),

@@ -144,6 +144,21 @@ pub struct RecoveryReport {
     /// Bytes of a torn tail (a write cut short by a crash) that recovery cut off.
     pub torn_bytes_truncated: u64,
     pub segments_deleted: usize,
+    /// Damage no crash explains, which [`SegmentLog::open_salvaging`] cut the log back from.
+    pub damage: Option<LogDamage>,
+}
+
+/// A log found damaged when opened: the entries from `first_lost_index` on were dropped (the
+/// valid prefix before them is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    /// What was wrong, with the file and byte.
+    pub reason: String,
+    /// The first log index no longer in the log.
+    pub first_lost_index: u64,
+    /// The highest log index seen in a valid frame (or a segment's name) past the damage: the
+    /// log reached at least this far before it was damaged.
+    pub last_index_seen: Option<u64>,
 }
 
 /// A segment log. Not internally synchronised: the owner wraps it in a lock.
@@ -159,13 +174,34 @@ pub struct SegmentLog {
 impl SegmentLog {
     /// Opens (recovering) or creates the log in `dir`. `purged` is the highest log index the
     /// caller has durably recorded as purged; segments wholly at or below it are deleted.
+    /// Damage a crash cannot explain fails the open with [`StorageError::Corruption`].
     pub fn open(
         dir: &Path,
         config: SegmentLogConfig,
         purged: Option<u64>,
     ) -> StorageResult<(SegmentLog, RecoveryReport)> {
+        Self::open_with(dir, config, purged, false)
+    }
+
+    /// Opens like [`SegmentLog::open`], but a damaged log is cut back to the valid prefix before
+    /// its damage, which [`RecoveryReport::damage`] describes: the caller must then treat the
+    /// entries from there on as lost and rebuild them (they may have been acknowledged).
+    pub fn open_salvaging(
+        dir: &Path,
+        config: SegmentLogConfig,
+        purged: Option<u64>,
+    ) -> StorageResult<(SegmentLog, RecoveryReport)> {
+        Self::open_with(dir, config, purged, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        config: SegmentLogConfig,
+        purged: Option<u64>,
+        salvage: bool,
+    ) -> StorageResult<(SegmentLog, RecoveryReport)> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io("create", dir.display(), e))?;
-        let (segments, report) = recovery::recover(dir, purged)?;
+        let (segments, report) = recovery::recover(dir, purged, salvage)?;
         let first_index = match (purged, segments.first()) {
             (Some(p), _) => p + 1,
             (None, Some(s)) => s.base,

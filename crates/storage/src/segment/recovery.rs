@@ -10,6 +10,11 @@
 //!   be explained by a crash: recovery fails with [`StorageError::Corruption`] and never skips it;
 //! * segments wholly at or below the caller's purge point are deleted; a gap between the purge
 //!   point and the remaining segments, or between segments, is corruption.
+//!
+//! In *salvage* mode ([`super::SegmentLog::open_salvaging`]) corruption does not fail the open:
+//! the log is cut back to the valid prefix before the damage (the damaged segment truncated,
+//! every later one deleted) and the damage is reported ([`LogDamage`]), so that the replica can be
+//! rebuilt from its group's other replicas. Nothing after the damage is ever read or kept.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -17,51 +22,136 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::frame::{self, HeaderCheck, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use super::{sync_dir, RecoveryReport, Segment};
+use super::{sync_dir, LogDamage, RecoveryReport, Segment};
 use crate::error::{StorageError, StorageResult};
 
 pub(super) fn recover(
     dir: &Path,
     purged: Option<u64>,
+    salvage: bool,
 ) -> StorageResult<(Vec<Segment>, RecoveryReport)> {
     let mut report = RecoveryReport::default();
     let files = list_segment_files(dir)?;
     let count = files.len();
     let mut segments: Vec<Segment> = Vec::with_capacity(count);
-    for (i, (base, path)) in files.into_iter().enumerate() {
+    let mut files = files.into_iter().enumerate();
+    while let Some((i, (base, path))) = files.next() {
         let is_last = i + 1 == count;
-        let (seg, torn) = scan_segment(base, path, is_last)?;
-        report.torn_bytes_truncated += torn;
-        segments.push(seg);
+        let damage = match scan_segment(base, path.clone(), is_last)? {
+            Ok((seg, torn)) => {
+                report.torn_bytes_truncated += torn;
+                segments.push(seg);
+                None
+            }
+            Err(Damaged { error, .. }) if !salvage => return Err(error),
+            Err(damaged) => Some(damaged),
+        };
+        if let Some(damaged) = damage {
+            // Keep the valid prefix; everything from the damage on goes.
+            let rest: Vec<(u64, PathBuf)> = files.by_ref().map(|(_, f)| f).collect();
+            let last_seen = rest.iter().map(|(b, _)| *b).chain(damaged.last_seen).max();
+            match damaged.keep {
+                Some((mut seg, pos)) => {
+                    seg.file
+                        .set_len(pos)
+                        .and_then(|_| seg.file.sync_data())
+                        .map_err(|e| StorageError::io("truncate", seg.path.display(), e))?;
+                    seg.end = pos;
+                    seg.zeroed = pos;
+                    segments.push(seg);
+                }
+                None => remove(&path, &mut report)?,
+            }
+            for (_, p) in &rest {
+                remove(p, &mut report)?;
+            }
+            report.damage = Some(damage_of(damaged.error, damaged.first_lost, last_seen));
+            break;
+        }
     }
     // Drop what the caller has already purged (the last segment stays: it holds the position).
     if let Some(p) = purged {
         while segments.len() > 1 && segments[0].last_index().is_none_or(|last| last <= p) {
             let seg = segments.remove(0);
-            fs::remove_file(&seg.path)
-                .map_err(|e| StorageError::io("remove", seg.path.display(), e))?;
-            report.segments_deleted += 1;
+            remove(&seg.path, &mut report)?;
         }
         if let Some(first) = segments.first() {
             if first.last_index().is_some_and(|last| last > p) && first.base > p + 1 {
-                return Err(corruption(
+                let error = corruption(
                     &first.path,
                     0,
                     format!(
                         "log resumes at index {} but only entries up to {p} were purged",
                         first.base
                     ),
-                ));
+                );
+                if !salvage {
+                    return Err(error);
+                }
+                // Nothing after the purge point is readable: the whole log goes.
+                let last_seen = segments.iter().filter_map(|s| s.last_index()).max();
+                for seg in segments.drain(..) {
+                    remove(&seg.path, &mut report)?;
+                }
+                report.damage = Some(damage_of(error, p + 1, last_seen));
             }
         }
     }
-    check_contiguous(&segments)?;
+    if let Some(at) = first_gap(&segments) {
+        let error = gap_error(&segments, at);
+        if !salvage {
+            return Err(error);
+        }
+        let last_seen = segments.iter().filter_map(|s| s.last_index()).max();
+        let first_lost = segments[at - 1]
+            .last_index()
+            .map_or(segments[at - 1].base, |l| l + 1);
+        for seg in segments.drain(at..) {
+            remove(&seg.path, &mut report)?;
+        }
+        report.damage = Some(damage_of(error, first_lost, last_seen));
+    }
     if report.segments_deleted > 0 {
         sync_dir(dir)?;
+    }
+    if let Some(d) = &report.damage {
+        tracing::error!(
+            dir = %dir.display(),
+            first_lost_index = d.first_lost_index,
+            last_index_seen = ?d.last_index_seen,
+            damage = %d.reason,
+            "segment log damaged: cut back to the entries before the damage"
+        );
     }
     report.segments = segments.len();
     report.entries = segments.iter().map(|s| s.offsets.len() as u64).sum();
     Ok((segments, report))
+}
+
+fn remove(path: &Path, report: &mut RecoveryReport) -> StorageResult<()> {
+    fs::remove_file(path).map_err(|e| StorageError::io("remove", path.display(), e))?;
+    report.segments_deleted += 1;
+    Ok(())
+}
+
+fn damage_of(error: StorageError, first_lost_index: u64, last_seen: Option<u64>) -> LogDamage {
+    LogDamage {
+        reason: error.to_string(),
+        first_lost_index,
+        last_index_seen: last_seen.filter(|l| *l >= first_lost_index),
+    }
+}
+
+/// A segment recovery cannot explain by a crash.
+struct Damaged {
+    error: StorageError,
+    /// The segment with its frames before the damage, and the byte to cut it at (salvage only);
+    /// `None` when the segment is unusable from its header on.
+    keep: Option<(Segment, u64)>,
+    /// The first log index that is not kept.
+    first_lost: u64,
+    /// The highest log index a valid frame after the damage carries, if any.
+    last_seen: Option<u64>,
 }
 
 fn list_segment_files(dir: &Path) -> StorageResult<Vec<(u64, PathBuf)>> {
@@ -92,8 +182,13 @@ fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> StorageErr
     }
 }
 
-/// Scans one segment. Returns it and the number of torn-tail bytes cut off.
-fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segment, u64)> {
+/// Scans one segment. Returns it and the number of torn-tail bytes cut off, or the damage that
+/// a crash cannot explain (nothing is changed on disk then).
+fn scan_segment(
+    base: u64,
+    path: PathBuf,
+    is_last: bool,
+) -> StorageResult<Result<(Segment, u64), Damaged>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -108,6 +203,12 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
         end: SEGMENT_HEADER_BYTES,
         zeroed: SEGMENT_HEADER_BYTES,
     };
+    let unusable = |seg: &Segment, reason: String| Damaged {
+        error: corruption(&seg.path, 0, reason),
+        keep: None,
+        first_lost: base,
+        last_seen: last_valid_index(&bytes, 0),
+    };
     match frame::check_segment_header(&bytes[..bytes.len().min(SEGMENT_HEADER_BYTES as usize)]) {
         HeaderCheck::Valid => {}
         HeaderCheck::Unwritten if is_last && header_torn(&bytes) => {
@@ -118,10 +219,10 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
                 .and_then(|_| seg.file.write_all_at(&header, 0))
                 .and_then(|_| seg.file.sync_data())
                 .map_err(|e| StorageError::io("rewrite", seg.path.display(), e))?;
-            return Ok((seg, bytes.len() as u64));
+            return Ok(Ok((seg, bytes.len() as u64)));
         }
-        HeaderCheck::Unwritten => return Err(corruption(&seg.path, 0, "segment header missing")),
-        HeaderCheck::Invalid(reason) => return Err(corruption(&seg.path, 0, reason)),
+        HeaderCheck::Unwritten => return Ok(Err(unusable(&seg, "segment header missing".into()))),
+        HeaderCheck::Invalid(reason) => return Ok(Err(unusable(&seg, reason))),
     }
     let mut pos = SEGMENT_HEADER_BYTES as usize;
     let mut expected = base;
@@ -150,23 +251,22 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
                     .sync_data()
                     .map_err(|e| StorageError::io("sync", seg.path.display(), e))?;
             }
-            return Ok((seg, 0));
+            return Ok(Ok((seg, 0)));
         }
+        let damaged = |seg: Segment, reason: String| Damaged {
+            error: corruption(&seg.path, pos as u64, reason),
+            keep: Some((seg, pos as u64)),
+            first_lost: expected,
+            last_seen: last_valid_index(&bytes, pos + 1),
+        };
         if !is_last {
-            return Err(corruption(
-                &seg.path,
-                pos as u64,
-                format!("sealed segment: {problem}"),
-            ));
+            return Ok(Err(damaged(seg, format!("sealed segment: {problem}"))));
         }
         if let Some(at) = find_valid_frame(&bytes, pos + 1) {
-            return Err(corruption(
-                &seg.path,
-                pos as u64,
-                format!(
-                    "{problem}; a valid frame follows at byte {at}, so this is not a torn write"
-                ),
-            ));
+            let reason = format!(
+                "{problem}; a valid frame follows at byte {at}, so this is not a torn write"
+            );
+            return Ok(Err(damaged(seg, reason)));
         }
         let torn = (bytes.len() - pos) as u64;
         tracing::warn!(
@@ -182,11 +282,24 @@ fn scan_segment(base: u64, path: PathBuf, is_last: bool) -> StorageResult<(Segme
             .map_err(|e| StorageError::io("truncate", seg.path.display(), e))?;
         seg.end = pos as u64;
         seg.zeroed = pos as u64;
-        return Ok((seg, torn));
+        return Ok(Ok((seg, torn)));
     }
     seg.end = pos as u64;
     seg.zeroed = pos as u64;
-    Ok((seg, 0))
+    Ok(Ok((seg, 0)))
+}
+
+/// The highest log index carried by a checksum-valid frame at or after byte `from` (the
+/// evidence of how far a damaged log reached).
+fn last_valid_index(bytes: &[u8], from: usize) -> Option<u64> {
+    let mut last = None;
+    let mut at = from.max(SEGMENT_HEADER_BYTES as usize);
+    while let Some(p) = find_valid_frame(bytes, at) {
+        let (header, _) = frame::decode_frame(&bytes[p..]).ok()?;
+        last = last.max(Some(header.index));
+        at = p + header.frame_len().max(1);
+    }
+    last
 }
 
 /// A header cut short (or never written) by a crash: zeros, or a prefix of the real header.
@@ -202,23 +315,26 @@ fn find_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
     (from..=last_start).find(|&p| frame::decode_frame(&bytes[p..]).is_ok())
 }
 
-fn check_contiguous(segments: &[Segment]) -> StorageResult<()> {
-    for pair in segments.windows(2) {
-        let (prev, next) = (&pair[0], &pair[1]);
-        match prev.last_index() {
-            Some(last) if last + 1 == next.base => {}
-            Some(last) => {
-                return Err(corruption(
-                    &next.path,
-                    0,
-                    format!(
-                        "segment starts at index {} but the previous one ends at {last}",
-                        next.base
-                    ),
-                ))
-            }
-            None => return Err(corruption(&prev.path, 0, "sealed segment holds no entries")),
-        }
+/// The position of the first segment that does not continue the one before it.
+fn first_gap(segments: &[Segment]) -> Option<usize> {
+    (1..segments.len()).find(|&i| {
+        segments[i - 1]
+            .last_index()
+            .is_none_or(|last| last + 1 != segments[i].base)
+    })
+}
+
+fn gap_error(segments: &[Segment], at: usize) -> StorageError {
+    let (prev, next) = (&segments[at - 1], &segments[at]);
+    match prev.last_index() {
+        Some(last) => corruption(
+            &next.path,
+            0,
+            format!(
+                "segment starts at index {} but the previous one ends at {last}",
+                next.base
+            ),
+        ),
+        None => corruption(&prev.path, 0, "sealed segment holds no entries"),
     }
-    Ok(())
 }

@@ -297,6 +297,8 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
             bytes[pos] ^= 1 << rng.random_range(0..8);
         }
         fs::write(&target, &bytes).unwrap();
+        let salvaged = dir.path().join(format!("s{trial}"));
+        copy_dir(&work, &salvaged);
 
         let is_last = seg == last_seg;
         // Damage in the zero-filled space after the last frame touches no entry.
@@ -307,7 +309,9 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
             .iter()
             .find(|(p, s, e, _)| *p == seg && (pos as u64) >= *s && (pos as u64) < *e)
             .map(|f| f.3);
-        match SegmentLog::open(&work, small(), None) {
+        let plain = SegmentLog::open(&work, small(), None);
+        check_salvage(trial, &salvaged, &entries, damaged, plain.is_err());
+        match plain {
             Ok((log, _)) => {
                 let got = read_all(&log);
                 assert_eq!(
@@ -357,4 +361,59 @@ fn recovery_after_cuts_and_flips_never_invents_or_skips() {
         ok_runs > 50 && corrupt_runs > 50,
         "ok {ok_runs}, corrupt {corrupt_runs}"
     );
+}
+
+/// Salvage mode on the same damage: the open always succeeds with a prefix holding every frame
+/// before the damage; damage is reported exactly when the plain open refused the log, with the
+/// first index it dropped and evidence of how far the log reached; the cut log takes appends
+/// and then reopens cleanly.
+fn check_salvage(
+    trial: usize,
+    dir: &Path,
+    entries: &[(u64, Vec<u8>)],
+    damaged: Option<u64>,
+    refused: bool,
+) {
+    let (mut log, report) = SegmentLog::open_salvaging(dir, small(), None)
+        .unwrap_or_else(|e| panic!("trial {trial}: salvage failed: {e}"));
+    let got = read_all(&log);
+    assert_eq!(
+        got,
+        entries[..got.len()].to_vec(),
+        "trial {trial}: salvage kept a non-prefix"
+    );
+    let kept_at_least = damaged.map_or(0, |idx| idx - 1);
+    assert!(
+        got.len() as u64 >= kept_at_least,
+        "trial {trial}: salvage lost frames before the damage"
+    );
+    assert_eq!(
+        report.damage.is_some(),
+        refused,
+        "trial {trial}: {report:?}"
+    );
+    if let Some(d) = &report.damage {
+        assert_eq!(
+            d.first_lost_index,
+            got.len() as u64 + 1,
+            "trial {trial}: {d:?}"
+        );
+        if let Some(seen) = d.last_index_seen {
+            assert!(
+                seen >= d.first_lost_index && seen <= entries.len() as u64,
+                "trial {trial}: {d:?}"
+            );
+        }
+    }
+    let next = got.len() as u64 + 1;
+    let more = vec![(next, payload(next, 40))];
+    append_all(&mut log, &more);
+    log.sync_all().unwrap();
+    drop(log);
+    let (log, report) = SegmentLog::open(dir, small(), None)
+        .unwrap_or_else(|e| panic!("trial {trial}: a salvaged log did not reopen: {e}"));
+    assert_eq!(report.damage, None);
+    assert_eq!(read_all(&log).len() as u64, next, "trial {trial}");
+    drop(log);
+    fs::remove_dir_all(dir).unwrap();
 }
