@@ -69,6 +69,11 @@ impl GroupSettings {
             // as if it were everything committed (seen in the whole-cluster restart test).
             enable_leader_restore: Some(false),
             max_payload_entries: 256,
+            // A replica repaired after damage (its log cut back, or its node's metadata set
+            // aside) reports a shorter log than the leader last saw: the leader must start its
+            // replication over rather than panic ("follower log reversion is not allowed",
+            // seen). The repaired replica refuses votes until whole (`watch_repair`).
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()

@@ -235,6 +235,13 @@ impl Tail {
     }
 }
 
+/// Records that the replica of a group must be rebuilt up to log index `until` when it is next
+/// opened (its log and metadata were lost, e.g. with a damaged node metadata store). Durable
+/// once the caller flushes `meta`.
+pub fn mark_for_repair(meta: &GroupMeta, until: u64) -> millrace_storage::StorageResult<()> {
+    meta.put(KEY_REPAIR_UNTIL, &Some(until))
+}
+
 impl Inner {
     /// A flush of the entries up to `last` completed: raise the synced mark (unless a
     /// truncation came in between). Written to sled without a flush: sled's own background

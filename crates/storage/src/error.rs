@@ -36,11 +36,27 @@ pub enum StorageError {
     },
     #[error("node metadata key {key} holds an undecodable value: {reason}")]
     MetaDecode { key: String, reason: String },
+    #[error("node metadata lost flushed writes: it holds flush generation {found}, but generation {sealed} was made durable (a damaged record cut its log short)")]
+    MetaRolledBack { found: u64, sealed: u64 },
     #[error("the flush coordinator has stopped")]
     FlusherStopped,
 }
 
 impl StorageError {
+    /// Damage found in stored data (not an I/O failure or a wrong use).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Corruption { .. }
+                | StorageError::MetaDecode { .. }
+                | StorageError::MetaRolledBack { .. }
+                | StorageError::Meta {
+                    source: sled::Error::Corruption { .. },
+                    ..
+                }
+        )
+    }
+
     pub(crate) fn io(
         verb: &'static str,
         subject: impl std::fmt::Display,

@@ -18,7 +18,7 @@
 //! depends on a write (votes) and treat everything else as a hint that may roll back to an
 //! earlier value after a crash.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ const GROUPS_TREE: &str = "groups";
 /// Format 1: one tree per group, named with this prefix.
 const V1_GROUP_TREE_PREFIX: &str = "group/";
 const FORMAT_KEY: &str = "format_version";
+/// In the `node` tree: the generation of the last sealed flush (u64 LE; see [`Seal`]).
+const GENERATION_KEY: &str = "flush_generation";
 
 /// The node's metadata database.
 #[derive(Clone)]
@@ -60,10 +62,16 @@ struct SledFlusher {
     /// Every request with a ticket up to this is durable.
     durable: AtomicU64,
     running: tokio::sync::Mutex<()>,
+    node: sled::Tree,
+    /// The generation of the last flush (see [`Seal`]).
+    generation: AtomicU64,
+    seal_path: PathBuf,
+    /// One seal write at a time (flushes from blocking callers bypass `running`).
+    seal: std::sync::Mutex<()>,
 }
 
 impl SledFlusher {
-    async fn flush(&self) -> StorageResult<()> {
+    async fn flush(self: &Arc<Self>) -> StorageResult<()> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let _running = self.running.lock().await;
         if self.durable.load(Ordering::SeqCst) >= ticket {
@@ -71,23 +79,87 @@ impl SledFlusher {
         }
         // Everything requested so far was written before this flush starts.
         let covers = self.requested.load(Ordering::SeqCst);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.flush_sealed())
             .await
             .map_err(|e| StorageError::Meta {
                 verb: "flush",
                 source: sled::Error::Io(std::io::Error::other(e.to_string())),
-            })?
-            .map_err(|source| StorageError::Meta {
-                verb: "flush",
-                source,
-            })?;
+            })??;
         self.durable.fetch_max(covers, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Flushes sled and then records, in the seal file, the generation the flush made durable
+    /// (see [`Seal`]). Blocking.
+    fn flush_sealed(&self) -> StorageResult<()> {
+        let _sealing = self.seal.lock().expect("seal lock");
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.node
+            .insert(GENERATION_KEY, &generation.to_le_bytes())
+            .map_err(meta_err("write"))?;
+        self.db.flush().map_err(meta_err("flush"))?;
+        Seal::write(&self.seal_path, generation)
+    }
+}
+
+/// The seal: a small file beside the sled directory (`meta.seal`) naming the generation of the
+/// last flush of the metadata, written (and synced) after that flush. sled reads a damaged
+/// record in its log as the end of the log and silently drops everything after it — flushed
+/// votes and purge points included (measured: about half of all single bit flips in its file lost
+/// values, none was reported). A database whose generation is below the seal's lost flushed
+/// writes: opening it fails with [`StorageError::MetaRolledBack`].
+///
+/// Format: generation u64 LE | crc32c of those 8 bytes u32 LE.
+struct Seal;
+
+impl Seal {
+    fn path(meta_dir: &Path) -> PathBuf {
+        meta_dir.with_extension("seal")
+    }
+
+    fn write(path: &Path, generation: u64) -> StorageResult<()> {
+        use std::io::Write;
+        let mut bytes = generation.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&generation.to_le_bytes()).to_le_bytes());
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .and_then(|mut f| f.write_all(&bytes).map(|_| f))
+            .map_err(|e| StorageError::io("write", path.display(), e))?;
+        file.flush()
+            .and_then(|_| file.sync_data())
+            .map_err(|e| StorageError::io("sync", path.display(), e))
+    }
+
+    /// The sealed generation; `None` without a seal (a database from before seals).
+    fn read(path: &Path) -> StorageResult<Option<u64>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("read", path.display(), e)),
+        };
+        let valid = bytes.len() == 12 && crc32c::crc32c(&bytes[..8]).to_le_bytes() == bytes[8..12];
+        if !valid {
+            return Err(StorageError::MetaDecode {
+                key: path.display().to_string(),
+                reason: "the metadata seal fails its checksum".into(),
+            });
+        }
+        Ok(Some(u64::from_le_bytes(
+            bytes[..8].try_into().expect("8 bytes"),
+        )))
     }
 }
 
 impl NodeMeta {
+    /// The seal file of the metadata in `path` (beside it; see [`Seal`]).
+    pub fn seal_path(path: &Path) -> PathBuf {
+        Seal::path(path)
+    }
+
     pub fn open(path: &Path) -> StorageResult<NodeMeta> {
         let db = sled::Config::new()
             .path(path)
@@ -105,11 +177,30 @@ impl NodeMeta {
                 source,
             })?;
         let groups = db.open_tree(GROUPS_TREE).map_err(meta_err("open tree"))?;
+        let seal_path = Seal::path(path);
+        let generation = node
+            .get(GENERATION_KEY)
+            .map_err(meta_err("read"))?
+            .map_or(0, |v| {
+                u64::from_le_bytes(v.as_ref().try_into().unwrap_or([0; 8]))
+            });
+        if let Some(sealed) = Seal::read(&seal_path)? {
+            if generation < sealed {
+                return Err(StorageError::MetaRolledBack {
+                    found: generation,
+                    sealed,
+                });
+            }
+        }
         let flusher = Arc::new(SledFlusher {
             db: db.clone(),
             requested: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             running: tokio::sync::Mutex::new(()),
+            node: node.clone(),
+            generation: AtomicU64::new(generation),
+            seal_path,
+            seal: std::sync::Mutex::new(()),
         });
         let meta = NodeMeta {
             db,
@@ -191,6 +282,11 @@ impl NodeMeta {
             },
             flusher: self.flusher.clone(),
         })
+    }
+
+    /// Makes every write so far durable, on a thread that may block.
+    pub fn flush_blocking(&self) -> StorageResult<()> {
+        self.flusher.flush_sealed()
     }
 
     /// Removes every key of a group (its replica is gone from this node).
@@ -377,6 +473,66 @@ mod tests {
                 Err(e) => panic!("reopening {}: {e}", path.display()),
             }
         }
+    }
+
+    /// Damage to the metadata store is either harmless (every value reads back as written) or
+    /// an error that [`StorageError::is_corruption`] names (the node then sets its data aside
+    /// and rebuilds): never a panic, another error, a different or a missing value. Without the
+    /// seal about half of these flips lost values silently.
+    #[tokio::test]
+    async fn flipped_bits_in_the_metadata_are_noticed_as_corruption() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        {
+            let meta = NodeMeta::open(&path).unwrap();
+            for g in 1..=20u64 {
+                meta.group(g).unwrap().put("vote", &(g * 1000)).unwrap();
+            }
+            meta.flush().await.unwrap();
+        }
+        drop(reopen(&path).await);
+        let db = std::fs::read(path.join("db")).unwrap();
+        let (mut noticed, mut unnoticed) = (0, 0);
+        let end = db.iter().rposition(|b| *b != 0).unwrap_or(0) + 1;
+        for offset in (0..end).step_by(3) {
+            let work = dir.path().join(format!("w{offset}"));
+            std::fs::create_dir_all(work.join("blobs")).unwrap();
+            std::fs::copy(path.join("conf"), work.join("conf")).unwrap();
+            std::fs::write(work.join("db"), &db).unwrap();
+            std::fs::copy(Seal::path(&path), Seal::path(&work)).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(work.join("db"))
+                .unwrap();
+            f.write_all_at(&[db[offset] ^ 0x04], offset as u64).unwrap();
+            let opened = std::panic::catch_unwind(|| NodeMeta::open(&work));
+            match opened {
+                Ok(Ok(meta)) => {
+                    for g in 1..=20u64 {
+                        match meta.group(g).unwrap().get::<u64>("vote") {
+                            Ok(v) => assert!(
+                                v == Some(g * 1000),
+                                "offset {offset}: read {v:?} for group {g}"
+                            ),
+                            Err(e) => assert!(e.is_corruption(), "offset {offset}: {e}"),
+                        }
+                    }
+                    unnoticed += 1;
+                }
+                Ok(Err(e)) => {
+                    assert!(
+                        e.is_corruption(),
+                        "offset {offset}: not named corruption: {e:?}"
+                    );
+                    noticed += 1;
+                }
+                Err(_) => panic!("offset {offset}: opening damaged metadata panicked"),
+            }
+            std::fs::remove_dir_all(&work).unwrap();
+        }
+        eprintln!("of {end} bytes, flips noticed {noticed}, unnoticed {unnoticed}");
+        assert!(noticed > 0, "noticed {noticed}, unnoticed {unnoticed}");
     }
 
     #[tokio::test]

@@ -277,6 +277,10 @@ async fn initialize_group(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> 
         .groups
         .get(group_id)
         .ok_or_else(|| format!("group {group_id} is not open"))?;
+    // A replica rebuilt after damage joins the group its leader leads; it starts nothing.
+    if node.groups.registry().is_repairing(group_id) {
+        return Ok(());
+    }
     if handle
         .raft
         .is_initialized()

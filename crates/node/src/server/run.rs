@@ -85,6 +85,60 @@ fn prepare_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The node metadata store is damaged: the votes, purge points and snapshots of every replica
+/// here are gone, so the logs cannot be trusted or replayed either. Moves `meta` and `groups`
+/// aside into `damaged-<unix time>/` (kept for inspection; delete it once done), starts afresh,
+/// and marks every replica found for repair up to the last index its log holds: each refuses
+/// votes and leadership until its group's leader has rebuilt it (`docs/operations.md`,
+/// "damaged replicas").
+fn set_aside_damaged_data(config: &ServeConfig, error: &anyhow::Error) -> anyhow::Result<NodeMeta> {
+    let dir = &config.data_dir;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("damaged-{stamp}"));
+    std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
+    let mut targets = Vec::new();
+    if let Ok(groups) = std::fs::read_dir(dir.join("groups")) {
+        for g in groups.filter_map(Result::ok) {
+            let Some(group_id) = g.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if let Ok(Some(last)) = millrace_storage::SegmentLog::last_index_on_disk(&g.path()) {
+                targets.push((group_id, last));
+            }
+        }
+    }
+    let seal = NodeMeta::seal_path(&dir.join("meta"));
+    let moves = [
+        (dir.join("meta"), aside.join("meta")),
+        (dir.join("groups"), aside.join("groups")),
+        (
+            seal.clone(),
+            aside.join(seal.file_name().unwrap_or_default()),
+        ),
+    ];
+    for (from, to) in moves {
+        if from.exists() {
+            std::fs::rename(&from, to)
+                .with_context(|| format!("moving {} aside", from.display()))?;
+        }
+    }
+    tracing::error!(
+        error = %format!("{error:#}"),
+        moved_to = %aside.display(),
+        replicas = targets.len(),
+        "node metadata damaged: moved it and the logs aside; every replica here will be rebuilt from the others"
+    );
+    prepare_data_dir(dir).with_context(|| format!("preparing data dir {}", dir.display()))?;
+    let meta = NodeMeta::open(&dir.join("meta")).context("opening new node metadata")?;
+    for (group_id, last) in targets {
+        millrace_raft::log_store::mark_for_repair(&meta.group(group_id)?, last)?;
+    }
+    meta.flush_blocking()?;
+    Ok(meta)
+}
+
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     config
         .validate()
@@ -92,7 +146,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     crate::messages::set_account_id(&config.kinesis.account_id);
     prepare_data_dir(&config.data_dir)
         .with_context(|| format!("preparing data dir {}", config.data_dir.display()))?;
-    let meta_db = open_node_meta(&config.data_dir.join("meta")).await?;
+    let meta_db = match open_node_meta(&config.data_dir.join("meta")).await {
+        Ok(meta) => meta,
+        Err(e)
+            if e.downcast_ref::<millrace_storage::StorageError>()
+                .is_some_and(|e| e.is_corruption()) =>
+        {
+            set_aside_damaged_data(&config, &e)?
+        }
+        Err(e) => return Err(e),
+    };
     match meta_db.node_get::<u64>("node_id")? {
         Some(id) if id != config.node_id => anyhow::bail!(
             "data dir {} belongs to node {id}, not node {}",

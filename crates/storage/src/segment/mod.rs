@@ -194,6 +194,12 @@ impl SegmentLog {
         Self::open_with(dir, config, purged, true)
     }
 
+    /// The highest log index a valid frame in the segment files of `dir` carries, read without
+    /// recovering or changing anything.
+    pub fn last_index_on_disk(dir: &Path) -> StorageResult<Option<u64>> {
+        recovery::last_index_on_disk(dir)
+    }
+
     fn open_with(
         dir: &Path,
         config: SegmentLogConfig,

@@ -154,6 +154,18 @@ struct Damaged {
     last_seen: Option<u64>,
 }
 
+/// The highest log index a checksum-valid frame in `dir`'s segment files carries, read without
+/// changing anything (the evidence of how far a log reached, e.g. one whose node metadata is
+/// lost). `None` when no frame is readable.
+pub(super) fn last_index_on_disk(dir: &Path) -> StorageResult<Option<u64>> {
+    let mut last = None;
+    for (_, path) in list_segment_files(dir)? {
+        let bytes = fs::read(&path).map_err(|e| StorageError::io("read", path.display(), e))?;
+        last = last.max(last_valid_index(&bytes, 0));
+    }
+    Ok(last)
+}
+
 fn list_segment_files(dir: &Path) -> StorageResult<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir.display(), e))?;
