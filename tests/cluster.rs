@@ -777,3 +777,97 @@ async fn a_node_with_damaged_metadata_is_rebuilt_from_its_peers() {
     let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
     assert!(missing.is_empty(), "lost acknowledged records {missing:?}");
 }
+
+/// Two of three replicas lose the end of their logs while every node is down: the one whole
+/// replica must still be elected (the damaged ones vote for a log at least as up to date as
+/// theirs was) and rebuild them; no acknowledged record is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_damaged_replicas_still_elect_the_whole_one() {
+    let mut cluster = Cluster::start("repair2", 3).await;
+    let client = cluster.client();
+    client.create_stream("t", 1).await.expect("create");
+    client
+        .wait_for_active("t", Duration::from_secs(60))
+        .await
+        .expect("active");
+    let mut leader = None;
+    wait_until(Duration::from_secs(30), "a shard leader", || {
+        leader = (1..=3).find_map(|id| cluster.shard_leaderships(id).first().map(|g| (id, *g)));
+        std::future::ready(leader.is_some())
+    })
+    .await;
+    let (leader, group) = leader.expect("leader");
+    let mut written = Vec::new();
+    for call in 0..40 {
+        let records: Vec<PutRecord> = (0..5)
+            .map(|i| PutRecord::new(format!("k{call}-{i}"), format!("v{call}-{i}").into_bytes()))
+            .collect();
+        for r in client.put_records("t", records.clone()).await.expect("put") {
+            r.expect("record acknowledged");
+        }
+        written.extend(records.into_iter().map(|r| r.partition_key));
+    }
+    let damaged: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    // Every replica has every entry once the followers have applied what the leader has.
+    let leader_applied = cluster
+        .applied(leader)
+        .into_iter()
+        .find(|(g, _)| *g == group)
+        .and_then(|(_, a)| a)
+        .expect("leader applied");
+    wait_until(
+        Duration::from_secs(30),
+        "followers apply everything",
+        || {
+            std::future::ready(damaged.iter().all(|id| {
+                cluster
+                    .applied(*id)
+                    .into_iter()
+                    .any(|(g, a)| g == group && a.is_some_and(|a| a >= leader_applied))
+            }))
+        },
+    )
+    .await;
+    for id in &damaged {
+        cluster.stop(*id).await;
+    }
+    cluster.stop(leader).await;
+    for id in &damaged {
+        let base = *cluster.segment_bases(*id, group).last().expect("a segment");
+        let segment = cluster
+            .group_dir(*id, group)
+            .join(format!("{base:020}.seg"));
+        let offsets = frame_offsets(&segment);
+        let cut = offsets[offsets.len() - 21] + 5;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("open segment")
+            .set_len(cut as u64)
+            .expect("cut segment");
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    wait_until(
+        Duration::from_secs(90),
+        "both damaged replicas are rebuilt",
+        || {
+            std::future::ready(damaged.iter().all(|id| {
+                cluster.metric(*id, "millrace_replica_repairs_finished_total") == Some(1.0)
+            }))
+        },
+    )
+    .await;
+    // Only the whole replica can have led.
+    assert!(cluster.shard_leaderships(leader).contains(&group));
+    cluster.kill(leader);
+    let got = read_all(&cluster.client_for(damaged[0]), "t").await;
+    let keys: HashSet<String> = got
+        .values()
+        .flatten()
+        .map(|r| r.partition_key.clone())
+        .collect();
+    let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
+    assert!(missing.is_empty(), "lost acknowledged records {missing:?}");
+}

@@ -60,6 +60,12 @@ pub fn compare(replicas: &[(String, PathBuf)], applied: &BTreeMap<u64, u64>) -> 
                     log.last_index()
                 )),
                 Ok((log, _)) => logs.push((name.clone(), log)),
+                // Every node repairs a damaged log when it starts: one still damaged after the
+                // run was kept (and maybe served or replicated) as if sound.
+                Err(e) if e.is_corruption() => out.divergent.push(json!({
+                    "group": group_id, "replica": name,
+                    "error": format!("the replica's log is still damaged after the run: {e}"),
+                })),
                 Err(e) => out.skipped.push(format!("group {group_id} on {name}: {e}")),
             }
             copies.push(copy);

@@ -74,7 +74,32 @@ struct SyncedMark {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
     pub until: u64,
+    /// A term no entry of the log before its damage was newer than (the term of its last
+    /// entry, or the replica's vote then), if known: what [`Repair::may_vote_for`] compares.
+    pub term: Option<u64>,
     pub reason: String,
+}
+
+/// `<group>/repair_until` in sled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RepairMark {
+    until: u64,
+    term: Option<u64>,
+}
+
+impl Repair {
+    /// Whether this replica may vote for a candidate whose log ends at `last`: only if that
+    /// log is at least as up to date as this replica's log was before its damage (Raft's
+    /// election check, against what was lost): a newer last term than any it held, or the
+    /// same term and at least as long. Without a known term it votes for no one.
+    pub fn may_vote_for(&self, last: Option<&LogId>) -> bool {
+        match (self.term, last) {
+            (Some(t), Some(l)) => {
+                l.leader_id.term > t || (l.leader_id.term == t && l.index >= self.until)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Payload bytes of log entries replication reads for one AppendEntries (the first entry always
@@ -238,8 +263,21 @@ impl Tail {
 /// Records that the replica of a group must be rebuilt up to log index `until` when it is next
 /// opened (its log and metadata were lost, e.g. with a damaged node metadata store). Durable
 /// once the caller flushes `meta`.
-pub fn mark_for_repair(meta: &GroupMeta, until: u64) -> millrace_storage::StorageResult<()> {
-    meta.put(KEY_REPAIR_UNTIL, &Some(until))
+pub fn mark_for_repair(meta: &GroupMeta, last: LogId) -> millrace_storage::StorageResult<()> {
+    let mark = RepairMark {
+        until: last.index,
+        term: Some(last.leader_id.term),
+    };
+    meta.put(KEY_REPAIR_UNTIL, &Some(mark))
+}
+
+/// The id of the last entry a group's segment files in `dir` hold, read without changing
+/// them (see [`mark_for_repair`]).
+pub fn last_log_id_on_disk(dir: &Path) -> io::Result<Option<LogId>> {
+    match SegmentLog::last_frame_on_disk(dir).map_err(io_err)? {
+        Some((index, payload)) => decode_log_id(index, &payload).map(Some).map_err(io_err),
+        None => Ok(None),
+    }
 }
 
 impl Inner {
@@ -264,11 +302,14 @@ impl Inner {
 fn repair_needed(
     report: &millrace_storage::segment::RecoveryReport,
     synced: Option<u64>,
-    repair_before: Option<u64>,
+    repair_before: Option<RepairMark>,
+    vote_term: Option<u64>,
     last: Option<u64>,
 ) -> Option<Repair> {
     let mut reasons = Vec::new();
     let mut until = None;
+    // No entry is newer than the vote the replica had when its log was damaged.
+    let mut term = vote_term;
     if let Some(d) = &report.damage {
         reasons.push(d.reason.clone());
         until = until.max(Some(d.first_lost_index.max(d.last_index_seen.unwrap_or(0))));
@@ -283,12 +324,16 @@ fn repair_needed(
     if let Some(r) = repair_before {
         if reasons.is_empty() {
             reasons.push("a repair begun before the last restart".into());
+            term = r.term;
+        } else {
+            term = term.max(r.term);
         }
-        until = until.max(Some(r));
+        until = until.max(Some(r.until));
     }
     let until = until.filter(|u| Some(*u) > last)?;
     Some(Repair {
         until,
+        term,
         reason: reasons.join("; "),
     })
 }
@@ -311,8 +356,8 @@ impl GroupLogStore {
             .get::<Option<u64>>(KEY_SYNCED)
             .map_err(io_err)?
             .flatten();
-        let repair_before: Option<u64> = meta
-            .get::<Option<u64>>(KEY_REPAIR_UNTIL)
+        let repair_before: Option<RepairMark> = meta
+            .get::<Option<RepairMark>>(KEY_REPAIR_UNTIL)
             .map_err(io_err)?
             .flatten();
         let (mut segments, report) =
@@ -349,7 +394,8 @@ impl GroupLogStore {
         };
         let last_log_id = std::cmp::max(last_log_id, last_purged);
         let last = last_log_id.map(|l| l.index);
-        let repair = repair_needed(&report, synced, repair_before, last);
+        let vote_term = vote.map(|v| v.leader_id().term);
+        let repair = repair_needed(&report, synced, repair_before, vote_term, last);
         match &repair {
             Some(r) => {
                 tracing::error!(
@@ -358,12 +404,17 @@ impl GroupLogStore {
                 );
                 // The target is kept by `repair_until` from now on; the synced mark again
                 // speaks of this log as it is (synced above).
-                meta.put(KEY_REPAIR_UNTIL, &Some(r.until)).map_err(io_err)?;
+                let mark = RepairMark {
+                    until: r.until,
+                    term: r.term,
+                };
+                meta.put(KEY_REPAIR_UNTIL, &Some(mark)).map_err(io_err)?;
                 meta.put(KEY_SYNCED, &last).map_err(io_err)?;
                 meta.flush_blocking().map_err(io_err)?;
             }
             None if repair_before.is_some() => {
-                meta.put(KEY_REPAIR_UNTIL, &None::<u64>).map_err(io_err)?;
+                meta.put(KEY_REPAIR_UNTIL, &None::<RepairMark>)
+                    .map_err(io_err)?;
             }
             None => {}
         }
@@ -409,7 +460,7 @@ impl GroupLogStore {
         }
         self.inner
             .meta
-            .put(KEY_REPAIR_UNTIL, &None::<u64>)
+            .put(KEY_REPAIR_UNTIL, &None::<RepairMark>)
             .map_err(io_err)?;
         self.inner.meta.flush().await.map_err(io_err)?;
         *self.inner.repair.lock().expect("repair lock") = None;
@@ -935,6 +986,35 @@ mod tests {
         let repair = log.repair().expect("a repair");
         assert_eq!(repair.until, 30, "the last entry seen past the damage");
         assert!(repair.reason.contains("checksum"), "{}", repair.reason);
+    }
+
+    /// A replica under repair votes only for a candidate at least as up to date as its log
+    /// was before the damage (Raft's check against what it lost): a newer last term, or the
+    /// same term and at least as long; with no term known, for no one.
+    #[test]
+    fn a_replica_under_repair_votes_only_for_logs_as_long_as_it_had() {
+        let repair = Repair {
+            until: 100,
+            term: Some(4),
+            reason: String::new(),
+        };
+        let may = |term, index| repair.may_vote_for(Some(&log_id(term, 2, index)));
+        assert!(may(5, 1), "a newer last term");
+        assert!(
+            may(4, 100) && may(4, 150),
+            "the same term, as long or longer"
+        );
+        assert!(
+            !may(4, 99),
+            "the same term, shorter: it may lack what was lost"
+        );
+        assert!(!may(3, 500), "an older last term");
+        assert!(!repair.may_vote_for(None), "an empty log");
+        let unknown = Repair {
+            term: None,
+            ..repair
+        };
+        assert!(!unknown.may_vote_for(Some(&log_id(9, 2, 900))));
     }
 
     /// A truncation (Raft replacing a conflicting suffix) lowers the synced mark durably before

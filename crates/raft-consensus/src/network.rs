@@ -727,13 +727,29 @@ impl GroupRegistry {
             .collect()
     }
 
-    /// The refusal a replica under repair answers a (pre-)vote with: its own vote and log, not
-    /// granted. It may lack entries it once acknowledged, so its vote could elect a candidate
-    /// that lacks them too.
-    fn refused_vote(&self, group_id: u64) -> Option<VoteResponse<TypeConfig>> {
+    /// A replica under repair may lack entries it once acknowledged, so judged by its own log
+    /// its vote could elect a candidate that lacks them too: it answers a (pre-)vote itself,
+    /// not granted, unless the candidate's log is at least as up to date as its log was before
+    /// the damage ([`crate::log_store::Repair::may_vote_for`]); then openraft decides as usual.
+    /// `None`: no repair, or openraft may decide. `Some(Err)`: refused, with no vote to show.
+    fn refused_vote(
+        &self,
+        group_id: u64,
+        req: &VoteRequest<TypeConfig>,
+    ) -> Option<Result<VoteResponse<TypeConfig>, String>> {
         let repairing = self.repairing.read().expect("registry lock");
-        let (vote, last) = repairing.get(&group_id)?.vote_and_last_log_id();
-        Some(VoteResponse::new(vote?, last, false))
+        let log = repairing.get(&group_id)?;
+        if log
+            .repair()
+            .is_none_or(|r| r.may_vote_for(req.last_log_id.as_ref()))
+        {
+            return None;
+        }
+        let (vote, last) = log.vote_and_last_log_id();
+        Some(match vote {
+            Some(vote) => Ok(VoteResponse::new(vote, last, false)),
+            None => Err(format!("group {group_id}: this replica is being repaired")),
+        })
     }
 
     pub fn insert(&self, group_id: u64, raft: Raft) {
@@ -936,15 +952,16 @@ impl GroupRegistry {
                     .map_err(|e| e.to_string())?;
                 encode(&r)
             }
-            RaftRpc::Vote | RaftRpc::PreVote if self.is_repairing(req.group_id) => {
-                match self.refused_vote(req.group_id) {
-                    Some(refusal) => encode(&refusal),
-                    None => Err(format!("group {} is being repaired", req.group_id)),
+            RaftRpc::Vote | RaftRpc::PreVote => {
+                let vote: VoteRequest<TypeConfig> = decode(p)?;
+                if let Some(refusal) = self.refused_vote(req.group_id, &vote) {
+                    return encode(&refusal?);
                 }
-            }
-            RaftRpc::Vote => encode(&raft.vote(decode(p)?).await.map_err(|e| e.to_string())?),
-            RaftRpc::PreVote => {
-                encode(&raft.pre_vote(decode(p)?).await.map_err(|e| e.to_string())?)
+                let answer = match rpc {
+                    RaftRpc::Vote => raft.vote(vote).await,
+                    _ => raft.pre_vote(vote).await,
+                };
+                encode(&answer.map_err(|e| e.to_string())?)
             }
             RaftRpc::TransferLeader if self.is_repairing(req.group_id) => Err(format!(
                 "group {}: this replica is being rebuilt after damage and cannot lead",

@@ -33,15 +33,20 @@ pub enum InjectedBug {
     /// the page cache. A `kill -9` keeps the page cache, so only a power cut (the harness's
     /// `power-loss` nemesis) shows it.
     SkipFsync,
+    /// Frames whose payload fails its checksum are read as if sound: recovery keeps them and
+    /// reads serve them. The harness's `corrupt` nemesis must catch it (a replica left holding
+    /// a damaged frame after the run).
+    IgnoreCrc,
 }
 
 impl InjectedBug {
-    pub const ALL: [InjectedBug; 5] = [
+    pub const ALL: [InjectedBug; 6] = [
         InjectedBug::AckBeforeFsync,
         InjectedBug::SkipSequenceNumber,
         InjectedBug::UncommittedReads,
         InjectedBug::IgnoreTransferLeader,
         InjectedBug::SkipFsync,
+        InjectedBug::IgnoreCrc,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +56,7 @@ impl InjectedBug {
             InjectedBug::UncommittedReads => "uncommitted-reads",
             InjectedBug::IgnoreTransferLeader => "ignore-transfer-leader",
             InjectedBug::SkipFsync => "skip-fsync",
+            InjectedBug::IgnoreCrc => "ignore-crc",
         }
     }
 }

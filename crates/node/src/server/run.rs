@@ -104,7 +104,7 @@ fn set_aside_damaged_data(config: &ServeConfig, error: &anyhow::Error) -> anyhow
             let Some(group_id) = g.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
-            if let Ok(Some(last)) = millrace_storage::SegmentLog::last_index_on_disk(&g.path()) {
+            if let Ok(Some(last)) = millrace_raft::log_store::last_log_id_on_disk(&g.path()) {
                 targets.push((group_id, last));
             }
         }

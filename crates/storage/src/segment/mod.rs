@@ -194,10 +194,10 @@ impl SegmentLog {
         Self::open_with(dir, config, purged, true)
     }
 
-    /// The highest log index a valid frame in the segment files of `dir` carries, read without
-    /// recovering or changing anything.
-    pub fn last_index_on_disk(dir: &Path) -> StorageResult<Option<u64>> {
-        recovery::last_index_on_disk(dir)
+    /// The valid frame with the highest log index in the segment files of `dir` (its index and
+    /// payload), read without recovering or changing anything.
+    pub fn last_frame_on_disk(dir: &Path) -> StorageResult<Option<(u64, Vec<u8>)>> {
+        recovery::last_frame_on_disk(dir)
     }
 
     fn open_with(

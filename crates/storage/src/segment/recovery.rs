@@ -154,14 +154,18 @@ struct Damaged {
     last_seen: Option<u64>,
 }
 
-/// The highest log index a checksum-valid frame in `dir`'s segment files carries, read without
-/// changing anything (the evidence of how far a log reached, e.g. one whose node metadata is
-/// lost). `None` when no frame is readable.
-pub(super) fn last_index_on_disk(dir: &Path) -> StorageResult<Option<u64>> {
-    let mut last = None;
+/// The checksum-valid frame with the highest log index in `dir`'s segment files (index and
+/// payload), read without changing anything: the evidence of how far a log reached, e.g. one
+/// whose node metadata is lost. `None` when no frame is readable.
+pub(super) fn last_frame_on_disk(dir: &Path) -> StorageResult<Option<(u64, Vec<u8>)>> {
+    let mut last: Option<(u64, Vec<u8>)> = None;
     for (_, path) in list_segment_files(dir)? {
         let bytes = fs::read(&path).map_err(|e| StorageError::io("read", path.display(), e))?;
-        last = last.max(last_valid_index(&bytes, 0));
+        if let Some((index, payload)) = last_valid_frame(&bytes, 0) {
+            if last.as_ref().is_none_or(|(l, _)| index > *l) {
+                last = Some((index, payload.to_vec()));
+            }
+        }
     }
     Ok(last)
 }
@@ -304,11 +308,19 @@ fn scan_segment(
 /// The highest log index carried by a checksum-valid frame at or after byte `from` (the
 /// evidence of how far a damaged log reached).
 fn last_valid_index(bytes: &[u8], from: usize) -> Option<u64> {
-    let mut last = None;
+    last_valid_frame(bytes, from).map(|(index, _)| index)
+}
+
+/// The checksum-valid frame with the highest log index at or after byte `from`: its index and
+/// payload.
+fn last_valid_frame(bytes: &[u8], from: usize) -> Option<(u64, &[u8])> {
+    let mut last: Option<(u64, &[u8])> = None;
     let mut at = from.max(SEGMENT_HEADER_BYTES as usize);
     while let Some(p) = find_valid_frame(bytes, at) {
-        let (header, _) = frame::decode_frame(&bytes[p..]).ok()?;
-        last = last.max(Some(header.index));
+        let (header, payload) = frame::decode_frame(&bytes[p..]).ok()?;
+        if last.is_none_or(|(l, _)| header.index > l) {
+            last = Some((header.index, payload));
+        }
         at = p + header.frame_len().max(1);
     }
     last
