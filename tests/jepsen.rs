@@ -149,6 +149,32 @@ fn bad_network() {
     assert_valid(&go(config(3, &[FaultKind::Net], 18)));
 }
 
+/// Damaged disks: a node stopped and its segment files or metadata damaged (bit flips,
+/// truncations of sealed segments, the active tail, sled files), then restarted, with kills
+/// meanwhile: the damaged replicas are rebuilt from the others and nothing acknowledged is lost.
+#[test]
+fn corrupt() {
+    assert_valid(&go(config(3, &[FaultKind::Corrupt, FaultKind::Kill], 19)));
+}
+
+/// Frames that fail their checksum read as if sound: the corrupt nemesis must catch it (a
+/// replica left holding a damaged frame, or what it served from one).
+#[test]
+fn calibration_ignore_crc_is_caught_by_corrupt() {
+    assert_caught(
+        "ignore-crc",
+        config(3, &[FaultKind::Corrupt], 26),
+        &[
+            "replica-divergence",
+            "lost-write",
+            "unseen",
+            "inconsistent-offsets",
+            "duplicate",
+            "phantom",
+        ],
+    );
+}
+
 /// Calibration: with `bug` injected the harness must report one of `expected` within a few
 /// runs (each with its own seed).
 fn assert_caught(bug: &str, c: RunConfig, expected: &[&str]) {

@@ -100,7 +100,8 @@ struct TestArgs {
     #[arg(long)]
     binary: Option<PathBuf>,
     /// NOT A FEATURE: start every node with this calibration bug, to check the harness
-    /// catches it (ack-before-fsync, skip-fsync, skip-sequence-number, uncommitted-reads). Needs a debug
+    /// catches it (ack-before-fsync, skip-fsync, ignore-crc, skip-sequence-number,
+    /// uncommitted-reads). Needs a debug
     /// binary or one built with `--features calibration-bugs`.
     #[arg(long)]
     calibration_bug: Option<String>,

@@ -160,7 +160,41 @@ impl NodeMeta {
         Seal::path(path)
     }
 
+    /// Opens (creating) the node metadata in `path`. A damaged sled configuration file (`conf`:
+    /// sled's own settings, which Millrace never changes from its defaults) is set aside as
+    /// `conf.damaged` and written anew: sled refuses a damaged one with "Unsupported … created
+    /// using a sled version earlier than 0.29" (seen after a bit flip in it).
     pub fn open(path: &Path) -> StorageResult<NodeMeta> {
+        let first = Self::open_once(path);
+        let conf = path.join("conf");
+        match first {
+            Err(StorageError::Meta {
+                source: sled::Error::Unsupported(_) | sled::Error::Corruption { .. },
+                ..
+            }) if conf.exists() => {}
+            other => return other,
+        }
+        let aside = path.join("conf.damaged");
+        std::fs::rename(&conf, &aside)
+            .map_err(|e| StorageError::io("rename", conf.display(), e))?;
+        match Self::open_once(path) {
+            Ok(meta) => {
+                tracing::warn!(
+                    path = %aside.display(),
+                    "sled's configuration file was damaged: set aside and written anew"
+                );
+                Ok(meta)
+            }
+            Err(_) => {
+                // Not the configuration file: put it back and report the first error.
+                std::fs::rename(&aside, &conf)
+                    .map_err(|e| StorageError::io("rename", aside.display(), e))?;
+                first
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> StorageResult<NodeMeta> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024)
@@ -533,6 +567,25 @@ mod tests {
         }
         eprintln!("of {end} bytes, flips noticed {noticed}, unnoticed {unnoticed}");
         assert!(noticed > 0, "noticed {noticed}, unnoticed {unnoticed}");
+    }
+
+    /// A damaged sled configuration file is set aside and written anew; every value stays.
+    #[tokio::test]
+    async fn a_damaged_sled_configuration_file_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        {
+            let meta = NodeMeta::open(&path).unwrap();
+            meta.group(3).unwrap().put("vote", &7u64).unwrap();
+            meta.flush().await.unwrap();
+        }
+        drop(reopen(&path).await);
+        let mut conf = std::fs::read(path.join("conf")).unwrap();
+        conf[5] ^= 0x80; // what a flipped bit there did in a jepsen run: not UTF-8 any more
+        std::fs::write(path.join("conf"), &conf).unwrap();
+        let meta = reopen(&path).await;
+        assert_eq!(meta.group(3).unwrap().get::<u64>("vote").unwrap(), Some(7));
+        assert!(path.join("conf.damaged").exists());
     }
 
     #[tokio::test]
