@@ -240,7 +240,7 @@ impl Internal for InternalService {
         // must not delay it.
         if !req.nudge_groups.is_empty() {
             let node = self.node.clone();
-            tokio::spawn(async move { node.nudge(&req.nudge_groups).await });
+            tokio::spawn(async move { node.nudge(req.from_node_id, &req.nudge_groups).await });
         }
         Ok(Response::new(ipb::PingReply {}))
     }

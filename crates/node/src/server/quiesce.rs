@@ -83,13 +83,49 @@ impl Node {
             .collect()
     }
 
-    /// Heartbeats for the listed groups this node leads.
-    pub async fn nudge(&self, groups: &[u64]) {
+    /// `from` knows no leader for `groups`: heartbeats for those this node leads. Where this
+    /// replica still takes `from` for the leader, `from` has lost that leadership (restarted)
+    /// without anyone electing another: a replica that cannot stand itself (one being repaired
+    /// after damage) would otherwise wait for ever, since `from` answers pings. Such a group
+    /// gets a pre-vote election here, at most once per silence window (jittered).
+    pub async fn nudge(&self, from: u64, groups: &[u64]) {
+        let now = Instant::now();
         for g in groups {
-            if let Some(h) = self.groups.get(*g) {
-                if h.raft.is_leader() {
-                    let _ = h.raft.trigger().heartbeat().await;
+            let Some(h) = self.groups.get(*g) else {
+                continue;
+            };
+            if h.raft.is_leader() {
+                let _ = h.raft.trigger().heartbeat().await;
+                continue;
+            }
+            let stale_leader = {
+                let m = h.raft.metrics();
+                let m = m.borrow_watched();
+                m.current_leader == Some(from) && m.state == ServerState::Follower
+            };
+            if !stale_leader || self.groups.registry().is_repairing(*g) {
+                continue;
+            }
+            let due = {
+                let mut q = self.quiet.lock().expect("quiet lock");
+                let recently = q.last_election.get(g).is_some_and(|t| {
+                    now.duration_since(*t) < 2 * LEADER_SILENT_AFTER + jitter(self.id, *g)
+                });
+                if !recently {
+                    q.last_election.insert(*g, now);
                 }
+                !recently
+            };
+            if due {
+                tracing::info!(
+                    group_id = *g,
+                    leader = from,
+                    "the leader's node knows no leader: starting an election"
+                );
+                self.metrics
+                    .elections_started
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = h.raft.trigger().elect(true).await;
             }
         }
     }
@@ -178,6 +214,8 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
     let now = Instant::now();
     let peer_seen = node.quiet.lock().expect("quiet lock").peer_seen.clone();
     let mut silent = Vec::new();
+    // Replicas under repair that know no membership yet (their log was set aside whole).
+    let mut unknown_members = Vec::new();
     node.groups.for_each_raft(|g, raft| {
         if g == METADATA_GROUP_ID {
             return;
@@ -185,13 +223,21 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
         let metrics = raft.metrics();
         let m = metrics.borrow_watched();
         // A stopped replica (say, at an entry it cannot apply) elects nothing either.
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().next().is_none() {
+            // No membership known (a learner of nothing): only a replica under repair, whose
+            // log was set aside whole, has a group to find (below).
+            if m.current_leader.is_none() && m.state != ServerState::Shutdown {
+                unknown_members.push((g, raft.clone()));
+            }
+            return;
+        }
         if matches!(
             m.state,
             ServerState::Leader | ServerState::Learner | ServerState::Shutdown
         ) {
             return;
         }
-        let membership = m.membership_config.membership();
         if !membership.voter_ids().any(|v| v != node.id) {
             return;
         }
@@ -206,10 +252,6 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
         if !leader_silent {
             return;
         }
-        // A replica rebuilt after damage stands for nothing until it is whole again.
-        if node.groups.registry().is_repairing(g) {
-            return;
-        }
         silent.push(Silent {
             group_id: g,
             raft: raft.clone(),
@@ -217,6 +259,33 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
             voters: membership.voter_ids().filter(|v| *v != node.id).collect(),
         });
     });
+    // A repaired replica with an empty log learns its group's replicas from the metadata, to
+    // nudge them: in a quiet group nothing else tells the leader that it must fill it in.
+    for (g, raft) in unknown_members {
+        if !node.groups.registry().is_repairing(g) {
+            continue;
+        }
+        let voters: Vec<u64> = node.meta.read(|s| {
+            s.shards_on(node.id)
+                .find(|(_, sh)| sh.group_id == g)
+                .map(|(_, sh)| {
+                    sh.replicas
+                        .iter()
+                        .copied()
+                        .filter(|r| *r != node.id)
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        if !voters.is_empty() {
+            silent.push(Silent {
+                group_id: g,
+                raft,
+                leader: None,
+                voters,
+            });
+        }
+    }
     let mut nudges: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut elections = Vec::new();
     {
@@ -232,7 +301,11 @@ async fn watch_leaders(node: &Arc<Node>) -> HashMap<u64, Vec<u64>> {
             // they do not all start elections at once and split the vote.
             let patience =
                 NUDGES_BEFORE_ELECTION + (jitter(node.id, g).as_millis() / TICK.as_millis()) as u32;
-            if s.leader.is_none() && sent < patience {
+            // A replica rebuilt after damage stands for nothing until it is whole again: it
+            // only nudges (a replica that still takes it for the leader then elects; see
+            // `Node::nudge`).
+            let repairing = node.groups.registry().is_repairing(g);
+            if (s.leader.is_none() && sent < patience) || repairing {
                 // Maybe a live leader just has had nothing to say: ask the replicas to speak up.
                 for v in &s.voters {
                     nudges.entry(*v).or_default().push(g);
