@@ -540,18 +540,74 @@ async fn a_follower_far_behind_on_large_entries_catches_up() {
     }
 }
 
-/// Byte offsets of the frames in a segment file (and the end of the last one).
-fn frame_offsets(segment: &std::path::Path) -> Vec<usize> {
-    use millrace_storage::segment::frame;
-    let bytes = std::fs::read(segment).expect("read segment");
-    let mut at = frame::SEGMENT_HEADER_BYTES as usize;
-    let mut offsets = Vec::new();
-    while let Ok((h, _)) = frame::decode_frame(&bytes[at..]) {
-        offsets.push(at);
-        at += h.frame_len();
+/// Creates `stream` with `shards` shards, waits until it is active, and returns a shard
+/// leader: (node, group).
+async fn create_with_leader(cluster: &Cluster, stream: &str, shards: u32) -> (u64, u64) {
+    let client = cluster.client();
+    client.create_stream(stream, shards).await.expect("create");
+    client
+        .wait_for_active(stream, Duration::from_secs(60))
+        .await
+        .expect("active");
+    let mut leader = None;
+    wait_until(Duration::from_secs(30), "a shard leader", || {
+        leader = (1..=3).find_map(|id| cluster.shard_leaderships(id).first().map(|g| (id, *g)));
+        std::future::ready(leader.is_some())
+    })
+    .await;
+    leader.expect("leader")
+}
+
+/// Writes `calls` PutRecords calls of 5 records each, every record acknowledged; returns their
+/// partition keys.
+async fn write_acknowledged(client: &Client, stream: &str, calls: usize) -> Vec<String> {
+    let mut written = Vec::new();
+    for call in 0..calls {
+        let records: Vec<PutRecord> = (0..5)
+            .map(|i| PutRecord::new(format!("k{call}-{i}"), format!("v{call}-{i}").into_bytes()))
+            .collect();
+        for r in client
+            .put_records(stream, records.clone())
+            .await
+            .expect("put")
+        {
+            r.expect("record acknowledged");
+        }
+        written.extend(records.into_iter().map(|r| r.partition_key));
     }
-    offsets.push(at);
-    offsets
+    written
+}
+
+/// Cuts the active segment of node `id`'s replica of `group` (stopped) in the middle of its
+/// 20th frame from the end: to recovery, a torn write.
+fn cut_log_tail(cluster: &Cluster, id: u64, group: u64) {
+    let base = *cluster.segment_bases(id, group).last().expect("a segment");
+    let segment = cluster.group_dir(id, group).join(format!("{base:020}.seg"));
+    let bytes = std::fs::read(&segment).expect("read segment");
+    let offsets = millrace_storage::segment::frame::frame_offsets(&bytes);
+    assert!(offsets.len() > 40, "{} frames", offsets.len());
+    let cut = offsets[offsets.len() - 21] + 5;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open segment")
+        .set_len(cut as u64)
+        .expect("cut segment");
+}
+
+/// Every key of `written` is among the records `stream` reads back through node `via`.
+async fn assert_all_read(cluster: &Cluster, stream: &str, written: &[String], via: u64) {
+    let got = read_all(&cluster.client_for(via), stream).await;
+    let keys: HashSet<String> = got
+        .values()
+        .flatten()
+        .map(|r| r.partition_key.clone())
+        .collect();
+    let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "read via node {via}: lost acknowledged records {missing:?}"
+    );
 }
 
 /// A replica whose log lost entries it had acknowledged (its segment cut while it was down,
@@ -563,55 +619,18 @@ fn frame_offsets(segment: &std::path::Path) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_lost_acknowledged_entries_does_not_vote_until_rebuilt() {
     let mut cluster = Cluster::start("repair", 3).await;
-    let client = cluster.client();
-    client.create_stream("r", 1).await.expect("create");
-    client
-        .wait_for_active("r", Duration::from_secs(60))
-        .await
-        .expect("active");
-    let mut leader = None;
-    wait_until(Duration::from_secs(30), "a shard leader", || {
-        leader = (1..=3).find_map(|id| cluster.shard_leaderships(id).first().map(|g| (id, *g)));
-        std::future::ready(leader.is_some())
-    })
-    .await;
-    let (leader, group) = leader.expect("leader");
+    let (leader, group) = create_with_leader(&cluster, "r", 1).await;
     let mut others = (1..=3).filter(|id| *id != leader);
     let (damaged, lagging) = (others.next().unwrap(), others.next().unwrap());
 
     // The lagging replica misses every write; the leader and `damaged` acknowledge them.
     cluster.kill(lagging);
-    let client = cluster.client_for(leader);
-    let mut written = Vec::new();
-    for call in 0..40 {
-        let records: Vec<PutRecord> = (0..5)
-            .map(|i| PutRecord::new(format!("k{call}-{i}"), format!("v{call}-{i}").into_bytes()))
-            .collect();
-        for r in client.put_records("r", records.clone()).await.expect("put") {
-            r.expect("record acknowledged");
-        }
-        written.extend(records.into_iter().map(|r| r.partition_key));
-    }
+    let written = write_acknowledged(&cluster.client_for(leader), "r", 40).await;
     cluster.stop(damaged).await;
     cluster.kill(leader);
 
     // Cut the damaged replica's log in the middle of a frame, half-way through the writes.
-    let base = *cluster
-        .segment_bases(damaged, group)
-        .last()
-        .expect("a segment");
-    let segment = cluster
-        .group_dir(damaged, group)
-        .join(format!("{base:020}.seg"));
-    let offsets = frame_offsets(&segment);
-    assert!(offsets.len() > 40, "{} frames", offsets.len());
-    let cut = offsets[offsets.len() - 21] + 5;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&segment)
-        .expect("open segment")
-        .set_len(cut as u64)
-        .expect("cut segment");
+    cut_log_tail(&cluster, damaged, group);
 
     cluster.spawn(damaged);
     cluster.spawn(lagging);
@@ -686,22 +705,10 @@ async fn a_replica_that_lost_acknowledged_entries_does_not_vote_until_rebuilt() 
         )
     })
     .await;
-    let check = |got: BTreeMap<String, Vec<Record>>, via: u64| {
-        let keys: HashSet<String> = got
-            .values()
-            .flatten()
-            .map(|r| r.partition_key.clone())
-            .collect();
-        let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
-        assert!(
-            missing.is_empty(),
-            "read via node {via}: lost acknowledged records {missing:?}"
-        );
-    };
-    check(read_all(&cluster.client_for(leader), "r").await, leader);
+    assert_all_read(&cluster, "r", &written, leader).await;
     // Without the old leader, the rebuilt replica and the lagging one hold everything too.
     cluster.kill(leader);
-    check(read_all(&cluster.client_for(damaged), "r").await, damaged);
+    assert_all_read(&cluster, "r", &written, damaged).await;
 }
 
 /// A node whose metadata store (sled) is damaged while it is down sets its data aside, starts
@@ -710,22 +717,8 @@ async fn a_replica_that_lost_acknowledged_entries_does_not_vote_until_rebuilt() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_with_damaged_metadata_is_rebuilt_from_its_peers() {
     let mut cluster = Cluster::start("metadamage", 3).await;
-    let client = cluster.client();
-    client.create_stream("m", 2).await.expect("create");
-    client
-        .wait_for_active("m", Duration::from_secs(60))
-        .await
-        .expect("active");
-    let mut written = Vec::new();
-    for call in 0..20 {
-        let records: Vec<PutRecord> = (0..5)
-            .map(|i| PutRecord::new(format!("k{call}-{i}"), format!("v{call}-{i}").into_bytes()))
-            .collect();
-        for r in client.put_records("m", records.clone()).await.expect("put") {
-            r.expect("record acknowledged");
-        }
-        written.extend(records.into_iter().map(|r| r.partition_key));
-    }
+    create_with_leader(&cluster, "m", 2).await;
+    let written = write_acknowledged(&cluster.client(), "m", 20).await;
     let damaged = 2;
     cluster.stop(damaged).await;
     let data_dir = cluster.log_path(damaged).parent().unwrap().to_path_buf();
@@ -768,14 +761,7 @@ async fn a_node_with_damaged_metadata_is_rebuilt_from_its_peers() {
     // With another node down, the rebuilt node and the third serve everything.
     let other = if damaged == 1 { 3 } else { 1 };
     cluster.kill(other);
-    let got = read_all(&cluster.client_for(damaged), "m").await;
-    let keys: HashSet<String> = got
-        .values()
-        .flatten()
-        .map(|r| r.partition_key.clone())
-        .collect();
-    let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
-    assert!(missing.is_empty(), "lost acknowledged records {missing:?}");
+    assert_all_read(&cluster, "m", &written, damaged).await;
 }
 
 /// Two of three replicas lose the end of their logs while every node is down: the one whole
@@ -784,29 +770,8 @@ async fn a_node_with_damaged_metadata_is_rebuilt_from_its_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_damaged_replicas_still_elect_the_whole_one() {
     let mut cluster = Cluster::start("repair2", 3).await;
-    let client = cluster.client();
-    client.create_stream("t", 1).await.expect("create");
-    client
-        .wait_for_active("t", Duration::from_secs(60))
-        .await
-        .expect("active");
-    let mut leader = None;
-    wait_until(Duration::from_secs(30), "a shard leader", || {
-        leader = (1..=3).find_map(|id| cluster.shard_leaderships(id).first().map(|g| (id, *g)));
-        std::future::ready(leader.is_some())
-    })
-    .await;
-    let (leader, group) = leader.expect("leader");
-    let mut written = Vec::new();
-    for call in 0..40 {
-        let records: Vec<PutRecord> = (0..5)
-            .map(|i| PutRecord::new(format!("k{call}-{i}"), format!("v{call}-{i}").into_bytes()))
-            .collect();
-        for r in client.put_records("t", records.clone()).await.expect("put") {
-            r.expect("record acknowledged");
-        }
-        written.extend(records.into_iter().map(|r| r.partition_key));
-    }
+    let (leader, group) = create_with_leader(&cluster, "t", 1).await;
+    let written = write_acknowledged(&cluster.client(), "t", 40).await;
     let damaged: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     // Every replica has every entry once the followers have applied what the leader has.
     let leader_applied = cluster
@@ -833,18 +798,7 @@ async fn two_damaged_replicas_still_elect_the_whole_one() {
     }
     cluster.stop(leader).await;
     for id in &damaged {
-        let base = *cluster.segment_bases(*id, group).last().expect("a segment");
-        let segment = cluster
-            .group_dir(*id, group)
-            .join(format!("{base:020}.seg"));
-        let offsets = frame_offsets(&segment);
-        let cut = offsets[offsets.len() - 21] + 5;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .expect("open segment")
-            .set_len(cut as u64)
-            .expect("cut segment");
+        cut_log_tail(&cluster, *id, group);
     }
     for id in 1..=3 {
         cluster.spawn(id);
@@ -862,12 +816,5 @@ async fn two_damaged_replicas_still_elect_the_whole_one() {
     // Only the whole replica can have led.
     assert!(cluster.shard_leaderships(leader).contains(&group));
     cluster.kill(leader);
-    let got = read_all(&cluster.client_for(damaged[0]), "t").await;
-    let keys: HashSet<String> = got
-        .values()
-        .flatten()
-        .map(|r| r.partition_key.clone())
-        .collect();
-    let missing: Vec<&String> = written.iter().filter(|k| !keys.contains(*k)).collect();
-    assert!(missing.is_empty(), "lost acknowledged records {missing:?}");
+    assert_all_read(&cluster, "t", &written, damaged[0]).await;
 }

@@ -295,6 +295,7 @@ impl GroupManager {
     pub async fn remove_group(&self, group_id: u64) -> Result<(), GroupError> {
         let handle = self.groups.lock().expect("groups lock").remove(&group_id);
         self.registry.remove(group_id);
+        self.registry.repaired(group_id);
         if let Some(h) = handle {
             let _ = h.raft.shutdown().await;
         }

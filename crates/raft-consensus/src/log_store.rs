@@ -893,23 +893,16 @@ mod tests {
         rx.await.unwrap().unwrap();
     }
 
-    /// The byte offset where each frame of the (single) segment in `dir/log` begins, and the
-    /// end of the last frame.
+    /// The (single) segment in `dir/log`, and where each of its frames begins, then the end
+    /// of the last one.
     fn frame_offsets(dir: &Path) -> (PathBuf, Vec<usize>) {
-        use millrace_storage::segment::frame;
         let seg = std::fs::read_dir(dir.join("log"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.extension().is_some_and(|x| x == "seg"))
             .unwrap();
-        let bytes = std::fs::read(&seg).unwrap();
-        let mut at = frame::SEGMENT_HEADER_BYTES as usize;
-        let mut offsets = Vec::new();
-        while let Ok((h, _)) = frame::decode_frame(&bytes[at..]) {
-            offsets.push(at);
-            at += h.frame_len();
-        }
-        offsets.push(at);
+        let offsets =
+            millrace_storage::segment::frame::frame_offsets(&std::fs::read(&seg).unwrap());
         (seg, offsets)
     }
 

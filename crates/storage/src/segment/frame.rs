@@ -115,6 +115,20 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), String> {
     Ok((header, payload))
 }
 
+/// The byte offset of each frame of a segment file's bytes, in order, then the end of the last
+/// one: where the frames that decode one after the other lie (for tools and tests that
+/// damage or inspect a segment at a frame).
+pub fn frame_offsets(segment: &[u8]) -> Vec<usize> {
+    let mut at = SEGMENT_HEADER_BYTES as usize;
+    let mut offsets = Vec::new();
+    while let Ok((h, _)) = decode_frame(&segment[at.min(segment.len())..]) {
+        offsets.push(at);
+        at += h.frame_len();
+    }
+    offsets.push(at);
+    offsets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
