@@ -17,6 +17,12 @@
 //! sled makes writes durable only at `flush`; callers flush before acknowledging anything that
 //! depends on a write (votes) and treat everything else as a hint that may roll back to an
 //! earlier value after a crash.
+//!
+//! sled's own `flush` is not enough on Linux: it ends its writes with `sync_file_range`, which
+//! neither syncs the file's size nor flushes the disk's write cache (and does nothing on a FUSE
+//! filesystem), so a power cut can take back a "flushed" vote. Every flush here is followed by
+//! an `fsync` of sled's files ([`SledFlusher::flush_durable`]); sled's background flush every
+//! 500 ms does its own `fsync`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +74,12 @@ struct SledFlusher {
     seal_path: PathBuf,
     /// One seal write at a time (flushes from blocking callers bypass `running`).
     seal: std::sync::Mutex<()>,
+    /// sled's log file (`db`), kept open to `fsync` it after each flush.
+    db_file: std::fs::File,
+    /// sled's directory of large values (`blobs`), written without any sync by sled.
+    blobs_dir: PathBuf,
+    /// Blob files already synced (each is written once and never changed).
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 impl SledFlusher {
@@ -98,9 +110,52 @@ impl SledFlusher {
         self.node
             .insert(GENERATION_KEY, &generation.to_le_bytes())
             .map_err(meta_err("write"))?;
-        self.db.flush().map_err(meta_err("flush"))?;
+        self.flush_durable()?;
         Seal::write(&self.seal_path, generation)
     }
+
+    /// sled's flush, then an `fsync` of its log file and of any large-value file not synced yet
+    /// (see the module comment: sled's flush alone does not survive a power cut). Blocking.
+    fn flush_durable(&self) -> StorageResult<()> {
+        self.db.flush().map_err(meta_err("flush"))?;
+        self.db_file
+            .sync_all()
+            .map_err(|e| StorageError::io("sync", "node metadata (sled db)", e))?;
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::io("list", self.blobs_dir.display(), e)),
+        };
+        let mut synced = self.synced_blobs.lock().expect("blob set lock");
+        let mut present = std::collections::HashSet::new();
+        let mut added = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("list", self.blobs_dir.display(), e))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                let path = entry.path();
+                match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
+                    Ok(()) => added = true,
+                    // Removed by sled meanwhile: nothing left to make durable.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io("sync", path.display(), e)),
+                }
+            }
+            present.insert(name);
+        }
+        if added {
+            sync_dir(&self.blobs_dir)?;
+        }
+        *synced = present;
+        Ok(())
+    }
+}
+
+/// `fsync`s a directory, so the names created in it survive a power cut.
+fn sync_dir(dir: &Path) -> StorageResult<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("sync", dir.display(), e))
 }
 
 /// The seal: a small file beside the sled directory (`meta.seal`) naming the generation of the
@@ -118,20 +173,37 @@ impl Seal {
         meta_dir.with_extension("seal")
     }
 
+    /// Rewrites the 12 bytes in place (one sector: a crash leaves the old or the new value). The
+    /// first seal is written to a temporary file and renamed into place, so a crash never leaves
+    /// a seal that exists but is empty (which would read as damage).
     fn write(path: &Path, generation: u64) -> StorageResult<()> {
         use std::io::Write;
         let mut bytes = generation.to_le_bytes().to_vec();
         bytes.extend_from_slice(&crc32c::crc32c(&generation.to_le_bytes()).to_le_bytes());
+        let first = !path.exists();
+        let target = if first {
+            path.with_extension("seal.new")
+        } else {
+            path.to_path_buf()
+        };
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(false)
-            .open(path)
+            .open(&target)
             .and_then(|mut f| f.write_all(&bytes).map(|_| f))
-            .map_err(|e| StorageError::io("write", path.display(), e))?;
+            .map_err(|e| StorageError::io("write", target.display(), e))?;
         file.flush()
             .and_then(|_| file.sync_data())
-            .map_err(|e| StorageError::io("sync", path.display(), e))
+            .map_err(|e| StorageError::io("sync", target.display(), e))?;
+        if first {
+            std::fs::rename(&target, path)
+                .map_err(|e| StorageError::io("rename", target.display(), e))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// The sealed generation; `None` without a seal (a database from before seals).
@@ -235,6 +307,10 @@ impl NodeMeta {
             generation: AtomicU64::new(generation),
             seal_path,
             seal: std::sync::Mutex::new(()),
+            db_file: std::fs::File::open(path.join("db"))
+                .map_err(|e| StorageError::io("open", path.join("db").display(), e))?,
+            blobs_dir: path.join("blobs"),
+            synced_blobs: Default::default(),
         });
         let meta = NodeMeta {
             db,
@@ -261,8 +337,7 @@ impl NodeMeta {
         self.node
             .insert(FORMAT_KEY, &META_FORMAT_VERSION.to_le_bytes())
             .map_err(meta_err("write"))?;
-        self.db.flush().map_err(meta_err("flush"))?;
-        Ok(())
+        self.flusher.flush_sealed()
     }
 
     /// Format 1 → 2: every group tree's keys are copied into `groups` under the group's prefix
@@ -296,7 +371,7 @@ impl NodeMeta {
                 .apply_batch(batch)
                 .map_err(meta_err("write batch"))?;
         }
-        self.db.flush().map_err(meta_err("flush"))?;
+        self.flusher.flush_sealed()?;
         for (_, name) in &old {
             self.db.drop_tree(name).map_err(meta_err("drop tree"))?;
         }
@@ -479,11 +554,7 @@ impl GroupMeta {
 
     /// Like [`GroupMeta::flush`], on a thread that may block (not in an async task).
     pub fn flush_blocking(&self) -> StorageResult<()> {
-        self.flusher
-            .db
-            .flush()
-            .map(|_| ())
-            .map_err(meta_err("flush"))
+        self.flusher.flush_sealed()
     }
 }
 

@@ -40,6 +40,53 @@ pub type PipelineAnswers =
 /// How often a write to a sealed shard re-checks whether its children are open.
 const RESHARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// Writes a PutRecords call's records in rounds until each has an outcome: `write` writes the
+/// pending records with the routes it is given and hands back those whose shard was sealed by a
+/// reshard (not written: retried with fresh routes from `refresh`). When the routes cannot be
+/// refreshed (the metadata leader out of reach, the stream deleted) or the deadline passes, only
+/// the records still pending fail, with that error; records already written keep their
+/// sequence numbers. Failing the whole call instead would report committed records as failed,
+/// and a retry would write them twice.
+async fn write_in_rounds<R, W, WF, F, FF>(
+    mut routes: R,
+    mut pending: Vec<(usize, BatchRecord)>,
+    mut results: Vec<pb::PutRecordsResultEntry>,
+    deadline: tokio::time::Instant,
+    mut write: W,
+    mut refresh: F,
+) -> Vec<pb::PutRecordsResultEntry>
+where
+    W: FnMut(R, Vec<(usize, BatchRecord)>, Vec<pb::PutRecordsResultEntry>) -> WF,
+    WF: std::future::Future<Output = (Vec<(usize, BatchRecord)>, Vec<pb::PutRecordsResultEntry>)>,
+    F: FnMut() -> FF,
+    FF: std::future::Future<Output = Result<R, ApiError>>,
+    R: Clone,
+{
+    loop {
+        (pending, results) = write(routes.clone(), pending, results).await;
+        if pending.is_empty() {
+            return results;
+        }
+        let unplaced = if tokio::time::Instant::now() >= deadline {
+            ApiError::Unavailable("the shard is being resharded; retry".into())
+        } else {
+            tokio::time::sleep(RESHARD_RETRY_PAUSE).await;
+            match refresh().await {
+                Ok(fresh) => {
+                    routes = fresh;
+                    continue;
+                }
+                Err(e) => e,
+            }
+        };
+        for (i, _) in pending {
+            results[i].error_code = unplaced.symbol().to_string();
+            results[i].error_message = unplaced.to_string();
+        }
+        return results;
+    }
+}
+
 fn hash_of(r: &BatchRecord) -> u128 {
     let mut b = [0u8; 16];
     b.copy_from_slice(&r.hash_key);
@@ -193,7 +240,7 @@ impl MillraceService {
         counters: &mut Option<Arc<StreamCounters>>,
     ) -> Result<pb::PutRecordsResponse, ApiError> {
         let name = stream_name_from(&req.stream_name)?;
-        let mut routes = self.write_routes(&name).await?;
+        let routes = self.write_routes(&name).await?;
         *counters = self.node.metrics.stream(&routes.name);
         if routes.deleting {
             return Err(ApiError::ResourceNotFound(format!(
@@ -223,28 +270,28 @@ impl MillraceService {
             records.iter().map(|r| r.data.len()),
             routes.shard_level_metrics,
         );
-        let mut results = vec![pb::PutRecordsResultEntry::default(); records.len()];
-        let mut pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
+        let results = vec![pb::PutRecordsResultEntry::default(); records.len()];
+        let pending: Vec<(usize, BatchRecord)> = records.into_iter().enumerate().collect();
         let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
-        loop {
-            pending = self
-                .write_round(&routes, pending, &producer, &mut results)
-                .await;
-            if pending.is_empty() {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                for (i, _) in pending {
-                    let e = ApiError::Unavailable("the shard is being resharded; retry".into());
-                    results[i].error_code = e.symbol().to_string();
-                    results[i].error_message = e.to_string();
-                }
-                break;
-            }
-            tokio::time::sleep(RESHARD_RETRY_PAUSE).await;
-            self.node.sync_meta().await?;
-            routes = self.write_routes(&name).await?;
-        }
+        let producer = &producer;
+        let name = &name;
+        let results = write_in_rounds(
+            routes,
+            pending,
+            results,
+            deadline,
+            |routes, pending, mut results| async move {
+                let pending = self
+                    .write_round(&routes, pending, producer, &mut results)
+                    .await;
+                (pending, results)
+            },
+            || async move {
+                self.node.sync_meta().await?;
+                self.write_routes(name).await
+            },
+        )
+        .await;
         let failed = results.iter().filter(|r| !r.error_code.is_empty()).count() as u32;
         let resp = pb::PutRecordsResponse {
             failed_record_count: failed,
@@ -579,4 +626,133 @@ pub(super) fn child_shards(stream: &StreamMeta, shard_id: &str) -> Vec<pb::Child
             }),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn records(n: usize) -> Vec<(usize, BatchRecord)> {
+        (0..n)
+            .map(|i| {
+                (
+                    i,
+                    BatchRecord {
+                        data: vec![i as u8].into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// A round that writes every record whose slot `keep_pending` rejects, as shard
+    /// `shardId-<routes>`, and leaves the others pending (their shard sealed by a reshard).
+    fn commit(
+        results: &mut [pb::PutRecordsResultEntry],
+        routes: u32,
+        pending: Vec<(usize, BatchRecord)>,
+        keep_pending: impl Fn(usize) -> bool,
+    ) -> Vec<(usize, BatchRecord)> {
+        let mut left = Vec::new();
+        for (i, r) in pending {
+            if keep_pending(i) {
+                left.push((i, r));
+            } else {
+                results[i].shard_id = format!("shardId-{routes}");
+                results[i].sequence_number = format!("{}", 100 + i);
+            }
+        }
+        left
+    }
+
+    /// Issue 18 point 7: the metadata leader out of reach after a reshard left some records
+    /// pending used to fail the whole call, although the other records were committed.
+    #[tokio::test]
+    async fn a_failed_refresh_fails_only_the_records_still_pending() {
+        let n = 4;
+        let results = write_in_rounds(
+            0u32,
+            records(n),
+            vec![pb::PutRecordsResultEntry::default(); n],
+            tokio::time::Instant::now() + Duration::from_secs(5),
+            |routes, pending, mut results| async move {
+                let left = commit(&mut results, routes, pending, |i| i % 2 == 1);
+                (left, results)
+            },
+            || async { Err(ApiError::Unavailable("no metadata leader".into())) },
+        )
+        .await;
+        for i in [0, 2] {
+            assert_eq!(results[i].sequence_number, format!("{}", 100 + i));
+            assert!(results[i].error_code.is_empty(), "{:?}", results[i]);
+        }
+        for i in [1, 3] {
+            assert!(results[i].sequence_number.is_empty());
+            assert_eq!(
+                results[i].error_code,
+                ApiError::Unavailable(String::new()).symbol()
+            );
+            assert!(
+                results[i].error_message.contains("no metadata leader"),
+                "{:?}",
+                results[i]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn records_left_by_a_reshard_are_written_with_fresh_routes() {
+        let n = 3;
+        let seen = Mutex::new(Vec::new());
+        let refreshes = Mutex::new(0u32);
+        let results = write_in_rounds(
+            0u32,
+            records(n),
+            vec![pb::PutRecordsResultEntry::default(); n],
+            tokio::time::Instant::now() + Duration::from_secs(5),
+            |routes, pending, mut results| {
+                seen.lock().unwrap().push(routes);
+                async move {
+                    // Routes 0: record 1's shard is sealed; routes 1 place it.
+                    let left = commit(&mut results, routes, pending, |i| routes == 0 && i == 1);
+                    (left, results)
+                }
+            },
+            || {
+                *refreshes.lock().unwrap() += 1;
+                async { Ok(1u32) }
+            },
+        )
+        .await;
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1]);
+        assert_eq!(*refreshes.lock().unwrap(), 1);
+        assert!(results.iter().all(|r| r.error_code.is_empty()));
+        assert_eq!(results[1].shard_id, "shardId-1");
+        assert_eq!(results[0].shard_id, "shardId-0");
+    }
+
+    #[tokio::test]
+    async fn records_still_pending_at_the_deadline_fail_without_another_refresh() {
+        let n = 2;
+        let results = write_in_rounds(
+            0u32,
+            records(n),
+            vec![pb::PutRecordsResultEntry::default(); n],
+            tokio::time::Instant::now(),
+            |routes, pending, mut results| async move {
+                let left = commit(&mut results, routes, pending, |i| i == 0);
+                (left, results)
+            },
+            || async { panic!("no refresh after the deadline") },
+        )
+        .await;
+        assert_eq!(results[1].sequence_number, "101");
+        assert_eq!(
+            results[0].error_code,
+            ApiError::Unavailable(String::new()).symbol()
+        );
+        assert!(results[0].error_message.contains("resharded"));
+    }
 }
