@@ -1,6 +1,6 @@
 //! Group lifecycle: creating, looking up and removing the Raft group replicas of this node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -202,11 +202,15 @@ impl GroupManager {
     }
 
     /// Opens the local replica of `group_id` (recovering its log), or returns it if open.
+    /// `placed`: the replicas the cluster's metadata places the group on, with their addresses
+    /// (empty when not known); a stored snapshot that lost its membership is given them (see
+    /// [`GroupSm::restate_lost_membership`]).
     pub async fn open_group(
         &self,
         group_id: u64,
         machine: Box<dyn GroupStateMachine>,
         snapshots: SnapshotMode,
+        placed: &BTreeMap<NodeId, openraft::BasicNode>,
     ) -> Result<GroupHandle, GroupError> {
         if let Some(h) = self.get(group_id) {
             return Ok(h);
@@ -217,6 +221,18 @@ impl GroupManager {
             .map_err(|source| GroupError::Meta { group_id, source })?;
         let sm = GroupSm::persistent(machine, meta.clone())
             .map_err(|source| GroupError::Storage { group_id, source })?;
+        if sm
+            .restate_lost_membership(placed)
+            .await
+            .map_err(|source| GroupError::Storage { group_id, source })?
+        {
+            tracing::warn!(
+                group_id,
+                voters = ?placed.keys().collect::<Vec<_>>(),
+                "the stored snapshot named no voters (written before the membership fix): \
+                 gave it the replicas the metadata places the group on"
+            );
+        }
         let sm = match snapshots {
             SnapshotMode::OnRequest => sm.build_only_at_points(),
             SnapshotMode::EveryEntries { .. } => sm,

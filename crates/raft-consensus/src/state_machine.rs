@@ -150,6 +150,50 @@ impl GroupSm {
         })
     }
 
+    /// Gives a stored snapshot that names no voters the membership `voters`, durably, and
+    /// returns whether it did. Retention snapshots written before the membership fix (jepsen seed
+    /// 104) carry an empty membership: a replica restarted from one after the membership entry
+    /// was purged knows no voters, so it never elects, votes or rejoins. `voters` come from the
+    /// metadata group's placement of the shard; the restated membership takes the snapshot's log
+    /// id, so any membership entry the log still holds after the snapshot wins over it.
+    pub async fn restate_lost_membership(
+        &self,
+        voters: &std::collections::BTreeMap<crate::types::NodeId, openraft::BasicNode>,
+    ) -> io::Result<bool> {
+        let restated = {
+            let inner = self.lock();
+            match &inner.current_snapshot {
+                Some((meta, data))
+                    if !voters.is_empty()
+                        && meta
+                            .last_membership
+                            .membership()
+                            .voter_ids()
+                            .next()
+                            .is_none() =>
+                {
+                    let nodes = crate::types::Membership::new(
+                        vec![voters.keys().copied().collect()],
+                        voters.clone(),
+                    )
+                    .map_err(io::Error::other)?;
+                    let meta = SnapshotMeta {
+                        last_log_id: meta.last_log_id,
+                        last_membership: StoredMembership::new(meta.last_log_id, nodes),
+                    };
+                    Some((meta, data.clone()))
+                }
+                _ => None,
+            }
+        };
+        let Some((meta, data)) = restated else {
+            return Ok(false);
+        };
+        self.persist(&meta, &data).await?;
+        self.lock().current_snapshot = Some((meta, data));
+        Ok(true)
+    }
+
     /// Persists the current snapshot durably (sled batch + flush).
     async fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let Some(store) = &self.store else {

@@ -32,11 +32,12 @@ impl GroupStateMachine for Counter {
     }
 }
 
-fn manager(dir: &std::path::Path) -> GroupManager {
-    // A manager dropped just before may still be shutting its groups' tasks down, which hold
-    // the database (and its file lock) until they finish: wait for the lock, with a deadline.
+/// The node metadata in `dir`. A manager dropped just before may still be shutting its groups'
+/// tasks down, which hold the database (and its file lock) until they finish: waits for the
+/// lock, with a deadline.
+fn open_meta(dir: &std::path::Path) -> NodeMeta {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let meta = loop {
+    loop {
         match NodeMeta::open(&dir.join("meta")) {
             Ok(meta) => break meta,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
@@ -44,7 +45,11 @@ fn manager(dir: &std::path::Path) -> GroupManager {
             }
             Err(e) => panic!("sled: {e:?}"),
         }
-    };
+    }
+}
+
+fn manager(dir: &std::path::Path) -> GroupManager {
+    let meta = open_meta(dir);
     GroupManager::new(
         1,
         dir.to_path_buf(),
@@ -71,7 +76,7 @@ async fn open_leading(
     fresh: bool,
 ) -> millrace_raft::group::GroupHandle {
     let h = groups
-        .open_group(group_id, machine, mode)
+        .open_group(group_id, machine, mode, &Default::default())
         .await
         .expect("open");
     if fresh {
@@ -148,6 +153,103 @@ async fn snapshot_survives_reopen_and_remove_deletes_everything() {
     assert!(groups.registry().get(group_id).is_none());
     let meta = NodeMeta::open(&dir.path().join("meta2")).unwrap();
     drop(meta);
+}
+
+/// Issue 18 point 7: retention snapshots written before the membership fix (jepsen seed 104)
+/// name no voters; a replica restarted from one after its membership entry was purged knew no
+/// voters and never elected or rejoined. Opened with the placement the metadata knows, the
+/// snapshot is given that membership, and the group runs on from where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_lost_its_membership_is_given_the_placed_replicas() {
+    use millrace_raft::types::{SnapshotMeta, StoredMembership};
+    let dir = tempfile::tempdir().unwrap();
+    let group_id = 11;
+    let mode = SnapshotMode::EveryEntries {
+        entries: 10,
+        keep_entries: 0,
+    };
+    {
+        let groups = manager(dir.path());
+        let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, true).await;
+        for i in 1..=25 {
+            assert_eq!(write(&h.raft).await, i);
+        }
+        h.raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= 10) && m.purged.is_some(),
+                "a snapshot past the membership entry, and the log it covers purged",
+            )
+            .await
+            .expect("snapshot");
+        groups.shutdown_all().await;
+    }
+    {
+        // What an older build wrote: the same snapshot with an empty membership
+        // (`<group>/snapshot_meta`, docs/storage-format.md).
+        let meta = open_meta(dir.path());
+        let group = meta.group(group_id).unwrap();
+        let mut snapshot: SnapshotMeta = group.get("snapshot_meta").unwrap().expect("stored");
+        assert!(snapshot
+            .last_membership
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some());
+        snapshot.last_membership = StoredMembership::default();
+        group.put("snapshot_meta", &snapshot).unwrap();
+        group.flush_blocking().unwrap();
+    }
+    let groups = manager(dir.path());
+    let placed: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:1"))].into();
+    let h = groups
+        .open_group(group_id, Box::new(Counter::default()), mode, &placed)
+        .await
+        .expect("open");
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect::<Vec<_>>()
+                    == vec![1]
+                    && m.snapshot.is_some()
+            },
+            "the snapshot is loaded with the placed replica as its voter",
+        )
+        .await
+        .expect("membership");
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "the restarted replica elects itself again")
+        .await
+        .expect("leader");
+    assert_eq!(
+        write(&h.raft).await,
+        26,
+        "the state goes on from the snapshot"
+    );
+    groups.shutdown_all().await;
+    drop((h, groups));
+    // The restated membership was stored: it holds without the placement too.
+    let groups = manager(dir.path());
+    let h = groups
+        .open_group(
+            group_id,
+            Box::new(Counter::default()),
+            mode,
+            &BTreeMap::new(),
+        )
+        .await
+        .expect("open");
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "the stored membership elects it")
+        .await
+        .expect("leader");
+    groups.shutdown_all().await;
 }
 
 /// Records what it applies; while `refuse` is set, an entry holding `poison` cannot be applied

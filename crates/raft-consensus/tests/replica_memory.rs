@@ -88,7 +88,12 @@ async fn resident_memory_per_group_replica() {
     let mut handles = Vec::new();
     for g in 1..=n as u64 {
         let h = groups
-            .open_group(g, Box::new(Nothing), SnapshotMode::OnRequest)
+            .open_group(
+                g,
+                Box::new(Nothing),
+                SnapshotMode::OnRequest,
+                &Default::default(),
+            )
             .await
             .expect("open");
         handles.push(h);

@@ -186,7 +186,7 @@ async fn reconcile_pass(node: &Arc<Node>, to_initialize: &mut BTreeMap<u64, Vec<
         .map(|(group_id, replicas)| {
             let node = Arc::clone(node);
             async move {
-                let r = open_replica(&node, group_id).await;
+                let r = open_replica(&node, group_id, &replicas).await;
                 (group_id, replicas, r)
             }
         })
@@ -251,14 +251,22 @@ async fn reconcile_pass(node: &Arc<Node>, to_initialize: &mut BTreeMap<u64, Vec<
 }
 
 /// Opens (creating if new) the local replica of a shard group, quiet from the start.
-async fn open_replica(node: &Arc<Node>, group_id: u64) -> Result<(), String> {
+/// `replicas`: where the metadata places the group (restates a snapshot's lost membership).
+async fn open_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Result<(), String> {
     let shared = Arc::new(ShardShared::new());
+    // Only a complete placement can stand in for a lost membership.
+    let placed: BTreeMap<u64, BasicNode> = replicas
+        .iter()
+        .map(|r| Some((*r, BasicNode::new(node.addr_of(*r)?))))
+        .collect::<Option<_>>()
+        .unwrap_or_default();
     let handle = node
         .groups
         .open_group(
             group_id,
             Box::new(ShardMachine::new(shared.clone())),
             SnapshotMode::OnRequest,
+            &placed,
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -193,6 +193,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 entries: METADATA_SNAPSHOT_ENTRIES,
                 keep_entries: METADATA_SNAPSHOT_ENTRIES,
             },
+            // Its snapshots are built at the applied index, with the membership applied.
+            &Default::default(),
         )
         .await?;
     let node = Arc::new(Node {
