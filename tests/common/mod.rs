@@ -287,6 +287,26 @@ impl Cluster {
         }
     }
 
+    /// Freezes node `id` (SIGSTOP): its sockets stay open and nothing answers, as when a
+    /// node stalls or its packets are dropped. [`Cluster::resume`] thaws it.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Thaws node `id` after [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let child = self.node(id).child.as_ref().expect("node running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} node {id}");
+    }
+
     /// Graceful stop: SIGTERM, then the process must exit on its own with status 0.
     pub async fn stop(&mut self, id: u64) {
         let node = &mut self.nodes[(id - 1) as usize];

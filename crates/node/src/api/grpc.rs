@@ -1,6 +1,7 @@
 //! The public gRPC API (`millrace.v1.Millrace`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use millrace_proto::v1 as pb;
 use millrace_proto::v1::millrace_server::Millrace;
@@ -15,7 +16,7 @@ use crate::metadata::state::{
     MetaCommand, MetaResponse, ShardMeta, StreamMeta, StreamMode, StreamStatus,
 };
 use crate::metadata::tags::TAGS_PER_STREAM_MAX;
-use crate::server::node::Node;
+use crate::server::node::{Node, LEADER_SEARCH_TIMEOUT, META_WAIT_ON_WRITE};
 use crate::server::now_ms;
 use crate::shard::sequence::SequenceNumber;
 
@@ -48,12 +49,22 @@ impl MillraceService {
     /// The stream as this node knows it; if unknown here, catches up with the metadata leader
     /// first, so a stream created through another node is found.
     pub(super) async fn stream(&self, name: &str) -> Result<StreamMeta, ApiError> {
+        self.stream_within(name, LEADER_SEARCH_TIMEOUT).await
+    }
+
+    /// [`MillraceService::stream`] for a write: waits at most [`META_WAIT_ON_WRITE`] for the
+    /// metadata leader when the stream is not known here.
+    pub(super) async fn stream_for_write(&self, name: &str) -> Result<StreamMeta, ApiError> {
+        self.stream_within(name, META_WAIT_ON_WRITE).await
+    }
+
+    async fn stream_within(&self, name: &str, wait: Duration) -> Result<StreamMeta, ApiError> {
         let name = stream_name_from(name)?;
         let lookup = || self.node.meta.read(|s| s.streams.get(&name).cloned());
         if let Some(s) = lookup() {
             return Ok(s);
         }
-        self.node.sync_meta().await?;
+        self.node.sync_meta_within(wait).await?;
         lookup().ok_or_else(|| ApiError::ResourceNotFound(crate::messages::stream_not_found(&name)))
     }
 

@@ -18,7 +18,7 @@ use super::iterator::IteratorToken;
 use crate::metadata::state::StreamMeta;
 use crate::metadata::write_routes::WriteRoutes;
 use crate::server::metrics::{StreamCounters, WrittenSizes};
-use crate::server::node::LEADER_SEARCH_TIMEOUT;
+use crate::server::node::{LEADER_SEARCH_TIMEOUT, META_WAIT_ON_WRITE};
 use crate::server::now_ms;
 use crate::server::routing::Appended;
 use crate::shard::hashing::{parse_explicit_hash_key, partition_key_hash};
@@ -287,7 +287,7 @@ impl MillraceService {
                 (pending, results)
             },
             || async move {
-                self.node.sync_meta().await?;
+                self.node.sync_meta_within(META_WAIT_ON_WRITE).await?;
                 self.write_routes(name).await
             },
         )
@@ -306,7 +306,7 @@ impl MillraceService {
         if let Some(r) = self.node.meta.write_routes(name) {
             return Ok(r);
         }
-        self.node.sync_meta().await?;
+        self.node.sync_meta_within(META_WAIT_ON_WRITE).await?;
         self.node
             .meta
             .write_routes(name)

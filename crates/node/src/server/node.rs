@@ -25,6 +25,11 @@ use crate::shard::read::{read_records, ReadBounds, ReadOutcome};
 
 /// How long a request keeps looking for a leader before giving up (nothing was applied).
 pub const LEADER_SEARCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits for the metadata leader when it names a stream this node does not know
+/// yet (or must refresh its routes after a reshard): shorter than clients' deadlines (3–4 s for
+/// the SDKs' defaults and the harness), so the client hears a retryable error instead of timing
+/// out, and longer than a metadata read index takes when the leader answers (milliseconds).
+pub const META_WAIT_ON_WRITE: Duration = Duration::from_secs(2);
 /// How long a leader may take to confirm its leadership for a read.
 pub const LINEARIZABLE_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -501,7 +506,25 @@ impl Node {
     /// (read-your-writes through any node): gets the leader's read index and waits until the
     /// local replica has applied it.
     pub async fn sync_meta(&self) -> Result<(), ApiError> {
-        let deadline = tokio::time::Instant::now() + LEADER_SEARCH_TIMEOUT;
+        self.sync_meta_within(LEADER_SEARCH_TIMEOUT).await
+    }
+
+    /// [`Node::sync_meta`], answered within `wait` in all: a metadata leader that stopped
+    /// answering (paused, or cut off with its packets dropped) held the call until the peer
+    /// connection's keep-alive gave up, and the client's deadline passed first (issue 18 point 7:
+    /// a Kinesis PutRecords for a stream this node did not know yet hung). Fails with a retryable
+    /// `Unavailable`.
+    pub async fn sync_meta_within(&self, wait: Duration) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        match tokio::time::timeout_at(deadline, self.sync_meta_until(deadline)).await {
+            Ok(synced) => synced,
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "the metadata group's leader did not answer within {wait:?}; retry"
+            ))),
+        }
+    }
+
+    async fn sync_meta_until(&self, deadline: tokio::time::Instant) -> Result<(), ApiError> {
         let index = loop {
             let hint = match self.meta_read_index().await? {
                 Ok(index) => break index,

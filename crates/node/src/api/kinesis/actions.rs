@@ -700,7 +700,7 @@ async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let (Some(stream), Some(entry)) = (stream, entry) else {
         return Err(required_stream(None).unwrap_err());
     };
-    let s = svc.stream(&stream).await?;
+    let s = svc.stream_for_write(&stream).await?;
     check_data_sizes(&s, std::slice::from_ref(&entry), |_| "data".into())?;
     let resp = svc
         .put_records_impl(pb::PutRecordsRequest {
@@ -729,7 +729,7 @@ async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     i.finish()?;
     let stream = required_stream(stream)?;
     let records: Vec<pb::PutRecordsRequestEntry> = entries.into_iter().flatten().collect();
-    let s = svc.stream(&stream).await?;
+    let s = svc.stream_for_write(&stream).await?;
     check_data_sizes(&s, &records, |i| format!("records.{}.member.data", i + 1))?;
     let resp = svc
         .put_records_impl(pb::PutRecordsRequest {
