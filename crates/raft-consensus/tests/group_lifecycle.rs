@@ -99,6 +99,25 @@ async fn write(raft: &millrace_raft::Raft) -> u64 {
     u64::from_le_bytes(resp.data.0.as_slice().try_into().unwrap())
 }
 
+/// On a fresh single-node group: 25 writes, then waits for a snapshot (past the initial
+/// membership entry) and the purge of the log it covers; stops the manager.
+async fn write_25_and_snapshot(dir: &std::path::Path, group_id: u64, mode: SnapshotMode) {
+    let groups = manager(dir);
+    let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, true).await;
+    for i in 1..=25 {
+        assert_eq!(write(&h.raft).await, i);
+    }
+    h.raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= 10) && m.purged.is_some(),
+            "a snapshot was built and the log it covers purged",
+        )
+        .await
+        .expect("snapshot");
+    groups.shutdown_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_survives_reopen_and_remove_deletes_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,22 +126,7 @@ async fn snapshot_survives_reopen_and_remove_deletes_everything() {
         entries: 10,
         keep_entries: 0,
     };
-    {
-        let groups = manager(dir.path());
-        let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, true).await;
-        for i in 1..=25 {
-            assert_eq!(write(&h.raft).await, i);
-        }
-        h.raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= 10) && m.purged.is_some(),
-                "a snapshot was built and the log it covers purged",
-            )
-            .await
-            .expect("snapshot");
-        groups.shutdown_all().await;
-    }
+    write_25_and_snapshot(dir.path(), group_id, mode).await;
     let groups = manager(dir.path());
     // Reopen: the state comes back from the persisted snapshot plus the log after it.
     let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, false).await;
@@ -168,22 +172,7 @@ async fn a_snapshot_that_lost_its_membership_is_given_the_placed_replicas() {
         entries: 10,
         keep_entries: 0,
     };
-    {
-        let groups = manager(dir.path());
-        let h = open_leading(&groups, group_id, Box::new(Counter::default()), mode, true).await;
-        for i in 1..=25 {
-            assert_eq!(write(&h.raft).await, i);
-        }
-        h.raft
-            .wait(Some(Duration::from_secs(10)))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= 10) && m.purged.is_some(),
-                "a snapshot past the membership entry, and the log it covers purged",
-            )
-            .await
-            .expect("snapshot");
-        groups.shutdown_all().await;
-    }
+    write_25_and_snapshot(dir.path(), group_id, mode).await;
     {
         // What an older build wrote: the same snapshot with an empty membership
         // (`<group>/snapshot_meta`, docs/storage-format.md).
