@@ -991,6 +991,10 @@ mod tests {
         let copies = tempfile::tempdir().unwrap();
         for vote in 0..12u64 {
             group.put("vote", &vote).unwrap();
+            // A value over ~128 KiB goes to a file of its own in `meta/blobs/`, which sled
+            // never syncs.
+            let big = vec![vote as u8; 300_000];
+            group.put_batch(&[("snapshot_data", big.clone())]).unwrap();
             group.flush_blocking().unwrap();
             // What the disk holds right now is what a power cut would leave: open a copy of it
             // (the live database keeps its lock on the mounted one).
@@ -1007,6 +1011,11 @@ mod tests {
                 after.group(7).unwrap().get::<u64>("vote").unwrap(),
                 Some(vote),
                 "the flushed vote after a cut"
+            );
+            assert_eq!(
+                after.group(7).unwrap().get_raw("snapshot_data").unwrap(),
+                Some(big),
+                "the flushed large value after a cut"
             );
         }
     }

@@ -22,7 +22,8 @@
 //! neither syncs the file's size nor flushes the disk's write cache (and does nothing on a FUSE
 //! filesystem), so a power cut can take back a "flushed" vote. Every flush here is followed by
 //! an `fsync` of sled's files ([`SledFlusher::flush_durable`]); sled's background flush every
-//! 500 ms does its own `fsync`.
+//! 500 ms `fsync`s its log file `db` only, never the large-value files in `blobs/` (values over
+//! ~128 KiB), so only writes made durable by a flush here are sure to have theirs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,8 +79,10 @@ struct SledFlusher {
     db_file: std::fs::File,
     /// sled's directory of large values (`blobs`), written without any sync by sled.
     blobs_dir: PathBuf,
-    /// Blob files already synced (each is written once and never changed).
-    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    /// Blob files already synced, with their length when synced: sled writes a blob in place
+    /// (no rename) while other writes go on, so a listing may catch one half written; a blob
+    /// whose length changed since is synced again.
+    synced_blobs: std::sync::Mutex<std::collections::HashMap<std::ffi::OsString, u64>>,
 }
 
 impl SledFlusher {
@@ -127,21 +130,27 @@ impl SledFlusher {
             Err(e) => return Err(StorageError::io("list", self.blobs_dir.display(), e)),
         };
         let mut synced = self.synced_blobs.lock().expect("blob set lock");
-        let mut present = std::collections::HashSet::new();
+        let mut present = std::collections::HashMap::new();
         let mut added = false;
         for entry in entries {
             let entry = entry.map_err(|e| StorageError::io("list", self.blobs_dir.display(), e))?;
             let name = entry.file_name();
-            if !synced.contains(&name) {
-                let path = entry.path();
+            let path = entry.path();
+            // The length before the sync: what the sync covers at least.
+            let len = match entry.metadata() {
+                Ok(m) => m.len(),
+                // Removed by sled meanwhile: nothing left to make durable.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io("stat", path.display(), e)),
+            };
+            if synced.get(&name) != Some(&len) {
                 match std::fs::File::open(&path).and_then(|f| f.sync_all()) {
                     Ok(()) => added = true,
-                    // Removed by sled meanwhile: nothing left to make durable.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(StorageError::io("sync", path.display(), e)),
                 }
             }
-            present.insert(name);
+            present.insert(name, len);
         }
         if added {
             sync_dir(&self.blobs_dir)?;
