@@ -687,6 +687,17 @@ fn record_error(r: &pb::PutRecordsResultEntry) -> KinesisError {
     ApiError::from_symbol(&r.error_code, r.error_message.clone()).into()
 }
 
+/// A PutRecords result entry's `ErrorCode`: Kinesis names only `ProvisionedThroughputExceededException`
+/// and `InternalFailure` there (and the KMS failures, which Millrace has no cause for), so any
+/// other reason (e.g. the stream deleted while a reshard held the record back) is an
+/// `InternalFailure`, its message saying which.
+fn per_record_code(type_name: &str) -> &'static str {
+    match type_name {
+        "ProvisionedThroughputExceededException" => "ProvisionedThroughputExceededException",
+        _ => "InternalFailure",
+    }
+}
+
 async fn put_record(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
     let stream = i.stream();
     let entry = put_entry(&mut i);
@@ -750,7 +761,7 @@ async fn put_records(svc: &MillraceService, mut i: Input<'_>) -> Result<Out> {
             } else {
                 let e = record_error(&r);
                 Out::map(vec![
-                    ("ErrorCode", Out::str(e.type_name)),
+                    ("ErrorCode", Out::str(per_record_code(&e.type_name))),
                     ("ErrorMessage", Out::str(e.message)),
                 ])
             }
@@ -1403,6 +1414,23 @@ async fn subscribe_to_shard(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_put_records_entry_names_only_the_error_codes_kinesis_documents() {
+        use super::ApiError;
+        let throttled = ApiError::ProvisionedThroughputExceeded("slow down".into());
+        assert_eq!(
+            super::per_record_code(throttled.kinesis_name()),
+            "ProvisionedThroughputExceededException"
+        );
+        for e in [
+            ApiError::ResourceNotFound("Stream s under account 1 not found.".into()),
+            ApiError::Unavailable("no leader".into()),
+            ApiError::InvalidArgument("bad".into()),
+        ] {
+            assert_eq!(super::per_record_code(e.kinesis_name()), "InternalFailure");
+        }
+    }
+
     use super::*;
 
     #[test]
