@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{StorageError, StorageResult};
+use crate::segment::sync_dir;
 
 pub const META_FORMAT_VERSION: u32 = 2;
 const NODE_TREE: &str = "node";
@@ -158,13 +159,6 @@ impl SledFlusher {
         *synced = present;
         Ok(())
     }
-}
-
-/// `fsync`s a directory, so the names created in it survive a power cut.
-fn sync_dir(dir: &Path) -> StorageResult<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io("sync", dir.display(), e))
 }
 
 /// The seal: a small file beside the sled directory (`meta.seal`) naming the generation of the
