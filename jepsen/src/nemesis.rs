@@ -363,6 +363,12 @@ impl Nemesis {
                 (action, applied, json!(ev), Undo::Restart(nodes))
             }
             FaultKind::Net => {
+                // As for partitions: with fewer than two nodes up no packet flows to lose, delay
+                // or reorder, and the fault would be judged "did not take effect" (seen: nightly
+                // run-08, a loss fault 40 ms after a kill of all nodes).
+                if self.live().len() < 2 {
+                    return None;
+                }
                 let (action, applied, ev, nodes) = self.bad_network();
                 self.record(Kind::Invoke, &action, Value::Null);
                 let loss = ev["shape"] == "loss";
@@ -401,6 +407,12 @@ impl Nemesis {
                 (action, applied, ev, Undo::Heal)
             }
             FaultKind::Reshard => {
+                // A reshard needs the metadata group and the shard's group to commit: with no
+                // majority up (say, a kill of all nodes drawn in the same round) it cannot take
+                // effect, and would make a valid run vacuous (seen: seed 4242, rate 400).
+                if self.live().len() <= self.cluster.len() / 2 {
+                    return None;
+                }
                 let action = "reshard".to_string();
                 self.record(Kind::Invoke, &action, Value::Null);
                 let (action, applied, ev) = match self.reshard() {
@@ -538,8 +550,8 @@ impl Nemesis {
         (action, result.is_ok(), ev, nodes)
     }
 
-    /// Splits a random open shard of the newest workload stream at the middle of its hash
-    /// range, or merges two adjacent open shards; waits until the stream is ACTIVE again.
+    /// Once the newest workload stream is ACTIVE, splits a random open shard of it at the
+    /// middle of its hash range, or merges two adjacent open shards; waits until the stream is ACTIVE again.
     /// Evidence: the open shards before and after.
     fn reshard(&mut self) -> anyhow::Result<(String, Value)> {
         let (rt, client) = self
@@ -556,6 +568,11 @@ impl Nemesis {
                 .max()
                 .map(|(_, s)| s.clone())
                 .ok_or_else(|| anyhow::anyhow!("no workload stream"))?;
+            // The workload rotates to new streams (quickly at high rates): the newest may still
+            // be Creating, and a reshard of it would be refused (seen: nightly run-02, rate 400).
+            client
+                .wait_for_active(&stream, Duration::from_secs(30))
+                .await?;
             let before = open_shard_ranges(client.list_shards(&stream).await?);
             anyhow::ensure!(!before.is_empty(), "{stream} has no open shard");
             let adjacent: Vec<usize> = (0..before.len().saturating_sub(1))
