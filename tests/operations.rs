@@ -170,6 +170,50 @@ fn metadata_voters(cluster: &Cluster) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// A new stream's groups are initialized by their first replica. When that replica's node stops
+/// answering right after the stream is placed, the next replica initializes each such group after
+/// a while, so the stream still becomes ACTIVE. Before, it stayed CREATING until the node came
+/// back (found by the jepsen membership nemesis: a node killed as a stream was created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_stream_becomes_active_when_its_first_replicas_node_stops_answering() {
+    let cluster = Cluster::start("init-fallback", 4).await;
+    let leader = cluster.status(1).unwrap()["metadata_leader"]
+        .as_u64()
+        .unwrap();
+    let client = cluster.client_for(leader);
+    // Each node leads one shard of this stream, so the next stream's first replicas (the
+    // nodes with the fewest leaderships) spread over all four.
+    client.create_stream("warm", 4).await.expect("create");
+    client
+        .wait_for_active("warm", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let victim = (1..=4).rev().find(|n| *n != leader).unwrap();
+    cluster.pause(victim);
+    client.create_stream("cold", 8).await.expect("create");
+    let d = client.describe_stream("cold").await.unwrap();
+    let first_on_victim = d
+        .shards
+        .iter()
+        .filter(|s| s.replica_node_ids.first() == Some(&victim))
+        .count();
+    assert!(
+        first_on_victim > 0,
+        "no shard of the new stream has node {victim} first: {:?}",
+        d.shards
+            .iter()
+            .map(|s| s.replica_node_ids.clone())
+            .collect::<Vec<_>>()
+    );
+    client
+        .wait_for_active("cold", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{first_on_victim} groups first placed on the frozen node {victim}: {e}")
+        });
+    cluster.resume(victim);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_nodes_replicas_are_recreated_and_it_comes_back_empty() {
     let env = [("MILLRACE_DEAD_NODE_TIMEOUT", "3s")];

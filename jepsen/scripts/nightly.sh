@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 runs="${1:?usage: nightly.sh RUNS SECONDS}"
 seconds="${2:?usage: nightly.sh RUNS SECONDS}"
 bash jepsen/scripts/setup.sh
-read -r -a mixes <<< "${NIGHTLY_MIXES:-kill,partition,power-loss pause,clock,net reshard,kill,net power-loss,partition,clock corrupt,kill kill,pause,partition,clock,reshard,power-loss,net,corrupt}"
+read -r -a mixes <<< "${NIGHTLY_MIXES:-kill,partition,power-loss pause,clock,net reshard,kill,net power-loss,partition,clock corrupt,kill membership,kill,partition kill,pause,partition,clock,reshard,power-loss,net,corrupt,membership}"
 rates=(100 200 400)
 seed="${NIGHTLY_SEED:-$(date -u +%Y%m%d)}"
 out="jepsen/results/nightly-$(date -u +%Y%m%dT%H%M%SZ)"

@@ -30,6 +30,9 @@ pub struct ClusterConfig {
     /// Each node's data directory is a [`crate::lazyfs`] mount (for the power-loss nemesis):
     /// what a node has not synced is lost when its power is cut.
     pub lazy_fs: bool,
+    /// `--dead-node-timeout` of every node: how long a node may stay silent before the
+    /// cluster re-creates its replicas elsewhere (short for the membership nemesis).
+    pub dead_node_timeout: String,
 }
 
 struct NodeProc {
@@ -42,6 +45,9 @@ struct NodeProc {
     paused: bool,
     /// The lazy filesystem holding `data_dir`, when the run cuts power.
     disk: Option<Mounted>,
+    /// Set once the node left the cluster and comes back empty: it joins through this node
+    /// (`host:port`) instead of starting as one of the initial peers.
+    join: Option<String>,
 }
 
 pub struct Cluster {
@@ -70,6 +76,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 disk: None,
+                join: None,
             })
             .collect();
         let mut cluster = Cluster { net, config, nodes };
@@ -164,9 +171,11 @@ impl Cluster {
             .args(["--grpc-addr", &format!("{}:{GRPC_PORT}", host.ip)])
             .args(["--http-addr", &format!("{}:{HTTP_PORT}", host.ip)])
             .args(["--zone", &node.zone])
-            .args(["--peers", &peers])
-            // A dead node's replicas are not moved during a run: every fault here heals.
-            .args(["--dead-node-timeout", "1h"])
+            .args(match &node.join {
+                Some(seed) => ["--join", seed.as_str()],
+                None => ["--peers", peers.as_str()],
+            })
+            .args(["--dead-node-timeout", &self.config.dead_node_timeout])
             // Retention marks, snapshots and purges every few seconds (not every minute), so
             // that restarts from a purged log happen within a run.
             .args(["--retention-check-interval-ms", "5000"])
@@ -235,6 +244,64 @@ impl Cluster {
                 lost.pages, lost.files
             ),
         ))
+    }
+
+    /// Waits up to `timeout` for node `i` to exit on its own (a decommissioned node leaves);
+    /// how it ended, or `None` if it is still running.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<Option<String>> {
+        let until = Instant::now() + timeout;
+        let node = &mut self.nodes[i];
+        let child = node.child.as_mut().context("not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                node.paused = false;
+                return Ok(Some(format!("{status}")));
+            }
+            if Instant::now() > until {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Empties stopped node `i`'s data directory (a node that left comes back as new), and
+    /// makes it join through `seed` (`host:port` of a member) when it next starts.
+    pub fn wipe_to_join(&mut self, i: usize, seed: String) -> anyhow::Result<()> {
+        if self.running(i) {
+            bail!(
+                "{} is running: only a stopped node's data is wiped",
+                self.name(i)
+            );
+        }
+        let dir = &self.nodes[i].data_dir;
+        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+        }
+        self.nodes[i].join = Some(seed);
+        Ok(())
+    }
+
+    /// The gRPC address (`host:port`) node `i` serves on, as `--join` takes it.
+    pub fn grpc_addr(&self, i: usize) -> String {
+        format!("{}:{GRPC_PORT}", self.net.hosts[i].ip)
+    }
+
+    /// Node `i`'s id in the cluster.
+    pub fn node_id(&self, i: usize) -> u64 {
+        self.nodes[i].id
+    }
+
+    /// The cluster status as the metadata leader sees it, asked of node `i`.
+    pub fn cluster_status(&self, i: usize) -> Option<serde_json::Value> {
+        let (_, body) = http_get(&self.http_addr(i), "/v1/cluster/status")?;
+        serde_json::from_str(&body).ok()
     }
 
     /// SIGSTOP; returns the pid and the process state read back from /proc (evidence).

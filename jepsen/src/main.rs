@@ -57,7 +57,7 @@ struct TestArgs {
     #[arg(long, default_value_t = 120)]
     time_limit: u64,
     /// Faults, comma-separated: kill, pause, partition, clock, reshard, power-loss, net,
-    /// corrupt (or `none`).
+    /// corrupt, membership (4 nodes or more) (or `none`).
     #[arg(long, default_value = "kill,pause,partition,clock")]
     nemesis: String,
     /// Operations per second over all workers.

@@ -41,7 +41,17 @@ pub enum FaultKind {
     /// Stop a minority and damage their files (bit flips, truncations of segments and of the
     /// sled metadata, [`crate::corrupt`]); heal restarts them on the damaged files.
     Corrupt,
+    /// Membership churn: a node dies and stays down past the dead-node timeout until its
+    /// replicas are re-created elsewhere (heal restarts it), or a node is decommissioned and
+    /// leaves (heal brings it back empty, joining as a new member, and replicas move onto it).
+    Membership,
 }
+
+/// The nodes' `--dead-node-timeout` in runs with the membership nemesis (seconds).
+pub const MEMBERSHIP_DEAD_NODE_TIMEOUT_S: u64 = 8;
+/// How long a membership fault waits for the cluster to move the replicas (or for a
+/// decommissioned node to leave) before it is judged not to have taken effect.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(150);
 
 impl std::str::FromStr for FaultKind {
     type Err = String;
@@ -55,8 +65,9 @@ impl std::str::FromStr for FaultKind {
             "power-loss" => Ok(FaultKind::PowerLoss),
             "net" => Ok(FaultKind::Net),
             "corrupt" => Ok(FaultKind::Corrupt),
+            "membership" => Ok(FaultKind::Membership),
             other => Err(format!(
-                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss, net, corrupt"
+                "unknown nemesis {other:?}; one of kill, pause, partition, clock, reshard, power-loss, net, corrupt, membership"
             )),
         }
     }
@@ -83,6 +94,8 @@ enum Undo {
     /// no packet did not take effect.
     NetHeal(Vec<usize>, bool),
     ClockReset(Vec<usize>),
+    /// A node that left the cluster comes back with an empty data directory and joins.
+    Rejoin(usize),
     Nothing,
 }
 
@@ -424,6 +437,10 @@ impl Nemesis {
                 };
                 (action, applied, ev, Undo::Nothing)
             }
+            FaultKind::Membership => {
+                let (action, applied, ev, undo) = self.membership()?;
+                (action, applied, ev, undo)
+            }
             FaultKind::Clock => {
                 let live = minority_of(self.live(), self.cluster.len(), &mut self.rng)?;
                 let mut ev = Vec::new();
@@ -605,6 +622,172 @@ impl Nemesis {
         })
     }
 
+    /// Starts a membership change on a node that holds replicas, with every node up (it
+    /// needs room to move them: `None` otherwise). Half the time the node dies past the
+    /// dead-node timeout, half the time it is decommissioned; either way the fault waits
+    /// until the cluster has moved its replicas away. Evidence: the node's replica count
+    /// before and after, as the metadata leader reports it.
+    fn membership(&mut self) -> Option<(String, bool, Value, Undo)> {
+        let n = self.cluster.len();
+        if n < 4 || self.live().len() < n {
+            return None;
+        }
+        let status = (0..n).find_map(|i| self.cluster.cluster_status(i))?;
+        let mut holders: Vec<usize> = (0..n)
+            .filter(|i| replicas_on(&status, self.cluster.node_id(*i)).unwrap_or(0) > 0)
+            .collect();
+        holders.shuffle(&mut self.rng);
+        let x = *holders.first()?;
+        let (name, id) = (self.cluster.name(x), self.cluster.node_id(x));
+        let before = replicas_on(&status, id);
+        let started = std::time::Instant::now();
+        if self.rng.random_bool(0.5) {
+            let action = format!("membership: {name} dies past the dead-node timeout");
+            self.record(Kind::Invoke, &action, Value::Null);
+            let exit = self.cluster.kill(x).map(|(_, e)| e);
+            let after = self.wait_replicas(x, |count| count == Some(0));
+            let applied = exit.is_ok() && after == Some(0);
+            // What still holds the node's replicas, when some were not moved.
+            let left: Vec<Value> = match after {
+                Some(0) => Vec::new(),
+                _ => self
+                    .live()
+                    .into_iter()
+                    .find_map(|j| self.cluster.cluster_status(j))
+                    .map(|s| {
+                        ["under_replicated", "moving", "catching_up", "repairing"]
+                            .iter()
+                            .flat_map(|list| {
+                                s[*list]
+                                    .as_array()
+                                    .cloned()
+                                    .unwrap_or_default()
+                                    .into_iter()
+                                    .map(move |e| json!({"list": list, "entry": e}))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            let ev = json!({
+                "not_moved": left,
+                "node": name,
+                "exit": exit.unwrap_or_else(|e| e.to_string()),
+                "replicas_before": before,
+                "replicas_after": after,
+                "waited_s": started.elapsed().as_secs_f64(),
+            });
+            Some((action, applied, ev, Undo::Restart(vec![x])))
+        } else {
+            let action = format!("membership: decommission {name}, which then rejoins empty");
+            self.record(Kind::Invoke, &action, Value::Null);
+            let asked = match &self.admin {
+                Some((rt, client)) => rt
+                    .block_on(client.decommission_node(id))
+                    .map_err(|e| e.to_string()),
+                None => Err("the membership nemesis has no client".into()),
+            };
+            let exit = match asked {
+                Ok(()) => self
+                    .cluster
+                    .wait_exit(x, MEMBERSHIP_WAIT)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            // Gone from the members once it left (asked of the nodes still in the cluster).
+            let gone =
+                matches!(exit, Ok(Some(_))) && self.wait_replicas(x, |c| c.is_none()).is_none();
+            let ev = json!({
+                "node": name,
+                "decommissioned": exit.as_ref().map(|e| e.is_some()).unwrap_or(false),
+                "exit": match &exit { Ok(Some(e)) => e.clone(), Ok(None) => format!("still running after {MEMBERSHIP_WAIT:?}"), Err(e) => e.clone() },
+                "replicas_before": before,
+                "left_the_members": gone,
+                "waited_s": started.elapsed().as_secs_f64(),
+            });
+            let applied = gone && matches!(&exit, Ok(Some(e)) if e.contains("exit status: 0"));
+            Some((action, applied, ev, Undo::Rejoin(x)))
+        }
+    }
+
+    /// Polls the cluster status (asked of the live nodes) until `done` accepts node `i`'s
+    /// replica count (`None`: not a member), or [`MEMBERSHIP_WAIT`] passes; the last count.
+    fn wait_replicas(&self, i: usize, done: impl Fn(Option<u64>) -> bool) -> Option<u64> {
+        let id = self.cluster.node_id(i);
+        let until = std::time::Instant::now() + MEMBERSHIP_WAIT;
+        let mut last = None;
+        loop {
+            if let Some(status) = self
+                .live()
+                .into_iter()
+                .find_map(|j| self.cluster.cluster_status(j))
+            {
+                last = replicas_on(&status, id);
+                if done(last) {
+                    return last;
+                }
+            }
+            if std::time::Instant::now() > until {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Brings back node `i` after it left: its data directory emptied, joining through a live
+    /// member; healed once the metadata lists it as up again.
+    fn rejoin(&mut self, i: usize) -> (bool, Value) {
+        let name = self.cluster.name(i);
+        if self.cluster.running(i) {
+            // It never left (the decommission did not finish): it keeps its data.
+            return (
+                false,
+                json!({"node": name, "rejoined": false, "why": "still running"}),
+            );
+        }
+        let Some(seed) = self.live().first().map(|j| self.cluster.grpc_addr(*j)) else {
+            return (
+                false,
+                json!({"node": name, "rejoined": false, "why": "no live node to join through"}),
+            );
+        };
+        let started = self
+            .cluster
+            .wipe_to_join(i, seed.clone())
+            .and_then(|()| self.cluster.spawn(i));
+        let member = started.is_ok() && {
+            let id = self.cluster.node_id(i);
+            let until = std::time::Instant::now() + MEMBERSHIP_WAIT;
+            loop {
+                let up = self
+                    .live()
+                    .into_iter()
+                    .find_map(|j| self.cluster.cluster_status(j))
+                    .is_some_and(|s| {
+                        s["nodes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|m| m["node_id"] == id && m["up"] == true)
+                    });
+                if up || std::time::Instant::now() > until {
+                    break up;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        };
+        (
+            member,
+            json!({
+                "node": name,
+                "joined_through": seed,
+                "pid": started.as_ref().ok(),
+                "error": started.err().map(|e| e.to_string()),
+                "member_again": member,
+            }),
+        )
+    }
+
     /// The node's observed clock offset once it is within two seconds of `want` (or the last
     /// seen after five seconds): libfaketime re-reads its file about once a second.
     fn wait_clock(&self, i: usize, want: i64) -> Option<i64> {
@@ -720,6 +903,7 @@ impl Nemesis {
                 )
             }
             Undo::Nothing => (true, Value::Null),
+            Undo::Rejoin(i) => self.rejoin(*i),
             Undo::ClockReset(nodes) => {
                 let mut ev = Vec::new();
                 let mut ok = true;
@@ -768,6 +952,15 @@ impl Nemesis {
         self.record(Kind::Info, "heal all", json!({"healed": true}));
         Ok(())
     }
+}
+
+/// How many shard replicas the cluster status places on node `id` (`None`: not a member).
+fn replicas_on(status: &Value, id: u64) -> Option<u64> {
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node_id"] == id)
+        .map(|m| m["shards"].as_u64().unwrap_or(0))
 }
 
 /// Sleeps `secs` unless `stop` is raised first; true if it was.

@@ -56,6 +56,7 @@ fn fault_color(kind: FaultKind) -> RGBColor {
         FaultKind::PowerLoss => RGBColor(211, 54, 130),
         FaultKind::Net => RGBColor(42, 161, 152),
         FaultKind::Corrupt => RGBColor(88, 110, 117),
+        FaultKind::Membership => RGBColor(203, 75, 22),
     }
 }
 

@@ -164,6 +164,11 @@ pub fn run(config: &RunConfig) -> anyhow::Result<RunOutcome> {
         );
     }
     check_shapes(&config.targets, &TARGETS, "target").map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !config.nemeses.contains(&FaultKind::Membership) || config.nodes >= 4,
+        "the membership nemesis needs --nodes 4 or more: with 3 nodes and 3 replicas per shard \
+         no replica has anywhere to move"
+    );
     check_shapes(&config.partitions, &PARTITIONS, "partition").map_err(anyhow::Error::msg)?;
     let dir = run_dir(&config.results, config.seed)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -183,6 +188,13 @@ async fn run_in(config: &RunConfig, dir: &Path) -> anyhow::Result<RunOutcome> {
         nodes: config.nodes,
         faketime: config.nemeses.contains(&FaultKind::Clock),
         lazy_fs: config.nemeses.contains(&FaultKind::PowerLoss),
+        // Replicas of a node silent this long are re-created elsewhere: soon enough for the
+        // membership nemesis to see it within a fault; otherwise never within a run.
+        dead_node_timeout: if config.nemeses.contains(&FaultKind::Membership) {
+            format!("{}s", crate::nemesis::MEMBERSHIP_DEAD_NODE_TIMEOUT_S)
+        } else {
+            "1h".into()
+        },
         inject_bug: config.inject_bug.clone(),
     })?;
     cluster.wait_ready(Duration::from_secs(60))?;

@@ -32,6 +32,17 @@ const GROUP_OPENS_IN_FLIGHT: usize = 16;
 /// stream once got no leaders in 10 minutes; the cause turned out to be concurrent sled
 /// flushes spinning, since fixed in `storage/src/meta.rs`, so more may now be safe — unmeasured.)
 const GROUP_INITS_IN_FLIGHT: usize = 1;
+/// A group's first replica initializes it as soon as it opened its replica. Each other replica
+/// does so too if the group is still uninitialized this long (times its position in the
+/// placement) after it opened its own: the first replica's node may have died before it
+/// initialized the group, which would otherwise stay without a leader (its stream CREATING, a
+/// move of its replicas stuck) until that node came back (seen with the jepsen membership
+/// nemesis). Safe because every replica initializes with the placement the metadata gives, the
+/// same on all of them while the group has never had a leader (only its leader changes a
+/// placement), and openraft allows initializing several replicas with the same membership.
+/// Long enough that a busy first replica (creating a 1,000-shard stream initializes its
+/// groups one at a time) is never overtaken.
+const INIT_FALLBACK_AFTER: Duration = Duration::from_secs(30);
 /// Leader probes the activation of a new stream runs at once.
 const ACTIVATION_PROBES_IN_FLIGHT: usize = 32;
 
@@ -139,8 +150,9 @@ async fn join_via(node: &Node, addr: &str, me: &Member) -> Result<Option<String>
 /// (doing the same pass) have mostly opened their replicas too.
 pub async fn reconcile_groups(node: Arc<Node>) {
     let mut changes = node.meta.subscribe();
-    // Groups this node must initialize whose initialization has not succeeded yet.
-    let mut to_initialize: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    // Groups this node must initialize (not before the instant given) whose initialization
+    // has not succeeded yet.
+    let mut to_initialize: BTreeMap<u64, (Vec<u64>, Instant)> = BTreeMap::new();
     let mut done: Option<(u64, Instant)> = None;
     loop {
         // A pass reads every placed shard and lists every stored group (sled keys and the
@@ -161,7 +173,10 @@ pub async fn reconcile_groups(node: Arc<Node>) {
 /// One reconcile pass: opens the replicas placed here, initializes new groups this node
 /// starts, deletes the replicas of deleted streams. Returns whether it settled everything
 /// (nothing failed or waits for a retry).
-async fn reconcile_pass(node: &Arc<Node>, to_initialize: &mut BTreeMap<u64, Vec<u64>>) -> bool {
+async fn reconcile_pass(
+    node: &Arc<Node>,
+    to_initialize: &mut BTreeMap<u64, (Vec<u64>, Instant)>,
+) -> bool {
     let mut settled = true;
     // The open groups once per pass, and replica lists copied only for the groups to
     // open: a lookup (and handle clone) per group every pass was an idle cost that grew
@@ -195,10 +210,11 @@ async fn reconcile_pass(node: &Arc<Node>, to_initialize: &mut BTreeMap<u64, Vec<
         .await;
     for (group_id, replicas, r) in opened {
         match r {
-            Ok(()) if replicas.first() == Some(&node.id) => {
-                to_initialize.insert(group_id, replicas);
+            Ok(()) => {
+                if let Some(at) = initialize_not_before(&replicas, node.id, Instant::now()) {
+                    to_initialize.insert(group_id, (replicas, at));
+                }
             }
-            Ok(()) => {}
             Err(e) => {
                 settled = false;
                 tracing::error!(group_id, error = %e, "cannot open shard replica")
@@ -206,7 +222,13 @@ async fn reconcile_pass(node: &Arc<Node>, to_initialize: &mut BTreeMap<u64, Vec<
         }
     }
     to_initialize.retain(|g, _| wanted_ids.contains(g));
-    let initialized: Vec<(u64, Result<(), String>)> = futures::stream::iter(to_initialize.clone())
+    let now = Instant::now();
+    let due: Vec<GroupReplicas> = to_initialize
+        .iter()
+        .filter(|(_, (_, at))| *at <= now)
+        .map(|(g, (replicas, _))| (*g, replicas.clone()))
+        .collect();
+    let initialized: Vec<(u64, Result<(), String>)> = futures::stream::iter(due)
         .map(|(group_id, replicas)| {
             let node = Arc::clone(node);
             async move { (group_id, initialize_group(&node, group_id, &replicas).await) }
@@ -250,6 +272,15 @@ async fn reconcile_pass(node: &Arc<Node>, to_initialize: &mut BTreeMap<u64, Vec<
     settled && to_initialize.is_empty()
 }
 
+/// When this node (`me`) should initialize a group placed on `replicas`, its replica opened
+/// `now`: at once on the first replica, [`INIT_FALLBACK_AFTER`] times its position on the
+/// others, never on a node the placement does not list (a replica being moved in joins the
+/// group its leader leads).
+fn initialize_not_before(replicas: &[u64], me: u64, now: Instant) -> Option<Instant> {
+    let position = replicas.iter().position(|r| *r == me)?;
+    Some(now + INIT_FALLBACK_AFTER * position as u32)
+}
+
 /// Opens (creating if new) the local replica of a shard group, quiet from the start.
 /// `replicas`: where the metadata places the group (restates a snapshot's lost membership).
 async fn open_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Result<(), String> {
@@ -278,8 +309,10 @@ async fn open_replica(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Resu
     Ok(())
 }
 
-/// On the group's first replica: writes the initial membership (once) and elects the first
-/// leader. A group already initialized (e.g. before a restart) is left alone.
+/// Writes the initial membership (once) and elects the first leader: on the group's first
+/// replica, or on another when the group is still uninitialized long after (see
+/// [`INIT_FALLBACK_AFTER`]). A group already initialized (e.g. before a restart, or by a
+/// leader that reached this replica) is left alone.
 async fn initialize_group(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> Result<(), String> {
     let handle = node
         .groups
@@ -309,7 +342,16 @@ async fn initialize_group(node: &Arc<Node>, group_id: u64, replicas: &[u64]) -> 
         .initialize(voters)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(group_id, ?replicas, "initialized shard group");
+    if replicas.first() == Some(&node.id) {
+        tracing::info!(group_id, ?replicas, "initialized shard group");
+    } else {
+        tracing::warn!(
+            group_id,
+            ?replicas,
+            "shard group still uninitialized long after its replica opened: initialized it in \
+             place of its first replica"
+        );
+    }
     // Election timers are off for shard groups: elect the first leader explicitly (if a peer
     // has not opened its replica yet, the quiet-group watcher elects again shortly).
     node.metrics
@@ -544,5 +586,26 @@ async fn activate_streams(node: &Arc<Node>, confirmed: &mut HashSet<u64>) {
             Ok(_) => tracing::info!(stream = %name, "stream is ACTIVE"),
             Err(e) => tracing::warn!(stream = %name, error = %e, "cannot activate stream yet"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_replica_initializes_at_once_the_others_later_in_turn_and_others_never() {
+        let now = Instant::now();
+        assert_eq!(initialize_not_before(&[3, 1, 2], 3, now), Some(now));
+        assert_eq!(
+            initialize_not_before(&[3, 1, 2], 1, now),
+            Some(now + INIT_FALLBACK_AFTER)
+        );
+        assert_eq!(
+            initialize_not_before(&[3, 1, 2], 2, now),
+            Some(now + 2 * INIT_FALLBACK_AFTER)
+        );
+        // A replica being moved in is not in the placement yet: it never initializes.
+        assert_eq!(initialize_not_before(&[3, 1, 2], 4, now), None);
     }
 }
