@@ -157,6 +157,18 @@ fn corrupt() {
     assert_valid(&go(config(3, &[FaultKind::Corrupt, FaultKind::Kill], 19)));
 }
 
+/// Membership churn with kills meanwhile: a node stays down past the dead-node timeout until its
+/// replicas are re-created elsewhere, or is decommissioned, leaves, and rejoins empty (four
+/// nodes, so that replicas have somewhere to go).
+#[test]
+fn membership() {
+    assert_valid(&go(config(
+        4,
+        &[FaultKind::Membership, FaultKind::Kill],
+        20,
+    )));
+}
+
 /// Frames that fail their checksum read as if sound: the corrupt nemesis must catch it (a
 /// replica left holding a damaged frame, or what it served from one).
 #[test]
