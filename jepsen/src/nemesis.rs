@@ -567,7 +567,7 @@ impl Nemesis {
         (action, result.is_ok(), ev, nodes)
     }
 
-    /// Once the newest workload stream is ACTIVE, splits a random open shard of it at the
+    /// Once the newest workload stream is ACTIVE (within 90 s), splits a random open shard of it at the
     /// middle of its hash range, or merges two adjacent open shards; waits until the stream is ACTIVE again.
     /// Evidence: the open shards before and after.
     fn reshard(&mut self) -> anyhow::Result<(String, Value)> {
@@ -587,8 +587,10 @@ impl Nemesis {
                 .ok_or_else(|| anyhow::anyhow!("no workload stream"))?;
             // The workload rotates to new streams (quickly at high rates): the newest may still
             // be Creating, and a reshard of it would be refused (seen: nightly run-02, rate 400).
+            // A stream created while a node is dead can take a minute: a group first placed on
+            // that node is initialized by its next replica after 30 s per position.
             client
-                .wait_for_active(&stream, Duration::from_secs(30))
+                .wait_for_active(&stream, Duration::from_secs(90))
                 .await?;
             let before = open_shard_ranges(client.list_shards(&stream).await?);
             anyhow::ensure!(!before.is_empty(), "{stream} has no open shard");
